@@ -1,0 +1,86 @@
+"""Reversible escaping and line capping (floor 1).
+
+Trust side: the input is untrusted bytes from another qube; the output is
+printable UTF-8 that can be shown on a terminal and stored as one line.
+
+Rules (specified in docs/store-format.md):
+- printable ASCII and TAB pass through;
+- a backslash becomes ``\\\\``;
+- valid UTF-8 characters pass through unless they are controls (Cc), format
+  characters (Cf: bidi overrides, zero-width), or line/paragraph separators;
+- every other byte, and every byte of a refused character, becomes ``\\xHH``
+  (lowercase hex).
+:func:`unescape` inverts this exactly.
+"""
+
+import re
+import unicodedata
+
+# Anything that is not printable ASCII/TAB: either one well-formed UTF-8
+# multi-byte character (judged by category) or one byte to escape.
+_NEEDS_WORK = re.compile(
+    rb"[\x00-\x08\x0a-\x1f\x7f\\]"
+    rb"|[\xc2-\xdf][\x80-\xbf]"
+    rb"|\xe0[\xa0-\xbf][\x80-\xbf]"
+    rb"|[\xe1-\xec\xee\xef][\x80-\xbf]{2}"
+    rb"|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}"
+    rb"|[\xf1-\xf3][\x80-\xbf]{3}"
+    rb"|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+    rb"|[\x80-\xff]"
+)
+_UNESCAPE = re.compile(rb"\\(\\|x[0-9a-f]{2})")
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_HEX = [b"\\x%02x" % i for i in range(256)]
+
+
+def _hex_bytes(data: bytes) -> bytes:
+    return b"".join(_HEX[b] for b in data)
+
+
+def _replace(match: "re.Match[bytes]") -> bytes:
+    token = match.group()
+    if len(token) == 1:
+        return b"\\\\" if token == b"\\" else _HEX[token[0]]
+    if unicodedata.category(token.decode("utf-8")) in _REFUSED_CATEGORIES:
+        return _hex_bytes(token)
+    return token
+
+
+def _replace_keep_backslash(match: "re.Match[bytes]") -> bytes:
+    token = match.group()
+    return token if token == b"\\" else _replace(match)
+
+
+def escape(untrusted: bytes) -> bytes:
+    """Escape one line's bytes reversibly into printable UTF-8."""
+    return _NEEDS_WORK.sub(_replace, untrusted)
+
+
+def needs_escaping(data: bytes) -> bool:
+    """True when :func:`escape` would change ``data`` (fast C-level scan)."""
+    return _NEEDS_WORK.search(data) is not None
+
+
+def unescape(escaped: bytes) -> bytes:
+    """Invert :func:`escape`."""
+    return _UNESCAPE.sub(
+        lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]), escaped
+    )
+
+
+def terminal_safe(data: bytes) -> bytes:
+    """Make already-stored text safe for a terminal, keeping backslashes.
+
+    Stored text is escaped at ingest, but a reader must not trust the disk
+    (an intruder may have written raw escape sequences there), so every
+    display path passes through this.
+    """
+    return _NEEDS_WORK.sub(_replace_keep_backslash, data)
+
+
+def cap(untrusted: bytes, max_bytes: int) -> tuple[bytes, int]:
+    """Cut a raw line to ``max_bytes``; return the kept part and bytes cut."""
+    if len(untrusted) <= max_bytes:
+        return untrusted, 0
+    return untrusted[:max_bytes], len(untrusted) - max_bytes

@@ -1,0 +1,187 @@
+"""Hash chain, forward-secure keys and seal lines (floor 1).
+
+All the cryptography of the store, with domain separation, as specified in
+docs/store-format.md:
+
+- chain: ``head' = SHA-256("logvm-chain-v1\\0" || head || bytes)`` over the
+  exact stored bytes between two seals; the first head of a qube is
+  ``SHA-256("logvm-genesis-v1\\0" || store_id || "\\0" || qube)``;
+- keys: ``K[e+1] = SHA-256("logvm-evolve-v1\\0" || K[e])``; ``K[0]`` is the
+  verification key, kept outside the LogVM;
+- seals: ``HMAC-SHA256(K[e], "logvm-seal-v1\\0" || body)``, where body is the
+  seal line without its final `` <mac>`` field.
+
+Trust side: pure functions; parsing is strict because seal files are read
+back from a disk an intruder may have edited.
+"""
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, replace
+
+from .errors import SealError, StoreError
+
+CHAIN_DOMAIN = b"logvm-chain-v1\0"
+GENESIS_DOMAIN = b"logvm-genesis-v1\0"
+EVOLVE_DOMAIN = b"logvm-evolve-v1\0"
+SEAL_DOMAIN = b"logvm-seal-v1\0"
+HASH_LEN = 32
+ZERO = bytes(HASH_LEN)
+
+#: What a seal line says about its segment.
+SEAL_KINDS = ("open", "batch", "tick", "close", "recover", "tomb")
+
+_SEAL_LINE = re.compile(
+    r"v1 (open|batch|tick|close|recover|tomb) ([A-Za-z][A-Za-z0-9_.-]{0,30}) "
+    r"(0|[1-9][0-9]{0,17}) (0|[1-9][0-9]{0,17}) (0|[1-9][0-9]{0,17}) (0|[1-9][0-9]{0,18}) "
+    r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9a-f]{64})"
+)
+_STORE_ID = re.compile(r"[0-9a-f]{32}")
+_VKEY = re.compile(r"logvm-vk1:([0-9a-f]{32}):([0-9a-f]{64})")
+
+
+def genesis(store_id: str, qube: str) -> bytes:
+    """The chain head before a qube's first record."""
+    return hashlib.sha256(
+        GENESIS_DOMAIN + store_id.encode("ascii") + b"\0" + qube.encode("ascii")
+    ).digest()
+
+
+def chain_step(head: bytes, data: bytes) -> bytes:
+    """Advance a chain head over the stored bytes of one sealed interval."""
+    hasher = ChainHasher(head)
+    hasher.update(data)
+    return hasher.digest()
+
+
+class ChainHasher:
+    """Streaming form of :func:`chain_step`, for intervals read in pieces."""
+
+    def __init__(self, head: bytes) -> None:
+        self._hash = hashlib.sha256(CHAIN_DOMAIN + head)
+
+    def update(self, data: bytes) -> None:
+        """Feed the next stored bytes of the interval."""
+        self._hash.update(data)
+
+    def digest(self) -> bytes:
+        """The new head."""
+        return self._hash.digest()
+
+
+def evolve(key: bytes) -> bytes:
+    """The next epoch's key; one way, so an old key cannot be recomputed."""
+    return hashlib.sha256(EVOLVE_DOMAIN + key).digest()
+
+
+def key_for_epoch(key0: bytes, epoch: int) -> bytes:
+    """Derive ``K[epoch]`` from the verification key (for verifiers)."""
+    key = key0
+    for _ in range(epoch):
+        key = evolve(key)
+    return key
+
+
+class KeyLadder:
+    """Walks keys forward for a verifier, caching the last one (epochs only rise)."""
+
+    def __init__(self, key0: bytes) -> None:
+        self._key0 = key0
+        self._epoch = 0
+        self._key = key0
+
+    def key(self, epoch: int) -> bytes:
+        """``K[epoch]``; cheap when epochs are asked for in rising order."""
+        if epoch < self._epoch:
+            self._epoch, self._key = 0, self._key0
+        while self._epoch < epoch:
+            self._key = evolve(self._key)
+            self._epoch += 1
+        return self._key
+
+
+@dataclass(frozen=True)
+class Seal:
+    """One line of a ``.seal`` file (or of a qube's tombstone file).
+
+    ``lines``/``nbytes`` count the records/bytes of the segment covered so far
+    (for ``tomb``: the deleted segment's totals); ``head`` is the chain head
+    after them; ``prev`` is the MAC of the previous line of the same file
+    (zeros for the first).
+    """
+
+    kind: str
+    qube: str
+    seq: int
+    epoch: int
+    lines: int
+    nbytes: int
+    head: bytes
+    prev: bytes
+    mac: bytes = ZERO
+
+    def body(self) -> bytes:
+        """The MACed part: the line without its final field."""
+        return (
+            f"v1 {self.kind} {self.qube} {self.seq} {self.epoch} {self.lines} {self.nbytes} "
+            f"{self.head.hex()} {self.prev.hex()}"
+        ).encode("ascii")
+
+    def to_line(self) -> bytes:
+        """The seal as stored, newline included."""
+        return self.body() + b" " + self.mac.hex().encode("ascii") + b"\n"
+
+    def signed(self, key: bytes) -> "Seal":
+        """This seal with its MAC computed under ``key``."""
+        return replace(self, mac=seal_mac(key, self.body()))
+
+    def mac_ok(self, key: bytes) -> bool:
+        """Constant-time check of the MAC under ``key``."""
+        return hmac.compare_digest(self.mac, seal_mac(key, self.body()))
+
+
+def seal_mac(key: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256 of a seal body under an epoch key."""
+    return hmac.new(key, SEAL_DOMAIN + body, hashlib.sha256).digest()
+
+
+def parse_seal(line: bytes) -> Seal:
+    """Parse one seal line (without newline); raise StoreError if malformed."""
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError as err:
+        raise StoreError("seal line is not ASCII") from err
+    match = _SEAL_LINE.fullmatch(text)
+    if match is None:
+        raise StoreError("malformed seal line")
+    g = match.groups()
+    return Seal(
+        kind=g[0],
+        qube=g[1],
+        seq=int(g[2]),
+        epoch=int(g[3]),
+        lines=int(g[4]),
+        nbytes=int(g[5]),
+        head=bytes.fromhex(g[6]),
+        prev=bytes.fromhex(g[7]),
+        mac=bytes.fromhex(g[8]),
+    )
+
+
+def format_verification_key(store_id: str, key0: bytes) -> str:
+    """The text an admin keeps: ``logvm-vk1:<store id>:<K[0] hex>``."""
+    return f"logvm-vk1:{store_id}:{key0.hex()}"
+
+
+def parse_verification_key(text: str) -> tuple[str, bytes]:
+    """Inverse of :func:`format_verification_key`; returns (store id, K[0])."""
+    match = _VKEY.fullmatch(text.strip())
+    if match is None:
+        raise SealError("not a verification key (expected logvm-vk1:<store id>:<64 hex>)")
+    return match.group(1), bytes.fromhex(match.group(2))
+
+
+def valid_store_id(text: str) -> bool:
+    """Store ids are 128 random bits in lowercase hex."""
+    return _STORE_ID.fullmatch(text) is not None
