@@ -58,7 +58,11 @@ def escape(untrusted: bytes) -> bytes:
 
 
 def needs_escaping(data: bytes) -> bool:
-    """True when :func:`escape` would change ``data`` (fast C-level scan)."""
+    """Fast C-level pre-check: False guarantees :func:`escape` leaves ``data`` as is.
+
+    True means there is a backslash, a control or non-ASCII byte to look at
+    (well-formed printable UTF-8 then passes through unchanged).
+    """
     return _NEEDS_WORK.search(data) is not None
 
 

@@ -1,0 +1,65 @@
+"""Reversible escaping: hostile bytes never reach the store raw."""
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qubes_logvm.core.escape import cap, escape, needs_escaping, terminal_safe, unescape
+
+_RAW_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        (b"plain text\tand tab", b"plain text\tand tab"),  # printable ASCII and TAB kept
+        (b"back\\slash", b"back\\\\slash"),  # backslash doubled so it stays reversible
+        (b"\x1b[31mred", b"\\x1b[31mred"),  # ESC: terminal escape neutralised
+        (b"nul\x00byte", b"nul\\x00byte"),
+        (b"cr\rlf\n", b"cr\\x0dlf\\x0a"),  # embedded line breaks cannot split a record
+        (b"del\x7f", b"del\\x7f"),
+        ("caf\u00e9 \u65e5\u672c".encode(), "caf\u00e9 \u65e5\u672c".encode()),  # UTF-8 kept
+        (b"\xc2\x9b2J", b"\\xc2\\x9b2J"),  # C1 CSI as UTF-8: a control, escaped
+        ("a\u202eb".encode(), b"a\\xe2\\x80\\xaeb"),  # bidi override (Cf)
+        ("x\u2028y".encode(), b"x\\xe2\\x80\\xa8y"),  # line separator (Zl)
+        (b"bad\xff\xfe", b"bad\\xff\\xfe"),  # invalid UTF-8
+        (b"\xed\xa0\x80", b"\\xed\\xa0\\x80"),  # encoded surrogate is invalid UTF-8
+        (b"\xc0\xaf", b"\\xc0\\xaf"),  # overlong encoding
+        (b"\xe2\x82", b"\\xe2\\x82"),  # truncated sequence
+    ],
+)
+def test_escape_known_cases(raw: bytes, stored: bytes) -> None:
+    assert escape(raw) == stored
+    assert unescape(stored) == raw
+    if raw != stored:
+        assert needs_escaping(raw)  # the fast pre-check never misses work
+
+
+@given(st.binary(max_size=512))
+def test_escape_round_trips_and_is_printable(raw: bytes) -> None:
+    stored = escape(raw)
+    assert unescape(stored) == raw
+    assert not _RAW_CONTROL.search(stored)
+    text = stored.decode("utf-8")  # always valid UTF-8
+    assert "\n" not in text
+
+
+@given(st.text(max_size=200))
+def test_escape_of_text_round_trips(text: str) -> None:
+    raw = text.encode("utf-8", "surrogatepass")
+    assert unescape(escape(raw)) == raw
+
+
+def test_fast_check_passes_plain_ascii() -> None:
+    assert not needs_escaping(b"Nov 28 17:58:34 host sshd[1]: ok\t=1")
+
+
+def test_terminal_safe_keeps_backslashes_but_not_escapes() -> None:
+    assert terminal_safe(b"a\\x1b b\x1b[2J") == b"a\\x1b b\\x1b[2J"
+
+
+def test_cap_reports_bytes_cut() -> None:
+    assert cap(b"abcdef", 4) == (b"abcd", 2)
+    assert cap(b"abc", 4) == (b"abc", 0)

@@ -1,0 +1,100 @@
+"""Qube names, the qrexec descriptor and record lines."""
+
+import pytest
+
+from qubes_logvm.core.errors import InvalidQubeName, ProtocolError, StoreError
+from qubes_logvm.core.names import is_dispvm_name, parse_service_descriptor, validate_qube_name
+from qubes_logvm.core.records import (
+    format_timestamp,
+    line_record,
+    note_record,
+    parse_record,
+    parse_timestamp,
+)
+
+
+@pytest.mark.parametrize("name", ["work", "sys-net", "disp1234", "a", "A_b.c-d", "x" * 31])
+def test_valid_names(name: str) -> None:
+    assert validate_qube_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",  # empty
+        "1abc",  # must start with a letter
+        "../etc",  # traversal
+        ".hidden",
+        "a/b",
+        "x" * 32,  # too long
+        "wörk",  # non-ASCII
+        "a b",
+        "a\n",
+    ],
+)
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidQubeName):
+        validate_qube_name(name)
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "source"),
+    [
+        (b"logvm.Send work", "work"),  # a qube's form
+        (b"logvm.Send+arg disp12", "disp12"),  # with an argument
+        (b"logvm.Send sys-usb name sys-log", "sys-usb"),  # dom0's longer form
+    ],
+)
+def test_descriptor_ok(descriptor: bytes, source: str) -> None:
+    assert parse_service_descriptor(descriptor) == source
+
+
+@pytest.mark.parametrize(
+    "descriptor",
+    [
+        b"",
+        b"logvm.Send",  # no source
+        b"logvm.Sender work",  # another service
+        b"qubes.Filecopy work",
+        b"logvm.Send ../../x",
+        b"logvm.Send work extra",  # three fields
+        b"logvm.Send w\xffork",
+        b"logvm.Send " + b"a" * 300,
+    ],
+)
+def test_descriptor_refused(descriptor: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_service_descriptor(descriptor)
+
+
+def test_dispvm_names() -> None:
+    assert is_dispvm_name("disp1234")
+    assert not is_dispvm_name("disp12345")
+    assert not is_dispvm_name("work")
+
+
+def test_records_round_trip() -> None:
+    stamp = format_timestamp(1764352714.123456)
+    assert stamp == b"2025-11-28T17:58:34.123456Z"
+    assert abs(parse_timestamp(stamp) - 1764352714.123456) < 1e-6
+    rec = parse_record(line_record(stamp, b"hello world", cut=5)[:-1])
+    assert (rec.kind, rec.cut, rec.payload) == ("L", 5, b"hello world")
+    rec = parse_record(line_record(stamp, b"tail", partial=True)[:-1])
+    assert (rec.kind, rec.cut) == ("P", 0)
+    note = parse_record(note_record(stamp, "dropped", count=3, reason="rate-limit")[:-1])
+    assert note.event == "dropped"
+    assert note.fields() == {"count": "3", "reason": "rate-limit"}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"2025-11-28T17:58:34.123456Z X payload",  # unknown kind
+        b"2025-11-28 17:58:34 L payload",  # wrong time format
+        b"2025-11-28T17:58:34.123456Z Lt0 x",  # zero cut is not written
+        b"2025-11-28T17:58:34.123456Z C Bad key=v",
+    ],
+)
+def test_parse_record_is_strict(line: bytes) -> None:
+    with pytest.raises(StoreError):
+        parse_record(line)

@@ -1,0 +1,147 @@
+"""The chain writer on a real filesystem: seals, epochs, recovery, tombstones."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from qubes_logvm.core.errors import SealError
+from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.core.seal import chain_step, genesis, key_for_epoch, parse_verification_key
+from qubes_logvm.store.keystate import KeyState, setup_keys
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.writer import Store
+
+
+def _lines(n: int, tag: str = "x") -> bytes:
+    stamp = format_timestamp(1_700_000_000.0)
+    return b"".join(line_record(stamp, b"%s %d" % (tag.encode(), i)) for i in range(n))
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> tuple[Path, bytes]:
+    root = tmp_path / "store"
+    _, key0 = parse_verification_key(setup_keys(StoreLayout(root), epoch_seconds=1))
+    return root, key0
+
+
+def test_setup_keys_never_stores_key0_and_refuses_twice(store_root: tuple[Path, bytes]) -> None:
+    root, key0 = store_root
+    assert key0.hex().encode() not in (root / "state" / "sealkey").read_bytes()
+    with pytest.raises(SealError):
+        setup_keys(StoreLayout(root))
+
+
+def test_second_writer_is_refused(store_root: tuple[Path, bytes]) -> None:
+    root, _ = store_root
+    store = Store(root)
+    with pytest.raises(SealError, match="another process"):
+        Store(root)
+    store.close()
+
+
+def test_segment_seals_cover_exact_bytes(store_root: tuple[Path, bytes]) -> None:
+    root, key0 = store_root
+    store = Store(root)
+    chain = store.chain("work")
+    chain.open_segment(store.keys, session="s1")
+    chain.append(_lines(3), 3)
+    chain.seal(store.keys)
+    store.tick()  # an epoch with nothing new is sealed too
+    chain.append(_lines(2, "y"), 2)
+    chain.close(store.keys)
+    store.close()
+
+    layout = StoreLayout(root)
+    [segment] = layout.segments("work")
+    assert segment.log is not None
+    assert segment.seal is not None
+    data = segment.log.read_bytes()
+    seals = read_seal_file(segment.seal).seals
+    assert [s.kind for s in seals] == ["open", "batch", "tick", "close"]
+    head = genesis(KeyState(layout).store_id, "work")
+    assert seals[0].head == head
+    offset = 0
+    for seal in seals[1:]:
+        head = chain_step(head, data[offset : seal.nbytes])
+        offset = seal.nbytes
+        assert seal.head == head
+        assert seal.mac_ok(key_for_epoch(key0, seal.epoch))
+    assert seals[-1].lines == data.count(b"\n") == 1 + 3 + 2 + 1  # start and end notes
+    assert seals[2].epoch == seals[1].epoch and seals[3].epoch == seals[2].epoch + 1
+
+
+def test_new_session_starts_new_segment_continuing_chain(store_root: tuple[Path, bytes]) -> None:
+    root, _ = store_root
+    store = Store(root)
+    chain = store.chain("disp12")
+    chain.open_segment(store.keys)
+    chain.append(_lines(1), 1)
+    first_close = chain.close(store.keys)
+    chain.open_segment(store.keys)
+    second_open = chain.last_seal
+    store.close()
+    assert second_open is not None
+    assert (second_open.seq, second_open.head) == (2, first_close.head)
+    assert len(StoreLayout(root).segments("disp12")) == 2
+
+
+def test_crash_leaves_unsealed_tail_that_restart_seals(store_root: tuple[Path, bytes]) -> None:
+    root, _ = store_root
+    store = Store(root)
+    chain = store.chain("work")
+    chain.open_segment(store.keys)
+    chain.append(_lines(2), 2)
+    chain.seal(store.keys)
+    chain.append(_lines(3, "unsealed"), 3)  # written, never sealed: the "crash"
+    log_path = StoreLayout(root).segment_log("work", 1)
+    with log_path.open("ab") as stream:
+        stream.write(b"2023-11-14T22:13:20.000000Z L torn rec")  # killed mid-write
+    store.keys.close()  # the process dies: no close seal
+
+    restarted = Store(root)
+    assert restarted.recover_all() == {"work": 3}
+    seals = read_seal_file(StoreLayout(root).segment_seal("work", 1)).seals
+    assert seals[-1].kind == "recover"
+    assert log_path.read_bytes().endswith(b"unsealed 2\n")  # torn, unacknowledged record cut
+    chain = restarted.chain("work")
+    chain.open_segment(restarted.keys)
+    restarted.close()
+    assert len(StoreLayout(root).segments("work")) == 2
+
+
+def test_delete_oldest_writes_tombstone_first(store_root: tuple[Path, bytes]) -> None:
+    root, key0 = store_root
+    store = Store(root)
+    chain = store.chain("work")
+    for _ in range(3):
+        chain.open_segment(store.keys)
+        chain.append(_lines(4), 4)
+        chain.close(store.keys)
+    final_of_first = read_seal_file(StoreLayout(root).segment_seal("work", 1)).seals[-1]
+    assert chain.delete_oldest(store.keys) == 1
+    assert chain.delete_oldest(store.keys) == 2
+    assert chain.delete_oldest(store.keys) is None  # the newest closed segment stays
+    store.close()
+    layout = StoreLayout(root)
+    assert [s.seq for s in layout.segments("work")] == [3]
+    tombs = read_seal_file(layout.tombstones("work")).seals
+    assert [(t.kind, t.seq) for t in tombs] == [("tomb", 1), ("tomb", 2)]
+    assert tombs[0].head == final_of_first.head
+    assert tombs[1].prev == tombs[0].mac
+    assert all(t.mac_ok(key_for_epoch(key0, t.epoch)) for t in tombs)
+
+
+def test_key_file_is_overwritten_in_place(store_root: tuple[Path, bytes]) -> None:
+    root, key0 = store_root
+    sealkey = root / "state" / "sealkey"
+    inode = os.stat(sealkey).st_ino
+    store = Store(root)
+    for _ in range(3):
+        store.tick()
+    assert store.keys.epoch == 4
+    assert store.keys.key == key_for_epoch(key0, 4)
+    store.close()
+    assert os.stat(sealkey).st_ino == inode
+    assert key_for_epoch(key0, 3).hex().encode() not in sealkey.read_bytes()
