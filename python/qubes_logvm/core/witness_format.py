@@ -1,0 +1,196 @@
+"""What the LogVM says to the witness, and the witness's rules (floor 1).
+
+The ``logvm.Witness`` service (see docs/witness.md) reads one message per
+line from the LogVM and answers each with one line. Messages:
+
+- ``register <store_id: 32 hex> <K0: 64 hex>``: the verification key, trusted
+  on first use;
+- a seal line exactly as in docs/store-format.md (``v1 <kind> <qube> <seq>
+  <epoch> <lines> <nbytes> <head> <prev> <mac>``, not ``tomb``): a
+  checkpoint, the newest seal of one qube.
+
+Answers: ``ok <word>`` or ``err <word>`` (the words are listed in
+:data:`REPLIES`). The witness stores accepted checkpoints as
+``cp <witness time> <seal line>`` lines; an export file is a header line
+``logvm-witness-export-v1 <logvm> <store_id>`` followed by such lines.
+
+Trust side: everything parsed here comes from the LogVM, which may be
+compromised; parsing is exact (lengths, characters) and never repairs.
+Pure: no I/O, stdlib only.
+"""
+
+import re
+from dataclasses import dataclass
+
+from .errors import ProtocolError, StoreError
+from .seal import Seal, evolve, parse_seal
+
+#: Longest message line, newline included; a seal line is at most ~330 bytes.
+MAX_LINE_BYTES = 512
+
+#: Every answer the witness gives, and what it means.
+REPLIES = {
+    "ok registered": "the key was registered now (first use)",
+    "ok known": "the same key was already registered",
+    "ok stored": "the checkpoint was appended and fsynced",
+    "ok seen": "identical to the newest checkpoint of that qube (heartbeat): nothing stored",
+    "err too-long": "the line exceeded the byte limit (the rest up to the newline is skipped)",
+    "err malformed": "not a message of the grammar (binary, wrong field, wrong length)",
+    "err kind": "tomb lines are not checkpoints",
+    "err key-mismatch": "a different key is registered: refused and reported",
+    "err not-registered": "no key yet: checkpoints cannot be checked",
+    "err bad-mac": "the MAC is wrong under the registered key for that epoch",
+    "err stale": "older than the newest checkpoint of that qube (replay, rollback, epoch back)",
+    "err fork": "same position as the newest checkpoint, different chain head or counts",
+    "err closed": "the segment was closed by an earlier checkpoint",
+    "err too-many-qubes": "the witness holds its limit of qubes for this LogVM",
+    "err rate-limit": "too many messages: not processed, send again later",
+    "err busy": "key derivation budget spent (epoch jump too large for now): send again later",
+    "err reset": "an admin reset this LogVM's key meanwhile: the connection ends",
+    "err locked": "another connection of this LogVM holds the state: the connection ends",
+}
+
+_REGISTER = re.compile(rb"register ([0-9a-f]{32}) ([0-9a-f]{64})")
+_CP_LINE = re.compile(rb"cp (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v1 .*)")
+_EXPORT_HEADER = re.compile(
+    rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
+)
+EXPORT_MAGIC = b"logvm-witness-export-v1"
+_CLOSING_KINDS = ("close", "recover")
+
+
+@dataclass(frozen=True)
+class Register:
+    """A key registration message."""
+
+    store_id: str
+    key0: bytes
+
+
+def parse_message(untrusted_line: bytes) -> Register | Seal:
+    """Parse one message (without its newline); raise ProtocolError(reason word)."""
+    if len(untrusted_line) >= MAX_LINE_BYTES:
+        raise ProtocolError("too-long")
+    match = _REGISTER.fullmatch(untrusted_line)
+    if match is not None:
+        return Register(match.group(1).decode("ascii"), bytes.fromhex(match.group(2).decode()))
+    try:
+        seal = parse_seal(untrusted_line)
+    except StoreError as err:
+        raise ProtocolError("malformed") from err
+    if seal.kind == "tomb":
+        raise ProtocolError("kind")
+    return seal
+
+
+def judge_checkpoint(held: Seal | None, new: Seal) -> str | None:
+    """Compare a MAC-checked checkpoint with the newest one held for its qube.
+
+    Returns None to store it, ``"seen"`` for an identical one, otherwise an
+    ``err`` word. Positions only move forward: a later segment, or the same
+    segment with no fewer lines and bytes; epochs never go back.
+    """
+    if held is None or new == held:
+        return None if held is None else "seen"
+    if new.epoch < held.epoch or new.seq < held.seq:
+        return "stale"
+    if new.seq > held.seq:
+        return None
+    same_bytes = new.nbytes == held.nbytes
+    # Checked in order; the first that holds is the verdict.
+    rules = (
+        (held.kind in _CLOSING_KINDS, "closed"),
+        (new.kind == "open", "fork"),
+        (new.lines < held.lines or new.nbytes < held.nbytes, "stale"),
+        (same_bytes and (new.lines != held.lines or new.head != held.head), "fork"),
+        (not same_bytes and new.head == held.head, "fork"),
+    )
+    return next((verdict for broken, verdict in rules if broken), None)
+
+
+def format_cp_line(stamp: bytes, seal: Seal) -> bytes:
+    """A stored checkpoint: ``cp <witness time> <seal line>\\n``."""
+    return b"cp " + stamp + b" " + seal.to_line()
+
+
+def parse_cp_line(line: bytes) -> tuple[bytes, Seal]:
+    """Inverse of :func:`format_cp_line` (line without newline); StoreError if bad."""
+    match = _CP_LINE.fullmatch(line)
+    if match is None:
+        raise StoreError("malformed checkpoint line")
+    return match.group(1), parse_seal(match.group(2))
+
+
+def format_export_header(logvm: str, store_id: str) -> bytes:
+    """First line of an export file."""
+    return b"%s %s %s\n" % (EXPORT_MAGIC, logvm.encode("ascii"), store_id.encode("ascii"))
+
+
+def parse_export_header(line: bytes) -> tuple[str, str]:
+    """(LogVM name, store id) from an export file's first line; StoreError if bad."""
+    match = _EXPORT_HEADER.fullmatch(line)
+    if match is None:
+        raise StoreError("not a logvm-witness export (bad first line)")
+    return match.group(1).decode("ascii"), match.group(2).decode("ascii")
+
+
+class EpochKeys:
+    """``K[epoch]`` for any epoch, with bounded work per lookup after the first walk.
+
+    Keys are remembered every :attr:`STRIDE` epochs, so a lookup below the
+    highest epoch reached costs at most STRIDE-1 hashes; :meth:`cost` says
+    what a lookup would cost before paying it (the witness budgets hashing,
+    since a compromised LogVM chooses the epochs it sends).
+    """
+
+    STRIDE = 1024
+
+    def __init__(self, key0: bytes) -> None:
+        self._marks: list[bytes] = [key0]  # _marks[i] is K[i * STRIDE]
+        self._top_epoch = 0
+        self._top_key = key0
+
+    def cost(self, epoch: int) -> int:
+        """Hashes :meth:`key` would compute for ``epoch``."""
+        if epoch >= self._top_epoch:
+            return epoch - self._top_epoch
+        return epoch % self.STRIDE
+
+    def key(self, epoch: int) -> bytes:
+        """``K[epoch]``."""
+        if epoch < self._top_epoch:
+            key = self._marks[epoch // self.STRIDE]
+            for _ in range(epoch % self.STRIDE):
+                key = evolve(key)
+            return key
+        key, at = self._top_key, self._top_epoch
+        while at < epoch:
+            key = evolve(key)
+            at += 1
+            if at % self.STRIDE == 0:
+                self._marks.append(key)
+        self._top_epoch, self._top_key = at, key
+        return key
+
+
+class TokenBucket:
+    """A rate limit: ``rate`` tokens per second, at most ``burst`` saved up.
+
+    The clock is passed in on every call, so this stays pure and testable.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._last = now
+
+    def take(self, amount: float, now: float) -> bool:
+        """Spend ``amount`` tokens if available; False (nothing spent) if not."""
+        elapsed = max(0.0, now - self._last)
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        self._last = now
+        if amount > self._tokens:
+            return False
+        self._tokens -= amount
+        return True

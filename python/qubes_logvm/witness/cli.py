@@ -1,0 +1,259 @@
+"""``logvm-witness``: the ``logvm.Witness`` qrexec service and admin commands.
+
+Runs in dom0 by default (or the qube the pillar chooses): the most trusted
+place of the system, so the witness imports only the pure core and the
+stdlib. Everything read from the LogVM is hostile input: parsed strictly
+(:mod:`qubes_logvm.core.witness_format`), read with a byte limit, rate
+limited, and answered with one fixed line. The LogVM's identity is
+``QREXEC_REMOTE_DOMAIN`` and nothing else.
+
+Commands: ``serve`` (what the qrexec service runs), ``list``,
+``export LOGVM``, ``export-key LOGVM``, ``reset-key LOGVM``. See
+docs/witness.md.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from ..core.errors import LogvmError
+from ..core.names import validate_qube_name
+from ..core.records import format_timestamp
+from ..core.seal import Seal, format_verification_key
+from ..core.witness_format import (
+    MAX_LINE_BYTES,
+    TokenBucket,
+    format_cp_line,
+    format_export_header,
+)
+from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("/var/lib/qubes-logvm-witness")
+
+
+def _read_message(untrusted_in: BinaryIO) -> bytes | None:
+    """One line (newline stripped), b"\\0too-long" for an overlong one, None at EOF."""
+    untrusted_line = untrusted_in.readline(MAX_LINE_BYTES)
+    if not untrusted_line:
+        return None
+    if untrusted_line.endswith(b"\n"):
+        return untrusted_line[:-1]
+    if len(untrusted_line) < MAX_LINE_BYTES:
+        return b"\0eof"  # a last line without newline: never a message
+    while untrusted_line and not untrusted_line.endswith(b"\n"):
+        untrusted_line = untrusted_in.readline(MAX_LINE_BYTES)
+    return b"\0too-long"
+
+
+_READ_FAULTS = {b"\0too-long": "err too-long", b"\0eof": "err malformed"}
+
+
+def serve_stream(state: WitnessState, untrusted_in: BinaryIO, out: BinaryIO) -> int:
+    """Answer messages until EOF (0) or too many refusals (1)."""
+    limits = state.limits
+    bucket = TokenBucket(limits.rate, limits.burst, state.clock())
+    refusals = 0
+    while True:
+        untrusted_line = _read_message(untrusted_in)
+        if untrusted_line is None:
+            break
+        if not bucket.take(1, state.clock()):
+            reply = "err rate-limit"
+        elif untrusted_line in _READ_FAULTS:
+            reply = _READ_FAULTS[untrusted_line]
+        else:
+            reply = state.handle(untrusted_line)
+        out.write(reply.encode("ascii") + b"\n")
+        out.flush()
+        if reply.startswith("err"):
+            refusals += 1
+            state.counts["refused"] += 1
+        if reply == "err reset" or refusals > limits.max_refusals:
+            break
+    if state.counts["refused"]:
+        state.event("connection-end", always=True, **state.counts)
+    return 1 if refusals > limits.max_refusals else 0
+
+
+def cmd_serve(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    clock: Clock,
+    untrusted_in: BinaryIO,
+    out: BinaryIO,
+) -> int:
+    """The qrexec service: the caller is QREXEC_REMOTE_DOMAIN, nothing else."""
+    untrusted_name = environ.get("QREXEC_REMOTE_DOMAIN")
+    if not untrusted_name:
+        raise LogvmError("QREXEC_REMOTE_DOMAIN is not set: serve runs as a qrexec service")
+    logvm = validate_qube_name(untrusted_name)
+    limits = Limits(
+        rate=args.rate,
+        burst=args.burst,
+        max_log_bytes=args.max_log_bytes,
+        max_qubes=args.max_qubes,
+        hash_burst=args.hash_burst,
+    )
+    limits.check()
+    args.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state = WitnessState(args.dir / logvm, limits, clock)
+    try:
+        if not state.lock():
+            out.write(b"err locked\n")
+            out.flush()
+            return 1
+        return serve_stream(state, untrusted_in, out)
+    finally:
+        state.close()
+
+
+def _logvm_dir(args: argparse.Namespace) -> Path:
+    path: Path = args.dir / validate_qube_name(args.logvm)
+    if not path.is_dir():
+        raise LogvmError(f"the witness holds nothing for {args.logvm}")
+    return path
+
+
+def cmd_list(args: argparse.Namespace, out: BinaryIO) -> int:
+    """What the witness holds, per LogVM and qube."""
+    if not args.dir.is_dir():
+        out.write(b"(nothing held)\n")
+        return 0
+    for name in sorted(os.listdir(args.dir)):
+        path = args.dir / name
+        if not path.is_dir() or ".reset-" in name:
+            continue  # archives left by reset-key
+        key = read_key(path)
+        status = f"store {key[0]}" if key else "no key registered"
+        out.write(f"{name}: {status}\n".encode())
+        refused = path / "refused-key"
+        if refused.exists():
+            with open(refused, "rb") as f:
+                when = f.read(27).decode("ascii", "replace")
+            out.write(
+                f"  WARNING: a different key was offered and refused (last {when}); "
+                "see docs/witness.md\n".encode()
+            )
+        latest: dict[str, tuple[bytes, Seal]] = {}
+        for stamp, seal in read_checkpoints(path):
+            latest[seal.qube] = (stamp, seal)
+        out.write(
+            b"  %-31s %9s %12s %10s  %s\n"
+            % (b"QUBE", b"SEGMENT", b"RECORDS", b"EPOCH", b"LAST CHECKPOINT")
+        )
+        for qube in sorted(latest):
+            stamp, seal = latest[qube]
+            out.write(
+                b"  %-31s %9d %12d %10d  %s\n"
+                % (qube.encode(), seal.seq, seal.lines, seal.epoch, stamp)
+            )
+    return 0
+
+
+def cmd_export_key(args: argparse.Namespace, out: BinaryIO) -> int:
+    """Print the registered verification key (for ``logvm verify --key``)."""
+    key = read_key(_logvm_dir(args))
+    if key is None:
+        raise LogvmError(f"{args.logvm} has not registered a key")
+    out.write(format_verification_key(*key).encode("ascii") + b"\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, out: BinaryIO) -> int:
+    """Write the checkpoints held (for ``logvm verify --witness``)."""
+    path = _logvm_dir(args)
+    key = read_key(path)
+    if key is None:
+        raise LogvmError(f"{args.logvm} has not registered a key")
+    data = [format_export_header(path.name, key[0])]
+    seen: set[bytes] = set()
+    for stamp, seal in read_checkpoints(path):
+        line = format_cp_line(stamp, seal)
+        if line not in seen:
+            seen.add(line)
+            data.append(line)
+    if args.output:
+        write_file(Path(args.output), b"".join(data), exclusive=False)
+    else:
+        out.write(b"".join(data))
+    return 0
+
+
+def cmd_reset_key(args: argparse.Namespace, clock: Clock, out: BinaryIO) -> int:
+    """Move a LogVM's state aside so that it may register a new key."""
+    path = _logvm_dir(args)
+    stamp = format_timestamp(clock()).decode("ascii").replace(":", "")
+    archive = path.with_name(f"{path.name}.reset-{stamp}")
+    os.rename(path, archive)
+    fsync_dir(path.parent)
+    out.write(
+        f"{args.logvm}: state moved to {archive}; the next key it sends is trusted\n".encode()
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logvm-witness", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_ROOT,
+        help=f"witness state root (default {DEFAULT_ROOT})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="the logvm.Witness service (run by qrexec)")
+    defaults = Limits()
+    serve.add_argument("--rate", type=float, default=defaults.rate)
+    serve.add_argument("--burst", type=float, default=defaults.burst)
+    serve.add_argument("--max-log-bytes", type=int, default=defaults.max_log_bytes)
+    serve.add_argument("--max-qubes", type=int, default=defaults.max_qubes)
+    serve.add_argument("--hash-burst", type=float, default=defaults.hash_burst)
+    sub.add_parser("list", help="what is held per LogVM and qube")
+    for name, text in (
+        ("export-key", "print the verification key"),
+        ("export", "write the checkpoints for logvm verify --witness"),
+        ("reset-key", "forget a LogVM's key (after a deliberate re-key)"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("logvm")
+        if name == "export":
+            cmd.add_argument("-o", "--output", help="file to write (default stdout)")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    clock: Clock = time.time,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+) -> int:
+    """Entry point of ``logvm-witness``."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="logvm-witness: %(levelname)s: %(message)s"
+    )
+    out = stdout if stdout is not None else sys.stdout.buffer
+    try:
+        if args.command == "serve":
+            untrusted_in = stdin if stdin is not None else sys.stdin.buffer
+            env = environ if environ is not None else os.environ
+            return cmd_serve(args, env, clock, untrusted_in, out)
+        if args.command == "list":
+            return cmd_list(args, out)
+        if args.command == "export-key":
+            return cmd_export_key(args, out)
+        if args.command == "export":
+            return cmd_export(args, out)
+        return cmd_reset_key(args, clock, out)
+    except (LogvmError, OSError) as err:
+        print(f"logvm-witness: {err}", file=sys.stderr)
+        return 1

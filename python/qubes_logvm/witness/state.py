@@ -1,0 +1,313 @@
+"""One LogVM's state at the witness: key, checkpoints, events (programs floor).
+
+Runs in dom0. Directory ``<root>/<logvm>/``:
+
+- ``key``: ``logvm-vk1:<store id>:<K0>``, written once (trust on first use);
+- ``checkpoints.<gen>``: accepted checkpoints (``cp <time> <seal line>``),
+  appended and fsynced; when one passes ``max_log_bytes`` a new generation
+  starts with the newest checkpoint of each qube, and generations older than
+  the previous one are removed, so the directory stays within
+  :meth:`Limits.storage_bound` whatever the LogVM sends;
+- ``events``/``events.1``: registrations and refusals (bounded, rotated);
+- ``refused-key``: the last different key offered (shown by ``list``);
+- ``lock``: one connection per LogVM at a time.
+
+Trust side: the files are the witness's own; what goes into them is only
+validated tokens (hex, decimal, qube names) from parsed messages.
+"""
+
+import fcntl
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import LogvmError, ProtocolError, StoreError
+from ..core.records import format_timestamp
+from ..core.seal import Seal, format_verification_key, parse_verification_key
+from ..core.witness_format import (
+    EpochKeys,
+    Register,
+    TokenBucket,
+    format_cp_line,
+    judge_checkpoint,
+    parse_cp_line,
+    parse_message,
+)
+
+logger = logging.getLogger(__name__)
+
+LOCK_WAIT_SECONDS = 10.0
+_GEN = re.compile(r"checkpoints\.([1-9][0-9]{0,8})")
+_MAX_KEY_FILE = 256
+#: Bytes one stored checkpoint line can take (for the storage bound).
+CP_LINE_MAX = 400
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one LogVM can make the witness do."""
+
+    rate: float = 50.0  # messages per second, per connection
+    burst: float = 500.0
+    hash_rate: float = 100_000.0  # key derivations per second
+    hash_burst: float = float(1 << 23)  # enough to catch up ~8M epochs at once
+    max_log_bytes: int = 16 << 20  # per checkpoint generation (two are kept)
+    max_event_bytes: int = 256 << 10  # per events file (two are kept)
+    max_qubes: int = 4096
+    max_refusals: int = 10_000  # per connection, then the witness hangs up
+    max_events_per_connection: int = 100
+
+    def check(self) -> None:
+        """Refuse settings under which the storage bound would not hold."""
+        if self.max_log_bytes < 2 * self.max_qubes * CP_LINE_MAX:
+            raise LogvmError("max-log-bytes must be at least 2 * max-qubes * 400")
+
+    def storage_bound(self) -> int:
+        """The most bytes one LogVM's directory can hold."""
+        return 2 * self.max_log_bytes + self.max_qubes * CP_LINE_MAX + 2 * self.max_event_bytes
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, data: bytes, *, exclusive: bool) -> None:
+    """Write a whole file durably; exclusive: fail if it exists."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+
+
+def _append(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _generations(path: Path) -> list[int]:
+    gens = []
+    for name in os.listdir(path):
+        match = _GEN.fullmatch(name)
+        if match:
+            gens.append(int(match.group(1)))
+    return sorted(gens)
+
+
+def read_key(path: Path) -> tuple[str, bytes] | None:
+    """The registered (store id, K0) of one LogVM directory, or None."""
+    try:
+        with open(path / "key", "rb") as f:
+            data = f.read(_MAX_KEY_FILE)
+    except FileNotFoundError:
+        return None
+    return parse_verification_key(data.decode("ascii", "replace"))
+
+
+def read_checkpoints(path: Path) -> list[tuple[bytes, Seal]]:
+    """Every checkpoint held (older generation first), torn or bad lines skipped."""
+    held: list[tuple[bytes, Seal]] = []
+    for gen in _generations(path)[-2:]:
+        with open(path / f"checkpoints.{gen}", "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # torn by a crash mid-append: never acknowledged
+                try:
+                    held.append(parse_cp_line(line[:-1]))
+                except StoreError:
+                    logger.warning("%s: skipping a malformed checkpoint line", path)
+    return held
+
+
+class WitnessState:
+    """One LogVM's directory, held by one connection at a time."""
+
+    def __init__(self, path: Path, limits: Limits, clock: Clock) -> None:
+        self.path = path
+        self.limits = limits
+        self.clock = clock
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._ino = os.stat(path).st_ino
+        self._lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.key = read_key(path)
+        self.keys = EpochKeys(self.key[1]) if self.key else None
+        self.latest: dict[str, tuple[bytes, Seal]] = {}
+        for stamp, seal in read_checkpoints(path):
+            self.latest[seal.qube] = (stamp, seal)
+        gens = _generations(path)
+        self.gen = gens[-1] if gens else 1
+        self._repair_tail()
+        self.hash_budget = TokenBucket(limits.hash_rate, limits.hash_burst, clock())
+        self.counts = {"stored": 0, "refused": 0, "suppressed": 0}
+        self._events_written = 0
+
+    def lock(self) -> bool:
+        """Take this LogVM's lock, waiting a little for a closing connection."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        """Release the lock."""
+        os.close(self._lock_fd)
+
+    @property
+    def cp_path(self) -> Path:
+        """The current checkpoint generation."""
+        return self.path / f"checkpoints.{self.gen}"
+
+    def _repair_tail(self) -> None:
+        # A crash mid-append leaves a line without newline, never acknowledged:
+        # cut it so that the next append starts a clean line.
+        try:
+            with open(self.cp_path, "r+b") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+                    os.fsync(f.fileno())
+                self.cp_size = f.seek(0, os.SEEK_END)
+        except FileNotFoundError:
+            self.cp_size = 0
+
+    def was_reset(self) -> bool:
+        """True when an admin moved this directory away (``reset-key``)."""
+        try:
+            return os.stat(self.path).st_ino != self._ino
+        except FileNotFoundError:
+            return True
+
+    def stamp(self) -> bytes:
+        """The witness's time, as stored."""
+        return format_timestamp(self.clock())
+
+    def event(self, word: str, *, always: bool = False, **fields: str | int) -> None:
+        """Record a refusal or registration (values are validated tokens only)."""
+        if not always and self._events_written >= self.limits.max_events_per_connection:
+            self.counts["suppressed"] += 1
+            return
+        self._events_written += 1
+        pairs = "".join(f" {k}={v}" for k, v in fields.items())
+        line = self.stamp() + f" {word}{pairs}\n".encode("ascii")
+        events = self.path / "events"
+        try:
+            size = os.stat(events).st_size
+        except FileNotFoundError:
+            size = 0
+        if size + len(line) > self.limits.max_event_bytes:
+            os.replace(events, self.path / "events.1")
+        _append(events, line)
+
+    def handle(self, untrusted_line: bytes) -> str:
+        """Answer one message (newline stripped)."""
+        if self.was_reset():
+            return "err reset"
+        try:
+            message = parse_message(untrusted_line)
+        except ProtocolError as err:
+            return f"err {err}"
+        if isinstance(message, Register):
+            return self.register(message)
+        return self.checkpoint(message)
+
+    def register(self, message: Register) -> str:
+        """Trust on first use; a different key later is refused and reported."""
+        offered = format_verification_key(message.store_id, message.key0)
+        if self.key is not None:
+            if self.key == (message.store_id, message.key0):
+                return "ok known"
+            logger.warning("%s offered a different verification key: refused", self.path.name)
+            write_file(
+                self.path / "refused-key",
+                self.stamp() + b" " + offered.encode() + b"\n",
+                exclusive=False,
+            )
+            self.event("key-mismatch", store=message.store_id)
+            return "err key-mismatch"
+        write_file(self.path / "key", offered.encode("ascii") + b"\n", exclusive=True)
+        self.key = (message.store_id, message.key0)
+        self.keys = EpochKeys(message.key0)
+        self.event("registered", store=message.store_id)
+        logger.info(
+            "%s registered its verification key (store %s)", self.path.name, message.store_id
+        )
+        return "ok registered"
+
+    def checkpoint(self, seal: Seal) -> str:
+        """Check a checkpoint's MAC and position; store it if it moves forward."""
+        refusal = self._refusal(seal)
+        if refusal is not None:
+            return refusal
+        stamp = self.stamp()
+        line = format_cp_line(stamp, seal)
+        if self.cp_size + len(line) > self.limits.max_log_bytes:
+            self._next_generation()
+        _append(self.cp_path, line)
+        self.cp_size += len(line)
+        self.latest[seal.qube] = (stamp, seal)
+        self.counts["stored"] += 1
+        return "ok stored"
+
+    def _refusal(self, seal: Seal) -> str | None:
+        """The answer when the checkpoint is not to be stored, else None."""
+        bad_mac = self._mac_refusal(seal)
+        if bad_mac is not None:
+            return bad_mac
+        held = self.latest.get(seal.qube)
+        verdict = judge_checkpoint(held[1] if held else None, seal)
+        if verdict == "seen":
+            return "ok seen"
+        if verdict is not None:
+            self.event(verdict, qube=seal.qube, seq=seal.seq, lines=seal.lines, epoch=seal.epoch)
+            return f"err {verdict}"
+        if held is None and len(self.latest) >= self.limits.max_qubes:
+            self.event("too-many-qubes", qube=seal.qube)
+            return "err too-many-qubes"
+        return None
+
+    def _mac_refusal(self, seal: Seal) -> str | None:
+        if self.keys is None:
+            return "err not-registered"
+        cost = self.keys.cost(seal.epoch)
+        # A compromised LogVM chooses epochs: key derivation is budgeted.
+        if cost and not self.hash_budget.take(cost, self.clock()):
+            return "err busy"
+        if not seal.mac_ok(self.keys.key(seal.epoch)):
+            self.event("bad-mac", qube=seal.qube, seq=seal.seq, epoch=seal.epoch)
+            return "err bad-mac"
+        return None
+
+    def _next_generation(self) -> None:
+        """Start a new file with the newest checkpoint of each qube; drop the oldest."""
+        snapshot = b"".join(format_cp_line(s, seal) for s, seal in self.latest.values())
+        new = self.path / f"checkpoints.{self.gen + 1}"
+        tmp = self.path / f"checkpoints.{self.gen + 1}.tmp"
+        write_file(tmp, snapshot, exclusive=False)
+        os.replace(tmp, new)
+        fsync_dir(self.path)
+        self.gen += 1
+        self.cp_size = len(snapshot)
+        for gen in _generations(self.path)[:-2]:
+            os.unlink(self.path / f"checkpoints.{gen}")
