@@ -1,0 +1,215 @@
+"""File source: follows text log files (globs) across rotation.
+
+Role: for qubes without journald and apps that write their own files. Each
+matching path is followed by one open descriptor. Rotation styles handled:
+rename (the path gets a new inode: the old file is read to its end, and once
+it stays quiet for one poll the new file is read from its start),
+copy-truncate (the size drops below our offset: start again at 0), and
+delete/recreate (like rename). Saved offsets carry the inode identity
+(device, inode), so a restart resumes only in the same file. Only
+acknowledged offsets are saved.
+
+Files are polled (stat + read) every :data:`POLL_SECONDS`; one stat per file
+per poll is cheap and needs no inotify binding.
+
+Trust side: the qube's own files; lines are escaped by :mod:`.record`, and an
+overlong line is cut with an explicit marker, never split.
+"""
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config.exporter import FileConfig
+from .record import TimeFormatter, format_record, token
+from .state import StateDir
+from .transport import Item, Transport
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "files"
+POLL_SECONDS = 0.5
+READ_BYTES = 256 << 10
+MAX_MESSAGE = 60 << 10
+MAX_ITEMS = 2000
+
+
+@dataclass
+class _Follower:
+    path: str
+    tag: str
+    fd: int
+    ident: tuple[int, int]
+    offset: int
+    partial: bytes = b""
+    cut: int = 0  # bytes dropped from the current overlong line
+    retiring: bool = False
+    lines: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+class FilesSource:
+    """All configured file globs."""
+
+    name = "files"
+
+    def __init__(self, files: tuple[FileConfig, ...], state: StateDir) -> None:
+        self._files = files
+        self._state = state
+        self._followers: dict[str, _Follower] = {}
+        saved = state.load(STATE_NAME)
+        self._saved: dict[str, Any] = {k: v for k, v in saved.items() if isinstance(v, dict)}
+        self._acked: dict[str, dict[str, int]] = dict(self._saved)
+        self._dirty = False
+        self._times = TimeFormatter()
+        self._host = token(socket.gethostname())
+        # Saved offsets apply only to files found at startup: a file created
+        # later may reuse a deleted file's inode number.
+        self._scan(resume=True)
+
+    # -- following -------------------------------------------------------
+
+    def _open(self, path: str, tag: str, *, resume: bool) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as err:
+            log.warning("files: cannot open %s: %s", path, err.strerror)
+            return
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        offset = 0
+        saved = self._saved.get(path)
+        if resume and saved and (saved.get("dev"), saved.get("ino")) == ident:
+            saved_offset = saved.get("offset")
+            if isinstance(saved_offset, int) and 0 <= saved_offset <= st.st_size:
+                offset = saved_offset
+        os.lseek(fd, offset, os.SEEK_SET)
+        log.info("files: following %s (tag %s) from offset %d", path, tag, offset)
+        self._followers[path] = _Follower(path, tag, fd, ident, offset)
+
+    def _close(self, follower: _Follower) -> None:
+        if follower.partial:
+            self._emit(follower, follower.partial, follower.offset)
+            follower.partial = b""
+        os.close(follower.fd)
+        del self._followers[follower.path]
+
+    def _scan(self, *, resume: bool) -> None:
+        for spec in self._files:
+            for path in sorted(glob.glob(spec.path)):
+                if path not in self._followers and os.path.isfile(path):
+                    self._open(path, spec.tag, resume=resume)
+
+    def _emit(self, follower: _Follower, line: bytes, end: int) -> None:
+        if follower.cut:
+            line += b" [logvm-exporter: %d bytes cut]" % follower.cut
+            follower.cut = 0
+        follower.lines.append((line, end))
+
+    def _read(self, follower: _Follower) -> int:
+        """Read what is there; split into lines; return bytes read."""
+        try:
+            data = os.read(follower.fd, READ_BYTES)
+        except OSError as err:
+            log.warning("files: cannot read %s: %s", follower.path, err.strerror)
+            return 0
+        start = follower.offset - len(follower.partial)
+        buffer = follower.partial + data
+        follower.offset += len(data)
+        pos = 0
+        while True:
+            newline = buffer.find(b"\n", pos)
+            if newline < 0:
+                break
+            self._emit(follower, buffer[pos:newline], start + newline + 1)
+            pos = newline + 1
+        rest = buffer[pos:]
+        if len(rest) > MAX_MESSAGE:
+            # Keep the head of an overlong line; count and drop the rest.
+            follower.cut += len(rest) - MAX_MESSAGE
+            rest = rest[:MAX_MESSAGE]
+        follower.partial = rest
+        return len(data)
+
+    def _check_rotation(self, follower: _Follower, read: int) -> None:
+        st = _stat(follower.path)
+        if st is None or (st.st_dev, st.st_ino) != follower.ident:
+            # Renamed or deleted: finish the old file once it has gone quiet.
+            if read == 0:
+                if follower.retiring:
+                    log.info("files: %s was rotated or removed", follower.path)
+                    self._close(follower)
+                follower.retiring = True
+            return
+        if st.st_size < follower.offset:
+            log.info("files: %s was truncated; reading it again from the start", follower.path)
+            if follower.partial:
+                self._emit(follower, follower.partial, follower.offset)
+            follower.partial = b""
+            follower.offset = 0
+            os.lseek(follower.fd, 0, os.SEEK_SET)
+
+    def poll(self) -> list[Item]:
+        """One round over all files; returns the complete lines found."""
+        self._scan(resume=False)
+        items: list[Item] = []
+        for follower in list(self._followers.values()):
+            read = self._read(follower)
+            while read and len(follower.lines) < MAX_ITEMS:
+                more = self._read(follower)
+                if not more:
+                    break
+                read += more
+            self._check_rotation(follower, read)
+            stamp = self._times.format(time.time_ns() // 1000)
+            tag = follower.tag
+            for line, end in follower.lines:
+                record = format_record(stamp, self._host, None, None, tag, None, line)
+                items.append((record, self, (follower.path, follower.ident, end)))
+            follower.lines.clear()
+        return items
+
+    async def run(self, transport: Transport, stop: asyncio.Event) -> None:
+        """Follow until ``stop`` is set and every file has been read to its end."""
+        while True:
+            items = self.poll()
+            if items:
+                await transport.put(items)
+                continue
+            if stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLL_SECONDS)
+
+    # -- positions -------------------------------------------------------
+
+    def acked(self, position: Any) -> None:
+        """Everything up to this (path, inode, offset) is stored."""
+        path, (dev, ino), offset = position
+        self._acked[path] = {"dev": dev, "ino": ino, "offset": offset}
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Save acknowledged offsets if they moved."""
+        if self._dirty:
+            self._state.save(STATE_NAME, self._acked)
+            self._saved = dict(self._acked)
+            self._dirty = False
+
+    def close(self) -> None:
+        """Close every followed file."""
+        for follower in list(self._followers.values()):
+            os.close(follower.fd)
+        self._followers.clear()

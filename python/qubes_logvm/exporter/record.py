@@ -1,0 +1,129 @@
+"""The exporter's record line (specified in docs/protocol.md, "Exporter record format").
+
+One record is one line of UTF-8::
+
+    <time> <host> <priority> <unit> <ident>[<pid>]: <message>
+
+- time: the source's time as the qube reports it, RFC 3339 with
+  microseconds and the qube's UTC offset (``2026-11-28T18:05:26.123456+01:00``);
+- host, priority, unit: single tokens, ``-`` when unknown; priority is a
+  syslog severity keyword (``emerg`` ... ``debug``);
+- ident: the syslog identifier / command / file tag, ``-`` when unknown,
+  followed by ``[pid]`` only when a pid is known, then ``": "``;
+- message: the rest of the line.
+
+Every field goes through :func:`qubes_logvm.core.escape.escape`, so no
+record holds a control character or newline; token fields additionally
+escape space, ``[``, ``]`` and ``:`` as ``\\xHH`` so that splitting is
+unambiguous. Trust side: pure formatting of the qube's own (untrusted) log
+data; :func:`parse_record` is strict.
+"""
+
+import re
+import time
+from dataclasses import dataclass
+
+from ..core.escape import escape, unescape
+
+SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+_SEVERITY_BYTES = [s.encode("ascii") for s in SEVERITIES]
+_TOKEN_EXTRA = re.compile(rb"[ \[\]:]")
+_RECORD = re.compile(
+    rb"(\S+) (\S+) (emerg|alert|crit|err|warning|notice|info|debug|-) (\S+) "
+    rb"([^ \[\]:]+)(?:\[([0-9]{1,10})\])?: (.*)",
+    re.DOTALL,
+)
+
+
+def severity_name(priority: int | None) -> bytes:
+    """The keyword of a syslog severity 0..7 (``-`` when unknown)."""
+    if priority is None or not 0 <= priority <= 7:
+        return b"-"
+    return _SEVERITY_BYTES[priority]
+
+
+def severity_number(name: str) -> int:
+    """Inverse of :func:`severity_name` for configuration (``warning`` -> 4)."""
+    return SEVERITIES.index(name)
+
+
+def token(value: bytes | str | None) -> bytes:
+    """Escape one token field (no spaces, brackets or colons); ``-`` if empty."""
+    if value is None:
+        return b"-"
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    if not raw:
+        return b"-"
+    return _TOKEN_EXTRA.sub(lambda m: b"\\x%02x" % m.group()[0], escape(raw))
+
+
+class TimeFormatter:
+    """Formats Unix times as local RFC 3339 with offset; caches per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = b""
+        self._offset = b""
+
+    def format(self, unix_usec: int) -> bytes:
+        """``YYYY-MM-DDTHH:MM:SS.ffffff+HH:MM`` in the qube's local time."""
+        second, usec = divmod(unix_usec, 1_000_000)
+        if second != self._second:
+            local = time.localtime(second)
+            offset = local.tm_gmtoff or 0
+            sign = "+" if offset >= 0 else "-"
+            hours, minutes = divmod(abs(offset) // 60, 60)
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local).encode("ascii")
+            self._offset = f"{sign}{hours:02d}:{minutes:02d}".encode("ascii")
+            self._second = second
+        return b"%s.%06d%s" % (self._prefix, usec, self._offset)
+
+
+def format_record(
+    stamp: bytes,
+    host: bytes,
+    priority: int | None,
+    unit: bytes | str | None,
+    ident: bytes | str | None,
+    pid: int | None,
+    untrusted_message: bytes,
+) -> bytes:
+    """One record line, newline included. ``stamp`` and ``host`` are tokens already."""
+    head = b"%s %s %s %s %s" % (stamp, host, severity_name(priority), token(unit), token(ident))
+    if pid is not None and 0 <= pid < 10**10:
+        head += b"[%d]" % pid
+    return b"%s: %s\n" % (head, escape(untrusted_message))
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """A record split into its fields (values unescaped)."""
+
+    time: str
+    host: str
+    priority: str
+    unit: str
+    ident: str
+    pid: int | None
+    message: bytes
+
+
+def _untoken(value: bytes) -> str:
+    return "" if value == b"-" else unescape(value).decode("utf-8", "replace")
+
+
+def parse_record(line: bytes) -> ParsedRecord:
+    """Split a record line (without newline); raise ValueError if malformed."""
+    match = _RECORD.fullmatch(line)
+    if match is None:
+        raise ValueError("not an exporter record")
+    pid = match.group(6)
+    return ParsedRecord(
+        time=match.group(1).decode("ascii", "replace"),
+        host=_untoken(match.group(2)),
+        priority=match.group(3).decode("ascii"),
+        unit=_untoken(match.group(4)),
+        ident=_untoken(match.group(5)),
+        pid=int(pid) if pid is not None else None,
+        message=unescape(match.group(7)),
+    )

@@ -1,0 +1,60 @@
+"""A small stand-in for "qrexec-client-vm @default logvm.Send" + collector.
+
+Speaks the wire protocol of docs/protocol.md: reads lines from stdin, appends
+them to ``DIR/received`` (fsynced), then writes ``ack <N>``. Its behaviour is
+steered by files in DIR, so a test can change it between connections:
+
+- ``DIR/deny``: exit 126 at once, as qrexec-client-vm does when the policy
+  denies the call;
+- ``DIR/down``: exit 1 at once (the LogVM is absent);
+- ``DIR/slow``: sleep that many seconds before each ack;
+- ``DIR/noack``: store but never acknowledge.
+
+Every start appends one line to ``DIR/connections``; its pid goes to
+``DIR/pid`` so a test can kill it mid-stream.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    """Run one connection."""
+    state = Path(sys.argv[1])
+    with (state / "connections").open("a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    if (state / "deny").exists():
+        return 126
+    if (state / "down").exists():
+        return 1
+    (state / "pid").write_text(str(os.getpid()))
+    received = os.open(state / "received", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    stdin = sys.stdin.buffer
+    total = 0
+    partial = b""
+    while True:
+        chunk = stdin.read1(1 << 16)
+        if not chunk:
+            break
+        data = partial + chunk
+        cut = data.rfind(b"\n") + 1
+        partial = data[cut:]
+        if not cut:
+            continue
+        os.write(received, data[:cut])
+        os.fsync(received)
+        total += data[:cut].count(b"\n")
+        slow = state / "slow"
+        if slow.exists():
+            time.sleep(float(slow.read_text() or "0.2"))
+        if not (state / "noack").exists():
+            sys.stdout.write(f"ack {total}\n")
+            sys.stdout.flush()
+    os.close(received)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
