@@ -1,0 +1,319 @@
+"""Sending checkpoints from the LogVM to the witness (floor 2).
+
+Trust side: runs in the LogVM, inside the collector. It sends the newest seal
+line of each qube to the ``logvm.Witness`` service over one long-lived
+qrexec call; the witness (dom0) is trusted, but its answers are still
+checked against the reply grammar.
+
+Seams (what the collector and ``logvm setup-keys`` call):
+
+- ``sender = CheckpointSender(store_root)``; ``sender.start()`` inside the
+  collector's event loop; ``Store(root, on_seal=sender.submit)`` so every
+  seal (``open``/``batch``/``tick``/``close``/``recover``) is offered; at
+  shutdown ``await sender.flush(timeout)`` then ``await sender.stop()``.
+  :meth:`CheckpointSender.submit` is synchronous, O(1), does no I/O and never
+  blocks: the newest seal per qube wins, at most ``max_qubes`` qubes are
+  held, so if the witness is unreachable checkpoints wait (bounded) and
+  ingest goes on. Call it only after the seal line is durable (the writer
+  fdatasyncs before ``on_seal``): the witness must never hold a seal the
+  store could lose in a crash.
+- ``logvm setup-keys`` calls :func:`queue_registration` (store root and the
+  ``logvm-vk1:...`` text that :func:`keystate.setup_keys` returned), which
+  writes ``state/witness-register`` (0600). The sender sends it first on
+  every connection until the witness answers ``ok registered``/``ok known``,
+  then overwrites and deletes it: from then on ``K[0]`` exists nowhere in
+  the LogVM. :func:`register_key` does the same at once (one qrexec call)
+  for a CLI that wants to report the outcome; on failure the queued file
+  stays for the collector to send.
+
+The wire format and replies are in :mod:`qubes_logvm.core.witness_format`
+and docs/witness.md.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..core.errors import ProtocolError, SealError
+from ..core.seal import Seal, parse_verification_key
+from ..core.witness_format import Register, parse_message
+from .layout import StoreLayout, fsync_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND = ("qrexec-client-vm", "dom0", "logvm.Witness")
+PENDING_NAME = "witness-register"
+_REPLY = re.compile(rb"(ok|err) [a-z-]{1,32}\n")
+_RETRY_LATER = (b"err rate-limit", b"err busy")
+_RECONNECT = (b"err reset", b"err locked")
+_MAX_REPLY = 64
+
+
+def pending_path(store_root: Path | str) -> Path:
+    """Where a key registration waits to be sent."""
+    return StoreLayout(store_root).state_dir / PENDING_NAME
+
+
+def queue_registration(store_root: Path | str, verification_key: str) -> Path:
+    """Write the registration for the sender to deliver first (then erase)."""
+    store_id, key0 = parse_verification_key(verification_key)
+    path = pending_path(store_root)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"register {store_id} {key0.hex()}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+    return path
+
+
+def read_registration(path: Path) -> bytes | None:
+    """The queued registration line (without newline), or None."""
+    try:
+        with open(path, "rb") as f:
+            line = f.read(256).rstrip(b"\n")
+    except FileNotFoundError:
+        return None
+    try:
+        if not isinstance(parse_message(line), Register):
+            raise SealError(f"{path}: not a registration")
+    except ProtocolError as err:
+        raise SealError(f"{path}: damaged key registration") from err
+    return line
+
+
+def erase_registration(path: Path) -> None:
+    """Overwrite the queued key in place, then remove the file."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path.unlink()
+        fsync_dir(path.parent)
+
+
+def _check_reply(raw: bytes) -> bytes:
+    if not _REPLY.fullmatch(raw):
+        raise ProtocolError(f"unexpected answer from the witness: {raw[:_MAX_REPLY]!r}")
+    return raw[:-1]
+
+
+def register_key(
+    store_root: Path | str,
+    verification_key: str,
+    *,
+    command: Sequence[str] = DEFAULT_COMMAND,
+    timeout: float = 60.0,
+) -> str:
+    """Queue the key, then register it now; return the witness's answer.
+
+    On ``ok ...`` the queued copy is erased; otherwise it stays and the
+    collector's sender delivers it later. Raises ProtocolError when the
+    witness cannot be reached.
+    """
+    path = queue_registration(store_root, verification_key)
+    line = read_registration(path) or b""
+    try:
+        done = subprocess.run(
+            list(command), input=line + b"\n", capture_output=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ProtocolError(f"cannot reach the witness: {err}") from err
+    reply = _check_reply(done.stdout[:_MAX_REPLY].split(b"\n", 1)[0] + b"\n")
+    if reply.startswith(b"ok "):
+        erase_registration(path)
+    return reply.decode("ascii")
+
+
+class CheckpointSender:
+    """Keeps one qrexec call to the witness open and feeds it checkpoints."""
+
+    def __init__(
+        self,
+        store_root: Path | str,
+        *,
+        command: Sequence[str] = DEFAULT_COMMAND,
+        interval: float = 5.0,
+        heartbeat: float = 60.0,
+        max_qubes: int = 4096,
+        backoff: tuple[float, float] = (1.0, 60.0),
+        reply_timeout: float = 60.0,
+    ) -> None:
+        self.command = list(command)
+        self.pending = pending_path(store_root)
+        self.interval = interval
+        self.heartbeat = heartbeat
+        self.max_qubes = max_qubes
+        self.backoff = backoff
+        self.reply_timeout = reply_timeout
+        self.queue: dict[str, bytes] = {}  # qube -> newest seal line not yet answered
+        self.stats = {"submitted": 0, "stored": 0, "refused": 0, "dropped": 0, "connects": 0}
+        self.connected = False
+        self._last_line: bytes | None = None
+        self._last_send = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+
+    def submit(self, seal: Seal | bytes) -> None:
+        """Offer the newest seal of a qube (never blocks, no I/O)."""
+        line = seal.to_line() if isinstance(seal, Seal) else seal
+        line = line.rstrip(b"\n")
+        parts = line.split(b" ", 3)
+        if len(parts) < 4 or parts[1] == b"tomb":
+            return
+        qube = parts[2].decode("ascii", "replace")
+        if qube not in self.queue and len(self.queue) >= self.max_qubes:
+            self.stats["dropped"] += 1
+            return
+        self.queue[qube] = line
+        self.stats["submitted"] += 1
+
+    def start(self) -> None:
+        """Start the sending task in the running event loop."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="witness-sender")
+
+    async def flush(self, timeout: float) -> bool:
+        """Send what is queued now; True if the queue emptied within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (self.queue or self.pending.exists()) and time.monotonic() < deadline:
+            if self._wake is not None:
+                self._wake.set()
+            await asyncio.sleep(0.05)
+        return not self.queue
+
+    async def stop(self) -> None:
+        """Stop sending and end the qrexec call."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._end_call()
+
+    async def run(self) -> None:
+        """Connect, send, reconnect with backoff; forever."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        delay = self.backoff[0]
+        while True:
+            try:
+                await self._session()
+                delay = self.backoff[0]
+            except (OSError, ProtocolError, TimeoutError, SealError) as err:
+                log.warning("witness: %s; retrying in %.1fs", err, delay)
+            finally:
+                self.connected = False
+                await self._end_call()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff[1])
+
+    async def _session(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        self._proc = proc
+        self.stats["connects"] += 1
+        await self._register()
+        self.connected = True
+        wake = self._wake or asyncio.Event()
+        while True:
+            await self._send_batch()
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.interval)
+
+    async def _exchange(self, lines: list[bytes]) -> list[bytes]:
+        """Write lines (pipelined), read one answer per line."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise ProtocolError("no call to the witness")
+        proc.stdin.write(b"".join(line + b"\n" for line in lines))
+        await proc.stdin.drain()
+        self._last_send = time.monotonic()
+        replies = []
+        for _ in lines:
+            raw = await asyncio.wait_for(proc.stdout.readline(), self.reply_timeout)
+            if not raw:
+                raise ProtocolError("the witness ended the call")
+            replies.append(_check_reply(raw))
+        return replies
+
+    async def _register(self) -> None:
+        line = read_registration(self.pending)
+        if line is None:
+            return
+        (reply,) = await self._exchange([line])
+        if reply.startswith(b"ok "):
+            erase_registration(self.pending)
+            log.info("witness: verification key registered (%s)", reply.decode())
+        elif reply in _RETRY_LATER or reply in _RECONNECT:
+            raise ProtocolError(f"witness answered {reply.decode()} to the registration")
+        else:
+            log.error(
+                "witness refused the verification key (%s): if the store was re-keyed on "
+                "purpose, run `logvm-witness reset-key` in the witness qube",
+                reply.decode(),
+            )
+
+    async def _send_batch(self) -> None:
+        batch = list(self.queue.items())
+        self.queue.clear()
+        if not batch:
+            if self._last_line is None or time.monotonic() - self._last_send < self.heartbeat:
+                return
+            batch = [("", self._last_line)]  # heartbeat: the witness answers "ok seen"
+        try:
+            replies = await self._exchange([line for _, line in batch])
+        except BaseException:
+            self._requeue(batch)
+            raise
+        retry = [
+            item for item, reply in zip(batch, replies, strict=True) if self._judge(item, reply)
+        ]
+        if retry:
+            self._requeue(retry)
+            if any(r in _RECONNECT for r in replies):
+                raise ProtocolError("the witness asked to reconnect")
+            await asyncio.sleep(self.backoff[0])
+
+    def _judge(self, item: tuple[str, bytes], reply: bytes) -> bool:
+        """Count an answer; True when the checkpoint should be sent again."""
+        if reply in _RETRY_LATER or reply in _RECONNECT:
+            return bool(item[0])
+        if reply.startswith(b"ok "):
+            self.stats["stored"] += reply == b"ok stored"
+            self._last_line = item[1]
+            return False
+        self.stats["refused"] += 1
+        log.warning("witness refused the checkpoint of %s: %s", item[0] or "-", reply.decode())
+        return False
+
+    def _requeue(self, items: list[tuple[str, bytes]]) -> None:
+        for qube, line in items:
+            if qube:
+                self.queue.setdefault(qube, line)  # a newer submit wins
+
+    async def _end_call(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 2.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,213 @@
+"""``logvm-witness serve`` as qrexec runs it: a real process on real pipes.
+
+Hostile input from the LogVM (oversized, malformed, binary, replayed,
+too frequent) is refused, and the witness's storage stays within its bound.
+"""
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qubes_logvm.core.seal import format_verification_key
+from witness.conftest import (
+    KEY0,
+    LOGVM,
+    STORE_ID,
+    WITNESS,
+    WitnessCall,
+    dir_bytes,
+    line_of,
+    make_seal,
+    register_line,
+)
+
+pytestmark = pytest.mark.timeout(60)
+Open = Callable[..., WitnessCall]
+
+
+def admin(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(WITNESS), "--dir", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def registered(open_call: Open) -> WitnessCall:
+    call = open_call()
+    assert call.send(register_line()) == "ok registered"
+    return call
+
+
+def test_register_checkpoint_list_export(open_call: Open, witness_dir: Path) -> None:
+    call = registered(open_call)
+    assert call.send(line_of(make_seal())) == "ok stored"
+    assert call.send(line_of(make_seal(lines=5, nbytes=50, epoch=1))) == "ok stored"
+    assert call.send(register_line()) == "ok known"
+    assert call.close() == 0
+
+    listing = admin(witness_dir, "list").stdout
+    assert f"{LOGVM}: store {STORE_ID}" in listing
+    assert "work" in listing and " 5 " in listing
+    key = admin(witness_dir, "export-key", LOGVM).stdout.strip()
+    assert key == format_verification_key(STORE_ID, KEY0)
+    export = admin(witness_dir, "export", LOGVM).stdout.splitlines()
+    assert export[0] == f"logvm-witness-export-v1 {LOGVM} {STORE_ID}"
+    assert export[2].endswith(line_of(make_seal(lines=5, nbytes=50, epoch=1)).decode())
+
+
+def test_identity_comes_from_qrexec_only(open_call: Open, witness_dir: Path) -> None:
+    call = open_call(logvm="other-logvm")
+    assert call.send(register_line()) == "ok registered"
+    call.close()
+    assert (witness_dir / "other-logvm" / "key").exists()
+    assert not (witness_dir / LOGVM).exists()
+    bad = open_call(logvm="../etc")
+    assert bad.send_raw(register_line() + b"\n") == []
+    assert bad.proc.returncode != 0
+    assert not (witness_dir.parent / "etc").exists()
+
+
+def test_different_key_refused_and_reported(open_call: Open, witness_dir: Path) -> None:
+    registered(open_call).close()
+    call = open_call()
+    assert call.send(register_line(key0=b"\x07" * 32)) == "err key-mismatch"
+    assert call.send(register_line(store_id="f" * 32)) == "err key-mismatch"
+    call.close()
+    assert admin(witness_dir, "export-key", LOGVM).stdout.strip().endswith(KEY0.hex())
+    assert "WARNING: a different key was offered" in admin(witness_dir, "list").stdout
+    assert "key-mismatch" in (witness_dir / LOGVM / "events").read_text()
+
+
+def test_reset_key_allows_a_new_registration(open_call: Open, witness_dir: Path) -> None:
+    call = registered(open_call)
+    assert call.send(line_of(make_seal())) == "ok stored"
+    assert admin(witness_dir, "reset-key", LOGVM).returncode == 0
+    # The running call notices and ends; a new call trusts the next key.
+    assert call.send(line_of(make_seal(lines=1, nbytes=10))) == "err reset"
+    call.close()
+    fresh = open_call()
+    assert fresh.send(register_line(key0=b"\x07" * 32)) == "ok registered"
+    fresh.close()
+    assert any(p.name.startswith(f"{LOGVM}.reset-") for p in witness_dir.iterdir())
+    assert LOGVM in admin(witness_dir, "list").stdout
+
+
+def test_checkpoints_refused(open_call: Open, witness_dir: Path) -> None:
+    early = open_call()
+    assert early.send(line_of(make_seal())) == "err not-registered"
+    early.close()
+    call = registered(open_call)
+    assert call.send(line_of(make_seal(lines=3, nbytes=30, epoch=2))) == "ok stored"
+    size = dir_bytes(witness_dir / LOGVM / "checkpoints.1")
+    forged = make_seal(lines=4, nbytes=40, epoch=2, key0=b"\x01" * 32)
+    refused = {
+        line_of(make_seal(lines=3, nbytes=30, epoch=2)): "ok seen",  # heartbeat, same line
+        line_of(make_seal(lines=2, nbytes=20, epoch=2)): "err stale",  # replay of an older one
+        line_of(make_seal(lines=4, nbytes=40, epoch=1)): "err stale",  # epoch goes back
+        line_of(forged): "err bad-mac",  # made without the key
+        line_of(make_seal(lines=3, nbytes=30, epoch=3, head=b"\2" * 32)): "err fork",
+    }
+    for line, reply in refused.items():
+        assert call.send(line) == reply
+    assert dir_bytes(witness_dir / LOGVM / "checkpoints.1") == size
+    assert call.close() == 0
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"\x00" * 100,  # binary
+        b"\x1b]0;pwned\x07\x1b[2J",  # terminal escapes
+        b"x" * 100_000,  # oversized, then more on the same line
+        b"v1 batch work 1 0 1 5",  # truncated seal line
+        "v1 open wörk 1 0 0 0".encode(),  # non-ASCII
+        b"register " + b"0" * 32,  # missing key
+    ],
+)
+def test_hostile_lines_refused_without_storage(
+    open_call: Open, witness_dir: Path, junk: bytes
+) -> None:
+    registered(open_call).close()
+    before = dir_bytes(witness_dir)
+    replies = open_call().send_raw(junk + b"\n" + line_of(make_seal()) + b"\n" + b"tail")
+    assert replies[0] in ("err malformed", "err too-long")
+    assert replies[1] == "ok stored"  # the stream resynchronises at the newline
+    assert replies[2] == "err malformed"  # a last line without newline is not a message
+    assert len(replies) == 3
+    assert dir_bytes(witness_dir) - before < 1024  # one checkpoint and an event or two
+
+
+def test_too_frequent_refused(open_call: Open, witness_dir: Path) -> None:
+    registered(open_call).close()
+    lines = [line_of(make_seal(lines=n, nbytes=n * 10)) for n in range(1, 41)]
+    replies = open_call("--rate", "0.001", "--burst", "10").send_raw(b"\n".join(lines) + b"\n")
+    assert replies[:10] == ["ok stored"] * 10
+    assert replies[10:] == ["err rate-limit"] * 30
+    held = (witness_dir / LOGVM / "checkpoints.1").read_bytes().count(b"\n")
+    assert held == 10
+
+
+def test_epoch_jump_budgeted(open_call: Open) -> None:
+    call = open_call("--hash-burst", "5000")
+    assert call.send(register_line()) == "ok registered"
+    assert call.send(line_of(make_seal(epoch=4000))) == "ok stored"
+    # A compromised LogVM picks a far epoch: the witness refuses to hash that far now.
+    assert call.send(line_of(make_seal(seq=2, epoch=4_000_000))) == "err busy"
+    assert call.send(line_of(make_seal(seq=2, epoch=4001))) == "ok stored"
+
+
+def test_too_many_qubes(open_call: Open) -> None:
+    call = open_call("--max-qubes", "3", "--max-log-bytes", "4096")
+    assert call.send(register_line()) == "ok registered"
+    for qube in ("a", "b", "c"):
+        assert call.send(line_of(make_seal(qube))) == "ok stored"
+    assert call.send(line_of(make_seal("d"))) == "err too-many-qubes"
+    assert call.send(line_of(make_seal("a", lines=1, nbytes=10))) == "ok stored"
+
+
+@pytest.mark.slow
+def test_storage_bounded_under_endless_valid_checkpoints(
+    open_call: Open, witness_dir: Path
+) -> None:
+    # A compromised LogVM holds the current key and may send valid checkpoints forever.
+    registered(open_call).close()
+    lines = [
+        line_of(make_seal(f"q{n % 4}", lines=n + 1, nbytes=(n + 1) * 10)) for n in range(3000)
+    ]
+    call = open_call("--max-qubes", "4", "--max-log-bytes", "4000", "--rate", "1e9")
+    replies = call.send_raw(b"\n".join(lines) + b"\n")
+    assert replies == ["ok stored"] * 3000
+    state = witness_dir / LOGVM
+    gens = sorted(p.name for p in state.glob("checkpoints.*"))
+    assert len(gens) == 2
+    assert dir_bytes(state) <= 2 * 4000 + 4 * 400 + 2 * (256 << 10)
+    # The newest checkpoint of every qube survives compaction.
+    export = admin(witness_dir, "export", LOGVM).stdout
+    for n in range(2996, 3000):
+        assert line_of(make_seal(f"q{n % 4}", lines=n + 1, nbytes=(n + 1) * 10)).decode() in export
+
+
+def test_one_call_at_a_time(open_call: Open, witness_dir: Path) -> None:
+    first = registered(open_call)
+    second = open_call()
+    # The second waits for the lock, then gives up with a clear answer.
+    assert second.send_raw(b"") == ["err locked"]
+    first.close()
+
+
+def test_not_a_qrexec_call(witness_dir: Path) -> None:
+    done = subprocess.run(
+        [str(WITNESS), "--dir", str(witness_dir), "serve"],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 1
+    assert b"QREXEC_REMOTE_DOMAIN" in done.stderr
