@@ -56,3 +56,129 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache
+
+# ===========================================================================
+# Install and packages: install-vm, install-dom0, rpm, deb.
+# The only place that knows install paths; rpm_spec/*.spec.in and
+# debian/rules call install-vm / install-dom0 with DESTDIR (and, on Debian,
+# UNITDIR/PRESETDIR for bookworm's /lib/systemd layout).
+# ===========================================================================
+DESTDIR ?=
+PREFIX ?= /usr
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+PRESETDIR ?= $(PREFIX)/lib/systemd/system-preset
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+BINDDIRSDIR ?= $(PREFIX)/lib/qubes-bind-dirs.d
+QUBESRPCDIR ?= $(SYSCONFDIR)/qubes-rpc
+RPCCONFIGDIR ?= $(SYSCONFDIR)/qubes/rpc-config
+POLICYDIR ?= $(SYSCONFDIR)/qubes/policy.d
+CONFDIR ?= $(SYSCONFDIR)/qubes-logvm
+FORMULADIR ?= /srv/formulas/base/logvm-formula
+SALTMINIONDIR ?= $(SYSCONFDIR)/salt/minion.d
+# The witness's append-only state in dom0 (logvm-witness's default root).
+WITNESSDIR ?= /var/lib/qubes-logvm-witness
+PYTHON ?= /usr/bin/python3
+# Where the collector's socket lives (systemd/logvm-collector.socket) and
+# so where /etc/qubes-rpc/logvm.Send points.
+LOGVM_SOCKET := /run/qubes-logvm/logvm.Send.sock
+# The interpreter's own purelib for PREFIX: Debian's deb_system scheme
+# (/usr/lib/python3/dist-packages) where it exists, posix_prefix elsewhere
+# (Fedora: /usr/lib/python3.X/site-packages, i.e. %{python3_sitelib}).
+PYTHON_SITELIB ?= $(shell $(PYTHON) -c 'import sysconfig as s; n = "deb_system" if "deb_system" in s.get_scheme_names() else "posix_prefix"; print(s.get_path("purelib", n, {"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))')
+VERSION := $(shell cat version)
+PKGBUILD := build/pkg
+D := $(DESTDIR)
+
+.PHONY: install-python install-vm install-dom0 rpm deb srpm-tarball
+
+# The Python package and its console scripts, the standard way (what
+# Fedora's %pyproject_install does too): pip with --root/--prefix, no
+# dependencies (they are distro packages), no network, no build isolation.
+# Built from a copy so that the source tree (and the developers' editable
+# install) is never touched.
+install-python:
+	rm -rf $(PKGBUILD)/pysrc && mkdir -p $(PKGBUILD)/pysrc
+	cp -r python/pyproject.toml python/qubes_logvm $(PKGBUILD)/pysrc/
+	find $(PKGBUILD)/pysrc -name __pycache__ -prune -exec rm -rf {} +
+	DEB_PYTHON_INSTALL_LAYOUT=deb_system $(PYTHON) -m pip install --quiet --no-deps \
+	    --no-build-isolation --no-index --no-cache-dir --disable-pip-version-check \
+	    --no-warn-script-location --no-compile --ignore-installed --root-user-action=ignore \
+	    --root "$(if $(D),$(abspath $(D)),/)" --prefix $(PREFIX) $(PKGBUILD)/pysrc
+	# direct_url.json records the build path; REQUESTED is pip bookkeeping.
+	rm -f $(D)$(PYTHON_SITELIB)/qubes_logvm-*.dist-info/direct_url.json \
+	      $(D)$(PYTHON_SITELIB)/qubes_logvm-*.dist-info/REQUESTED
+	rm -rf $(PKGBUILD)/pysrc
+
+# VM side (templates, the LogVM, source qubes): all programs, units, the
+# logvm.Send socket service, bind-dirs, default configs.
+install-vm: install-python
+	install -d $(D)$(UNITDIR) $(D)$(PRESETDIR) $(D)$(TMPFILESDIR) $(D)$(SYSUSERSDIR) \
+	    $(D)$(BINDDIRSDIR) $(D)$(QUBESRPCDIR) $(D)$(RPCCONFIGDIR) $(D)$(CONFDIR)
+	install -m 0644 systemd/logvm-collector.socket systemd/logvm-collector.service \
+	    systemd/logvm-rotate.service systemd/logvm-exporter.service $(D)$(UNITDIR)/
+	install -m 0644 systemd/75-qubes-logvm.preset $(D)$(PRESETDIR)/75-qubes-logvm.preset
+	install -m 0644 systemd/qubes-logvm.tmpfiles $(D)$(TMPFILESDIR)/qubes-logvm.conf
+	install -m 0644 systemd/qubes-logvm.sysusers $(D)$(SYSUSERSDIR)/qubes-logvm.conf
+	install -m 0644 bind-dirs/40_qubes-logvm.conf $(D)$(BINDDIRSDIR)/40_qubes-logvm.conf
+	ln -sfn $(LOGVM_SOCKET) $(D)$(QUBESRPCDIR)/logvm.Send
+	install -m 0644 rpc-config/logvm.Send $(D)$(RPCCONFIGDIR)/logvm.Send
+	install -m 0644 etc/qubes-logvm/collector.yaml etc/qubes-logvm/exporter.yaml $(D)$(CONFDIR)/
+
+# dom0 side: the witness service (only the pure core, the witness module and
+# its command: code in dom0 stays small), the policy, the Salt formula.
+install-dom0:
+	rm -rf $(PKGBUILD)/dom0root
+	$(MAKE) --no-print-directory install-python DESTDIR=$(PKGBUILD)/dom0root
+	install -d $(D)$(PYTHON_SITELIB)/qubes_logvm $(D)$(BINDIR) $(D)$(QUBESRPCDIR) \
+	    $(D)$(POLICYDIR) $(D)$(FORMULADIR) $(D)$(SALTMINIONDIR)
+	cd $(PKGBUILD)/dom0root$(PYTHON_SITELIB)/qubes_logvm && \
+	    cp -r __init__.py VERSION py.typed core \
+	        $(if $(wildcard python/qubes_logvm/witness.py),witness.py) \
+	        $(if $(wildcard python/qubes_logvm/witness/__init__.py),witness) \
+	        $(abspath $(D)$(PYTHON_SITELIB))/qubes_logvm/
+	install -m 0755 $(PKGBUILD)/dom0root$(BINDIR)/logvm-witness $(D)$(BINDIR)/logvm-witness
+	rm -rf $(PKGBUILD)/dom0root
+	install -m 0755 qubes-rpc/logvm.Witness $(D)$(QUBESRPCDIR)/logvm.Witness
+	# dom0's qrexec services run as the dom0 user, a member of group qubes.
+	install -d -m 0770 $(D)$(WITNESSDIR)
+	$(if $(wildcard qubes-rpc-policy/*.policy),install -m 0664 $(wildcard qubes-rpc-policy/*.policy) $(D)$(POLICYDIR)/)
+	cd salt && find . -type d -name __pycache__ -prune -o -type f -print | while read -r f; do \
+	    install -D -m 0644 "$$f" "$(abspath $(D)$(FORMULADIR))/$${f#./}"; done
+	printf '%s\n' '# qubes-logvm: makes the logvm formula visible to qubesctl.' \
+	    'file_roots:' '  base:' '    - $(FORMULADIR)' > $(D)$(SALTMINIONDIR)/logvm.conf
+	chmod 0644 $(D)$(SALTMINIONDIR)/logvm.conf
+
+# A source tarball as qubes-builder v2 makes it (NAME-VERSION/ prefix), from
+# the working tree so that uncommitted changes are tested too.
+srpm-tarball:
+	mkdir -p $(PKGBUILD)/rpmbuild/SOURCES
+	tar --exclude-vcs --exclude=./.venv --exclude=./build --exclude=__pycache__ \
+	    --exclude='*.egg-info' --exclude=.mypy_cache --exclude=.ruff_cache \
+	    --exclude=.pytest_cache --exclude=.hypothesis --exclude=./.helpers --exclude=./dist \
+	    --transform 's,^\.,qubes-logvm-$(VERSION),' \
+	    -czf $(PKGBUILD)/rpmbuild/SOURCES/qubes-logvm-$(VERSION).tar.gz .
+
+# Both RPMs with Debian's rpmbuild (--nodeps: the build dependencies are
+# Debian packages here, not in the rpm database); the Fedora macros it lacks come from
+# rpm_spec/macros.qubes-logvm (on Fedora/Qubes the real ones are used).
+rpm: srpm-tarball
+	mkdir -p $(PKGBUILD)/rpmbuild/SPECS
+	for s in qubes-logvm qubes-logvm-dom0; do \
+	    sed -e 's/@VERSION@/$(VERSION)/g' \
+	        -e "s/@CHANGELOG@/* $$(LC_ALL=C date -u +'%a %b %d %Y') qubes-logvm developers <qubes-logvm@example.org> - $(VERSION)-1\n- Local build (qubes-builder fills the changelog from git)/" \
+	        rpm_spec/$$s.spec.in > $(PKGBUILD)/rpmbuild/SPECS/$$s.spec || exit 1; \
+	    rpmbuild --quiet -bb --nodeps --load rpm_spec/macros.qubes-logvm \
+	        --define '_topdir $(abspath $(PKGBUILD)/rpmbuild)' \
+	        --define 'python3_sitelib $(PYTHON_SITELIB)' \
+	        $(PKGBUILD)/rpmbuild/SPECS/$$s.spec || exit 1; \
+	done
+	mkdir -p dist && cp $(PKGBUILD)/rpmbuild/RPMS/noarch/*.rpm dist/
+
+# The Debian package (binary only, unsigned); lands in dist/.
+deb:
+	dpkg-buildpackage -us -uc -b
+	mkdir -p dist && mv ../qubes-logvm_$(VERSION)*.deb dist/ && \
+	    rm -f ../qubes-logvm_$(VERSION)*.buildinfo ../qubes-logvm_$(VERSION)*.changes
