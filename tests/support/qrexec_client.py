@@ -31,6 +31,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -225,7 +226,7 @@ def run_socket_service(
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        _connect_unix(sock, path)
     except OSError as err:
         sock.close()
         raise CallFailed(EXIT_PROBLEM, f"connect to {path}: {err}") from err
@@ -238,6 +239,21 @@ def run_socket_service(
         to_service.join()
     sock.close()
     return 0
+
+
+def _connect_unix(sock: socket.socket, path: Path) -> None:
+    """Connect even when the path is too long for sockaddr_un.
+
+    libqrexec qubes_connect does the same: it connects through a short
+    symlink in a fresh temporary directory.
+    """
+    if len(os.fsencode(path)) < 108:
+        sock.connect(str(path))
+        return
+    with tempfile.TemporaryDirectory(prefix="qrexec-") as tmp:
+        link = Path(tmp) / "qrexec-socket"
+        link.symlink_to(path)
+        sock.connect(str(link))
 
 
 def _pump_stdin(stdin: IO[bytes], sock: socket.socket) -> None:
