@@ -1,0 +1,72 @@
+{#- logvm.clean: undoes the formula, in reverse order, wherever it runs:
+    `qubesctl --skip-dom0 --targets=TEMPLATES,LOGVM state.apply logvm.clean`
+    first, then `qubesctl state.apply logvm.clean` in dom0. Stored logs are
+    never deleted: the LogVM and its private volume stay (remove it yourself
+    with qvm-remove once you no longer need the logs), and so do the
+    witness's checkpoints. -#}
+{%- from tpldir ~ '/map.jinja' import logvm, logvm_paths with context %}
+{%- set id = sls | replace('.', '-') %}
+{%- if grains['id'] == 'dom0' %}
+{%-   from tpldir ~ '/sources.jinja' import selected with context %}
+{%-   for name in selected | reverse %}
+
+{{ id }}-source-{{ name }}:
+  qvm.service:
+    - name: {{ name }}
+    - default:
+      - logvm-exporter
+{%-   endfor %}
+
+{{ id }}-policy:
+  file.absent:
+    - name: {{ logvm_paths.policy }}
+
+{#- Keep the qube (its private volume holds the logs); stop it running the
+    collector and starting at boot, and drop the formula's tag. #}
+{{ id }}-logvm:
+  qvm.vm:
+    - name: {{ logvm.vm.name }}
+    - actions:
+      - exists: pass
+      - prefs
+      - service
+      - tags
+    - exists: []
+    - prefs:
+      - autostart: false
+    - service:
+      - default:
+        - logvm-collector
+    - tags:
+      - del:
+        - {{ logvm.vm.tag }}
+{%- elif grains['id'] == logvm.vm.name %}
+
+{{ id }}-limits:
+  file.absent:
+    - name: {{ logvm_paths.override }}
+
+{{ id }}-reload:
+  cmd.run:
+    - name: {{ logvm.system.reload_command | yaml_dquote }}
+    - onchanges:
+      - file: {{ id }}-limits
+{%- else %}
+
+{{ id }}-collector-config:
+  file.absent:
+    - name: {{ logvm_paths.collector }}
+
+{{ id }}-exporter-config:
+  file.absent:
+    - name: {{ logvm_paths.exporter }}
+{%-   if logvm.system.install_packages %}
+
+{{ id }}-package:
+  pkg.removed:
+    - name: qubes-logvm
+    - require:
+      - file: {{ id }}-collector-config
+      - file: {{ id }}-exporter-config
+{%-   endif %}
+{%- endif %}
