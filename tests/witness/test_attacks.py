@@ -1,0 +1,218 @@
+"""An attacker with full control of the LogVM after some records were checkpointed.
+
+Each attack is made on a real store (written by the store writer), against a
+real witness process, and must be found by :func:`check_witness` with the
+witness's exported checkpoints and key; the untouched store (with legitimate
+rotation) passes.
+"""
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from witness.conftest import LOGVM, WITNESS, WitnessCall
+
+from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.core.seal import Seal, parse_verification_key
+from qubes_logvm.store.keystate import setup_keys
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.witness_check import WitnessProblem, check_witness
+from qubes_logvm.store.writer import Store
+
+pytestmark = pytest.mark.timeout(60)
+Open = Callable[..., WitnessCall]
+
+
+def records(n: int, tag: str) -> bytes:
+    stamp = format_timestamp(1_800_000_000.0)
+    return b"".join(line_record(stamp, b"%s record %d" % (tag.encode(), i)) for i in range(n))
+
+
+class Scene:
+    """A store being written, a witness receiving its checkpoints, and an attacker."""
+
+    def __init__(self, tmp_path: Path, open_call: Open) -> None:
+        self.root = tmp_path / "store"
+        self.witness_dir = tmp_path / "witness"
+        self.tmp = tmp_path
+        self.vk = setup_keys(StoreLayout(self.root), epoch_seconds=1)
+        self.seals: list[Seal] = []
+        self.store = Store(self.root, on_seal=self.seals.append)
+        self.open_call = open_call
+        store_id, key0 = parse_verification_key(self.vk)
+        call = open_call()
+        assert call.send(f"register {store_id} {key0.hex()}".encode()) == "ok registered"
+        call.close()
+
+    def write(self, qube: str, n: int, tag: str = "honest") -> Seal:
+        chain = self.store.chain(qube)
+        if not chain.is_open:
+            chain.open_segment(self.store.keys, session="s")
+        chain.append(records(n, tag), n)
+        return chain.seal(self.store.keys)
+
+    def checkpoint(self) -> None:
+        """What the sender does: the newest seal of each qube, over one call."""
+        newest = {seal.qube: seal for seal in self.seals}
+        call = self.open_call()
+        for seal in newest.values():
+            assert call.send(seal.to_line().rstrip(b"\n")) in ("ok stored", "ok seen")
+        call.close()
+
+    def verify(self) -> list[WitnessProblem]:
+        export = self.tmp / "witness.export"
+        self.run_admin("export", LOGVM, "-o", str(export))
+        key = self.run_admin("export-key", LOGVM).strip()
+        return check_witness(self.root, export, key)
+
+    def run_admin(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(WITNESS), "--dir", str(self.witness_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return done.stdout
+
+    def seal_file(self, qube: str, seq: int = 1) -> Path:
+        return StoreLayout(self.root).segment_seal(qube, seq)
+
+    def log_file(self, qube: str, seq: int = 1) -> Path:
+        return StoreLayout(self.root).segment_log(qube, seq)
+
+
+@pytest.fixture
+def scene(tmp_path: Path, open_call: Open) -> Scene:
+    scene = Scene(tmp_path, open_call)
+    scene.write("work", 3)
+    scene.write("work", 3)
+    scene.write("disp7", 4)
+    scene.checkpoint()
+    scene.store.tick()  # the attacker arrives in a later epoch
+    return scene
+
+
+def cut_to(scene: Scene, qube: str, keep: int) -> Seal:
+    """Truncate a segment back to its ``keep``-th seal; return that seal."""
+    seals = read_seal_file(scene.seal_file(qube)).seals
+    kept = seals[:keep]
+    scene.seal_file(qube).write_bytes(b"".join(s.to_line() for s in kept))
+    with open(scene.log_file(qube), "r+b") as f:
+        f.truncate(kept[-1].nbytes)
+    return kept[-1]
+
+
+def reseal(scene: Scene, qube: str, last: Seal, new_bytes: bytes, kind: str) -> None:
+    """Append records and a seal made with the key the attacker holds now."""
+    from qubes_logvm.core.seal import ChainHasher
+
+    hasher = ChainHasher(last.head)
+    hasher.update(new_bytes)
+    with open(scene.log_file(qube), "ab") as f:
+        f.write(new_bytes)
+    keys = scene.store.keys
+    seal = Seal(
+        kind,
+        qube,
+        last.seq,
+        keys.epoch,
+        last.lines + new_bytes.count(b"\n"),
+        last.nbytes + len(new_bytes),
+        hasher.digest(),
+        last.mac,
+    ).signed(keys.key)
+    with open(scene.seal_file(qube), "ab") as f:
+        f.write(seal.to_line())
+
+
+def test_untouched_store_passes_with_rotation(scene: Scene) -> None:
+    chain = scene.store.chain("work")
+    chain.close(scene.store.keys)
+    scene.write("work", 2)  # a second segment
+    chain.close(scene.store.keys)
+    scene.write("work", 2)  # a third, open
+    scene.checkpoint()
+    assert scene.store.chain("work").delete_oldest(scene.store.keys) == 1  # rotation
+    scene.store.tick()
+    scene.checkpoint()
+    assert scene.verify() == []
+
+
+def test_truncated_tail_resealed_with_current_key(scene: Scene) -> None:
+    last = cut_to(scene, "work", 2)  # open + first batch: the second batch is gone
+    reseal(scene, "work", last, b"", "close")
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment) == ("work", 1)
+    assert "truncated" in str(problem) or "missing" in str(problem)
+
+
+def test_whole_qube_deleted(scene: Scene) -> None:
+    scene.store.close()
+    shutil.rmtree(StoreLayout(scene.root).qube_dir("disp7"))
+    [problem] = scene.verify()
+    assert problem.qube == "disp7"
+    assert "deleted" in problem.message
+
+
+def test_rolled_back_to_older_copy(scene: Scene) -> None:
+    scene.store.close()
+    copy = scene.tmp / "old-copy"
+    shutil.copytree(scene.root, copy)
+    scene.store = Store(scene.root, on_seal=scene.seals.append)
+    scene.write("work", 5)
+    scene.checkpoint()
+    scene.store.close()
+    shutil.rmtree(scene.root)
+    shutil.copytree(copy, scene.root)
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment) == ("work", 2)
+    assert "rolled back" in problem.message
+
+
+def test_forked_chain(scene: Scene) -> None:
+    last = cut_to(scene, "work", 2)
+    # Same number of records as the checkpointed batch, other content.
+    reseal(scene, "work", last, records(3, "forged"), "batch")
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment, problem.lines) == ("work", 1, 7)
+    assert "forks" in problem.message
+
+
+def test_fake_tombstone_hiding_records(scene: Scene) -> None:
+    layout = StoreLayout(scene.root)
+    last = read_seal_file(scene.seal_file("disp7")).seals[1]
+    keys = scene.store.keys
+    tomb = Seal("tomb", "disp7", 1, keys.epoch, 1, 10, last.head, bytes(32)).signed(keys.key)
+    scene.store.close()
+    layout.tombstones("disp7").write_bytes(tomb.to_line())
+    scene.seal_file("disp7").unlink()
+    scene.log_file("disp7").unlink()
+    [problem] = scene.verify()
+    assert problem.qube == "disp7"
+    assert "tombstone" in problem.message
+
+
+def test_verification_key_replaced_at_the_witness(scene: Scene, open_call: Open) -> None:
+    # The attacker makes a whole new store with a key of its own...
+    scene.store.close()
+    shutil.rmtree(scene.root)
+    fake_vk = setup_keys(StoreLayout(scene.root), epoch_seconds=1)
+    fake = Store(scene.root)
+    chain = fake.chain("work")
+    chain.open_segment(fake.keys)
+    chain.append(records(6, "forged"), 6)
+    chain.seal(fake.keys)
+    fake.close()
+    # ...and tries to make the witness trust that key instead.
+    store_id, key0 = parse_verification_key(fake_vk)
+    call = open_call()
+    assert call.send(f"register {store_id} {key0.hex()}".encode()) == "err key-mismatch"
+    call.close()
+    assert "WARNING: a different key was offered" in scene.run_admin("list")
+    problems = scene.verify()
+    assert any("is not the key's" in p.message for p in problems)
+    assert {p.qube for p in problems} >= {"work", "disp7"}
