@@ -93,14 +93,13 @@ def test_shipped_policy_without_logvm_qube_refuses() -> None:
 
 def test_shipped_policy_conventions() -> None:
     files = policy_files([DEFAULT_POLICY_DIR])
-    assert [p.name for p in files] == ["60-logvm-deny.policy", "70-logvm.policy"]
+    # one file, so that Salt's rendered 70-logvm.policy replaces all of it
+    assert [p.name for p in files] == ["70-logvm.policy"]
     for rule in SHIPPED:
         # never * as source or target; allow only through @default+target= or dom0
         assert "*" not in (rule.source.text, rule.target.text)
         if rule.action == "allow":
             assert rule.target.kind in ("@default", "@adminvm")
-    deny_rules = [r for r in SHIPPED if r.path.endswith("60-logvm-deny.policy")]
-    assert all(r.action == "deny" for r in deny_rules)
     for service in ("logvm.Send", "logvm.Witness"):
         # the last two rules of each service refuse everything else explicitly
         last = [r for r in SHIPPED if r.service == service][-2:]
@@ -278,3 +277,16 @@ def test_earlier_directory_hides_same_name(tmp_path: Path) -> None:
     (run / "70-x.policy").write_text("s * @anyvm @anyvm deny\n")
     (etc / "70-x.policy").write_text("s * @anyvm @anyvm allow\n")
     assert decide(load_policy([run, etc]), "s", "work", "vault") == "deny"
+
+
+def test_user_file_overrides_shipped_policy(tmp_path: Path) -> None:
+    (tmp_path / "70-logvm.policy").write_text((DEFAULT_POLICY_DIR / "70-logvm.policy").read_text())
+    (tmp_path / "30-user.policy").write_text(
+        "logvm.Send * vault @default deny notify=no\n"
+        "logvm.Send * @tag:logged @default allow target=fedora-40\n"
+    )
+    rules = load_policy([tmp_path])
+    # read first: vault is kept out quietly, tagged qubes go elsewhere
+    assert decide(rules, "logvm.Send", "vault", "@default") == "deny-quiet"
+    assert decide(rules, "logvm.Send", "work", "@default") == "allow:fedora-40"
+    assert decide(rules, "logvm.Send", "disp1234", "@default") == "allow:sys-log"
