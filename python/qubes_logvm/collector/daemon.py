@@ -1,0 +1,254 @@
+"""``logvm-collector``: the LogVM's daemon behind the ``logvm.Send`` qrexec service.
+
+Trust side: runs in the LogVM as the store's owner, the only process holding
+the sealing key. Its peers are the qrexec agent (root) relaying untrusted
+qubes; see :mod:`.server` for the connection side and :mod:`.qubewriter` for
+the per-qube writers.
+
+Besides the connections it runs: the epoch timer (every ``epoch_seconds`` of
+store.json every open segment is sealed and the key evolves), housekeeping
+(segment age, quota and retention deletions with sealed tombstones) and,
+when configured, the checkpoint sender to the witness.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import cast
+
+from ..config.collector import CollectorConfig, load_collector_config
+from ..config.retention import RetentionConfig
+from ..core.errors import LogvmError
+from ..core.seal import Seal
+from ..store.checkpoints import CheckpointSender
+from ..store.layout import DEFAULT_STORE, StoreLayout
+from ..store.writer import Store
+from .qubewriter import Shared
+from .server import Server, bind_socket
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = Path("/run/qubes-logvm/logvm.Send.sock")
+SD_LISTEN_FDS_START = 3
+SHUTDOWN_TIMEOUT = 30.0
+
+Planner = Callable[[StoreLayout, RetentionConfig, float, dict[str, int]], list[tuple[str, int]]]
+
+
+def sd_listen_fds(environ: dict[str, str] | None = None) -> list[int]:
+    """File descriptors passed by systemd socket activation (and forget the variables)."""
+    env = os.environ if environ is None else environ
+    try:
+        pid = int(env.get("LISTEN_PID", "0"))
+        count = int(env.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    if pid != os.getpid() or count < 1:
+        return []
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd our state (READY=1...) when it asked (NOTIFY_SOCKET)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode("ascii"), address)
+        except OSError as err:
+            log.warning("cannot notify systemd: %s", err)
+
+
+def _listening_socket(path: Path) -> socket.socket:
+    fds = sd_listen_fds()
+    if fds:
+        sock = socket.socket(fileno=fds[0])
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise LogvmError("the socket passed by systemd is not a Unix stream socket")
+        log.info("listening on the socket passed by systemd")
+        return sock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("listening on %s", path)
+    return bind_socket(path)
+
+
+def _planner() -> Planner | None:
+    """The rotation helper's deletion planner, when installed (store/retention.py)."""
+    try:
+        module = importlib.import_module("qubes_logvm.store.retention")
+    except ImportError:
+        return None
+    return cast(Planner, module.plan_deletions)
+
+
+class Daemon:
+    """The running collector: server, timers and signal handling."""
+
+    def __init__(self, store_root: Path, config: CollectorConfig, config_path: Path | None):
+        self.store_root = store_root
+        self.config_path = config_path
+        self.store = Store(store_root, on_seal=self._on_seal)
+        self.shared = Shared(self.store, config)
+        self.server = Server(self.shared)
+        self.sender: CheckpointSender | None = None
+        self.planner = _planner()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+
+    def _on_seal(self, seal: Seal) -> None:
+        # Called from worker threads after the seal is durable.
+        if self.sender is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.sender.submit, seal)
+
+    async def run(self, sock: socket.socket) -> None:
+        """Serve until SIGTERM, then drain, seal and close."""
+        self._loop = asyncio.get_running_loop()
+        witness = self.shared.config.witness
+        if witness.target is not None or witness.command:
+            self.sender = CheckpointSender(
+                self.store_root, command=witness.argv(), interval=witness.interval_seconds
+            )
+            self.sender.start()
+        recovered = await self._loop.run_in_executor(None, self.store.recover_all)
+        for qube, count in recovered.items():
+            log.warning("%s: sealed %d records a crash had left unsealed", qube, count)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.server.start(sock)
+        tasks = [
+            self._loop.create_task(self._epochs(), name="epochs"),
+            self._loop.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        sd_notify("READY=1")
+        await self._stop.wait()
+        sd_notify("STOPPING=1")
+        log.info("stopping: finishing what was received")
+        self.server.stop_accepting()
+        try:
+            await asyncio.wait_for(self.server.drain(), SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            log.warning("some connections did not finish in %ss", SHUTDOWN_TIMEOUT)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        async with self.shared.gate.exclusive():
+            await self._loop.run_in_executor(None, self.store.close)
+        if self.sender is not None:
+            await self.sender.flush(5.0)
+            await self.sender.stop()
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration again; keep the old one if it is wrong."""
+        try:
+            config = load_collector_config(self.config_path)
+        except LogvmError as err:
+            log.warning("configuration not reloaded: %s", err)
+            return
+        self.shared.config = config
+        for writer in self.server.writers.values():
+            writer.reconfigure()
+        log.info("configuration reloaded")
+
+    async def _epochs(self) -> None:
+        loop = asyncio.get_running_loop()
+        seconds = self.store.keys.info.epoch_seconds
+        due = loop.time() + seconds
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            async with self.shared.gate.exclusive():
+                await loop.run_in_executor(None, self.store.tick)
+            due = max(due + seconds, loop.time())
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.shared.config.housekeeping_seconds)
+            try:
+                await self._housekeep()
+            except LogvmError as err:
+                log.warning("housekeeping: %s", err)
+
+    async def _housekeep(self) -> None:
+        retention = self.shared.config.retention
+        for writer in list(self.server.writers.values()):
+            chain = writer.chain
+            if chain is not None and chain.is_open and writer.open_age > retention.segment_max_age:
+                writer.request_roll()
+            await self.shared.run_on_chain(writer.qube, writer.refresh_sizes)
+        if self.planner is None:
+            return
+        open_segments = {
+            qube: w.chain.seq
+            for qube, w in self.server.writers.items()
+            if w.chain is not None and w.chain.is_open
+        }
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(
+            None, self.planner, self.store.layout, retention, time.time(), open_segments
+        )
+        for qube, seq in plan:
+            await self.shared.run_on_chain(qube, functools.partial(self._delete, qube, seq))
+        for qube in {q for q, _ in plan}:
+            current = self.server.writers.get(qube)
+            if current is not None:
+                await self.shared.run_on_chain(qube, current.refresh_sizes)
+
+    def _delete(self, qube: str, seq: int) -> None:
+        """Delete one planned segment if it is still the qube's oldest closed one."""
+        chain = self.store.chain(qube)
+        segments = self.store.layout.segments(qube)
+        if not segments or segments[0].seq != seq or (chain.is_open and chain.seq == seq):
+            return
+        if chain.delete_oldest(self.store.keys, keep_newest=0) == seq:
+            log.info("%s: deleted segment %d (retention)", qube, seq)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="logvm-collector",
+        description="Store the logs other qubes send over qrexec (logvm.Send).",
+    )
+    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="listening socket")
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
+    parser.add_argument("--config", type=Path, default=None, help="configuration file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log connections too")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``logvm-collector``."""
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_collector_config(args.config)
+        daemon = Daemon(args.store, config, args.config)
+        sock = _listening_socket(args.socket)
+        asyncio.run(daemon.run(sock))
+    except LogvmError as err:
+        print(f"logvm-collector: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""One writer per source qube: batching, sealing, acks, rate limit and quota.
+
+Trust side: runs in the collector (LogVM). It receives record lines already
+escaped, capped and stamped by :mod:`.lines`; the only untrusted thing left is
+how much and how fast a qube sends, which the rate limit, the quota and the
+per-qube pending bound contain.
+
+Group commit: while one batch is written, fsynced and sealed in a worker
+thread, the qube's connections keep filling the next one; each batch ends
+with one seal, then every connection in it gets ``ack <N>``. Lines of one
+connection are submitted whole, so two connections never interleave half
+lines. The qube's segment opens with its first connection and closes when
+the last one has left (a session); it also rolls at the segment size limit.
+"""
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+from ..config.collector import CollectorConfig
+from ..config.retention import quota_for
+from ..core.records import format_timestamp, note_record
+from ..store.writer import QubeChain, Store
+from .lines import first_lines
+from .ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: Drop and refusal notes are coalesced to at most one per this many seconds.
+NOTE_INTERVAL = 1.0
+#: The smallest segment a small quota rolls at.
+MIN_ROLL_BYTES = 64 * 1024
+
+
+class Feed:
+    """One connection as its qube's writer sees it (the server subclasses it)."""
+
+    def __init__(self) -> None:
+        self.handled = 0  # lines submitted: stored or counted as dropped
+        self.eof = False  # the sender closed its side; everything is submitted
+        self.paused = False
+
+    def send_ack(self, handled: int, *, final: bool) -> None:
+        """Tell the sender ``handled`` lines are durable; close after the final one."""
+        raise NotImplementedError
+
+    def set_reading(self, reading: bool) -> None:
+        """Pause or resume reading from the sender (backpressure)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Close without a further ack (the writer failed)."""
+        raise NotImplementedError
+
+
+class Gate:
+    """Chain work of many qubes may run together; the epoch tick runs alone."""
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._exclusive = False
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        """Held around any work on a chain (append, seal, open, close, delete)."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive)
+            self._active += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Held around :meth:`Store.tick` (it seals every chain and evolves the key)."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            await self._cond.wait_for(lambda: self._active == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class Shared:
+    """What all qube writers share: the store, the gate, the config, per-qube locks."""
+
+    def __init__(self, store: Store, config: CollectorConfig) -> None:
+        self.store = store
+        self.config = config
+        self.gate = Gate()
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, qube: str) -> asyncio.Lock:
+        """Serialises everything done to one qube's chain."""
+        return self.locks.setdefault(qube, asyncio.Lock())
+
+    async def run_on_chain(self, qube: str, work: Callable[[], _T]) -> _T:
+        """Run blocking chain work in a thread, under the qube's lock and the gate."""
+        async with self.lock(qube), self.gate.shared():
+            return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+class _Batch:
+    """What one step of the writer takes from the pending queue."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lines = 0
+        self.nbytes = 0
+
+
+class QubeWriter:
+    """The single writer of one qube's chain while the qube is connected."""
+
+    def __init__(self, qube: str, shared: Shared, on_idle: Callable[["QubeWriter"], None]) -> None:
+        self.qube = qube
+        self.shared = shared
+        self.feeds: list[Feed] = []
+        self.chain: QubeChain | None = None
+        self._on_idle = on_idle
+        self._pending = _Batch()
+        limit = shared.config.rate_for(qube)
+        self._bucket = TokenBucket(limit.lines_per_second, limit.burst, time.monotonic())
+        self._drops = {"rate-limit": 0, "quota": 0}
+        self._refused = 0
+        self._last_note = 0.0
+        self._closed_sizes: dict[int, int] = {}  # closed segments: seq -> bytes on disk
+        self._open_since = time.monotonic()
+        self._roll_requested = False
+        self._open_seal_bytes = 0
+        self._note_timer: asyncio.TimerHandle | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- called by connections (event loop) -------------------------------
+
+    def attach(self, feed: Feed) -> bool:
+        """Add a connection; False (and a coalesced note) when the qube has too many."""
+        if len(self.feeds) >= self.shared.config.max_connections_per_qube:
+            self._refused += 1
+            self._wake.set()
+            return False
+        self.feeds.append(feed)
+        self.wake()
+        return True
+
+    def note_refused(self) -> None:
+        """Record a connection refused for this qube by the global limit."""
+        self._refused += 1
+        self.wake()
+
+    def submit(self, feed: Feed, records: bytes, nlines: int) -> None:
+        """Queue whole record lines of one connection (after the rate limit)."""
+        allowed = self._bucket.take(nlines, time.monotonic())
+        if allowed < nlines:
+            self._drops["rate-limit"] += nlines - allowed
+            records = first_lines(records, allowed) if allowed else b""
+        feed.handled += nlines
+        if records:
+            self._pending.chunks.append(records)
+            self._pending.lines += allowed
+            self._pending.nbytes += len(records)
+        if self._pending.nbytes > self.shared.config.pending_bytes and not feed.paused:
+            feed.paused = True
+            feed.set_reading(False)
+        self._wake.set()
+
+    def finish(self, feed: Feed) -> None:
+        """The sender closed its side: ack what is left, then let it go."""
+        feed.eof = True
+        self._wake.set()
+
+    def lost(self, feed: Feed) -> None:
+        """The connection is gone (reset or closed by us)."""
+        if feed in self.feeds:
+            self.feeds.remove(feed)
+        self._wake.set()
+
+    def reconfigure(self) -> None:
+        """Apply a reloaded configuration (rate limit; quotas are read per batch)."""
+        limit = self.shared.config.rate_for(self.qube)
+        self._bucket.configure(limit.lines_per_second, limit.burst)
+
+    def request_roll(self) -> None:
+        """Start a new segment at the next step (age limit)."""
+        self._roll_requested = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Run a step soon (starting the writer task if needed)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.qube)
+        self._wake.set()
+
+    @property
+    def open_age(self) -> float:
+        """Seconds since the open segment started."""
+        return time.monotonic() - self._open_since
+
+    @property
+    def idle(self) -> bool:
+        """No connection, nothing pending, segment closed."""
+        chain_open = self.chain is not None and self.chain.is_open
+        return not self.feeds and not self._pending.chunks and not chain_open
+
+    # -- the writer task --------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await self._step()
+                if self.idle and not self._has_notes():
+                    break
+        except Exception:
+            # A failing disk must not kill the daemon silently: say it, drop
+            # the qube's connections (nothing unsealed is acknowledged).
+            log.exception("%s: writer failed; closing its connections", self.qube)
+            for feed in list(self.feeds):
+                feed.abort()
+            self.feeds.clear()
+        finally:
+            self._task = None
+            self._on_idle(self)
+
+    def _note_due(self) -> None:
+        self._note_timer = None
+        self._wake.set()
+
+    def _has_notes(self) -> bool:
+        return bool(self._refused or any(self._drops.values()))
+
+    async def _step(self) -> None:
+        batch, self._pending = self._pending, _Batch()
+        acks = [(feed, feed.handled, feed.eof) for feed in self.feeds]
+        want_open = bool(self.feeds)
+        notes = self._take_notes(force=not want_open or any(eof for _, _, eof in acks))
+        roll, self._roll_requested = self._roll_requested, False
+
+        def work() -> int:
+            return self._write(batch, notes, want_open=want_open, roll=roll)
+
+        dropped = await self.shared.run_on_chain(self.qube, work)
+        self._drops["quota"] += dropped
+        for feed, handled, eof in acks:
+            if eof:
+                self.feeds.remove(feed)
+            feed.send_ack(handled, final=eof)
+        for feed in self.feeds:
+            if feed.paused and self._pending.nbytes <= self.shared.config.pending_bytes:
+                feed.paused = False
+                feed.set_reading(True)
+        chain_open = self.chain is not None and self.chain.is_open
+        if self._pending.chunks or (chain_open and not self.feeds):
+            self._wake.set()
+
+    def _take_notes(self, *, force: bool) -> list[bytes]:
+        now = time.monotonic()
+        if not self._has_notes() or (not force and now - self._last_note < NOTE_INTERVAL):
+            if self._has_notes() and self._note_timer is None:
+                # Come back when the note is due even if nothing else arrives.
+                self._note_timer = asyncio.get_running_loop().call_later(
+                    NOTE_INTERVAL, self._note_due
+                )
+            return []
+        self._last_note = now
+        stamp = format_timestamp(time.time())
+        notes = []
+        for reason, count in self._drops.items():
+            if count:
+                notes.append(note_record(stamp, "dropped", count=count, reason=reason))
+                self._drops[reason] = 0
+        if self._refused:
+            notes.append(
+                note_record(stamp, "refused", count=self._refused, reason="too-many-connections")
+            )
+            self._refused = 0
+        return notes
+
+    # -- blocking part (worker thread, under the qube lock and the gate) --
+
+    def _write(self, batch: _Batch, notes: list[bytes], *, want_open: bool, roll: bool) -> int:
+        """Open/roll/append/seal/close as needed; return lines dropped for the quota."""
+        store = self.shared.store
+        if self.chain is None:
+            self.chain = store.chain(self.qube)
+            self._load_sizes(self.chain)
+        chain = self.chain
+        if not chain.is_open and (want_open or batch.chunks or notes):
+            self._open(chain, reason="connect")
+        elif roll and chain.is_open:
+            self._roll(chain)
+        data = b"".join(batch.chunks)
+        dropped = 0
+        if data and not self._make_room(chain, len(data)):
+            data, dropped = b"", batch.lines
+        payload = b"".join(notes) + data
+        if payload:
+            chain.append(payload, len(notes) + (batch.lines if data else 0))
+            self._open_seal_bytes += len(chain.seal(store.keys).to_line())
+        if not want_open and chain.is_open:
+            self._close(chain, reason="disconnect")
+        return dropped
+
+    def _open(self, chain: QubeChain, reason: str) -> None:
+        chain.open_segment(self.shared.store.keys, session=secrets.token_hex(8), reason=reason)
+        self._open_since = time.monotonic()
+        self._open_seal_bytes = len(chain.last_seal.to_line()) if chain.last_seal else 0
+
+    def _close(self, chain: QubeChain, reason: str) -> None:
+        seal = chain.close(self.shared.store.keys, reason=reason)
+        self._closed_sizes[chain.seq] = chain.nbytes + self._open_seal_bytes + len(seal.to_line())
+        self._open_seal_bytes = 0
+
+    def _roll(self, chain: QubeChain) -> None:
+        self._close(chain, reason="roll")
+        self._open(chain, reason="roll")
+
+    def usage(self) -> int:
+        """Bytes the qube holds on disk (closed segments as last seen, plus the open one)."""
+        chain = self.chain
+        open_bytes = chain.nbytes + self._open_seal_bytes if chain and chain.is_open else 0
+        return sum(self._closed_sizes.values()) + open_bytes
+
+    def refresh_sizes(self) -> None:
+        """Re-read closed segments' sizes (rotation compresses them); worker thread."""
+        if self.chain is not None:
+            self._load_sizes(self.chain)
+
+    def _load_sizes(self, chain: QubeChain) -> None:
+        sizes = {}
+        for segment in self.shared.store.layout.segments(self.qube):
+            if chain.is_open and segment.seq == chain.seq:
+                continue
+            total = 0
+            for path in (segment.log, segment.seal):
+                if path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        total += path.stat().st_size
+            sizes[segment.seq] = total
+        self._closed_sizes = sizes
+
+    def _make_room(self, chain: QubeChain, incoming: int) -> bool:
+        """Roll and delete the qube's oldest segments so ``incoming`` bytes fit its quota."""
+        config = self.shared.config.retention
+        quota = quota_for(config, self.qube)
+        # Roll early under a small quota, so that a flooding qube holds at
+        # most its quota plus one segment.
+        roll_at = min(config.segment_max_bytes, max(quota // 4, MIN_ROLL_BYTES))
+        if chain.nbytes + incoming > roll_at and chain.lines > 1:
+            self._roll(chain)
+        keys = self.shared.store.keys
+        while self.usage() + incoming > quota and self._closed_sizes:
+            seq = chain.delete_oldest(keys, keep_newest=0)
+            if seq is None:
+                break
+            self._closed_sizes.pop(seq, None)
+            log.info("%s: deleted segment %d to stay within its quota", self.qube, seq)
+        return self.usage() + incoming <= quota

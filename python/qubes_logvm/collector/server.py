@@ -1,0 +1,266 @@
+"""The listening socket and one protocol object per connection.
+
+Trust side: the peer is the qrexec agent (root), relaying a source qube. The
+agent writes the service descriptor ``logvm.Send <source>\\0``; everything
+after it is the qube's untrusted data. A connection from any other user is
+refused before a byte is read (otherwise any local process could pose as any
+qube). The descriptor is read with a byte limit and a timeout.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..core.errors import LogvmError, ProtocolError
+from ..core.names import MAX_DESCRIPTOR_BYTES, parse_service_descriptor
+from ..core.records import format_timestamp
+from .lines import LineSplitter
+from .qubewriter import Feed, QubeWriter, Shared
+
+log = logging.getLogger(__name__)
+
+#: Connections still sending their descriptor, beyond max_connections.
+DESCRIPTOR_SLACK = 64
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of a Unix socket's peer (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return int(_PEERCRED.unpack(raw)[1])
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind a listening socket at ``path``, mode 0600 from the start."""
+    try:
+        if path.is_socket():
+            path.unlink()
+    except OSError as err:
+        raise LogvmError(f"{path}: cannot replace the old socket: {err.strerror}") from err
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as err:
+        sock.close()
+        raise LogvmError(f"{path}: cannot listen: {err.strerror}") from err
+    finally:
+        os.umask(old_umask)
+    sock.listen(128)
+    return sock
+
+
+class Connection(asyncio.Protocol, Feed):
+    """One ``logvm.Send`` call: descriptor, then lines in and acks out."""
+
+    def __init__(self, server: "Server") -> None:
+        Feed.__init__(self)
+        self.server = server
+        self.qube = ""
+        self.writer: QubeWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        self.splitter = LineSplitter(server.shared.config.max_line_bytes)
+        self._descriptor = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._acked = -1
+        self._write_paused = False
+        self._owed: tuple[int, bool] | None = None
+        self._in_count = False
+
+    # -- asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 (stream server)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else -1
+        if uid not in self.server.shared.config.allowed_uids:
+            log.warning("refused a connection from uid %d (only qrexec may connect)", uid)
+            transport.abort()
+            return
+        if self.server.count >= self.server.shared.config.max_connections + DESCRIPTOR_SLACK:
+            log.warning("refused a connection: too many connections")
+            transport.abort()
+            return
+        self.server.count += 1
+        self._in_count = True
+        self._timer = asyncio.get_running_loop().call_later(
+            self.server.shared.config.descriptor_timeout, self._descriptor_timeout
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.writer is None:
+            self._read_descriptor(data)
+            return
+        records, nlines = self.splitter.feed(data, format_timestamp(time.time()))
+        if nlines:
+            self.writer.submit(self, records, nlines)
+
+    def eof_received(self) -> bool:
+        if self.writer is None:
+            log.warning("connection closed before a complete service descriptor")
+            return False
+        records, nlines = self.splitter.finish(format_timestamp(time.time()))
+        if nlines:
+            self.writer.submit(self, records, nlines)
+        self.writer.finish(self)
+        return True  # keep our side open for the final ack
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._in_count:
+            self._in_count = False
+            self.server.count -= 1
+        self.transport = None
+        if self.writer is not None:
+            self.writer.lost(self)
+            self.writer = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._owed is not None:
+            handled, final = self._owed
+            self._owed = None
+            self.send_ack(handled, final=final)
+
+    # -- Feed --------------------------------------------------------------
+
+    def send_ack(self, handled: int, *, final: bool) -> None:
+        if self.transport is None:
+            return
+        if self._write_paused:
+            # A sender that does not read acks fills its socket: keep only
+            # the newest count (acks are cumulative).
+            self._owed = (handled, final)
+            return
+        if handled > self._acked or (final and self._acked < 0):
+            self.transport.write(b"ack %d\n" % handled)
+            self._acked = handled
+        if final:
+            self.transport.close()
+
+    def set_reading(self, reading: bool) -> None:
+        if self.transport is None:
+            return
+        if reading:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- descriptor ---------------------------------------------------------
+
+    def _descriptor_timeout(self) -> None:
+        if self.writer is None and self.transport is not None:
+            log.warning("no service descriptor within the timeout; closing")
+            self.transport.abort()
+
+    def _read_descriptor(self, untrusted_data: bytes) -> None:
+        assert self.transport is not None  # noqa: S101 (set in connection_made)
+        end = untrusted_data.find(b"\0")
+        room = MAX_DESCRIPTOR_BYTES - len(self._descriptor)
+        if end < 0:
+            if len(untrusted_data) > room:
+                log.warning("service descriptor too long; closing")
+                self.transport.abort()
+                return
+            self._descriptor += untrusted_data
+            return
+        if end > room:
+            log.warning("service descriptor too long; closing")
+            self.transport.abort()
+            return
+        untrusted_descriptor = bytes(self._descriptor) + untrusted_data[:end]
+        try:
+            qube = parse_service_descriptor(untrusted_descriptor)
+        except ProtocolError as err:
+            log.warning("bad service descriptor: %s; closing", err)
+            self.transport.abort()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.server.admit(self, qube):
+            self.transport.abort()
+            return
+        rest = untrusted_data[end + 1 :]
+        if rest:
+            self.data_received(rest)
+
+
+class Server:
+    """Accepts connections and hands each to its qube's writer."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.writers: dict[str, QubeWriter] = {}
+        self.count = 0  # connections past the peer check, not yet closed
+        self.attached = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on an already listening socket."""
+        factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)  # noqa: E731
+        self._server = await asyncio.get_running_loop().create_unix_server(factory, sock=sock)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket (connections stay)."""
+        if self._server is not None:
+            self._server.close()
+
+    def writer(self, qube: str) -> QubeWriter:
+        """The qube's writer, created on first use."""
+        writer = self.writers.get(qube)
+        if writer is None:
+            writer = self.writers[qube] = QubeWriter(qube, self.shared, self._writer_idle)
+        return writer
+
+    def admit(self, conn: Connection, qube: str) -> bool:
+        """Attach a connection to its qube's writer, within the connection limits."""
+        attached = sum(len(w.feeds) for w in self.writers.values())
+        if attached >= self.shared.config.max_connections:
+            log.warning("%s: connection refused: %d connections open", qube, attached)
+            current = self.writers.get(qube)
+            if current is not None and current.feeds:
+                # Noted in the qube's chain only while its segment is open.
+                current.note_refused()
+            return False
+        writer = self.writer(qube)
+        if not writer.attach(conn):
+            log.warning("%s: connection refused: too many connections from this qube", qube)
+            return False
+        conn.qube, conn.writer = qube, writer
+        log.info("%s: connected", qube)
+        return True
+
+    def _writer_idle(self, writer: QubeWriter) -> None:
+        if writer.idle and self.writers.get(writer.qube) is writer:
+            del self.writers[writer.qube]
+
+    async def drain(self) -> None:
+        """At shutdown: stop reading, store and ack what was received, close."""
+        for writer in list(self.writers.values()):
+            for feed in list(writer.feeds):
+                if isinstance(feed, Connection) and feed.transport is not None:
+                    feed.set_reading(False)
+                    if not feed.eof:
+                        records, nlines = feed.splitter.finish(format_timestamp(time.time()))
+                        if nlines:
+                            # Stored, but not counted: the sender never
+                            # finished that line and sends it again.
+                            writer.submit(feed, records, nlines)
+                            feed.handled -= nlines
+                    writer.finish(feed)
+        while self.writers:
+            await asyncio.sleep(0.02)
