@@ -1,0 +1,360 @@
+"""Which segments to delete, and how much each qube uses (floor 2).
+
+Pure planning over the store's directory listing and file metadata: nothing
+here deletes. The collector, the one holder of the sealing key and the one
+writer of every chain, carries a plan out with
+:meth:`~.writer.QubeChain.delete_oldest` (each deletion sealed as a
+tombstone), e.g. through :func:`apply_plan`.
+
+Rules, applied in this order (every rule deletes a qube's *oldest* closed
+segments first, and never an open one):
+
+1. quota: a qube over its quota loses its own oldest segments until it fits;
+2. retention: closed segments older than the qube's ``max_age``;
+3. DispVMs: with ``dispvm_delete_after_close``, every segment of a closed
+   session (a session ends when its last segment closes) once that close is
+   older than the setting;
+4. global pressure (``global.max_bytes`` exceeded, or free space below
+   ``global.keep_free``): evict from the qubes furthest over their fair share
+   (the capacity split in proportion to quotas). Qubes still over quota go
+   first, so a qube within its quota never loses data while another is over.
+
+A segment's age is the modification time of its seal file: the ``close``
+seal is its last write, and compression never touches it.
+
+Trust side: runs in the LogVM over the store's own files; names found on
+disk are validated by :class:`~.layout.StoreLayout`.
+"""
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import zstandard
+
+from ..config.retention import (
+    DISPVM_CLASS,
+    RetentionConfig,
+    class_of,
+    max_age_for,
+    quota_for,
+)
+from ..core.errors import StoreError
+from ..core.seal import Seal, parse_seal
+from .layout import SegmentFiles, StoreLayout
+from .sealfile import MAX_SEAL_FILE
+from .writer import FINAL_KINDS, Store
+
+log = logging.getLogger(__name__)
+
+#: Bytes read from the end of a seal file to find its last line.
+_SEAL_TAIL = 1024
+#: Bytes read from the start of a segment to find its ``segment-start`` note.
+_HEAD_BYTES = 4096
+
+StatVfs = Callable[[str], os.statvfs_result]
+
+
+@dataclass
+class _Segment:
+    seq: int
+    size: int  # text (plain or compressed) plus seal file, in bytes
+    closed_at: float  # seal file mtime
+    files: SegmentFiles
+
+
+@dataclass
+class _Qube:
+    name: str
+    quota: int
+    usage: int
+    segments: list[_Segment]  # deletable ones, oldest first (the open one excluded)
+    doomed: int = 0  # how many of ``segments`` the plan deletes, from the front
+    freed: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.usage - self.freed
+
+    def take(self, count: int) -> None:
+        """Plan the deletion of the ``count`` oldest segments (at least)."""
+        while self.doomed < min(count, len(self.segments)):
+            self.freed += self.segments[self.doomed].size
+            self.doomed += 1
+
+
+def _size(path: os.PathLike[str] | None) -> int:
+    if path is None:
+        return 0
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def usage(layout: StoreLayout, qube: str) -> int:
+    """Bytes a qube's directory holds: segments, seals, tombstones, temp files.
+
+    One ``scandir`` and a ``stat`` per file: cheap enough every few seconds.
+    """
+    total = 0
+    try:
+        entries = os.scandir(layout.qube_dir(qube))
+    except FileNotFoundError:
+        return 0
+    with entries:
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # deleted while we looked
+    return total
+
+
+def _segments(all_files: list[SegmentFiles], open_seq: int | None) -> list[_Segment]:
+    result = []
+    for files in all_files:
+        if open_seq is not None and files.seq >= open_seq:
+            break  # the open segment (and anything after it) is never a candidate
+        if files.seal is None:
+            break  # not a whole segment: leave it to the verifier
+        try:
+            closed_at = os.stat(files.seal).st_mtime
+        except FileNotFoundError:
+            break
+        result.append(_Segment(files.seq, _size(files.log) + _size(files.seal), closed_at, files))
+    return result
+
+
+def last_seal(files: SegmentFiles) -> Seal | None:
+    """The last complete seal line of a segment (read from the file's end)."""
+    if files.seal is None:
+        return None
+    try:
+        with open(files.seal, "rb") as stream:
+            stream.seek(max(0, os.fstat(stream.fileno()).st_size - _SEAL_TAIL))
+            tail = stream.read(_SEAL_TAIL)
+    except FileNotFoundError:
+        return None
+    lines = tail.split(b"\n")
+    if len(lines) < 2:
+        return None  # no complete line in the tail
+    try:
+        return parse_seal(lines[-2])
+    except StoreError:
+        return None
+
+
+def is_closed(files: SegmentFiles) -> bool:
+    """True when the segment's seal file ends with a ``close``/``recover`` seal."""
+    seal = last_seal(files)
+    return seal is not None and seal.kind in FINAL_KINDS
+
+
+def _start_fields(files: SegmentFiles) -> dict[str, str]:
+    """The ``key=value`` fields of the segment's first record (its start note)."""
+    if files.log is None:
+        return {}
+    try:
+        with open(files.log, "rb") as raw:
+            if files.compressed:
+                head = zstandard.ZstdDecompressor().stream_reader(raw).read(_HEAD_BYTES)
+            else:
+                head = raw.read(_HEAD_BYTES)
+    except (OSError, zstandard.ZstdError) as err:
+        log.warning("%s: cannot read its first record: %s", files.name, err)
+        return {}
+    words = head.split(b"\n", 1)[0].split(b" ")
+    if words[1:3] != [b"C", b"segment-start"]:
+        return {}
+    fields = {}
+    for word in words[3:]:
+        key, _, value = word.partition(b"=")
+        fields[key.decode("ascii", "replace")] = value.decode("ascii", "replace")
+    return fields
+
+
+def _continues(fields: dict[str, str], previous: dict[str, str]) -> bool:
+    """True when a segment (start note ``fields``) continues the previous one's session."""
+    if fields.get("reason") == "roll":
+        return True  # rolled at the size or age limit, same connection(s)
+    session = fields.get("session")
+    return session is not None and session == previous.get("session")
+
+
+def _dispvm_count(segments: list[_Segment], open_files: SegmentFiles | None, cutoff: float) -> int:
+    """How many oldest segments belong to sessions that closed at or before ``cutoff``.
+
+    A session is a run of segments each continuing the one before; it ends
+    when its last segment closes. The session of the open segment is running
+    and keeps all of its segments.
+    """
+    notes = [_start_fields(s.files) for s in segments]
+    limit = len(segments)
+    if open_files is not None:
+        fields = _start_fields(open_files)
+        while limit > 0 and _continues(fields, notes[limit - 1]):
+            limit -= 1
+            fields = notes[limit]
+    count = 0
+    while count < limit:
+        end = count
+        while end + 1 < limit and _continues(notes[end + 1], notes[end]):
+            end += 1
+        if segments[end].closed_at > cutoff:
+            break
+        count = end + 1
+    return count
+
+
+def _age_count(segments: list[_Segment], cutoff: float) -> int:
+    count = 0
+    while count < len(segments) and segments[count].closed_at <= cutoff:
+        count += 1
+    return count
+
+
+def _scan_qube(
+    layout: StoreLayout, cfg: RetentionConfig, name: str, now: float, open_seq: int | None
+) -> _Qube:
+    all_files = layout.segments(name)
+    segments = _segments(all_files, open_seq)
+    qube = _Qube(name, quota_for(cfg, name), usage(layout, name), segments)
+    while qube.remaining > qube.quota and qube.doomed < len(segments):
+        qube.take(qube.doomed + 1)
+    max_age = max_age_for(cfg, name)
+    if max_age > 0:
+        qube.take(_age_count(segments, now - max_age))
+    after = cfg.dispvm_delete_after_close
+    if after is not None and class_of(cfg, name) == DISPVM_CLASS:
+        open_files = next((f for f in all_files if f.seq == open_seq), None)
+        qube.take(_dispvm_count(segments, open_files, now - after))
+    return qube
+
+
+def _pressure(layout: StoreLayout, cfg: RetentionConfig, total: int, statvfs: StatVfs) -> int:
+    """Bytes to free for the global cap and the keep-free floor (0: none)."""
+    need = 0
+    if cfg.global_max_bytes and total > cfg.global_max_bytes:
+        need = total - cfg.global_max_bytes
+    if cfg.global_keep_free:
+        stats = statvfs(str(layout.root))
+        free = stats.f_bavail * stats.f_frsize
+        need = max(need, cfg.global_keep_free - free)
+    return need
+
+
+def _evict_globally(qubes: list[_Qube], need: int, capacity: int) -> None:
+    """Free ``need`` bytes from the qubes furthest over their fair share."""
+    total_quota = sum(q.quota for q in qubes) or 1
+    freed = 0
+    while freed < need:
+        candidates = [q for q in qubes if q.doomed < len(q.segments)]
+        if not candidates:
+            log.warning("global pressure: %d bytes more to free, nothing left to delete", need)
+            return
+        share = {q.name: capacity * q.quota / total_quota for q in candidates}
+        victim = max(
+            candidates,
+            key=lambda q: (q.remaining > q.quota, q.remaining - share[q.name], q.name),
+        )
+        before = victim.freed
+        victim.take(victim.doomed + 1)
+        freed += victim.freed - before
+
+
+def plan_deletions(
+    layout: StoreLayout,
+    cfg: RetentionConfig,
+    now: float,
+    open_segments: dict[str, int],
+    *,
+    statvfs: StatVfs = os.statvfs,
+) -> list[tuple[str, int]]:
+    """The (qube, seq) pairs to delete, oldest first per qube.
+
+    ``open_segments`` maps each qube with an open segment to that segment's
+    number; it and anything newer are never chosen. Each qube's entries
+    are its oldest segments, so deleting them with ``delete_oldest`` in
+    list order removes exactly these.
+    """
+    qubes = [_scan_qube(layout, cfg, q, now, open_segments.get(q)) for q in layout.qubes()]
+    total = sum(q.remaining for q in qubes)
+    need = _pressure(layout, cfg, total, statvfs)
+    if need > 0:
+        capacity = cfg.global_max_bytes or max(total - need, 0)
+        _evict_globally(qubes, need, capacity)
+    plan = []
+    for qube in qubes:
+        for segment in qube.segments[: qube.doomed]:
+            if not is_closed(segment.files):
+                break  # a crash left it open: the collector recovers it first
+            plan.append((qube.name, segment.seq))
+    return plan
+
+
+def apply_plan(store: Store, plan: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Carry out a plan with sealed tombstones (for the collector, the key holder).
+
+    A qube whose oldest segment is no longer the planned one (the plan is
+    stale) is skipped for the rest of this plan. Returns what was deleted.
+    """
+    done: list[tuple[str, int]] = []
+    skipped: set[str] = set()
+    for qube, seq in plan:
+        if qube in skipped:
+            continue
+        chain = store.chain(qube)
+        oldest = next(iter(store.layout.segments(qube)), None)
+        if oldest is None or oldest.seq != seq:
+            skipped.add(qube)
+            continue
+        if chain.delete_oldest(store.keys, keep_newest=0) == seq:
+            done.append((qube, seq))
+        else:
+            skipped.add(qube)
+    return done
+
+
+def _count_lines(path: os.PathLike[str], limit: int = MAX_SEAL_FILE) -> int:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(limit).count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def qube_report(layout: StoreLayout, cfg: RetentionConfig, qube: str) -> dict[str, object]:
+    """Figures for ``logvm stats``: usage against quota, compression, evictions.
+
+    ``compression_ratio`` is the plain size (from the seals' ``nbytes``) of
+    the compressed segments over their size on disk; None when none is
+    compressed. ``evictions`` counts tombstones (segments deleted by
+    quota, retention or global pressure).
+    """
+    segments = layout.segments(qube)
+    compressed = [s for s in segments if s.compressed]
+    plain_of_compressed = 0
+    for files in compressed:
+        seal = last_seal(files)
+        plain_of_compressed += seal.nbytes if seal is not None else 0
+    compressed_bytes = sum(_size(s.log) for s in compressed)
+    return {
+        "qube": qube,
+        "class": class_of(cfg, qube),
+        "usage": usage(layout, qube),
+        "quota": quota_for(cfg, qube),
+        "max_age": max_age_for(cfg, qube),
+        "segments": len(segments),
+        "segments_plain": len(segments) - len(compressed),
+        "segments_compressed": len(compressed),
+        "plain_bytes": sum(_size(s.log) for s in segments if not s.compressed),
+        "compressed_bytes": compressed_bytes,
+        "compressed_plain_bytes": plain_of_compressed,
+        "compression_ratio": (
+            plain_of_compressed / compressed_bytes if compressed_bytes else None
+        ),
+        "evictions": _count_lines(layout.tombstones(qube)),
+    }

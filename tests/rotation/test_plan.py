@@ -1,0 +1,215 @@
+"""plan_deletions on real stores: quota, ages, DispVM sessions, global pressure."""
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rotation.helpers import (
+    check_qube,
+    config,
+    new_store,
+    sample_lines,
+    set_closed_at,
+    write_segment,
+)
+
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.retention import apply_plan, plan_deletions, qube_report, usage
+from qubes_logvm.store.writer import Store
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = time.time()
+HOUR = 3600.0
+SEG = sample_lines(100)  # ~10 KB per segment
+NO_FLOOR = "global: {keep_free: 0}\n"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    new_store(tmp_path / "store")
+    opened = Store(tmp_path / "store")
+    yield opened
+    opened.keys.close()
+
+
+def _fill(store: Store, qube: str, count: int, *, age: float = 0.0, **kw: str) -> list[int]:
+    seqs = [write_segment(store, qube, SEG, **kw) for _ in range(count)]
+    for seq in seqs:
+        set_closed_at(store.layout, qube, seq, NOW - age)
+    return seqs
+
+
+def _plan(
+    store: Store, text: str, open_segments: dict[str, int] | None = None
+) -> list[tuple[str, int]]:
+    return plan_deletions(store.layout, config(text), NOW, open_segments or {})
+
+
+def usage_of(layout: StoreLayout, qube: str, seq: int) -> int:
+    """Bytes of one segment (text and seals)."""
+    return sum(
+        os.path.getsize(p) for p in (layout.segment_log(qube, seq), layout.segment_seal(qube, seq))
+    )
+
+
+def _of(plan: list[tuple[str, int]], qube: str) -> list[int]:
+    return [seq for q, seq in plan if q == qube]
+
+
+def test_nothing_to_do_within_quota(store: Store) -> None:
+    _fill(store, "work", 3)
+    assert _plan(store, NO_FLOOR) == []
+
+
+def test_over_quota_loses_its_own_oldest_first(store: Store) -> None:
+    _fill(store, "work", 8)  # ~85 KB
+    _fill(store, "quiet", 2)
+    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 1M, qubes: {work: 40K}}"
+    plan = _plan(store, text)
+    assert _of(plan, "quiet") == []
+    doomed = _of(plan, "work")
+    assert doomed == list(range(1, len(doomed) + 1))  # a prefix, oldest first
+    sizes = {
+        s.seq: os.path.getsize(s.log) + os.path.getsize(s.seal)  # type: ignore[arg-type]
+        for s in store.layout.segments("work")
+    }
+    left = usage(store.layout, "work") - sum(sizes[s] for s in doomed)
+    assert left <= 40 * 1024 < left + sizes[doomed[-1]]  # no more than needed
+
+
+def test_open_segment_is_never_chosen(store: Store) -> None:
+    _fill(store, "work", 3, age=HOUR)
+    chain = store.chain("work")
+    chain.open_segment(store.keys, session="s9")
+    chain.append(sample_lines(2000), 2000)  # the open segment alone is over quota
+    chain.seal(store.keys)
+    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 16K}"
+    plan = _plan(store, text, {"work": chain.seq})
+    assert _of(plan, "work") == [1, 2, 3]
+    # Retention and DispVM rules never reach it either.
+    old = NO_FLOOR + "retention: {max_age: {default: 1s}}"
+    set_closed_at(store.layout, "work", chain.seq, NOW - 10 * HOUR)
+    assert _of(_plan(store, old, {"work": chain.seq}), "work") == [1, 2, 3]
+
+
+def test_unclosed_segment_after_a_crash_is_left_alone(store: Store) -> None:
+    _fill(store, "work", 1, age=HOUR)
+    chain = store.chain("work")
+    chain.open_segment(store.keys)
+    chain.append(SEG, SEG.count(b"\n"))
+    chain.seal(store.keys)  # the collector "dies" here: no close seal
+    text = NO_FLOOR + "retention: {max_age: {default: 1s}}"
+    set_closed_at(store.layout, "work", 2, NOW - HOUR)
+    assert _plan(store, text) == [("work", 1)]  # not reported open, still not chosen
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # default max_age: everything closed before the cutoff
+        ("retention: {max_age: {default: 2d}}", {"work": [1, 2], "disp5": [1, 2]}),
+        # by class: only the DispVM's
+        ("retention: {max_age: {classes: {dispvm: 2d}}}", {"work": [], "disp5": [1, 2]}),
+        # by name beats default; 0 keeps forever
+        (
+            "retention: {max_age: {default: 2d, qubes: {work: 0}}}",
+            {"work": [], "disp5": [1, 2]},
+        ),
+        # forever (the default)
+        ("retention: {}", {"work": [], "disp5": []}),
+    ],
+)
+def test_retention_ages(store: Store, text: str, expected: dict[str, list[int]]) -> None:
+    for qube in ("work", "disp5"):
+        _fill(store, qube, 2, age=3 * 86400)
+        _fill(store, qube, 1, age=HOUR)
+    plan = _plan(store, NO_FLOOR + text)
+    assert {q: _of(plan, q) for q in expected} == expected
+
+
+def test_dispvm_delete_after_close(store: Store) -> None:
+    _fill(store, "disp12", 1, age=2 * HOUR, session="a")  # 1: session a
+    _fill(store, "disp12", 1, age=2 * HOUR, session="b")  # 2-3: session b, rolled once,
+    _fill(store, "disp12", 1, age=5 * 60, session="b2", reason="roll")  # closed 5 min ago
+    _fill(store, "disp12", 1, age=HOUR, session="c")  # 4: session c
+    _fill(store, "work", 2, age=2 * HOUR)
+    text = NO_FLOOR + "retention: {dispvm_delete_after_close: 10m}"
+    # Session b ended 5 minutes ago: it stays, and so does c behind it.
+    assert _plan(store, text) == [("disp12", 1)]
+    text = NO_FLOOR + "retention: {dispvm_delete_after_close: 1m}"
+    assert _plan(store, text) == [("disp12", 1), ("disp12", 2), ("disp12", 3), ("disp12", 4)]
+    assert _plan(store, NO_FLOOR) == []  # not configured: kept
+
+
+def test_dispvm_running_session_keeps_its_rolled_segments(store: Store) -> None:
+    _fill(store, "disp3", 1, age=2 * HOUR, session="old")
+    _fill(store, "disp3", 1, age=HOUR, session="run")
+    _fill(store, "disp3", 1, age=HOUR, session="run2", reason="roll")
+    chain = store.chain("disp3")
+    chain.open_segment(store.keys, session="run3", reason="roll")  # the same session, still open
+    text = NO_FLOOR + "retention: {dispvm_delete_after_close: 1m}"
+    assert _plan(store, text, {"disp3": chain.seq}) == [("disp3", 1)]
+    chain.close(store.keys)
+    set_closed_at(store.layout, "disp3", chain.seq, NOW - HOUR)
+    assert _of(_plan(store, text), "disp3") == [1, 2, 3, 4]
+
+
+def test_global_pressure_spares_qubes_within_quota_while_another_is_over(store: Store) -> None:
+    _fill(store, "hog", 6)  # ~64 KB, quota 32K: over
+    _fill(store, "a", 3)  # within quota
+    _fill(store, "b", 3)
+    text = (
+        "segment: {max_bytes: 8K}\nquota: {default: 1M, qubes: {hog: 32K}}\n"
+        "global: {keep_free: 0, max_bytes: 90K}"
+    )
+    plan = _plan(store, text)
+    assert _of(plan, "a") == [] and _of(plan, "b") == []
+    assert _of(plan, "hog")
+
+
+def test_global_pressure_takes_from_the_furthest_over_fair_share(store: Store) -> None:
+    _fill(store, "big", 6)
+    _fill(store, "a", 2)
+    _fill(store, "b", 2)
+    total = sum(usage(store.layout, q) for q in ("big", "a", "b"))
+    text = f"global: {{keep_free: 0, max_bytes: {total - 15000}}}"
+    plan = _plan(store, text)
+    assert _of(plan, "a") == [] and _of(plan, "b") == []
+    assert _of(plan, "big") == [1, 2]  # ~11 KB each: two to free 15 KB
+
+
+def test_keep_free_floor_uses_statvfs(store: Store) -> None:
+    _fill(store, "big", 4)
+    _fill(store, "a", 1)
+
+    class Low:
+        f_frsize = 4096
+        f_bavail = (1 << 30) // 4096 - 5  # 20 KiB short of the 1G floor
+
+    def low(_: str) -> os.statvfs_result:
+        return Low()  # type: ignore[return-value]
+
+    plan = plan_deletions(store.layout, config("{}"), NOW, {}, statvfs=low)
+    sizes = [usage_of(store.layout, "big", seq) for seq in (1, 2, 3)]
+    assert sizes[0] + sizes[1] < 20 * 1024 <= sum(sizes)
+    assert plan == [("big", 1), ("big", 2), ("big", 3)]
+
+
+def test_apply_plan_writes_tombstones_and_chain_verifies(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    key0 = new_store(root)
+    store = Store(root)
+    _fill(store, "work", 5)
+    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 24K}"
+    plan = _plan(store, text)
+    assert apply_plan(store, plan) == plan
+    assert apply_plan(store, plan) == []  # stale now: nothing happens
+    report = qube_report(store.layout, config(text), "work")
+    store.close()
+    assert check_qube(root, key0, "work") == [s for s in range(1, 6) if ("work", s) not in plan]
+    assert report["evictions"] == len(plan)
+    assert report["usage"] == usage(StoreLayout(root), "work") <= 24 * 1024
+    assert report["quota"] == 24 * 1024 and report["segments_compressed"] == 0
