@@ -1,0 +1,132 @@
+"""The LogVM side: the checkpoint sender over the qrexec stand-in, witness down and up."""
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+from witness.conftest import LOGVM, WITNESS
+
+from qubes_logvm.core.errors import ProtocolError
+from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.core.seal import Seal
+from qubes_logvm.store.checkpoints import (
+    CheckpointSender,
+    pending_path,
+    queue_registration,
+    register_key,
+)
+from qubes_logvm.store.keystate import setup_keys
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.witness_check import check_witness
+from qubes_logvm.store.writer import Store
+from qubes_logvm.witness.state import read_checkpoints, read_key
+from support.qrexec import CLIENT_SCRIPT, World
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def records(n: int) -> bytes:
+    stamp = format_timestamp(1_800_000_000.0)
+    return b"".join(line_record(stamp, b"sshd[1]: line %d" % i) for i in range(n))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    """dom0 runs logvm.Witness (only while the flag file exists: 'the witness is up')."""
+    world = World(tmp_path / "world")
+    world.add_qube(LOGVM)
+    script = (
+        "#!/bin/sh\n"
+        f"test -e {tmp_path / 'witness-up'} || exit 1\n"
+        f"exec {WITNESS} --dir {tmp_path / 'witness'} serve\n"
+    )
+    world.add_executable_service("dom0", "logvm.Witness", script)
+    world.save()
+    return world
+
+
+def witness_command(world: World, source: str = LOGVM) -> list[str]:
+    """``qrexec-client-vm dom0 logvm.Witness`` run by the stand-in, from ``source``."""
+    env = world.client_env(source)
+    keep = ("QREXEC_FAKE_WORLD", "QREXEC_FAKE_SOURCE", "PATH")
+    return ["env", *(f"{k}={env[k]}" for k in keep), str(CLIENT_SCRIPT), "dom0", "logvm.Witness"]
+
+
+def test_register_key_now_then_refuse_another(world: World, tmp_path: Path) -> None:
+    (tmp_path / "witness-up").touch()
+    root = tmp_path / "store"
+    vk = setup_keys(StoreLayout(root), epoch_seconds=1)
+    assert register_key(root, vk, command=witness_command(world)) == "ok registered"
+    assert not pending_path(root).exists()  # no copy of K0 is left in the LogVM
+    other = "logvm-vk1:" + "1" * 32 + ":" + "2" * 64
+    assert register_key(root, other, command=witness_command(world)) == "err key-mismatch"
+    assert pending_path(root).exists()  # kept for the admin to sort out
+    assert read_key(tmp_path / "witness" / LOGVM) is not None
+
+
+def test_other_qube_cannot_reach_the_witness(world: World, tmp_path: Path) -> None:
+    (tmp_path / "witness-up").touch()
+    world.add_qube("work")
+    root = tmp_path / "store"
+    vk = setup_keys(StoreLayout(root), epoch_seconds=1)
+    with pytest.raises(ProtocolError, match="witness"):
+        register_key(root, vk, command=witness_command(world, "work"))
+    assert not (tmp_path / "witness").exists()
+
+
+@pytest.mark.slow
+def test_witness_down_ingest_goes_on_checkpoints_arrive_later(
+    world: World, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    vk = setup_keys(StoreLayout(root), epoch_seconds=1)
+    queue_registration(root, vk)
+    sender = CheckpointSender(
+        root,
+        command=witness_command(world),
+        interval=0.05,
+        heartbeat=0.2,
+        backoff=(0.05, 0.3),
+        reply_timeout=10,
+    )
+
+    async def scenario() -> Seal:
+        sender.start()
+        store = Store(root, on_seal=sender.submit)
+        chains = [store.chain(q) for q in ("work", "disp7", "sys-net")]
+        for chain in chains:
+            chain.open_segment(store.keys, session="s1")
+        for batch in range(300):  # the witness is down all along
+            for chain in chains:
+                chain.append(records(20), 20)
+                chain.seal(store.keys)
+            if batch % 100 == 99:
+                store.tick()
+            await asyncio.sleep(0)
+        assert len(sender.queue) == 3  # bounded: the newest seal per qube
+        assert sender.stats["stored"] == 0 and sender.stats["connects"] > 1
+        assert pending_path(root).exists()
+        (tmp_path / "witness-up").touch()
+        assert await sender.flush(30)
+        newest = chains[0].last_seal
+        assert newest is not None
+        await asyncio.sleep(0.5)  # a few idle intervals: heartbeats, nothing new stored
+        await sender.stop()
+        store.close()
+        return newest
+
+    newest = asyncio.run(scenario())
+    assert not pending_path(root).exists()
+    state = tmp_path / "witness" / LOGVM
+    assert read_key(state) is not None
+    held = [seal for _, seal in read_checkpoints(state)]
+    assert newest in held
+    assert len(held) == 3  # one per qube: what queued while it was down, sent once
+    export = tmp_path / "export"
+    subprocess.run(
+        [str(WITNESS), "--dir", str(tmp_path / "witness"), "export", LOGVM, "-o", str(export)],
+        check=True,
+        timeout=30,
+    )
+    assert check_witness(root, export, vk) == []
