@@ -8,7 +8,9 @@ steered by files in DIR, so a test can change it between connections:
   denies the call;
 - ``DIR/down``: exit 1 at once (the LogVM is absent);
 - ``DIR/slow``: sleep that many seconds before each ack;
-- ``DIR/noack``: store but never acknowledge.
+- ``DIR/noack``: store but never acknowledge;
+- ``DIR/crash``: once this connection has stored that many lines, remove
+  the file and die at once without acknowledging them (the LogVM crashes).
 
 Every start appends one line to ``DIR/connections``; its pid goes to
 ``DIR/pid`` so a test can kill it mid-stream.
@@ -46,6 +48,10 @@ def main() -> int:
         os.write(received, data[:cut])
         os.fsync(received)
         total += data[:cut].count(b"\n")
+        crash = state / "crash"
+        if crash.exists() and total >= int(crash.read_text() or "1"):
+            crash.unlink()
+            os._exit(137)
         slow = state / "slow"
         if slow.exists():
             time.sleep(float(slow.read_text() or "0.2"))

@@ -30,6 +30,9 @@ STATE_NAME = "journal"
 CHUNK = 256
 #: A safety net for file systems where inotify misses changes (sd_journal_get_timeout).
 WAKE_SECONDS = 5.0
+#: sd-journal keeps the journal files' pages it touched mapped until it is
+#: closed; reopening now and then keeps those mappings (counted in our RSS) small.
+REOPEN_ENTRIES = 20000
 
 ReaderFactory = Callable[[], Any]
 
@@ -74,7 +77,10 @@ class JournalSource:
     ) -> None:
         self._config = config
         self._state = state
+        self._factory = reader
         self._reader = reader()
+        self._since_open = 0
+        self._last_read: str | None = None
         self._times = TimeFormatter()
         self._acked_cursor: str | None = None
         self._saved_cursor: str | None = None
@@ -141,13 +147,27 @@ class JournalSource:
         for _ in range(CHUNK):
             if not reader._next():
                 break
+            self._since_open += 1
             fields = reader._get_all()
             if not self._wanted(fields):
                 self.skipped += 1
                 continue
             line = self._format(fields, reader._get_realtime())
             items.append((line, self, reader._get_cursor()))
+        if items:
+            self._last_read = items[-1][2]
+        if self._since_open >= REOPEN_ENTRIES and self._last_read is not None:
+            self._reopen(self._last_read)
         return items
+
+    def _reopen(self, cursor: str) -> None:
+        """A fresh reader positioned after ``cursor`` (the last entry read)."""
+        self._reader.close()
+        self._reader = self._factory()
+        self._reader.seek_cursor(cursor)
+        if self._reader._next() and not self._reader.test_cursor(cursor):
+            self._reader._previous()  # that entry was vacuumed meanwhile
+        self._since_open = 0
 
     async def run(self, transport: Transport, stop: asyncio.Event) -> None:
         """Ship entries until ``stop`` is set and the journal's end is reached."""
@@ -159,6 +179,10 @@ class JournalSource:
         try:
             while True:
                 items = self.read_chunk()
+                if self._reader.fileno() != fd:
+                    loop.remove_reader(fd)
+                    fd = self._reader.fileno()
+                    loop.add_reader(fd, ready.set)
                 if items:
                     await transport.put(items)
                     continue

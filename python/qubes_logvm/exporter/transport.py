@@ -63,8 +63,8 @@ class Transport:
         max_delay: float = 0.05,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
-        window_lines: int = 20000,
-        window_bytes: int = 4 << 20,
+        window_lines: int = 5000,
+        window_bytes: int = 1 << 20,
         spawn: Spawn = asyncio.create_subprocess_exec,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -195,7 +195,9 @@ class Transport:
                     self._full.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), self._max_delay)
-                batch = [self._unsent.popleft() for _ in range(min(len(self._unsent), 4096))]
+                batch = [
+                    self._unsent.popleft() for _ in range(min(len(self._unsent), self._max_lines))
+                ]
                 self._unacked.extend(batch)
                 stdin.write(b"".join(item[0] for item in batch))
                 self.stats.written += len(batch)

@@ -1,0 +1,147 @@
+"""Helpers for the exporter tests: fake collector control, the real daemon as a process."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qubes_logvm.exporter.record import ParsedRecord, parse_record
+from support.journald import Journald
+
+REPO = Path(__file__).resolve().parents[2]
+EXPORTER = REPO / ".venv/bin/logvm-exporter"
+FAKE = Path(__file__).with_name("fake_collector.py")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it is truthy (tests wait on behaviour, never assert time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+class FakeCollector:
+    """The fake collector's control directory and what it received."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.command = [sys.executable, str(FAKE), str(path)]
+
+    def lines(self) -> list[bytes]:
+        try:
+            return (self.path / "received").read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def records(self) -> list[ParsedRecord]:
+        return [parse_record(line) for line in self.lines()]
+
+    def messages(self) -> list[str]:
+        return [r.message.decode("utf-8", "replace") for r in self.records()]
+
+    def connections(self) -> int:
+        try:
+            return len((self.path / "connections").read_text().split())
+        except FileNotFoundError:
+            return 0
+
+    def set(self, flag: str, value: str = "") -> None:
+        (self.path / flag).write_text(value)
+
+    def clear(self, flag: str) -> None:
+        (self.path / flag).unlink(missing_ok=True)
+
+    def crash_after(self, lines: int) -> None:
+        """The next connection dies without acking once it stored ``lines`` lines."""
+        self.set("crash", str(lines))
+
+    def crashed(self) -> bool:
+        return not (self.path / "crash").exists()
+
+
+def write_config(path: Path, command: list[str], state: Path, **extra: Any) -> Path:
+    """An exporter.yaml with fast test timings plus ``extra`` keys."""
+    doc: dict[str, Any] = {
+        "qrexec_command": command,
+        "state_dir": str(state),
+        "batch": {"max_lines": 200, "max_delay": "20ms"},
+        "backoff": {"initial": "100ms", "max": "1s"},
+        "shutdown_drain": "10s",
+    }
+    doc.update(extra)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class ExporterProcess:
+    """The real ``logvm-exporter`` (optionally inside a journald namespace)."""
+
+    def __init__(self, config: Path, workdir: Path, journald: Journald | None) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.journald = journald
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.log = workdir / "exporter.log"
+
+    def start(self, *extra: str) -> "ExporterProcess":
+        notify_path = self.workdir / f"notify-{time.monotonic_ns()}"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        args = [str(EXPORTER), "--config", str(self.config), *extra]
+        with self.log.open("ab") as log:
+            if self.journald is not None:
+                self.proc = self.journald.popen(args, stderr=log, env=env)
+                self.pid = Journald.inner_pid(self.proc)
+            else:
+                self.proc = subprocess.Popen(args, stderr=log, env=env)
+                self.pid = self.proc.pid
+        notify.settimeout(20)
+        try:
+            ready = notify.recv(256)
+        finally:
+            notify.close()
+        assert ready == b"READY=1", self.log.read_text()
+        return self
+
+    def send_signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            return
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Stop (SIGTERM by default: drain and exit) and return the exit status."""
+        assert self.proc is not None
+        self.send_signal(signum)
+        code = self.proc.wait(timeout=30)
+        self.proc = None
+        return code
+
+    def rss_kib(self) -> int:
+        """Resident memory without shared tmpfs pages (the journal files it maps)."""
+        fields = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields[name] = value.split()[0] if value.split() else "0"
+        return int(fields["RssAnon"]) + int(fields["RssFile"])
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.send_signal(signal.SIGKILL)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
