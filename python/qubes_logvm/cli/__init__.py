@@ -1,0 +1,154 @@
+"""``logvm``: list, show, follow, verify, stats, open, setup-keys (floor 3).
+
+The reading side of the LogVM. Trust side: runs in the LogVM as its admin;
+the store it reads may have been edited by an intruder, so everything
+printed is made terminal-safe (:mod:`.common`) and verification trusts only
+the key given on the command line. One small function per subcommand; the
+edges (output streams, stdin, the viewer command, sleeping, the clock) are
+parameters of :func:`main` so tests swap them without patching.
+
+Exit status: 0 success (``verify``: intact), 1 ``verify`` found tampering,
+2 usage, configuration or store errors.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from ..core.errors import LogvmError
+from ..core.escape import terminal_safe
+from ..store.layout import DEFAULT_STORE, StoreLayout
+from ..store.reader import LineFilter
+from .common import Env, Output, parse_time
+from .listing import run_list, run_stats
+from .open_cmd import OPEN_COMMAND, run_open
+from .show import ShowOptions, compile_pattern, run_show
+from .verify_cmd import run_setup_keys, run_verify
+
+log = logging.getLogger(__name__)
+EXIT_TAMPERED, EXIT_USAGE = 1, 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
+    parser.add_argument("--config", type=Path, help="collector.yaml (default: the system one)")
+
+
+def _show_args(parser: argparse.ArgumentParser, *, follow: bool) -> None:
+    parser.add_argument("qube")
+    parser.add_argument("--since", help="receive time (UTC): 2026-11-28T17:00, -1h, today")
+    parser.add_argument("--until", help="receive time (UTC), inclusive")
+    parser.add_argument("--grep", metavar="RE", help="regular expression on the stored line")
+    parser.add_argument("--raw", action="store_true", help="the stored lines, undecorated")
+    parser.add_argument("-n", "--lines", type=int, help="only the last N lines")
+    if not follow:
+        parser.add_argument("-f", "--follow", action="store_true", help="wait for new records")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="logvm", description="Read and verify the LogVM's log store."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    keys = sub.add_parser("setup-keys", help="create the sealing state, show the key once")
+    keys.add_argument("--epoch-seconds", type=float, default=10.0)
+    listing = sub.add_parser("list", help="qubes, segments, sizes, record counts, times")
+    listing.add_argument("qubes", nargs="*")
+    _show_args(sub.add_parser("show", help="a qube's records"), follow=False)
+    _show_args(sub.add_parser("follow", help="show -f"), follow=True)
+    verify = sub.add_parser("verify", help="check seals and hash chains")
+    verify.add_argument("qubes", nargs="*")
+    verify.add_argument("--key", required=True, help="file with logvm-vk1:... ('-': stdin)")
+    verify.add_argument("--witness", help="checkpoints exported by the witness")
+    stats = sub.add_parser("stats", help="usage, quota, compression, drops, evictions")
+    stats.add_argument("qubes", nargs="*")
+    opener = sub.add_parser("open", help="view a copy in a disposable qube")
+    opener.add_argument("qube")
+    opener.add_argument("segment", nargs="?")
+    for command in sub.choices.values():
+        _common(command)
+    return parser
+
+
+def _show(
+    env: Env, args: argparse.Namespace, clock: Callable[[], float], sleep: Callable[[float], None]
+) -> int:
+    now = clock()
+    line_filter = LineFilter(
+        since=parse_time(args.since, now=now) if args.since else None,
+        until=parse_time(args.until, now=now) if args.until else None,
+        pattern=compile_pattern(args.grep),
+    )
+    follow = args.command == "follow" or args.follow
+    last = args.lines if args.lines is not None else (10 if args.command == "follow" else None)
+    options = ShowOptions(args.qube, line_filter, args.raw, last, follow)
+    return run_show(env, options, sleep=sleep)
+
+
+def _dispatch(
+    env: Env,
+    args: argparse.Namespace,
+    open_command: Sequence[str],
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> int:
+    command = args.command
+    if command == "setup-keys":
+        return run_setup_keys(env, args.epoch_seconds)
+    if command == "list":
+        return run_list(env, args.qubes)
+    if command in ("show", "follow"):
+        return _show(env, args, clock, sleep)
+    if command == "verify":
+        return run_verify(env, args.qubes, args.key, args.witness)
+    if command == "stats":
+        return run_stats(env, args.qubes)
+    return run_open(env, args.qube, args.segment, open_command)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: BinaryIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+    open_command: Sequence[str] = OPEN_COMMAND,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Run one ``logvm`` command; return its exit status."""
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, stream=err, format="logvm: %(message)s")
+    out_stream = stdout if stdout is not None else sys.stdout.buffer
+    env = Env(
+        StoreLayout(args.store),
+        args.config,
+        Output(out_stream),
+        err,
+        stdin if stdin is not None else sys.stdin,
+    )
+    try:
+        status = _dispatch(env, args, open_command, clock, sleep)
+        env.out.flush()
+        return status
+    except LogvmError as error:
+        message = terminal_safe(str(error).encode("utf-8", "backslashreplace"))
+        err.write(f"logvm {args.command}: {message.decode('utf-8')}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`logvm show work | head`): not an error.
+        if stdout is None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out_stream.fileno())
+        return 0

@@ -1,0 +1,117 @@
+"""``logvm verify`` and ``logvm setup-keys`` (floor 3).
+
+Trust side: the verification key comes from the admin (a file kept outside
+the LogVM, or stdin); the store is untrusted. Findings are printed one per
+line, each naming qube, segment and line range; the exit status is 1 when
+any is an error.
+"""
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError, LogvmError, SealError
+from ..core.seal import parse_verification_key
+from ..store.keystate import setup_keys
+from ..store.verify import ERROR, WARNING, verify_store
+from .common import Env, UsageError, human_size
+
+log = logging.getLogger(__name__)
+_MAX_KEY_FILE = 4096
+
+
+def read_key(env: Env, source: str) -> str:
+    """The ``logvm-vk1:...`` text from a file or ``-`` (stdin)."""
+    try:
+        if source == "-":
+            text = env.stdin.read(_MAX_KEY_FILE)
+        else:
+            with Path(source).open(encoding="ascii", errors="replace") as stream:
+                text = stream.read(_MAX_KEY_FILE)
+    except OSError as err:
+        raise UsageError(f"--key {source}: cannot read: {err.strerror}") from err
+    parse_verification_key(text)  # a clear error now rather than later
+    return text.strip()
+
+
+def _optional(module: str) -> Any:
+    """A module another part of the project provides, if it is installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+def run_verify(env: Env, qubes: list[str], key_source: str, witness: str | None) -> int:
+    """Verify the store; print findings; 0 intact, 1 tampered."""
+    key = read_key(env, key_source)
+    report = verify_store(env.layout.root, key, qubes or None)
+    for finding in report.findings:
+        env.out.line(str(finding))
+    errors = len(report.errors)
+    if witness is not None:
+        errors += _witness(env, key, witness)
+    warnings = sum(1 for f in report.findings if f.severity == WARNING)
+    summary = (
+        f"{report.qubes} qubes, {report.segments} segments, "
+        f"{human_size(report.bytes_hashed)} of records hashed"
+    )
+    if errors:
+        env.out.line(f"FAILED: {errors} error(s), {warnings} warning(s); {summary}")
+        return 1
+    env.out.line(f"OK: intact, {warnings} warning(s); {summary}")
+    return 0
+
+
+def _witness(env: Env, key: str, witness: str) -> int:
+    module = _optional("qubes_logvm.store.witness_check")
+    if module is None:
+        raise UsageError("--witness: this installation has no witness check")
+    problems = module.check_witness(env.layout.root, witness, key)
+    for problem in problems:
+        env.out.line(f"{ERROR}: witness: {problem}")
+    return len(problems)
+
+
+def run_setup_keys(env: Env, epoch_seconds: float) -> int:
+    """Create the sealing state and show the verification key once."""
+    if epoch_seconds <= 0:
+        raise UsageError("--epoch-seconds must be more than 0")
+    key = setup_keys(env.layout, epoch_seconds=epoch_seconds)
+    store_id, _ = parse_verification_key(key)
+    out = env.out
+    out.line(f"Sealing state created in {env.layout.root} (store {store_id}).")
+    out.line(f"Seals evolve their key every {epoch_seconds:g} seconds.")
+    out.line()
+    out.line("The verification key (shown only this once):")
+    out.line()
+    out.line(f"    {key}")
+    out.line()
+    out.line("Keep it OUTSIDE this qube (a vault qube, a password manager, on paper):")
+    out.line("anyone who controls this qube later must not have it. Verify with")
+    out.line("    logvm verify --key FILE      (or --key - to paste it)")
+    out.line(_register(env, key))
+    return 0
+
+
+def _register(env: Env, key: str) -> str:
+    """Queue the key for the witness when one is configured."""
+    checkpoints = _optional("qubes_logvm.store.checkpoints")
+    collector = _optional("qubes_logvm.config.collector")
+    if checkpoints is None or collector is None:
+        return "No witness support installed: register the key with the witness yourself."
+    try:
+        witness = collector.load_collector_config(env.config).witness
+    except ConfigError as err:
+        return f"Witness not registered: the collector configuration is wrong: {err}"
+    if witness.target is None and not witness.command:
+        return "No witness configured (collector.yaml witness.target): nothing registered."
+    try:
+        checkpoints.queue_registration(env.layout.root, key)
+    except (LogvmError, OSError) as err:
+        raise SealError(f"could not queue the key for the witness: {err}") from err
+    return (
+        f"Queued for the witness ({witness.target or 'custom command'}): the collector "
+        "registers it and then erases it from this qube."
+    )

@@ -1,0 +1,199 @@
+"""Reading segments back: plain or zstd, line by line, filtered (floor 2).
+
+Trust side: runs in the LogVM for the ``logvm`` CLI. Segment files may have
+been edited by an intruder, so lines are bounded (an overlong line is cut
+for display and flagged), nothing here trusts a record's syntax, and every
+caller that prints must still pass lines through
+:func:`qubes_logvm.core.escape.terminal_safe`. Compressed segments are
+decompressed as a stream, never to disk.
+"""
+
+import contextlib
+import io
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from io import RawIOBase
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from ..core.errors import StoreError
+from ..core.records import TIMESTAMP_LEN
+from .layout import SegmentFiles, StoreLayout
+
+#: Longest line handed out; the rest of a longer line is skipped (and flagged).
+MAX_LINE = 1 << 20
+_CHUNK = 1 << 20
+_TAIL = 1 << 16
+_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+@dataclass(frozen=True)
+class StoredLine:
+    """One line of a segment as found on disk (without its newline)."""
+
+    number: int  # 1-based line number in the segment
+    data: bytes
+    complete: bool = True  # False: the file ends without a newline here
+    overlong: int = 0  # bytes skipped because the line exceeded MAX_LINE
+
+    @property
+    def stamp(self) -> bytes | None:
+        """The receive time, if the line starts with a well-formed one."""
+        head = self.data[:TIMESTAMP_LEN]
+        return head if _STAMP.fullmatch(head) else None
+
+
+@contextlib.contextmanager
+def open_plain(path: Path) -> Iterator[BinaryIO]:
+    """A buffered stream of a segment's plain bytes (``.log.zst`` decompressed on the fly)."""
+    try:
+        raw = path.open("rb", buffering=0)
+    except OSError as err:
+        raise StoreError(f"{path}: cannot read: {err.strerror}") from err
+    with raw:
+        if not path.name.endswith(".zst"):
+            yield io.BufferedReader(raw, _CHUNK)
+            return
+        import zstandard  # only reading compressed segments needs it
+
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        with reader:
+            try:
+                yield io.BufferedReader(cast(RawIOBase, reader), _CHUNK)
+            except zstandard.ZstdError as err:
+                raise StoreError(f"{path}: damaged zstd data: {err}") from err
+
+
+def read_lines(stream: BinaryIO, *, first_number: int = 1) -> Iterator[StoredLine]:
+    """Split a stream into bounded lines; the last one may lack its newline."""
+    number = first_number
+    while True:
+        line = stream.readline(MAX_LINE + 1)
+        if not line:
+            return
+        skipped = 0
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            line = line[:MAX_LINE]
+            skipped, ended = _skip_rest_of_line(stream)
+            line += b"\n" if ended else b""
+        if line.endswith(b"\n"):
+            yield StoredLine(number, line[:-1], True, skipped)
+        else:
+            yield StoredLine(number, line, False, skipped)
+        number += 1
+
+
+def _skip_rest_of_line(stream: BinaryIO) -> tuple[int, bool]:
+    skipped = 0
+    while True:
+        piece = stream.readline(_CHUNK)
+        if not piece:
+            return skipped, False
+        if piece.endswith(b"\n"):
+            return skipped + len(piece) - 1, True
+        skipped += len(piece)
+
+
+def iter_segment(segment: SegmentFiles) -> Iterator[StoredLine]:
+    """Every line of one segment, in order, with 1-based line numbers."""
+    if segment.log is None:
+        return
+    with open_plain(segment.log) as stream:
+        yield from read_lines(stream)
+
+
+def count_lines(path: Path) -> tuple[int, int]:
+    """``(newlines, bytes)`` of a segment's plain content, at C speed."""
+    lines = size = 0
+    with open_plain(path) as stream:
+        while chunk := stream.read(_CHUNK):
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+    return lines, size
+
+
+def first_stamp(segment: SegmentFiles) -> bytes | None:
+    """Receive time of the segment's first record (reads one bounded line)."""
+    if segment.log is None:
+        return None
+    with open_plain(segment.log) as stream:
+        line = stream.readline(_TAIL)
+    head = line[:TIMESTAMP_LEN]
+    return head if _STAMP.fullmatch(head) else None
+
+
+def last_stamp(segment: SegmentFiles) -> bytes | None:
+    """Receive time of a plain segment's last complete record (reads its tail).
+
+    None for a compressed segment: finding its end would mean decompressing
+    it all, and callers want this to be cheap.
+    """
+    if segment.log is None or segment.compressed:
+        return None
+    try:
+        with segment.log.open("rb") as stream:
+            size = stream.seek(0, os.SEEK_END)
+            stream.seek(max(0, size - _TAIL))
+            tail = stream.read(_TAIL)
+    except OSError as err:
+        raise StoreError(f"{segment.log}: cannot read: {err.strerror}") from err
+    for line in reversed(tail.split(b"\n")[:-1]):
+        head = line[:TIMESTAMP_LEN]
+        if _STAMP.fullmatch(head):
+            return head
+    return None
+
+
+@dataclass(frozen=True)
+class LineFilter:
+    """Which lines to show: receive time window (stamps, inclusive) and a pattern.
+
+    Times compare as bytes: stored stamps are fixed-width UTC. A line without
+    a valid stamp (malformed, perhaps tampered) is judged by the last valid
+    stamp before it, so it is not hidden from a window it sits in.
+    """
+
+    since: bytes | None = None
+    until: bytes | None = None
+    pattern: "re.Pattern[bytes] | None" = None
+
+    def apply(self, lines: Iterable[StoredLine]) -> Iterator[StoredLine]:
+        """Yield the lines that pass."""
+        last = b""
+        for line in lines:
+            stamp = line.stamp
+            if stamp is not None:
+                last = stamp
+            if self.since is not None and last < self.since:
+                continue
+            if self.until is not None and last and last > self.until:
+                continue
+            if self.pattern is not None and self.pattern.search(line.data) is None:
+                continue
+            yield line
+
+    def skips_segment(self, segment: SegmentFiles) -> bool:
+        """True when the segment cannot hold a line in the window (cheap checks)."""
+        if self.since is not None:
+            last = last_stamp(segment)
+            if last is not None and last < self.since:
+                return True
+        if self.until is not None:
+            first = first_stamp(segment)
+            if first is not None and first > self.until:
+                return True
+        return False
+
+
+def iter_qube(
+    layout: StoreLayout, qube: str, line_filter: LineFilter | None = None
+) -> Iterator[tuple[SegmentFiles, StoredLine]]:
+    """A qube's lines across all its segments in order (plain and compressed)."""
+    chosen = line_filter or LineFilter()
+    for segment in layout.segments(qube):
+        if segment.log is None or chosen.skips_segment(segment):
+            continue
+        for line in chosen.apply(iter_segment(segment)):
+            yield segment, line

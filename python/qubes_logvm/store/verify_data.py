@@ -1,0 +1,256 @@
+"""The verifier's data checks: segment bytes against their seals (floor 2).
+
+Trust side: the seal lines handed in here have already been authenticated
+(MAC under ``K[epoch]``, right qube and segment); the segment bytes have not.
+The fast path hashes whole seal intervals with hashlib and counts lines with
+``bytes.count`` (C speed, no per-line Python loop). Only after a mismatch
+does it read the rest of the segment into memory (bounded) and work out what
+happened: lines inserted or removed (the next interval is found again at
+another line boundary), lines changed or reordered (same count), or a
+truncated file.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..core.errors import StoreError
+from ..core.records import parse_record
+from ..core.seal import chain_step
+
+#: Most bytes read into memory to explain a mismatch.
+EXPLAIN_LIMIT = 256 << 20
+#: Most candidate line boundaries and bytes hashed while looking for the next interval.
+_MAX_CANDIDATES = 20000
+_MAX_RESYNC_BYTES = 512 << 20
+#: Intervals up to this size are searched for a single inserted or swapped line.
+_PINPOINT_BYTES = 1 << 20
+_CHUNK = 16 << 20
+_LINE = re.compile(rb"[^\n]*\n")
+
+#: ``report(first_line, last_line, message)``: one error about this segment.
+Report = Callable[[int | None, int | None, str], None]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The bytes between two authenticated seal lines of one segment."""
+
+    start: int  # nbytes of the earlier seal
+    end: int  # nbytes of the later seal
+    lines0: int
+    lines1: int
+    head0: bytes | None  # None: no authenticated start (cannot be checked)
+    head1: bytes
+    seal_line: int  # line number of the later seal in the .seal file
+    checkable: bool
+
+    @property
+    def length(self) -> int:
+        """Bytes the interval covers."""
+        return self.end - self.start
+
+    @property
+    def nlines(self) -> int:
+        """Records the interval covers."""
+        return self.lines1 - self.lines0
+
+    def matches(self, data: bytes) -> bool:
+        """True when ``data`` is exactly what the later seal sealed."""
+        return (
+            self.head0 is not None
+            and len(data) == self.length
+            and chain_step(self.head0, data) == self.head1
+            and data.count(b"\n") == self.nlines
+        )
+
+
+@dataclass
+class DataResult:
+    """Where the sealed part of a segment ends in the file as it is now."""
+
+    sealed_end_line: int  # lines of the file up to the end of the last interval
+    tail_lines: int  # complete lines after it
+    tail_bytes: int  # bytes after it
+    bytes_hashed: int
+    broken: bool  # a mismatch was found
+
+
+def read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes, fewer only at end of file (memory bounded by the file)."""
+    parts = []
+    while size > 0:
+        piece = stream.read(min(size, _CHUNK))
+        if not piece:
+            break
+        parts.append(piece)
+        size -= len(piece)
+    return b"".join(parts)
+
+
+def check_data(stream: BinaryIO, intervals: list[Interval], report: Report) -> DataResult:
+    """Check consecutive intervals from the start of ``stream``; measure the tail."""
+    hashed = 0
+    for index, interval in enumerate(intervals):
+        data = read_up_to(stream, interval.length)
+        hashed += len(data) if interval.checkable else 0
+        if interval.checkable and interval.matches(data):
+            continue
+        if not interval.checkable and len(data) == interval.length:
+            continue  # already reported by the seal-line checks
+        rest = data + read_up_to(stream, EXPLAIN_LIMIT)
+        position, line = _explain(rest, intervals[index:], interval.lines0, report)
+        tail = rest[position:] if position is not None else b""
+        lines, size = _count_rest(stream)
+        return DataResult(
+            line,
+            tail.count(b"\n") + lines,
+            len(tail) + size,
+            hashed,
+            broken=True,
+        )
+    lines, size = _count_rest(stream)
+    end_line = intervals[-1].lines1 if intervals else 0
+    return DataResult(end_line, lines, size, hashed, broken=False)
+
+
+def _count_rest(stream: BinaryIO) -> tuple[int, int]:
+    lines = size = 0
+    while chunk := stream.read(_CHUNK):
+        lines += chunk.count(b"\n")
+        size += len(chunk)
+    return lines, size
+
+
+def _explain(
+    data: bytes, intervals: list[Interval], line0: int, report: Report
+) -> tuple[int | None, int]:
+    """Walk the rest of the segment interval by interval, resynchronising after damage.
+
+    Returns the offset in ``data`` and the line number where the sealed part
+    ends in the file as it is now (offset None: could not tell).
+    """
+    position, line = 0, line0
+    for index, interval in enumerate(intervals):
+        following = intervals[index + 1] if index + 1 < len(intervals) else None
+        piece = data[position : position + interval.length]
+        if interval.matches(piece) or (not interval.checkable and len(piece) == interval.length):
+            position += interval.length
+            line += piece.count(b"\n")
+            continue
+        end = _resync(data, position, interval, following)
+        if end is None and position + interval.length > len(data):
+            file_size = intervals[0].start + len(data)
+            _report_truncated(data[position:], line, file_size, intervals[-1], report)
+            return len(data), line + data[position:].count(b"\n")
+        if end is None and following is not None and following.checkable:
+            report(
+                line + 1,
+                None,
+                f"from here on the file does not match seal line {interval.seal_line} or "
+                "the ones after it: the rest of the segment cannot be checked",
+            )
+            return None, line
+        if end is None:
+            end = position + interval.length
+        _report_mismatch(data[position:end], line, interval, report)
+        line += data[position:end].count(b"\n")
+        position = end
+    return position, line
+
+
+def _line_starts(data: bytes, lo: int, hi: int) -> list[int]:
+    starts = [lo] if lo == 0 or data[lo - 1 : lo] == b"\n" else []
+    index = data.find(b"\n", lo, hi)
+    while index >= 0 and len(starts) < _MAX_CANDIDATES:
+        starts.append(index + 1)
+        index = data.find(b"\n", index + 1, hi)
+    return starts
+
+
+def _resync(
+    data: bytes, position: int, interval: Interval, following: Interval | None
+) -> int | None:
+    """Find where ``interval`` really ends: where ``following`` matches again."""
+    if following is None or not following.checkable:
+        return None
+    expected = position + interval.length
+    window = max(interval.length, 1 << 16) * 4
+    candidates = _line_starts(data, position, min(len(data), expected + window))
+    candidates.sort(key=lambda start: abs(start - expected))
+    spent = 0
+    for start in candidates:
+        if spent > _MAX_RESYNC_BYTES:
+            break
+        piece = data[start : start + following.length]
+        spent += len(piece)
+        if following.matches(piece):
+            return start
+    return None
+
+
+def _report_truncated(
+    rest: bytes, line: int, file_size: int, last: Interval, report: Report
+) -> None:
+    have = line + rest.count(b"\n")
+    missing = last.end - file_size
+    report(
+        have + 1,
+        last.lines1,
+        f"truncated: the seals cover lines 1-{last.lines1} ({last.end} bytes) "
+        f"but the segment ends after line {have}: {missing} sealed bytes are missing "
+        "(lines removed, or the file truncated)",
+    )
+
+
+def _report_mismatch(piece: bytes, line: int, interval: Interval, report: Report) -> None:
+    actual = piece.count(b"\n")
+    expected = interval.nlines
+    sealed = f"seal line {interval.seal_line} seals {expected} lines here"
+    if actual > expected:
+        what = f"{actual - expected} line(s) inserted ({sealed}, the file holds {actual})"
+    elif actual < expected:
+        what = f"{expected - actual} line(s) removed ({sealed}, the file holds {actual})"
+    else:
+        what = f"lines changed or reordered ({sealed}: same count, other bytes)"
+    hints = _pinpoint(piece, line, interval) + _hints(piece, line)
+    if hints:
+        what += "; " + "; ".join(hints[:4])
+    if actual == 0:
+        report(line, line + 1, what + f" between lines {line} and {line + 1}")
+    else:
+        report(line + 1, line + actual, what)
+
+
+def _pinpoint(piece: bytes, line: int, interval: Interval) -> list[str]:
+    """Name the exact line when one line was inserted or two neighbours swapped."""
+    if len(piece) > _PINPOINT_BYTES or interval.head0 is None:
+        return []
+    lines = _LINE.findall(piece)
+    if len(lines) == interval.nlines + 1:
+        for index in range(len(lines)):
+            if interval.matches(b"".join(lines[:index] + lines[index + 1 :])):
+                return [f"line {line + index + 1} is the inserted one"]
+    if len(lines) == interval.nlines:
+        for index in range(len(lines) - 1):
+            swapped = lines[:index] + [lines[index + 1], lines[index]] + lines[index + 2 :]
+            if interval.matches(b"".join(swapped)):
+                return [f"lines {line + index + 1} and {line + index + 2} were swapped"]
+    return []
+
+
+def _hints(piece: bytes, line: int) -> list[str]:
+    """Lines that are not well-formed records, or whose receive time goes backwards."""
+    hints = []
+    last_stamp = b""
+    for offset, text in enumerate(_LINE.findall(piece)[:10000], start=line + 1):
+        try:
+            stamp = parse_record(text[:-1]).stamp
+        except StoreError:
+            hints.append(f"line {offset} is not a well-formed record")
+            continue
+        if stamp < last_stamp:
+            hints.append(f"line {offset}: receive time goes backwards")
+        last_stamp = stamp
+    return hints
