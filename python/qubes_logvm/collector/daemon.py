@@ -15,23 +15,21 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import importlib
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 from ..config.collector import CollectorConfig, load_collector_config
-from ..config.retention import RetentionConfig
 from ..core.errors import LogvmError
 from ..core.seal import Seal
 from ..store.checkpoints import CheckpointSender
-from ..store.layout import DEFAULT_STORE, StoreLayout
+from ..store.layout import DEFAULT_STORE
+from ..store.retention import plan_deletions
 from ..store.writer import Store
 from .qubewriter import Shared
 from .server import Server, bind_socket
@@ -41,8 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET = Path("/run/qubes-logvm/logvm.Send.sock")
 SD_LISTEN_FDS_START = 3
 SHUTDOWN_TIMEOUT = 30.0
-
-Planner = Callable[[StoreLayout, RetentionConfig, float, dict[str, int]], list[tuple[str, int]]]
 
 
 def sd_listen_fds(environ: dict[str, str] | None = None) -> list[int]:
@@ -87,15 +83,6 @@ def _listening_socket(path: Path) -> socket.socket:
     return bind_socket(path)
 
 
-def _planner() -> Planner | None:
-    """The rotation helper's deletion planner, when installed (store/retention.py)."""
-    try:
-        module = importlib.import_module("qubes_logvm.store.retention")
-    except ImportError:
-        return None
-    return cast(Planner, module.plan_deletions)
-
-
 class Daemon:
     """The running collector: server, timers and signal handling."""
 
@@ -106,7 +93,6 @@ class Daemon:
         self.shared = Shared(self.store, config)
         self.server = Server(self.shared)
         self.sender: CheckpointSender | None = None
-        self.planner = _planner()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
 
@@ -191,8 +177,6 @@ class Daemon:
             if chain is not None and chain.is_open and writer.open_age > retention.segment_max_age:
                 writer.request_roll()
             await self.shared.run_on_chain(writer.qube, writer.refresh_sizes)
-        if self.planner is None:
-            return
         open_segments = {
             qube: w.chain.seq
             for qube, w in self.server.writers.items()
@@ -200,7 +184,7 @@ class Daemon:
         }
         loop = asyncio.get_running_loop()
         plan = await loop.run_in_executor(
-            None, self.planner, self.store.layout, retention, time.time(), open_segments
+            None, plan_deletions, self.store.layout, retention, time.time(), open_segments
         )
         for qube, seq in plan:
             await self.shared.run_on_chain(qube, functools.partial(self._delete, qube, seq))

@@ -141,6 +141,7 @@ class QubeWriter:
         self._open_since = time.monotonic()
         self._roll_requested = False
         self._open_seal_bytes = 0
+        self._session = ""
         self._note_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -317,7 +318,9 @@ class QubeWriter:
         return dropped
 
     def _open(self, chain: QubeChain, reason: str) -> None:
-        chain.open_segment(self.shared.store.keys, session=secrets.token_hex(8), reason=reason)
+        if reason != "roll":
+            self._session = secrets.token_hex(8)
+        chain.open_segment(self.shared.store.keys, session=self._session, reason=reason)
         self._open_since = time.monotonic()
         self._open_seal_bytes = len(chain.last_seal.to_line()) if chain.last_seal else 0
 

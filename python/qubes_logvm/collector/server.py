@@ -67,7 +67,8 @@ class Connection(asyncio.Protocol, Feed):
         self.splitter = LineSplitter(server.shared.config.max_line_bytes)
         self._descriptor = bytearray()
         self._timer: asyncio.TimerHandle | None = None
-        self._acked = -1
+        self._acked = 0
+        self._sent_any = False
         self._write_paused = False
         self._owed: tuple[int, bool] | None = None
         self._in_count = False
@@ -142,9 +143,10 @@ class Connection(asyncio.Protocol, Feed):
             # the newest count (acks are cumulative).
             self._owed = (handled, final)
             return
-        if handled > self._acked or (final and self._acked < 0):
+        if handled > self._acked or (final and not self._sent_any):
             self.transport.write(b"ack %d\n" % handled)
             self._acked = handled
+            self._sent_any = True
         if final:
             self.transport.close()
 
