@@ -130,19 +130,21 @@ def check_compressed(path: Path, name: str, seals: list[Seal]) -> None:
 def _write_frame(
     source: Path, tmp: Path, nbytes: int, level: int, should_stop: Callable[[], bool]
 ) -> None:
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    # The pledged size goes into the frame header and tunes the parameters
+    # as the zstd CLI does for a file of known size.
+    packer = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj(size=nbytes)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     with open(fd, "wb") as out, open(source, "rb") as src:
-        with compressor.stream_writer(out, size=nbytes, closefd=False) as writer:
-            left = nbytes
-            while left:
-                if should_stop():
-                    raise Interrupted(f"{source}: compression interrupted")
-                chunk = src.read(min(CHUNK, left))
-                if not chunk:
-                    raise CompressError(f"{source}: shorter than its seals say")
-                writer.write(chunk)
-                left -= len(chunk)
+        left = nbytes
+        while left:
+            if should_stop():
+                raise Interrupted(f"{source}: compression interrupted")
+            chunk = src.read(min(CHUNK, left))
+            if not chunk:
+                raise CompressError(f"{source}: shorter than its seals say")
+            out.write(packer.compress(chunk))
+            left -= len(chunk)
+        out.write(packer.flush())
         out.flush()
         os.fsync(out.fileno())
 
