@@ -113,6 +113,9 @@ class FilesSource:
                     self._open(path, spec.tag, resume=resume)
 
     def _emit(self, follower: _Follower, line: bytes, end: int) -> None:
+        if len(line) > MAX_MESSAGE:
+            follower.cut += len(line) - MAX_MESSAGE
+            line = line[:MAX_MESSAGE]
         if follower.cut:
             line += b" [logvm-exporter: %d bytes cut]" % follower.cut
             follower.cut = 0

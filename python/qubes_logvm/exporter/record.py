@@ -14,7 +14,7 @@ One record is one line of UTF-8::
 
 Every field goes through :func:`qubes_logvm.core.escape.escape`, so no
 record holds a control character or newline; token fields additionally
-escape space, ``[``, ``]`` and ``:`` as ``\\xHH`` so that splitting is
+escape space, TAB, ``[``, ``]`` and ``:`` as ``\\xHH`` so that splitting is
 unambiguous. Trust side: pure formatting of the qube's own (untrusted) log
 data; :func:`parse_record` is strict.
 """
@@ -27,7 +27,7 @@ from ..core.escape import escape, unescape
 
 SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 _SEVERITY_BYTES = [s.encode("ascii") for s in SEVERITIES]
-_TOKEN_EXTRA = re.compile(rb"[ \[\]:]")
+_TOKEN_EXTRA = re.compile(rb"[ \t\[\]:]")
 _RECORD = re.compile(
     rb"(\S+) (\S+) (emerg|alert|crit|err|warning|notice|info|debug|-) (\S+) "
     rb"([^ \[\]:]+)(?:\[([0-9]{1,10})\])?: (.*)",
@@ -54,6 +54,8 @@ def token(value: bytes | str | None) -> bytes:
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     if not raw:
         return b"-"
+    if raw == b"-":
+        return b"\\x2d"  # a real "-" must not read as "unknown"
     return _TOKEN_EXTRA.sub(lambda m: b"\\x%02x" % m.group()[0], escape(raw))
 
 

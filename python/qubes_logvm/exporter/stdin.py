@@ -45,7 +45,8 @@ class StdinSource:
             self._partial = self._partial[:MAX_MESSAGE]
         items: list[Item] = []
         for part in parts:
-            line = part
+            line = part[:MAX_MESSAGE]
+            self._cut += len(part) - len(line)
             if self._cut:
                 line += b" [logvm-exporter: %d bytes cut]" % self._cut
                 self._cut = 0
