@@ -75,8 +75,10 @@ def read_lines(stream: BinaryIO, *, first_number: int = 1) -> Iterator[StoredLin
             return
         skipped = 0
         if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            skipped = len(line) - MAX_LINE
             line = line[:MAX_LINE]
-            skipped, ended = _skip_rest_of_line(stream)
+            more, ended = _skip_rest_of_line(stream)
+            skipped += more
             line += b"\n" if ended else b""
         if line.endswith(b"\n"):
             yield StoredLine(number, line[:-1], True, skipped)

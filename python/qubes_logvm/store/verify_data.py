@@ -133,18 +133,18 @@ def _explain(
     """
     position, line = 0, line0
     for index, interval in enumerate(intervals):
-        following = intervals[index + 1] if index + 1 < len(intervals) else None
         piece = data[position : position + interval.length]
         if interval.matches(piece) or (not interval.checkable and len(piece) == interval.length):
             position += interval.length
             line += piece.count(b"\n")
             continue
-        end = _resync(data, position, interval, following)
+        anchor = _next_anchor(intervals[index + 1 :])
+        end = _resync(data, position, interval, anchor) if anchor is not None else None
         if end is None and position + interval.length > len(data):
             file_size = intervals[0].start + len(data)
             _report_truncated(data[position:], line, file_size, intervals[-1], report)
             return len(data), line + data[position:].count(b"\n")
-        if end is None and following is not None and following.checkable:
+        if end is None and anchor is not None:
             report(
                 line + 1,
                 None,
@@ -169,12 +169,22 @@ def _line_starts(data: bytes, lo: int, hi: int) -> list[int]:
     return starts
 
 
-def _resync(
-    data: bytes, position: int, interval: Interval, following: Interval | None
-) -> int | None:
-    """Find where ``interval`` really ends: where ``following`` matches again."""
-    if following is None or not following.checkable:
-        return None
+def _next_anchor(rest: list[Interval]) -> Interval | None:
+    """The next interval with bytes to find again (empty ones match anywhere)."""
+    for interval in rest:
+        if not interval.checkable or (interval.length == 0 and not interval.matches(b"")):
+            return None
+        if interval.length:
+            return interval
+    return None
+
+
+def _resync(data: bytes, position: int, interval: Interval, anchor: Interval) -> int | None:
+    """Find where ``interval`` really ends: the line start where ``anchor`` matches.
+
+    Empty intervals between the two do not move the position, so the
+    anchor starts exactly where ``interval`` ends.
+    """
     expected = position + interval.length
     window = max(interval.length, 1 << 16) * 4
     candidates = _line_starts(data, position, min(len(data), expected + window))
@@ -183,9 +193,9 @@ def _resync(
     for start in candidates:
         if spent > _MAX_RESYNC_BYTES:
             break
-        piece = data[start : start + following.length]
+        piece = data[start : start + anchor.length]
         spent += len(piece)
-        if following.matches(piece):
+        if anchor.matches(piece):
             return start
     return None
 

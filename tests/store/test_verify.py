@@ -1,0 +1,158 @@
+"""The verifier against a real store written by the real writer, and each attack on it."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.store.verify import ERROR, WARNING, Finding, verify_store
+from qubes_logvm.store.writer import Store
+from support.storebuilder import Built, build_store
+from support.tamper import ATTACKS, Expect, open_segment_truncated_seals, other_key
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return build_store(tmp_path_factory.mktemp("pristine") / "store")
+
+
+@pytest.fixture
+def store(pristine: Built, tmp_path: Path) -> Built:
+    root = tmp_path / "store"
+    shutil.copytree(pristine.root, root)
+    return Built(root, pristine.key)
+
+
+def pointed_at(findings: list[Finding], expect: Expect) -> bool:
+    """Some error names the expected qube, segment and a line range holding the line."""
+    for finding in findings:
+        if finding.severity != ERROR or expect.words not in str(finding):
+            continue
+        if expect.qube == "store":
+            return finding.qube is None
+        if (finding.qube, finding.segment) != (expect.qube, expect.seq):
+            continue
+        if expect.line is None:
+            return True
+        first, last = finding.first_line, finding.last_line
+        if first is not None and first <= expect.line <= (last or first):
+            return True
+    return False
+
+
+@pytest.mark.timeout(30)
+def test_untouched_store_verifies(store: Built) -> None:
+    report = verify_store(store.root, store.key)
+    assert report.findings == []
+    assert report.ok
+    assert (report.qubes, report.segments) == (3, 7)
+    assert report.bytes_hashed > 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_every_attack_fails_and_names_the_place(store: Built, attack: str) -> None:
+    expect = ATTACKS[attack](store)
+    report = verify_store(store.root, store.key)
+    assert not report.ok
+    assert pointed_at(report.findings, expect), "\n".join(map(str, report.findings))
+
+
+@pytest.mark.timeout(30)
+def test_wrong_key_fails_everywhere(store: Built) -> None:
+    report = verify_store(store.root, other_key(store))
+    assert not report.ok
+    assert any(f.qube is None and "does not derive" in f.message for f in report.errors)
+    assert {f.qube for f in report.errors if "MAC wrong" in f.message} == {
+        "work",
+        "personal",
+        "disp12",
+    }
+
+
+@pytest.mark.timeout(30)
+def test_open_segment_cut_back_while_epochs_went_on(store: Built) -> None:
+    writer = Store(store.root)  # the collector goes on ticking (and sealing work/4)
+    writer.tick()
+    writer.tick()
+    writer.keys.close()
+    expect = open_segment_truncated_seals(store)
+    report = verify_store(store.root, store.key)
+    assert pointed_at(report.findings, expect), "\n".join(map(str, report.findings))
+
+
+def _append_unsealed(store: Built, qube: str, seq: int, n: int) -> None:
+    stamp = format_timestamp(1.8e9)
+    with store.log(qube, seq).open("ab") as stream:
+        stream.write(b"".join(line_record(stamp, b"late %d" % i) for i in range(n)))
+
+
+@pytest.mark.timeout(30)
+def test_unsealed_tail_of_newest_open_segment_is_a_warning(store: Built) -> None:
+    _append_unsealed(store, "work", 4, 3)
+    report = verify_store(store.root, store.key)
+    assert report.ok
+    [warning] = report.findings
+    assert warning.severity == WARNING
+    assert (warning.qube, warning.segment) == ("work", 4)
+    assert "unsealed tail" in warning.message
+    assert warning.last_line is not None
+    assert warning.first_line is not None
+    assert warning.last_line - warning.first_line == 2
+
+
+@pytest.mark.timeout(30)
+def test_unsealed_tail_of_closed_segment_is_an_error(store: Built) -> None:
+    _append_unsealed(store, "work", 3, 2)
+    report = verify_store(store.root, store.key)
+    assert pointed_at(report.findings, Expect("work", 3, 16, "after the final seal"))
+
+
+@pytest.mark.timeout(30)
+def test_crash_tail_then_recover_verifies(store: Built) -> None:
+    _append_unsealed(store, "work", 4, 2)
+    writer = Store(store.root)
+    assert writer.recover_all() == {"work": 2}
+    writer.close()
+    report = verify_store(store.root, store.key)
+    assert report.findings == []
+
+
+@pytest.mark.timeout(30)
+def test_only_named_qubes_and_unknown_qube(store: Built) -> None:
+    ATTACKS["changed-byte"](store)  # work is damaged, personal is not
+    assert verify_store(store.root, store.key, ["personal"]).ok
+    report = verify_store(store.root, store.key, ["nosuch"])
+    assert [f.message for f in report.errors] == ["no such qube in the store"]
+
+
+@pytest.mark.timeout(30)
+def test_forged_huge_epoch_is_not_derived(store: Built) -> None:
+    path = store.seal("disp12", 1)
+    lines = path.read_bytes().splitlines(keepends=True)
+    fields = lines[2].split(b" ")
+    fields[4] = b"999999999999"
+    lines[2] = b" ".join(fields)
+    path.write_bytes(b"".join(lines))
+    report = verify_store(store.root, store.key)  # returns quickly: the epoch is capped
+    assert any("MAC wrong" in f.message and f.segment == 1 for f in report.errors)
+
+
+@pytest.mark.timeout(30)
+def test_tombstoned_segment_still_present_is_a_warning(store: Built, tmp_path: Path) -> None:
+    writer = Store(store.root)
+    chain = writer.chain("personal")
+    victim = store.log("personal", 2)
+    saved = tmp_path / "saved"
+    shutil.copy(victim, saved)
+    shutil.copy(store.seal("personal", 2), tmp_path / "saved.seal")
+    assert chain.delete_oldest(writer.keys, keep_newest=0) == 1
+    assert chain.delete_oldest(writer.keys, keep_newest=0) == 2
+    writer.keys.close()
+    assert verify_store(store.root, store.key).ok
+    shutil.copy(saved, victim)  # rotation "crashed" between tombstone and unlink
+    shutil.copy(tmp_path / "saved.seal", store.seal("personal", 2))
+    report = verify_store(store.root, store.key)
+    assert report.ok
+    assert any("tombstoned but still present" in f.message for f in report.findings)
