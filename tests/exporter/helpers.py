@@ -96,12 +96,13 @@ class ExporterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
         self.log = workdir / "exporter.log"
+        self.env: dict[str, str] | None = None
 
     def start(self, *extra: str) -> "ExporterProcess":
         notify_path = self.workdir / f"notify-{time.monotonic_ns()}"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        env = dict(self.env or os.environ, NOTIFY_SOCKET=str(notify_path))
         args = [str(EXPORTER), "--config", str(self.config), *extra]
         with self.log.open("ab") as log:
             if self.journald is not None:
