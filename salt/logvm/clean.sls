@@ -11,10 +11,14 @@
 {%-   for name in selected | reverse %}
 
 {{ id }}-source-{{ name }}:
-  qvm.service:
+  qvm.vm:
     - name: {{ name }}
-    - default:
-      - logvm-exporter
+    - service:
+      - default:
+        - logvm-exporter
+    - tags:
+      - del:
+        - {{ logvm.sources.dispvm_tag }}
 {%-   endfor %}
 
 {{ id }}-policy:

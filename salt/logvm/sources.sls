@@ -1,24 +1,35 @@
 {#- logvm.sources (dom0): service.logvm-exporter on for the selected source
-    qubes (by name, tag, all, and disposable templates so that their DispVMs
-    inherit it); off for excluded ones. The flag takes effect when a qube
-    next starts. -#}
+    qubes (by name, tag, all, and disposable templates, which also get the
+    DispVM tag so that their DispVMs inherit flag and tag); off for excluded
+    ones. The flag takes effect when a qube next starts. -#}
 {%- from tpldir ~ '/map.jinja' import logvm with context %}
 {%- from tpldir ~ '/sources.jinja' import selected, excluded with context %}
 {%- set id = sls | replace('.', '-') %}
+{%- set dvm_tag = logvm.sources.dispvm_tag %}
 
 {%- for name in selected %}
 
 {{ id }}-enable-{{ name }}:
-  qvm.service:
+  qvm.vm:
     - name: {{ name }}
-    - enable:
-      - logvm-exporter
+    - service:
+      - enable:
+        - logvm-exporter
+{%-   if name in logvm.sources.disposable_templates %}
+    - tags:
+      - add:
+        - {{ dvm_tag }}
+{%-   endif %}
 {%- endfor %}
 {%- for name in excluded %}
 
 {{ id }}-exclude-{{ name }}:
-  qvm.service:
+  qvm.vm:
     - name: {{ name }}
-    - default:
-      - logvm-exporter
+    - service:
+      - default:
+        - logvm-exporter
+    - tags:
+      - del:
+        - {{ dvm_tag }}
 {%- endfor %}

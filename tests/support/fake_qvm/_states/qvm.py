@@ -130,7 +130,7 @@ def _qube(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _check_int(what: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise Reject(f"{what}: expected an unquoted integer, got {value!r} (a quoted number flaps)")
+        raise Reject(f"{what}: expected an unquoted integer, got {value!r} (quoted numbers flap)")
     return value
 
 
@@ -182,15 +182,21 @@ def _absent(data: dict[str, Any], name: str, kw: dict[str, Any]) -> tuple[dict[s
     return {"removed": name}, f"'{name}' removed"
 
 
-def _present(data: dict[str, Any], name: str, kw: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def _check_create(kw: dict[str, Any]) -> list[str]:
+    """qvm.create's arguments; returns the flags."""
     _check_keys("present", kw, CREATE_KEYS)
-    flags = kw.get("flags", [])
-    for flag in _str_list("present: flags", flags) if "flags" in kw else []:
+    flags: list[str] = _str_list("present: flags", kw["flags"]) if "flags" in kw else []
+    for flag in flags:
         if flag not in CREATE_FLAGS:
             raise Reject(f"present: unknown flag {flag!r} (ignored by the real module)")
     for key in ("mem", "vcpus"):
         if key in kw:
             _check_int(f"present: {key}", kw[key])
+    return flags
+
+
+def _present(data: dict[str, Any], name: str, kw: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    flags = _check_create(kw)
     if name in data["qubes"]:
         return {}, f"[SKIP] A VM with the name '{name}' already exists."
     label = kw.get("label")
@@ -256,10 +262,8 @@ def _prefs(data: dict[str, Any], name: str, kw: dict[str, Any]) -> tuple[dict[st
             raise Reject(f"prefs: {prop} given twice")
         seen.add(prop)
         new = _pref_value(data, key, kind, value)
-        if prop in ("label", "template"):
-            current = qube[prop]
-        else:
-            current = qube["prefs"].get(prop, DEFAULT)
+        on_qube = prop in ("label", "template")
+        current = qube[prop] if on_qube else qube["prefs"].get(prop, DEFAULT)
         if current == new:
             continue
         if prop in ("label", "template"):
@@ -453,15 +457,28 @@ def _action_order(actions: Any) -> list[tuple[str, str]]:
         raise Reject(f"actions: expected a list, got {actions!r}")
     order = []
     for item in actions:
-        value = "fail"
+        action, value = item, "fail"
         if isinstance(item, dict):
             if len(item) != 1:
                 raise Reject(f"actions: expected '- action: pass|fail', got {item!r}")
-            ((item, value),) = item.items()
-        if item not in ACTIONS or not isinstance(value, str):
-            raise Reject(f"actions: unknown action {item!r}")
-        order.append((item, value))
+            ((action, value),) = item.items()
+        if action not in ACTIONS or not isinstance(value, str):
+            raise Reject(f"actions: unknown action {action!r}")
+        order.append((action, value))
     return order
+
+
+def _parse_vm(kwargs: dict[str, Any]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """Action order and each action's keywords; Reject as qvm.vm would fail."""
+    order = _action_order(kwargs.pop("actions", list(ACTIONS)))
+    for key in kwargs:
+        if key not in [a for a, _ in order]:
+            raise Reject(f"Unknown action keyword: {key}")
+    parsed = {key: _options(key, value) for key, value in kwargs.items()}
+    for key in parsed:
+        if key not in MODELLED:
+            raise Reject(f"qvm.vm action {key!r} is not modelled by the fake")
+    return order, parsed
 
 
 def vm(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -469,21 +486,15 @@ def vm(name: str, **kwargs: Any) -> dict[str, Any]:
     kwargs = _public(kwargs)
     ret = _ret(name, True, "", {})
     try:
-        order = _action_order(kwargs.pop("actions", list(ACTIONS)))
-        for key in kwargs:
-            if key not in [a for a, _ in order]:
-                return _ret(name, False, f"Unknown action keyword: {key}", {})
-        parsed = {key: _options(key, value) for key, value in kwargs.items()}
-        for key in parsed:
-            if key not in MODELLED:
-                raise Reject(f"qvm.vm action {key!r} is not modelled by the fake")
+        order, parsed = _parse_vm(kwargs)
     except Reject as err:
         return _ret(name, False, f"fake qvm: {err}", {})
     for action, mode in order:
         if action not in parsed:
             continue
+        ret["comment"] += f"\n====== ['{action}'] ======\n"
         if ret["result"] is False:
-            ret["comment"] += f"\n====== ['{action}'] ======\n[SKIP] Skipping due to previous failure!"
+            ret["comment"] += "[SKIP] Skipping due to previous failure!"
             continue
         status = _run(name, _IMPL[action], parsed[action])
         if status["result"] is False and "pass" not in mode.lower():
@@ -492,6 +503,6 @@ def vm(name: str, **kwargs: Any) -> dict[str, Any]:
             ret["changes"][f"qvm.{action}"] = status["changes"]
             if status["result"] is None:
                 ret["result"] = None
-        ret["comment"] += f"\n====== ['{action}'] ======\n{status['comment']}"
+        ret["comment"] += status["comment"]
     ret["comment"] = ret["comment"].strip()
     return ret

@@ -1,0 +1,165 @@
+"""The dom0 states (`qubesctl state.apply logvm`) against the fake qvm module.
+
+For each test pillar: the qubes, prefs, features, tags and volume the states
+ask for (the fake world after the run) and the rendered policy equal the
+golden files; a second apply changes nothing; and the policy, evaluated by
+the qrexec stand-in, allows and denies exactly the calls it should.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.fake_qvm.saltenv import REPO, SaltEnv, check_golden
+from support.qrexec_eval import AccessDenied, evaluate, make_request
+from support.qrexec_policy import QubeInfo, load_policy
+
+CASES = ["defaults", "custom", "tags", "dispvm", "all"]
+
+# (source, service, requested target) -> where the call goes, or "deny".
+EXPECTED: dict[str, dict[tuple[str, str, str], str]] = {
+    # no source selected yet: nobody may send; the witness path works
+    "defaults": {
+        ("work", "logvm.Send", "@default"): "deny",
+        ("sys-log", "logvm.Send", "@default"): "deny",
+        ("sys-log", "logvm.Witness", "@default"): "dom0",
+        ("sys-log", "logvm.Witness", "dom0"): "dom0",
+        ("work", "logvm.Witness", "@default"): "deny",
+    },
+    # named sources only, renamed LogVM, witness in a qube
+    "custom": {
+        ("work", "logvm.Send", "@default"): "logbox",
+        ("personal", "logvm.Send", "@default"): "logbox",
+        ("sys-net", "logvm.Send", "@default"): "logbox",
+        ("work", "logvm.Send", "logbox"): "deny",
+        ("vault", "logvm.Send", "@default"): "deny",
+        ("logbox", "logvm.Send", "@default"): "deny",
+        ("logbox", "logvm.Witness", "@default"): "sys-audit",
+        ("logbox", "logvm.Witness", "sys-audit"): "sys-audit",
+        ("logbox", "logvm.Witness", "dom0"): "deny",
+        ("sys-audit", "logvm.Witness", "@default"): "deny",
+    },
+    # exclusions by name and by tag beat a name and a tag selection
+    "tags": {
+        ("personal", "logvm.Send", "@default"): "sys-log",
+        ("vault", "logvm.Send", "@default"): "deny",
+        ("work", "logvm.Send", "@default"): "deny",
+        ("untrusted", "logvm.Send", "@default"): "deny",
+        ("sys-net", "logvm.Send", "@default"): "deny",
+    },
+    # a DispVM started after the apply inherits the tag; an older one does not
+    "dispvm": {
+        ("sys-firewall", "logvm.Send", "@default"): "sys-log",
+        ("default-dvm", "logvm.Send", "@default"): "sys-log",
+        ("disp77", "logvm.Send", "@default"): "sys-log",
+        ("disp1234", "logvm.Send", "@default"): "deny",
+        ("work", "logvm.Send", "@default"): "deny",
+    },
+    # everything but the exclusions and the LogVM itself
+    "all": {
+        ("work", "logvm.Send", "@default"): "sys-log",
+        ("debian-12-xfce", "logvm.Send", "@default"): "sys-log",
+        ("disp77", "logvm.Send", "@default"): "sys-log",
+        ("sys-net", "logvm.Send", "@default"): "deny",
+        ("vault", "logvm.Send", "@default"): "deny",
+        ("sys-log", "logvm.Send", "@default"): "deny",
+        ("work", "logvm.Send", "sys-log"): "deny",
+    },
+}
+
+
+def qube_infos(world: dict[str, Any]) -> dict[str, QubeInfo]:
+    """The policy's view of the fake world, plus a DispVM started after the apply."""
+    infos = {}
+    for name, qube in world["qubes"].items():
+        infos[name] = QubeInfo(
+            name=name,
+            type=qube["class"],
+            tags=tuple(qube["tags"]),
+            default_dispvm=qube["prefs"].get("default_dispvm"),
+            template_for_dispvms=bool(qube["prefs"].get("template_for_dispvms")),
+        )
+    dvm = world["qubes"]["default-dvm"]
+    # Qubes copies the disposable template's tags into a new DispVM.
+    infos["disp77"] = QubeInfo("disp77", "DispVM", tuple(dvm["tags"]), default_dispvm=None)
+    return infos
+
+
+def decide(policy_dir: Path, infos: dict[str, QubeInfo], call: tuple[str, str, str]) -> str:
+    source, service, target = call
+    rules = load_policy([policy_dir])
+    try:
+        return evaluate(rules, make_request(service, "+", source, target, infos)).target
+    except AccessDenied:
+        return "deny"
+
+
+def touched(world: dict[str, Any]) -> str:
+    """The change log and the final state of every qube it names, as JSON."""
+    names = sorted({change["qube"] for change in world["changes"]})
+    qubes = {name: world["qubes"].get(name) for name in names}
+    return json.dumps({"changes": world["changes"], "qubes": qubes}, indent=2) + "\n"
+
+
+def policy_path(env: SaltEnv) -> Path:
+    return env.root / "etc/qubes/policy.d/70-logvm.policy"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", CASES)
+def test_dom0_apply_matches_golden_and_is_idempotent(salt_env: SaltEnv, case: str) -> None:
+    salt_env.pillar_file(case)
+    first = salt_env.apply("logvm")
+    assert first.returncode == 0, first.failed or first.output
+    assert first.changed, "the first apply must change something"
+    world = salt_env.load_world()
+    check_golden(touched(world), f"{case}.world.json")
+    check_golden(policy_path(salt_env).read_text(encoding="utf-8"), f"{case}.policy")
+
+    second = salt_env.apply("logvm")
+    assert second.returncode == 0, second.failed
+    assert second.changed == {}
+    assert salt_env.load_world() == world
+
+    infos = qube_infos(world)
+    got = {call: decide(policy_path(salt_env).parent, infos, call) for call in EXPECTED[case]}
+    assert got == EXPECTED[case]
+
+
+@pytest.mark.timeout(30)
+def test_rendered_policy_replaces_the_shipped_default() -> None:
+    # The package ships qubes-rpc-policy/70-logvm.policy; Salt writes the same
+    # name, so the rendered policy replaces it instead of adding rules to it.
+    shipped = sorted(p.name for p in (REPO / "qubes-rpc-policy").glob("*.policy"))
+    assert shipped == ["70-logvm.policy"]
+    assert load_policy([REPO / "qubes-rpc-policy"])
+
+
+@pytest.mark.timeout(60)
+def test_pillar_edit_changes_only_what_it_names(salt_env: SaltEnv) -> None:
+    salt_env.pillar_file("defaults")
+    assert salt_env.apply("logvm").returncode == 0
+    salt_env.pillar({"logvm": {"vm": {"memory": 800}, "sources": {"names": ["work"]}}})
+    run = salt_env.apply("logvm")
+    assert run.returncode == 0, run.failed
+    assert run.changed == {
+        "logvm-create-qube": {"qvm.prefs": {"memory": {"old": 600, "new": 800}}},
+        "logvm-policy-file": run.changed["logvm-policy-file"],
+        "logvm-sources-enable-work": {
+            "qvm.service": {"logvm-exporter": {"old": None, "new": "1"}}
+        },
+    }
+    assert "+logvm.Send     *   work" in run.changed["logvm-policy-file"]["diff"]
+
+
+@pytest.mark.timeout(60)
+def test_disk_grows_but_never_shrinks(salt_env: SaltEnv) -> None:
+    salt_env.pillar({"logvm": {"vm": {"disk": "30G"}}})
+    assert salt_env.apply("logvm").returncode == 0
+    assert salt_env.load_world()["qubes"]["sys-log"]["volumes"]["private"] == 30 * 1024**3
+    salt_env.pillar({"logvm": {"vm": {"disk": "10G"}}})
+    run = salt_env.apply("logvm")
+    assert run.returncode == 0, run.failed
+    assert salt_env.load_world()["qubes"]["sys-log"]["volumes"]["private"] == 30 * 1024**3

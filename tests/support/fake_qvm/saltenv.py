@@ -1,0 +1,150 @@
+"""Helpers for the Salt formula tests: a private ``salt-call --local`` set-up.
+
+Each test gets its own minion config dir, cache, pillar root and fake-dom0
+world in ``tmp_path``; nothing under /etc/salt is read or written. The
+formula is served from the repository's ``salt/``; dom0's ``qvm`` state
+module is the fake in ``tests/support/fake_qvm``, and ``qvm-ls`` /
+``qvm-volume`` are its fake commands, first on PATH.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+FORMULA = REPO / "salt"
+FAKE_QVM = REPO / "tests" / "support" / "fake_qvm"
+HERE = REPO / "tests" / "salt"
+PILLARS = HERE / "pillars"
+GOLDEN = HERE / "golden"
+SALT_CALL = Path(sys.executable).with_name("salt-call")
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+@dataclass
+class Run:
+    """One salt-call: its exit code and the state results by state ID."""
+
+    returncode: int
+    states: dict[str, dict[str, Any]]
+    output: str
+
+    @property
+    def changed(self) -> dict[str, Any]:
+        """State ID -> changes, for states that changed something."""
+        return {sid: st["changes"] for sid, st in self.states.items() if st.get("changes")}
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """State ID -> comment, for states that failed."""
+        return {sid: st["comment"] for sid, st in self.states.items() if st["result"] is False}
+
+
+@dataclass
+class SaltEnv:
+    """A private masterless Salt minion with a scratch root for file paths."""
+
+    base: Path
+    minion_id: str = "dom0"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def world(self) -> Path:
+        return self.base / "world.json"
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    def configure(self, minion_id: str) -> None:
+        """(Re)write the minion config for ``minion_id``."""
+        self.minion_id = minion_id
+        conf = self.base / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        (self.base / "pillar").mkdir(exist_ok=True)
+        self.root.mkdir(exist_ok=True)
+        config = {
+            "id": minion_id,
+            "file_client": "local",
+            "root_dir": str(self.base),
+            "cachedir": str(self.base / "cache"),
+            "pki_dir": str(self.base / "pki"),
+            "sock_dir": str(self.base / "sock"),
+            "extension_modules": str(self.base / "extmods"),
+            "log_file": str(self.base / "minion.log"),
+            "log_level_logfile": "info",
+            "file_roots": {"base": [str(FORMULA)]},
+            "pillar_roots": {"base": [str(self.base / "pillar")]},
+            "states_dirs": [str(FAKE_QVM / "_states")],
+            "enable_gpu_grains": False,
+            "grains_cache": True,
+            "state_output_diff": True,
+        }
+        (conf / "minion").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    def pillar(self, data: dict[str, Any]) -> None:
+        """Install ``data`` as the whole pillar (``logvm.system.root`` defaults to our root)."""
+        data = json.loads(json.dumps(data))
+        logvm = data.setdefault("logvm", {})
+        if isinstance(logvm, dict):
+            system = logvm.setdefault("system", {})
+            system.setdefault("root", str(self.root))
+            system.setdefault("install_packages", False)
+        pillar_dir = self.base / "pillar"
+        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - logvm\n", encoding="utf-8")
+        (pillar_dir / "logvm.sls").write_text(yaml.safe_dump(data), encoding="utf-8")
+
+    def pillar_file(self, name: str) -> dict[str, Any]:
+        """Load a test pillar from tests/salt/pillars/NAME.yaml and install it."""
+        data = yaml.safe_load((PILLARS / f"{name}.yaml").read_text(encoding="utf-8"))
+        self.pillar(data)
+        return data
+
+    def seed_world(self, name: str = "world") -> None:
+        """Start the fake dom0 from tests/salt/NAME.json."""
+        shutil.copyfile(HERE / f"{name}.json", self.world)
+
+    def load_world(self) -> dict[str, Any]:
+        return dict(json.loads(self.world.read_text(encoding="utf-8")))
+
+    def apply(self, sls: str, *, test: bool = False) -> Run:
+        """``salt-call --local state.apply SLS`` with JSON output."""
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["FAKE_QVM_WORLD"] = str(self.world)
+        env["PATH"] = f"{FAKE_QVM / 'bin'}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        cmd = [
+            str(SALT_CALL), "--local", "-c", str(self.base / "conf"), "--retcode-passthrough",
+            "--out=json", "--log-level=quiet", "state.apply", sls,
+        ]  # fmt: skip
+        if test:
+            cmd.append("test=True")
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+        try:
+            local = json.loads(proc.stdout)["local"]
+        except (json.JSONDecodeError, KeyError):
+            local = proc.stdout + proc.stderr
+        if not isinstance(local, dict):
+            return Run(proc.returncode, {}, str(local))
+        states = {st.get("__id__", key): st for key, st in local.items()}
+        return Run(proc.returncode, states, proc.stdout)
+
+
+def check_golden(actual: str, name: str) -> None:
+    """Compare with tests/salt/golden/NAME (UPDATE_GOLDEN=1 rewrites it)."""
+    path = GOLDEN / name
+    if UPDATE_GOLDEN or not path.exists():
+        path.write_text(actual, encoding="utf-8")
+        if not UPDATE_GOLDEN:
+            pytest.fail(f"golden file {path} was missing and has been written: review it")
+    assert actual == path.read_text(encoding="utf-8"), f"differs from golden {name}"
