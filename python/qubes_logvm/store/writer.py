@@ -69,6 +69,7 @@ class QubeChain:
         self.last_seal: Seal | None = None
         self._prev_mac = ZERO
         self._tomb_prev = ZERO
+        self._tomb_seq = 0  # seq of the newest tombstone (0: none)
         self._hasher = ChainHasher(self.head)
         self._log_fd = -1
         self._seal_fd = -1
@@ -81,7 +82,7 @@ class QubeChain:
         tomb_path = self.layout.tombstones(self.qube)
         tombs = read_seal_file(tomb_path).seals if tomb_path.exists() else []
         if tombs:
-            self._tomb_prev = tombs[-1].mac
+            self._tomb_prev, self._tomb_seq = tombs[-1].mac, tombs[-1].seq
         segments = self.layout.segments(self.qube)
         last_tomb = tombs[-1] if tombs else None
         if segments and segments[-1].seal is not None:
@@ -226,33 +227,39 @@ class QubeChain:
             final = read_seal_file(victim.seal).seals
             if not final or final[-1].kind not in FINAL_KINDS:
                 raise StoreError(f"{victim.name}: refusing to delete a segment that is not closed")
-            last = final[-1]
-            tomb = Seal(
-                "tomb",
-                self.qube,
-                victim.seq,
-                keys.epoch,
-                last.lines,
-                last.nbytes,
-                last.head,
-                self._tomb_prev,
-            ).signed(keys.key)
-            fd = os.open(
-                self.layout.tombstones(self.qube),
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                0o640,
-            )
-            try:
-                _write_all(fd, tomb.to_line())
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            self._tomb_prev = tomb.mac
-            for path in (victim.log, victim.seal):
+            if self._tomb_seq != victim.seq:  # else a crash cut this deletion short
+                self._write_tomb(keys, victim.seq, final[-1])
+            # The seal goes last: until then the chain stays loadable. A
+            # compressed copy left by an interrupted rotation goes too.
+            zst = self.layout.segment_log(self.qube, victim.seq, compressed=True)
+            for path in (victim.log, zst, victim.seal):
                 if path is not None:
-                    path.unlink()
+                    path.unlink(missing_ok=True)
             fsync_dir(self.dir)
             return victim.seq
+
+    def _write_tomb(self, keys: KeyState, seq: int, last: Seal) -> None:
+        tomb = Seal(
+            "tomb",
+            self.qube,
+            seq,
+            keys.epoch,
+            last.lines,
+            last.nbytes,
+            last.head,
+            self._tomb_prev,
+        ).signed(keys.key)
+        fd = os.open(
+            self.layout.tombstones(self.qube),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+            0o640,
+        )
+        try:
+            _write_all(fd, tomb.to_line())
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._tomb_prev, self._tomb_seq = tomb.mac, seq
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
