@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from witness.conftest import LOGVM, WITNESS, WitnessCall
 
+from qubes_logvm.core.errors import StoreError
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import Seal, parse_verification_key
 from qubes_logvm.store.keystate import setup_keys
@@ -216,3 +217,20 @@ def test_verification_key_replaced_at_the_witness(scene: Scene, open_call: Open)
     problems = scene.verify()
     assert any("is not the key's" in p.message for p in problems)
     assert {p.qube for p in problems} >= {"work", "disp7"}
+
+
+def test_tampered_witness_file(scene: Scene) -> None:
+    export = scene.tmp / "witness.export"
+    scene.run_admin("export", LOGVM, "-o", str(export))
+    key = scene.run_admin("export-key", LOGVM).strip()
+    lines = export.read_bytes().split(b"\n")
+    # Someone on the way lowers a checkpoint's record count.
+    fields = lines[-2].split(b" ")
+    fields[7] = b"%d" % (int(fields[7]) - 1)  # cp <time> v1 <kind> <qube> <seq> <epoch> <lines>
+    lines[-2] = b" ".join(fields)
+    export.write_bytes(b"\n".join(lines))
+    problems = check_witness(scene.root, export, key)
+    assert any("not sealed with this key" in p.message for p in problems)
+    export.write_bytes(b"not an export\n")
+    with pytest.raises(StoreError):
+        check_witness(scene.root, export, key)

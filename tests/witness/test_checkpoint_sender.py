@@ -1,6 +1,8 @@
 """The LogVM side: the checkpoint sender over the qrexec stand-in, witness down and up."""
 
 import asyncio
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -29,6 +31,25 @@ pytestmark = pytest.mark.timeout(90)
 def records(n: int) -> bytes:
     stamp = format_timestamp(1_800_000_000.0)
     return b"".join(line_record(stamp, b"sshd[1]: line %d" % i) for i in range(n))
+
+
+def descendants(pid: int) -> list[int]:
+    """Processes started (directly or not) by ``pid``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 @pytest.fixture
@@ -109,6 +130,21 @@ def test_witness_down_ingest_goes_on_checkpoints_arrive_later(
         assert pending_path(root).exists()
         (tmp_path / "witness-up").touch()
         assert await sender.flush(30)
+        # The witness goes away in the middle of the call, then comes back.
+        (tmp_path / "witness-up").unlink()
+        proc = sender._proc
+        assert proc is not None
+        for pid in descendants(proc.pid):
+            os.kill(pid, signal.SIGKILL)  # the service in "dom0": the call breaks
+        for chain in chains:
+            chain.append(records(20), 20)
+            chain.seal(store.keys)
+        stored = sender.stats["stored"]
+        await asyncio.sleep(0.3)
+        assert len(sender.queue) == 3  # waiting for the witness, never lost
+        assert sender.stats["stored"] == stored
+        (tmp_path / "witness-up").touch()
+        assert await sender.flush(30)
         newest = chains[0].last_seal
         assert newest is not None
         await asyncio.sleep(0.5)  # a few idle intervals: heartbeats, nothing new stored
@@ -122,7 +158,7 @@ def test_witness_down_ingest_goes_on_checkpoints_arrive_later(
     assert read_key(state) is not None
     held = [seal for _, seal in read_checkpoints(state)]
     assert newest in held
-    assert len(held) == 3  # one per qube: what queued while it was down, sent once
+    assert len(held) == 6  # per qube, once per outage: the newest seal queued, sent once
     export = tmp_path / "export"
     subprocess.run(
         [str(WITNESS), "--dir", str(tmp_path / "witness"), "export", LOGVM, "-o", str(export)],

@@ -269,42 +269,36 @@ class CheckpointSender:
             )
 
     async def _send_batch(self) -> None:
+        # Entries stay queued until answered, so a broken call loses nothing
+        # and a newer submit() meanwhile simply replaces the line in flight.
         batch = list(self.queue.items())
-        self.queue.clear()
         if not batch:
             if self._last_line is None or time.monotonic() - self._last_send < self.heartbeat:
                 return
             batch = [("", self._last_line)]  # heartbeat: the witness answers "ok seen"
-        try:
-            replies = await self._exchange([line for _, line in batch])
-        except BaseException:
-            self._requeue(batch)
-            raise
-        retry = [
-            item for item, reply in zip(batch, replies, strict=True) if self._judge(item, reply)
-        ]
+        replies = await self._exchange([line for _, line in batch])
+        retry = False
+        for (qube, line), reply in zip(batch, replies, strict=True):
+            if self._judge(qube, line, reply):
+                retry = True
+            elif qube and self.queue.get(qube) == line:
+                del self.queue[qube]
+        if any(reply in _RECONNECT for reply in replies):
+            raise ProtocolError("the witness asked to reconnect")
         if retry:
-            self._requeue(retry)
-            if any(r in _RECONNECT for r in replies):
-                raise ProtocolError("the witness asked to reconnect")
             await asyncio.sleep(self.backoff[0])
 
-    def _judge(self, item: tuple[str, bytes], reply: bytes) -> bool:
+    def _judge(self, qube: str, line: bytes, reply: bytes) -> bool:
         """Count an answer; True when the checkpoint should be sent again."""
         if reply in _RETRY_LATER or reply in _RECONNECT:
-            return bool(item[0])
+            return True
         if reply.startswith(b"ok "):
             self.stats["stored"] += reply == b"ok stored"
-            self._last_line = item[1]
+            self._last_line = line
             return False
         self.stats["refused"] += 1
-        log.warning("witness refused the checkpoint of %s: %s", item[0] or "-", reply.decode())
+        log.warning("witness refused the checkpoint of %s: %s", qube or "-", reply.decode())
         return False
-
-    def _requeue(self, items: list[tuple[str, bytes]]) -> None:
-        for qube, line in items:
-            if qube:
-                self.queue.setdefault(qube, line)  # a newer submit wins
 
     async def _end_call(self) -> None:
         proc, self._proc = self._proc, None

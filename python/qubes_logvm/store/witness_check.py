@@ -139,8 +139,12 @@ def _check_qube(
     tombs = _valid_tombs(layout, keys, qube)
     problems = []
     for seq in sorted(by_seq):
+        seal_path = layout.segment_seal(qube, seq)
+        seals = set(read_seal_file(seal_path).seals) if seal_path.exists() else None
         for cp in sorted(by_seq[seq], key=lambda s: (s.lines, s.nbytes, s.epoch)):
-            message = _check_segment(layout, qube, cp, tombs.get(seq))
+            if seals is not None and cp in seals:
+                continue
+            message = _check_segment(layout, qube, cp, seals, tombs.get(seq))
             if message is not None:
                 # The earliest checkpoint the store fails is the position to report.
                 problems.append(WitnessProblem(qube, seq, cp.lines, message))
@@ -159,14 +163,13 @@ def _valid_tombs(layout: StoreLayout, keys: EpochKeys, qube: str) -> dict[int, S
     }
 
 
-def _check_segment(layout: StoreLayout, qube: str, cp: Seal, tomb: Seal | None) -> str | None:
-    seal_path = layout.segment_seal(qube, cp.seq)
-    seals = read_seal_file(seal_path).seals if seal_path.exists() else []
-    if cp in seals:
-        return None
+def _check_segment(
+    layout: StoreLayout, qube: str, cp: Seal, seals: set[Seal] | None, tomb: Seal | None
+) -> str | None:
+    """Why the store does not hold checkpoint ``cp`` (None: a tombstone covers it)."""
     if tomb is not None:
         return _check_tomb(cp, tomb)
-    if not seal_path.exists():
+    if seals is None:
         return _missing_segment(layout, qube, cp)
     sealed = max((s.lines for s in seals), default=0)
     if sealed < cp.lines:
