@@ -23,6 +23,7 @@ from rotation.helpers import (
     write_segment,
 )
 
+from qubes_logvm.core.seal import format_verification_key
 from qubes_logvm.store.compress import (
     TMP_SUFFIX,
     CompressError,
@@ -31,8 +32,10 @@ from qubes_logvm.store.compress import (
     compress_segment,
     tidy,
 )
+from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.retention import qube_report
+from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 
 ROTATE = Path(sys.executable).with_name("logvm-rotate")
@@ -287,6 +290,8 @@ def _check_after_kill(root: Path, key0: bytes, originals: dict[int, bytes]) -> s
     """Every segment has at least one good copy; readers see the right bytes."""
     layout = StoreLayout(root)
     assert check_qube(root, key0, "work") == sorted(originals)
+    vkey = format_verification_key(read_store_info(layout).store_id, key0)
+    assert [str(f) for f in verify_store(root, vkey).errors] == []  # `logvm verify`
     states = []
     for files in layout.segments("work"):
         assert files.log is not None

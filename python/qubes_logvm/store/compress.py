@@ -127,9 +127,10 @@ def check_compressed(path: Path, name: str, seals: list[Seal]) -> None:
     check.finish()
 
 
-def _write_frame(
+def write_frame(
     source: Path, tmp: Path, nbytes: int, level: int, should_stop: Callable[[], bool]
 ) -> None:
+    """Compress ``nbytes`` of ``source`` into ``tmp`` as one zstd frame and fsync it."""
     # The pledged size goes into the frame header and tunes the parameters
     # as the zstd CLI does for a file of known size.
     packer = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj(size=nbytes)
@@ -188,7 +189,7 @@ def compress_segment(
         raise CompressError(f"{files.name}: bytes after the last seal; leaving it for verify")
     tmp = files.log.with_name(f"{files.seq:08d}{TMP_SUFFIX}")
     try:
-        _write_frame(files.log, tmp, seals[-1].nbytes, level, should_stop)
+        write_frame(files.log, tmp, seals[-1].nbytes, level, should_stop)
         check_compressed(tmp, files.name, seals)
     except BaseException:
         tmp.unlink(missing_ok=True)

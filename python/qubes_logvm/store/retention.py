@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import zstandard
 
@@ -326,7 +327,25 @@ def _count_lines(path: os.PathLike[str], limit: int = MAX_SEAL_FILE) -> int:
         return 0
 
 
-def qube_report(layout: StoreLayout, cfg: RetentionConfig, qube: str) -> dict[str, object]:
+class QubeReport(TypedDict):
+    """What :func:`qube_report` returns (sizes in bytes, ages in seconds)."""
+
+    qube: str
+    qube_class: str | None
+    usage: int
+    quota: int
+    max_age: float
+    segments: int
+    segments_plain: int
+    segments_compressed: int
+    plain_bytes: int
+    compressed_bytes: int
+    compressed_plain_bytes: int
+    compression_ratio: float | None
+    evictions: int
+
+
+def qube_report(layout: StoreLayout, cfg: RetentionConfig, qube: str) -> QubeReport:
     """Figures for ``logvm stats``: usage against quota, compression, evictions.
 
     ``compression_ratio`` is the plain size (from the seals' ``nbytes``) of
@@ -343,7 +362,7 @@ def qube_report(layout: StoreLayout, cfg: RetentionConfig, qube: str) -> dict[st
     compressed_bytes = sum(_size(s.log) for s in compressed)
     return {
         "qube": qube,
-        "class": class_of(cfg, qube),
+        "qube_class": class_of(cfg, qube),
         "usage": usage(layout, qube),
         "quota": quota_for(cfg, qube),
         "max_age": max_age_for(cfg, qube),
