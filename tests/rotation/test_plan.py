@@ -17,6 +17,7 @@ from rotation.helpers import (
 
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.retention import apply_plan, plan_deletions, qube_report, usage
+from qubes_logvm.store.sealfile import read_seal_file
 from qubes_logvm.store.writer import Store
 
 pytestmark = pytest.mark.timeout(60)
@@ -213,3 +214,26 @@ def test_apply_plan_writes_tombstones_and_chain_verifies(tmp_path: Path) -> None
     assert report["evictions"] == len(plan)
     assert report["usage"] == usage(StoreLayout(root), "work") <= 24 * 1024
     assert report["quota"] == 24 * 1024 and report["segments_compressed"] == 0
+
+
+def test_deletion_cut_short_is_planned_and_finished_without_a_second_tomb(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    key0 = new_store(root)
+    store = Store(root)
+    _fill(store, "work", 3)
+    layout = store.layout
+    saved = {
+        p: p.read_bytes() for p in (layout.segment_log("work", 1), layout.segment_seal("work", 1))
+    }
+    assert store.chain("work").delete_oldest(store.keys, keep_newest=0) == 1
+    for path, data in saved.items():  # as if killed after the tombstone, before the unlinks
+        path.write_bytes(data)
+    layout.segment_log("work", 1).unlink()  # ... or between the two unlinks
+    plan = _plan(store, NO_FLOOR)  # nothing over quota, nothing old: only the leftover
+    assert plan == [("work", 1)]
+    store.keys.close()
+    restarted = Store(root)  # a new collector: the chain is loaded from disk
+    assert restarted.chain("work").delete_oldest(restarted.keys, keep_newest=0) == 1
+    restarted.close()
+    assert [t.seq for t in read_seal_file(layout.tombstones("work")).seals] == [1]
+    assert check_qube(root, key0, "work") == [2, 3]

@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypedDict
 
 import zstandard
@@ -129,12 +130,12 @@ def _segments(all_files: list[SegmentFiles], open_seq: int | None) -> list[_Segm
     return result
 
 
-def last_seal(files: SegmentFiles) -> Seal | None:
-    """The last complete seal line of a segment (read from the file's end)."""
-    if files.seal is None:
+def _last_line(path: Path | None) -> Seal | None:
+    """The last complete seal line of a seal file (read from the file's end)."""
+    if path is None:
         return None
     try:
-        with open(files.seal, "rb") as stream:
+        with open(path, "rb") as stream:
             stream.seek(max(0, os.fstat(stream.fileno()).st_size - _SEAL_TAIL))
             tail = stream.read(_SEAL_TAIL)
     except FileNotFoundError:
@@ -146,6 +147,11 @@ def last_seal(files: SegmentFiles) -> Seal | None:
         return parse_seal(lines[-2])
     except StoreError:
         return None
+
+
+def last_seal(files: SegmentFiles) -> Seal | None:
+    """The last complete seal line of a segment."""
+    return _last_line(files.seal)
 
 
 def is_closed(files: SegmentFiles) -> bool:
@@ -223,6 +229,10 @@ def _scan_qube(
     all_files = layout.segments(name)
     segments = _segments(all_files, open_seq)
     qube = _Qube(name, quota_for(cfg, name), usage(layout, name), segments)
+    # A deletion a crash cut short (tombstone written, files left) is finished first.
+    last_tomb = _last_line(layout.tombstones(name))
+    if last_tomb is not None:
+        qube.take(sum(1 for s in segments if s.seq <= last_tomb.seq))
     while qube.remaining > qube.quota and qube.doomed < len(segments):
         qube.take(qube.doomed + 1)
     max_age = max_age_for(cfg, name)
