@@ -11,10 +11,13 @@ own logs and the system user) whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tarfile
@@ -39,16 +42,24 @@ DOC_PREFIXES = ("/usr/share/doc/", "/usr/share/lintian/")
 Entry = tuple[str, int, str]
 
 
-def run(cmd: list[str], *, cwd: Path | None = None, timeout: float = 300, **kw: object) -> str:
+def run(
+    cmd: list[str],
+    *,
+    cwd: Path | str | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> str:
     """Run a command, fail with its output when it fails, return stdout."""
     proc = subprocess.run(
         cmd,
         cwd=cwd,
+        env=env,
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        **kw,  # type: ignore[arg-type]
     )
     if proc.returncode != 0:
         raise AssertionError(
@@ -492,6 +503,119 @@ def test_deb_installed_default_configs_are_valid(installed: Path) -> None:
     run(["/usr/bin/python3", "-I", "-c", code], cwd="/")
 
 
+# --------------------------------------------------------------------------
+# End to end through the installed files
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def collector_as_systemd_would() -> Iterator[subprocess.Popen[bytes]]:
+    """The installed collector, started the way logvm-collector.socket/.service do.
+
+    Root creates the listening socket (SocketMode=0600, owned by root) and
+    hands it over as fd 3 with LISTEN_FDS/LISTEN_PID; the daemon runs as the
+    package's system user with the installed defaults (store, config).
+    """
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    Path(SOCKET_PATH).parent.mkdir(mode=0o755, exist_ok=True)
+    Path(SOCKET_PATH).unlink(missing_ok=True)
+    listener.bind(SOCKET_PATH)
+    os.chmod(SOCKET_PATH, 0o600)
+    listener.listen(64)
+    fd = listener.fileno()
+    # A tiny exec wrapper moves the socket to fd 3 and sets LISTEN_PID to
+    # its own pid, which exec hands on to the daemon (as systemd does).
+    wrapper = (
+        "import os, sys; fd = int(sys.argv[1]); "
+        "fd == 3 or (os.dup2(fd, 3), os.close(fd)); "
+        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+        "os.execv('/usr/bin/logvm-collector', ['/usr/bin/logvm-collector'])"
+    )
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", "-I", "-c", wrapper, str(fd)],
+        pass_fds=(fd,),
+        user="qubes-logvm",
+        group="qubes-logvm",
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        cwd="/",
+        stderr=subprocess.PIPE,
+    )
+    listener.close()
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        Path(SOCKET_PATH).unlink(missing_ok=True)
+
+
+def _as_logvm_user(*args: str, stdin: str | None = None) -> str:
+    return run(["runuser", "-u", "qubes-logvm", "--", *args], cwd="/", input=stdin)
+
+
+@pytest.mark.timeout(180)
+def test_deb_end_to_end_through_installed_files(
+    installed: Path,
+    rpm_roots: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    from support.qrexec import CLIENT_SCRIPT, Qube, World  # type: ignore[import-not-found]
+
+    # The LogVM's one-time key setup, as its docs say: as the system user.
+    out = _as_logvm_user("/usr/bin/logvm", "setup-keys")
+    key = next(w for w in out.split() if w.startswith("logvm-vk1:"))
+    # A world whose policy is the one the dom0 RPM installed, and whose
+    # LogVM is this machine: the qrexec stand-in resolves the installed
+    # /etc/qubes-rpc/logvm.Send (symlink) and /etc/qubes/rpc-config.
+    world = World(tmp_path / "world", policy_dirs=[rpm_roots["dom0"] / "etc/qubes/policy.d"])
+    world.qubes["sys-log"] = Qube(name="sys-log", root=Path("/"))
+    world.add_qube("work")
+    override = tmp_path / "exporter.yaml"
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "qrexec_command": [str(CLIENT_SCRIPT), "@default", "logvm.Send"],
+                "state_dir": str(tmp_path / "exporter-state"),
+                "sources": {"journal": {"enabled": False}},
+            }
+        ),
+        encoding="utf-8",
+    )
+    lines = ["hello from work", "second line", "escape \x1b[31m stays inert"]
+    exporter_cmd = ["/usr/bin/logvm-exporter", "--config", "/etc/qubes-logvm/exporter.yaml"]
+    with collector_as_systemd_would() as collector:
+        exporter = subprocess.run(
+            [*exporter_cmd, "--config", str(override), "--stdin", "-t", "e2e"],
+            input="\n".join(lines) + "\n",
+            env=world.client_env("work"),
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        collector.send_signal(signal.SIGTERM)
+        _, collector_err = collector.communicate(timeout=60)
+        assert exporter.returncode == 0, f"{exporter.stderr}\ncollector: {collector_err!r}"
+        assert collector.returncode == 0, collector_err
+    decisions = world.calls()
+    # dom0's policy (the installed one) sent @default to the LogVM.
+    assert decisions and decisions[-1]["resolved_target"] == "sys-log", decisions
+    shown = _as_logvm_user("/usr/bin/logvm", "show", "work")
+    for line in lines[:2]:
+        assert line in shown
+    assert "\x1b" not in shown
+    _as_logvm_user("/usr/bin/logvm", "verify", "--key", "-", stdin=key + "\n")
+    # Everything in the store belongs to the system user, nothing to root.
+    for path in Path("/var/lib/qubes-logvm").rglob("*"):
+        assert path.owner() == "qubes-logvm", path
+
+
 @pytest.mark.timeout(120)
 def test_deb_purge_keeps_logs_removes_the_rest(
     installed: Path, local: testinfra.host.Host
@@ -519,3 +643,26 @@ def test_deb_purge_keeps_logs_removes_the_rest(
         "/var/lib/qubes-logvm-exporter",
     ):
         assert not local.file(path).exists, path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["collector", "exporter"])
+def test_shipped_config_documents_real_keys(name: str) -> None:
+    # The shipped files are all comments (built-in defaults apply); the
+    # commented settings, uncommented, must be valid keys and values, so
+    # the documentation in them cannot drift from the loaders.
+    text = (REPO / "etc/qubes-logvm" / f"{name}.yaml").read_text(encoding="utf-8")
+    assert yaml.safe_load(text) is None
+    # After the header (up to the first blank line), settings are "#key:"
+    # or "#  nested:", prose is "# Words".
+    body = text.split("\n\n", 1)[1]
+    settings = [line[1:] for line in body.splitlines() if re.match(r"#(\S|  )", line)]
+    data = yaml.safe_load("\n".join(settings))
+    assert isinstance(data, dict) and len(data) > 3
+    if name == "collector":
+        from qubes_logvm.config.collector import parse_collector_config as parse
+    else:
+        from qubes_logvm.config.exporter import (  # type: ignore[assignment]
+            parse_exporter_config as parse,
+        )
+    parse(data)
