@@ -64,6 +64,16 @@ class SaltEnv:
     def root(self) -> Path:
         return self.base / "root"
 
+    @property
+    def sls_dir(self) -> Path:
+        """A second file root for a test's own ad hoc states."""
+        return self.base / "sls"
+
+    def sls(self, name: str, text: str) -> None:
+        """Write the ad hoc state NAME (applied with ``apply(NAME)``)."""
+        self.sls_dir.mkdir(exist_ok=True)
+        (self.sls_dir / f"{name}.sls").write_text(text, encoding="utf-8")
+
     def configure(self, minion_id: str) -> None:
         """(Re)write the minion config for ``minion_id``."""
         self.minion_id = minion_id
@@ -81,10 +91,11 @@ class SaltEnv:
             "extension_modules": str(self.base / "extmods"),
             "log_file": str(self.base / "minion.log"),
             "log_level_logfile": "info",
-            "file_roots": {"base": [str(FORMULA)]},
+            "file_roots": {"base": [str(FORMULA), str(self.sls_dir)]},
             "pillar_roots": {"base": [str(self.base / "pillar")]},
             "states_dirs": [str(FAKE_QVM / "_states")],
             "enable_gpu_grains": False,
+            "enable_fqdns_grains": False,
             "grains_cache": True,
             "state_output_diff": True,
         }

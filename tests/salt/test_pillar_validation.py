@@ -1,0 +1,85 @@
+"""A wrong pillar fails the state, naming the key, before anything changes."""
+
+from typing import Any
+
+import pytest
+
+from support.fake_qvm.saltenv import SaltEnv
+
+BAD: list[tuple[dict[str, Any], str]] = [
+    # a typo at the top and deeper down
+    ({"vmm": {"name": "x"}}, "logvm:vmm: unknown key"),
+    ({"vm": {"memroy": 600}}, "logvm:vm:memroy: unknown key"),
+    ({"collector": {"quota": {"defualt": "1G"}}}, "logvm:collector:quota:defualt: unknown key"),
+    # bad sizes and durations
+    (
+        {"collector": {"quota": {"default": "512X"}}},
+        "logvm:collector:quota:default: expected a size",
+    ),
+    ({"vm": {"disk": "big"}}, "logvm:vm:disk: expected a size"),
+    (
+        {"collector": {"retention": {"max_age": {"default": "7 days"}}}},
+        "logvm:collector:retention:max_age:default: expected a duration",
+    ),
+    # unknown qube class, bad qube name as a map key
+    (
+        {"collector": {"quota": {"classes": {"netvm": "1G"}}}},
+        "logvm:collector:quota:classes:netvm",
+    ),
+    (
+        {"collector": {"quota": {"qubes": {"bad name": "1G"}}}},
+        "logvm:collector:quota:qubes:bad name",
+    ),
+    # a quoted number and a quoted boolean (the qvm module would flap on them)
+    ({"vm": {"memory": "600"}}, "logvm:vm:memory: expected a whole number"),
+    ({"vm": {"autostart": "yes"}}, "logvm:vm:autostart: expected true or false"),
+    ({"vm": {"label": "pink"}}, "logvm:vm:label: expected one of"),
+    ({"sources": {"names": "work"}}, "logvm:sources:names: expected a list"),
+    ({"sources": {"tags": ["bad tag"]}}, "logvm:sources:tags[0]: expected a tag"),
+    (
+        {"exporter": {"sources": {"files": [{"path": "/var/log/x", "tga": "x"}]}}},
+        "logvm:exporter:sources:files[0]:tga: unknown key",
+    ),
+    (
+        {"collector": {"compress": {"level": 40}}},
+        "logvm:collector:compress:level: must be at most",
+    ),
+    # checks across keys and against dom0's qubes
+    ({"witness": "sys-log"}, "logvm:vm:name: the LogVM cannot be dom0 or its own witness"),
+    ({"vm": {"maxmem": 100}}, "logvm:vm:maxmem: must be 0"),
+    ({"sources": {"names": ["nosuch"]}}, 'logvm:sources:names: no qube named "nosuch"'),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("pillar", "message"), BAD)
+def test_bad_pillar_fails_before_any_change(
+    salt_env: SaltEnv, pillar: dict[str, Any], message: str
+) -> None:
+    before = salt_env.load_world()
+    salt_env.pillar({"logvm": pillar})
+    run = salt_env.apply("logvm")
+    assert run.returncode != 0
+    assert message in run.output
+    assert run.states == {}, "nothing may run"
+    assert salt_env.load_world() == before
+    assert not any(salt_env.root.rglob("*.policy"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sls", ["logvm.template", "logvm.collector", "logvm.clean"])
+def test_bad_pillar_fails_in_qubes_too(salt_env: SaltEnv, sls: str) -> None:
+    salt_env.configure("sys-log" if sls == "logvm.collector" else "debian-12-xfce")
+    salt_env.pillar({"logvm": {"collector": {"quota": {"classes": {"vpn": "1G"}}}}})
+    run = salt_env.apply(sls)
+    assert run.returncode != 0
+    assert "logvm:collector:quota:classes:vpn: unknown qube class" in run.output
+    assert list(salt_env.root.rglob("*")) == []
+
+
+@pytest.mark.timeout(60)
+def test_pillar_logvm_must_be_a_mapping(salt_env: SaltEnv) -> None:
+    salt_env.pillar({"logvm": ["sys-log"]})
+    run = salt_env.apply("logvm")
+    assert run.returncode != 0
+    assert "pillar `logvm` must be a mapping" in run.output
