@@ -274,7 +274,22 @@ def test_rpm_metadata(rpms: dict[str, Path]) -> None:
         assert dep in requires
     scripts = run(["rpm", "-qp", "--scripts", str(rpms["vm"])])
     assert "systemctl --no-reload preset" in scripts
-    assert "systemd-sysusers" in scripts and "systemd-tmpfiles --create" in scripts
+    # The user first, then the directories it owns, then the units.
+    order = [scripts.index(s) for s in ("systemd-sysusers", "systemd-tmpfiles", "preset")]
+    assert order == sorted(order), scripts
+
+
+@pytest.mark.timeout(60)
+def test_deb_maintainer_scripts(deb: Path, tmp_path: Path) -> None:
+    run(["dpkg-deb", "-e", str(deb), str(tmp_path / "DEBIAN")])
+    postinst = (tmp_path / "DEBIAN/postinst").read_text(encoding="utf-8")
+    steps = ("systemd-sysusers", "systemd-tmpfiles", "deb-systemd-helper enable", "py3compile")
+    assert all(step in postinst for step in steps)
+    order = [postinst.index(s) for s in steps[:3]]
+    assert order == sorted(order), postinst
+    postrm = (tmp_path / "DEBIAN/postrm").read_text(encoding="utf-8")
+    assert "rm -rf /var/lib/qubes-logvm-exporter" in postrm
+    assert not re.search(r"rm -[a-z]*r[a-z]* /var/lib/qubes-logvm(\s|$)", postrm)
 
 
 # --------------------------------------------------------------------------
