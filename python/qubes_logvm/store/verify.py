@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core.errors import InvalidQubeName, SealError, StoreError
 from ..core.names import validate_qube_name
-from ..core.seal import ZERO, Seal, genesis, parse_verification_key
+from ..core.seal import ZERO, Seal, evolve, genesis, parse_verification_key
 from ..core.witness_format import EpochKeys
 from .keystate import _RECORD_LEN, _decode, read_store_info
 from .layout import SegmentFiles, StoreLayout
@@ -89,6 +89,7 @@ class _Ctx:
     report: Report
     max_epoch: int = MAX_EPOCH
     key_epoch: int | None = None
+    cursor: tuple[int, bytes] = (-1, b"")
 
     def add(
         self,
@@ -102,7 +103,16 @@ class _Ctx:
         self.report.findings.append(Finding(severity, qube, segment, first, last, message))
 
     def key(self, epoch: int) -> bytes | None:
-        return self.keys.key(epoch) if epoch <= self.max_epoch else None
+        """``K[epoch]``, walking on from the last lookup: seal files rise one epoch at a time."""
+        if epoch > self.max_epoch:
+            return None
+        at, key = self.cursor
+        if not key or not at <= epoch <= at + 64:
+            at, key = epoch, self.keys.key(epoch)
+        while at < epoch:
+            key, at = evolve(key), at + 1
+        self.cursor = (at, key)
+        return key
 
 
 def verify_store(

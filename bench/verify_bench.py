@@ -1,0 +1,137 @@
+"""Verification benchmark: ``logvm verify`` throughput in MB/s of log text.
+
+Input: the loghub samples from ``../shared/data/loghub`` as stored record
+lines (generated log-like text when that folder is absent), written through
+the real writer into a store with several segments, sealed per batch with an
+epoch tick every few batches, as the collector does. Measured: the whole
+``verify_store`` call (seal MACs, chain hashes, line counts, tail checks) on
+plain segments, on the same store with every closed segment compressed, and
+with small batches (many seals); ``sha256sum`` over the same bytes is the
+baseline (C, one core). The verifier runs on one core, so MB/s is per core.
+
+Bar (design.md): >= 200 MB/s of log text per core.
+
+``run(ctx)`` returns a list of result rows (dicts with ``name``, ``value``,
+``unit`` and, for rows with a bar, ``baseline``, ``bar``, ``ok``). ``ctx`` may
+carry ``workdir`` (a Path) and ``quick`` (bool); both are optional.
+"""
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.store.compress import compress_segment
+from qubes_logvm.store.keystate import setup_keys
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.verify import verify_store
+from qubes_logvm.store.writer import Store
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+BAR_MB_S = 200.0
+SEGMENT_MB = 32
+
+
+def _lines() -> list[bytes]:
+    files = sorted(LOGHUB.glob("*.log")) if LOGHUB.is_dir() else []
+    if files:
+        return [line for p in files for line in p.read_bytes().splitlines() if line]
+    return [
+        b"Nov 28 17:58:%02d work sshd[%d]: Accepted publickey for user from 10.137.0.%d port %d"
+        % (i % 60, 800 + i % 97, i % 250, 40000 + i * 7 % 20000)
+        for i in range(40000)
+    ]
+
+
+def _build(root: Path, total_mb: int, batch: int) -> tuple[str, int]:
+    """A store of ``total_mb`` MiB of records; returns the key and the bytes written."""
+    key = setup_keys(StoreLayout(root), epoch_seconds=10)
+    store = Store(root)
+    lines = _lines()
+    stamp = format_timestamp(time.time())
+    records = [line_record(stamp, line) for line in lines]
+    written, index, batches = 0, 0, 0
+    for qube in ("work", "sys-net", "disp1234"):
+        chain = store.chain(qube)
+        chain.open_segment(store.keys)
+        while (
+            written < total_mb * (1 << 20) * (1 + ["work", "sys-net", "disp1234"].index(qube)) / 3
+        ):
+            data = b"".join(records[(index + i) % len(records)] for i in range(batch))
+            index += batch
+            chain.append(data, batch)
+            chain.seal(store.keys)
+            written += len(data)
+            batches += 1
+            if batches % 8 == 0:
+                store.tick()
+            if chain.nbytes > SEGMENT_MB << 20:
+                chain.close(store.keys)
+                chain.open_segment(store.keys)
+    store.close()
+    return key, written
+
+
+def _timed_verify(root: Path, key: str) -> tuple[float, int]:
+    start = time.perf_counter()
+    report = verify_store(root, key)
+    elapsed = time.perf_counter() - start
+    if not report.ok:
+        raise RuntimeError(f"benchmark store does not verify: {report.errors[:3]}")
+    return elapsed, report.bytes_hashed
+
+
+def _sha256sum(root: Path) -> float:
+    files = [str(p) for p in sorted(root.glob("qubes/*/*.log"))]
+    start = time.perf_counter()
+    subprocess.run(["sha256sum", *files], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _row(name: str, nbytes: int, seconds: float, baseline: float | None) -> dict[str, Any]:
+    rate = nbytes / seconds / 1e6
+    row: dict[str, Any] = {"name": name, "value": round(rate, 1), "unit": "MB/s"}
+    row.update({"bar": f">= {BAR_MB_S:g} MB/s per core", "ok": rate >= BAR_MB_S})
+    if baseline is not None:
+        row["baseline"] = round(baseline, 1)
+    return row
+
+
+def run(ctx: Any = None) -> list[dict[str, Any]]:
+    """Build the stores, verify them, return the rows."""
+    quick = bool(getattr(ctx, "quick", False))
+    base = getattr(ctx, "workdir", None)
+    workdir = Path(tempfile.mkdtemp(prefix="verify-bench-", dir=base))
+    total = 24 if quick else 160
+    try:
+        plain = workdir / "plain"
+        key, _ = _build(plain, total, batch=512)
+        _timed_verify(plain, key)  # warm the page cache: we measure the CPU, not the disk
+        seconds, nbytes = min(_timed_verify(plain, key) for _ in range(3))
+        sha = nbytes / _sha256sum(plain) / 1e6
+        rows = [_row("verify, plain segments (512-line batches)", nbytes, seconds, sha)]
+        layout = StoreLayout(plain)
+        for qube in layout.qubes():
+            for files in layout.segments(qube)[:-1]:
+                compress_segment(layout, files)
+        seconds, nbytes = min(_timed_verify(plain, key) for _ in range(2))
+        rows.append(_row("verify, closed segments zstd-compressed", nbytes, seconds, None))
+        small = workdir / "small"
+        key, _ = _build(small, max(2, total // 20), batch=16)
+        _timed_verify(small, key)
+        seconds, nbytes = min(_timed_verify(small, key) for _ in range(2))
+        rows.append(_row("verify, 16-line batches (many seals)", nbytes, seconds, None))
+        rows.append(
+            {"name": "sha256sum over the same segments", "value": round(sha, 1), "unit": "MB/s"}
+        )
+        return rows
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    for result in run():
+        print(result)
