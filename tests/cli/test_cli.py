@@ -353,3 +353,44 @@ def test_setup_keys_queues_for_a_configured_witness(tmp_path: Path) -> None:
     assert code == 0
     assert "Queued for the witness (dom0)" in out
     assert (root / "state" / "witness-register").read_text().startswith("register ")
+
+
+def _witness_export(store: Built, path: Path) -> None:
+    """What `logvm-witness export` writes: the newest seal of each segment."""
+    from qubes_logvm.store.sealfile import read_seal_file
+
+    store_id = store.key.split(":")[1]
+    lines = [f"logvm-witness-export-v1 sys-log {store_id}\n".encode()]
+    for seal_path in sorted(store.root.glob("qubes/*/0*.seal")):
+        last = read_seal_file(seal_path).seals[-1]
+        lines.append(b"cp 2026-11-28T18:00:00.000000Z " + last.to_line())
+    path.write_bytes(b"".join(lines))
+
+
+@pytest.mark.timeout(30)
+def test_verify_with_witness_catches_cut_back_tail(
+    store: Built, keyfile: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "export"
+    _witness_export(store, export)
+    args = ["verify", "--store", str(store.root), "--key", str(keyfile), "--witness", str(export)]
+    code, out, _ = run_process(args)
+    assert code == 0, out
+    seal = store.seal("disp12", 1)  # cut back to before its close: locally looks like a crash
+    kept = seal.read_bytes().splitlines(keepends=True)[:-1]
+    seal.write_bytes(b"".join(kept))
+    code, out, _ = run_process(args)
+    assert code == 1
+    assert "error: witness: disp12 segment 00000001" in out
+    code, _, err = run(
+        [
+            "verify",
+            "--store",
+            str(store.root),
+            "--key",
+            str(keyfile),
+            "--witness",
+            str(tmp_path / "none"),
+        ]
+    )
+    assert code == 2
