@@ -29,7 +29,7 @@ from ..core.errors import StoreError
 from ..core.records import format_timestamp, note_record
 from ..core.seal import ZERO, ChainHasher, Seal, genesis
 from .keystate import KeyState
-from .layout import StoreLayout, fsync_dir
+from .layout import SegmentFiles, StoreLayout, fsync_dir
 from .sealfile import read_seal_file
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class QubeChain:
         self._log_fd = -1
         self._seal_fd = -1
         self._dirty = False
+        self._half_open: SegmentFiles | None = None
         self._load()
 
     # -- loading -----------------------------------------------------------
@@ -90,7 +91,19 @@ class QubeChain:
             if parsed.seals:
                 self._adopt(parsed.seals[-1])
                 return
-            raise StoreError(f"{segments[-1].name}: seal file has no complete seal line")
+            if parsed.bad_lines or len(segments) < 2 or segments[-2].seal is None:
+                raise StoreError(f"{segments[-1].name}: seal file has no complete seal line")
+            # A crash inside open_segment, before its ``open`` seal was
+            # durable: nothing of it was sealed or acknowledged, so recovery
+            # removes it and the chain continues from the segment before.
+            self._half_open = segments[-1]
+            self.needs_recovery = True
+            previous = read_seal_file(segments[-2].seal).seals
+            if not previous:
+                raise StoreError(f"{segments[-2].name}: seal file has no complete seal line")
+            self._adopt(previous[-1])
+            self.needs_recovery = True
+            return
         if segments:
             raise StoreError(f"{segments[-1].name}: segment without seal file")
         if last_tomb is not None:
@@ -110,6 +123,15 @@ class QubeChain:
     def recover(self, keys: KeyState) -> int:
         """Seal what a crash left open (``recover`` seal); return records recovered."""
         if not self.needs_recovery:
+            return 0
+        if self._half_open is not None:
+            for path in (self._half_open.log, self._half_open.seal):
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            fsync_dir(self.dir)
+            log.warning("%s: removed a segment whose opening a crash cut", self._half_open.name)
+            self._half_open = None
+            self.needs_recovery = False
             return 0
         log_path = self.layout.segment_log(self.qube, self.seq)
         fd = os.open(log_path, os.O_RDWR)
