@@ -124,6 +124,7 @@ install-vm: install-python
 	install -m 0644 systemd/qubes-logvm.sysusers $(D)$(SYSUSERSDIR)/qubes-logvm.conf
 	install -m 0644 bind-dirs/40_qubes-logvm.conf $(D)$(BINDDIRSDIR)/40_qubes-logvm.conf
 	ln -sfn $(LOGVM_SOCKET) $(D)$(QUBESRPCDIR)/logvm.Send
+	install -m 0755 qubes-rpc/logvm.Witness.vm $(D)$(QUBESRPCDIR)/logvm.Witness
 	install -m 0644 rpc-config/logvm.Send $(D)$(RPCCONFIGDIR)/logvm.Send
 	install -m 0644 etc/qubes-logvm/collector.yaml etc/qubes-logvm/exporter.yaml $(D)$(CONFDIR)/
 

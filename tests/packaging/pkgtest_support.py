@@ -160,6 +160,10 @@ def check_vm_files(host: testinfra.host.Host, root: str, unitdir: str, sitelib: 
     # A socket service: the link dangles until the socket unit runs, so
     # read the link itself (testinfra's linked_to resolves it).
     assert send.is_symlink and os.readlink(send.path) == SOCKET_PATH
+    # A witness in a qube other than dom0: executable, state in $HOME.
+    witness = host.file(f"{root}/etc/qubes-rpc/logvm.Witness")
+    assert witness.is_file and witness.mode == 0o755
+    assert "logvm-witness --dir" in witness.content_string
     for command in COMMANDS:
         binary = host.file(f"{root}/usr/bin/{command}")
         assert binary.is_file and binary.mode == 0o755 and binary.user == "root"
