@@ -153,14 +153,19 @@ install-dom0:
 	chmod 0644 $(D)$(SALTMINIONDIR)/logvm.conf
 
 # A source tarball as qubes-builder v2 makes it (NAME-VERSION/ prefix), from
-# the working tree so that uncommitted changes are tested too.
+# the working tree so that uncommitted changes are tested too: in a git
+# checkout every file git does not ignore, elsewhere (an unpacked tarball)
+# the whole tree.
 srpm-tarball:
 	mkdir -p $(PKGBUILD)/rpmbuild/SOURCES
-	tar --exclude-vcs --exclude=./.venv --exclude=./build --exclude=__pycache__ \
-	    --exclude='*.egg-info' --exclude=.mypy_cache --exclude=.ruff_cache \
-	    --exclude=.pytest_cache --exclude=.hypothesis --exclude=./.helpers --exclude=./dist \
-	    --transform 's,^\.,qubes-logvm-$(VERSION),' \
-	    -czf $(PKGBUILD)/rpmbuild/SOURCES/qubes-logvm-$(VERSION).tar.gz .
+	out=$(abspath $(PKGBUILD)/rpmbuild/SOURCES/qubes-logvm-$(VERSION).tar.gz); \
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -z --cached --others --exclude-standard | \
+	        tar --null --ignore-failed-read -T - --transform 's,^,qubes-logvm-$(VERSION)/,' -czf "$$out"; \
+	else \
+	    tar --exclude=./build --exclude=./dist --exclude=__pycache__ \
+	        --transform 's,^\.,qubes-logvm-$(VERSION),' -czf "$$out" .; \
+	fi
 
 # Both RPMs with Debian's rpmbuild (--nodeps: the build dependencies are
 # Debian packages here, not in the rpm database); the Fedora macros it lacks come from
