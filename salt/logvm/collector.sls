@@ -6,8 +6,8 @@
     effect without a restart. -#}
 {%- from tpldir ~ '/map.jinja' import logvm, logvm_paths with context %}
 {%- set id = sls | replace('.', '-') %}
-{%- set keys = ['max_connections', 'max_connections_per_qube', 'rate_limit', 'quota',
-                'global', 'retention'] %}
+{%- set keys = ['max_connections', 'max_connections_per_qube', 'rate_limit', 'classes',
+                'quota', 'global', 'retention'] %}
 {%- set limits = {} %}
 {%- for key in keys %}{% do limits.update({key: logvm.collector[key]}) %}{% endfor %}
 

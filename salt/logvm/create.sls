@@ -1,9 +1,8 @@
 {#- logvm.create (dom0): the LogVM itself, with no network, started at boot,
     marked by a tag and with the collector's service flag. -#}
-{%- from tpldir ~ '/map.jinja' import logvm with context %}
+{%- from tpldir ~ '/map.jinja' import logvm, disk_bytes with context %}
 {%- set id = sls | replace('.', '-') %}
 {%- set vm = logvm.vm %}
-{%- set disk_bytes = vm.disk | string | human_to_bytes(default_unit='B') %}
 
 {{ id }}-qube:
   qvm.vm:

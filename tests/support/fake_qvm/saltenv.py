@@ -126,12 +126,30 @@ class SaltEnv:
     def load_world(self) -> dict[str, Any]:
         return dict(json.loads(self.world.read_text(encoding="utf-8")))
 
-    def apply(self, sls: str, *, test: bool = False) -> Run:
-        """``salt-call --local state.apply SLS`` with JSON output."""
+    def _environ(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
         env["FAKE_QVM_WORLD"] = str(self.world)
         env["PATH"] = f"{FAKE_QVM / 'bin'}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        return env
+
+    def render_many(self, sls: str, overrides: list[dict[str, Any]]) -> list[Any]:
+        """``state.show_sls SLS`` once per pillar override, in one Salt process."""
+        proc = subprocess.run(
+            [sys.executable, str(FAKE_QVM / "render_many.py"), str(self.base / "conf"), sls],
+            input=json.dumps(overrides),
+            capture_output=True,
+            text=True,
+            env=self._environ(),
+            timeout=120,
+            check=True,
+        )
+        results: list[Any] = json.loads(proc.stdout)
+        return results
+
+    def apply(self, sls: str, *, test: bool = False) -> Run:
+        """``salt-call --local state.apply SLS`` with JSON output."""
+        env = self._environ()
         cmd = [
             str(SALT_CALL), "--local", "-c", str(self.base / "conf"), "--retcode-passthrough",
             "--out=json", "--log-level=quiet", "state.apply", sls,
