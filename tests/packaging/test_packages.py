@@ -185,3 +185,24 @@ def test_shipped_config_documents_real_keys(name: str) -> None:
             parse_exporter_config as parse,
         )
     parse(data)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("unit", "most"),
+    [
+        # systemd's own exposure score (0 safe .. 10 unprotected) of the
+        # packaged units: a guard against sandboxing being dropped. The
+        # exporter stays higher by design (root minus capabilities, /dev/xen
+        # visible, loopback syslog ports).
+        ("logvm-collector.service", 1.5),
+        ("logvm-rotate.service", 1.0),
+        ("logvm-exporter.service", 2.5),
+    ],
+)
+def test_unit_sandboxing_score(unit: str, most: float, rpm_roots: dict[str, Path]) -> None:
+    path = rpm_roots["vm"] / "usr/lib/systemd/system" / unit
+    out = run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)])
+    match = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)", out)
+    assert match, out
+    assert float(match.group(1)) <= most, out
