@@ -97,6 +97,12 @@ def test_rpm_metadata(rpms: dict[str, Path]) -> None:
         assert re.fullmatch(r"/etc/qubes/policy.d/[0-9]{2}-[a-z0-9-]+\.policy", path)
         assert entries[path][1] == 0o664 and entries[path][3:] == ("root", "qubes")
     assert entries["/var/lib/qubes-logvm-witness"][1:2] == (0o770,)
+    # Everything else, and all of the VM package, belongs to root.
+    special = {*policies, "/var/lib/qubes-logvm-witness"}
+    vm_entries = rpm_entries(rpms["vm"])
+    for path, entry in [*entries.items(), *vm_entries.items()]:
+        if path not in special:
+            assert entry[3:] == ("root", "root"), (path, entry)
     for pkg in rpms.values():
         configs = run(["rpm", "-qp", "--configfiles", str(pkg)]).split()
         assert configs and all(c.startswith("/etc/") for c in configs)
