@@ -1,12 +1,13 @@
 {#- logvm.collector (in the LogVM, `qubesctl --skip-dom0 --targets=sys-log
     state.apply logvm.collector`): the per-qube limits (connections, rate
     limits, quotas, global cap, retention) in /rw/config/qubes-logvm/, which
-    persists across reboots and is merged over /etc/qubes-logvm/collector.yaml.
+    persists across reboots and is merged over /etc/qubes-logvm/collector.yaml
+    (segment size is here too: quotas are checked against it).
     A change reloads the running collector (SIGHUP), so a pillar edit takes
     effect without a restart. -#}
 {%- from tpldir ~ '/map.jinja' import logvm, logvm_paths with context %}
 {%- set id = sls | replace('.', '-') %}
-{%- set keys = ['max_connections', 'max_connections_per_qube', 'rate_limit', 'classes',
+{%- set keys = ['max_connections', 'max_connections_per_qube', 'rate_limit', 'segment', 'classes',
                 'quota', 'global', 'retention'] %}
 {%- set limits = {} %}
 {%- for key in keys %}{% do limits.update({key: logvm.collector[key]}) %}{% endfor %}
