@@ -3,8 +3,9 @@
 from typing import Any
 
 import pytest
+import yaml
 
-from support.fake_qvm.saltenv import SaltEnv
+from support.fake_qvm.saltenv import FORMULA, SaltEnv
 
 BAD: list[tuple[dict[str, Any], str]] = [
     # a typo at the top and deeper down
@@ -94,3 +95,31 @@ def test_pillar_logvm_must_be_a_mapping(salt_env: SaltEnv) -> None:
     run = salt_env.apply("logvm")
     assert run.returncode != 0
     assert "pillar `logvm` must be a mapping" in run.output
+
+
+def key_paths(node: Any, prefix: str = "") -> set[str]:
+    """Dotted keys of the formula's settings (free-form maps count as leaves)."""
+    free = {"rate_limit:qubes", "classes", "quota:classes", "quota:qubes", "max_age:classes"}
+    free |= {"max_age:qubes"}
+    paths = set()
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and not any(path.endswith(f) for f in free):
+            paths |= key_paths(value, path + ":")
+        else:
+            paths.add(path)
+    return paths
+
+
+@pytest.mark.timeout(120)
+def test_pillar_example_documents_every_key_and_renders(salt_env: SaltEnv) -> None:
+    formula = FORMULA / "logvm"
+    defaults = yaml.safe_load((formula / "defaults.yaml").read_text())
+    example = yaml.safe_load((formula / "pillar.example").read_text())
+    assert key_paths(example["logvm"]) == key_paths(defaults["logvm"])
+    example["logvm"]["system"]["root"] = str(salt_env.root)
+    example["logvm"]["system"]["install_packages"] = False
+    for sls, minion in (("logvm", "dom0"), ("logvm.template", "debian-12-xfce")):
+        salt_env.configure(minion)
+        (result,) = salt_env.render_many(sls, [example])
+        assert isinstance(result, dict), result
