@@ -1,0 +1,164 @@
+"""Collector throughput on ONE connection, next to ``cat`` and rsyslog, same input.
+
+- ``cat``: ``cat INPUT > FILE`` (no fsync): the ceiling of copying bytes;
+- ``rsyslog``: ``rsyslogd -n`` with imptcp on a loopback port and omfile
+  (template ``%rawmsg%``), fed over one TCP connection; measured from
+  connect until the output file holds every line (rsyslog does not fsync);
+- ``logvm-collector``: the real daemon on a fresh store, fed over one Unix
+  socket connection after the descriptor; measured from connect until the
+  final ``ack`` (every line escaped, stamped, fsynced and sealed).
+
+Bar (design.md): the collector at least rsyslog's rate.
+"""
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qubes_logvm.store.keystate import setup_keys
+from qubes_logvm.store.layout import StoreLayout
+
+
+def _row(name: str, ctx: Any, seconds: float, notes: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "lines_per_s": ctx.input_lines / seconds,
+        "mb_per_s": ctx.input_bytes / seconds / 1e6,
+        "seconds": seconds,
+        "notes": notes,
+    }
+
+
+def _cat(ctx: Any) -> float:
+    out = ctx.workdir / "cat.out"
+    start = time.perf_counter()
+    with out.open("wb") as sink:
+        subprocess.run(["cat", str(ctx.input_path)], stdout=sink, check=True)
+    seconds = time.perf_counter() - start
+    out.unlink()
+    return seconds
+
+
+def _count_lines(path: Path, state: list[int]) -> int:
+    """Count newlines incrementally (state: [offset, count])."""
+    try:
+        with path.open("rb") as f:
+            f.seek(state[0])
+            data = f.read()
+    except FileNotFoundError:
+        return 0
+    state[0] += len(data)
+    state[1] += data.count(b"\n")
+    return state[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _rsyslog(ctx: Any) -> float:
+    rsyslogd = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+    work = ctx.workdir / "rsyslog"
+    work.mkdir()
+    out = work / "out.log"
+    port = _free_port()
+    conf = work / "rsyslog.conf"
+    conf.write_text(
+        f'global(workDirectory="{work}" maxMessageSize="64k")\n'
+        'module(load="imptcp")\n'
+        f'input(type="imptcp" port="{port}" address="127.0.0.1" supportOctetCountedFraming="off")\n'
+        'template(name="raw" type="string" string="%rawmsg%\\n")\n'
+        f'action(type="omfile" file="{out}" template="raw")\n'
+    )
+    proc = subprocess.Popen(
+        [rsyslogd, "-n", "-f", str(conf), "-i", str(work / "pid")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("rsyslogd did not listen") from None
+                time.sleep(0.05)
+        sock.close()
+        time.sleep(0.2)
+        state = [0, 0]
+        start = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as sock, ctx.input_path.open("rb") as f:
+            sock.sendfile(f)
+        while _count_lines(out, state) < ctx.input_lines:
+            if time.perf_counter() - start > 60:
+                raise RuntimeError(f"rsyslog stored {state[1]} of {ctx.input_lines} lines")
+            time.sleep(0.01)
+        return time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _collector(ctx: Any) -> float:
+    work = ctx.workdir / "collector"
+    work.mkdir()
+    store = work / "store"
+    setup_keys(StoreLayout(store), epoch_seconds=10)
+    config = work / "collector.yaml"
+    config.write_text(yaml.safe_dump({"rate_limit": {"lines_per_second": 0}}))
+    path = work / "sock"
+    proc = subprocess.Popen(
+        [
+            str(ctx.venv_bin / "logvm-collector"),
+            *("--socket", str(path), "--store", str(store), "--config", str(config)),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("logvm-collector did not start")
+            time.sleep(0.05)
+        start = time.perf_counter()
+        with socket.socket(socket.AF_UNIX) as sock, ctx.input_path.open("rb") as f:
+            sock.connect(str(path))
+            sock.sendall(b"logvm.Send bench\0")
+            sock.sendfile(f)
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        seconds = time.perf_counter() - start
+        final = int(data.rstrip(b"\n").rsplit(b"\n", 1)[-1].split(b" ")[1])
+        if final != ctx.input_lines:
+            raise RuntimeError(f"collector acknowledged {final} of {ctx.input_lines} lines")
+        return seconds
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def run(ctx: Any) -> list[dict[str, Any]]:
+    """Measure cat, rsyslog and the collector on the same input."""
+    cat = _row("cat > file", ctx, _cat(ctx), "copy only, no fsync")
+    rsyslog = _row("rsyslog imptcp->omfile", ctx, _rsyslog(ctx), "one TCP connection, no fsync")
+    collector = _row(
+        "logvm-collector",
+        ctx,
+        _collector(ctx),
+        "one connection; escaped, stamped, fsynced and sealed at ack",
+    )
+    for row in (cat, rsyslog, collector):
+        row["ratio"] = row["lines_per_s"] / rsyslog["lines_per_s"]
+        row["baseline"] = "rsyslog"
+    collector["ok"] = collector["ratio"] >= 1.0
+    return [cat, rsyslog, collector]
