@@ -127,3 +127,15 @@ def check_qube(root: Path, key0: bytes, qube: str) -> list[int]:
         check.finish()
         head = seals[-1].head
     return sorted(segments)
+
+
+def product_env() -> dict[str, str]:
+    """Environment for product subprocesses: this checkout's package first.
+
+    A ``.deb`` installed system-wide by the packaging tests must not shadow
+    the code under test (the venv sees the system site-packages).
+    """
+    env = dict(os.environ)
+    source = str(Path(__file__).resolve().parents[2] / "python")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+    return env

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from collector.helpers import Collector, connect, make_store, read_acks, sent_lines, wait_for
-from rotation.helpers import sample_lines, write_segment
+from rotation.helpers import product_env, sample_lines, write_segment
 
 from qubes_logvm.core.seal import parse_verification_key
 from qubes_logvm.store.layout import StoreLayout
@@ -21,6 +21,12 @@ from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 
 SEGMENT = 64 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _product_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector subprocesses run this checkout's code, not an installed .deb."""
+    monkeypatch.setenv("PYTHONPATH", product_env()["PYTHONPATH"])
 
 
 def _errors(root: Path, vkey: str) -> list[str]:

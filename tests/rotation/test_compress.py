@@ -17,6 +17,7 @@ from rotation.helpers import (
     config,
     loghub_text,
     new_store,
+    product_env,
     sample_lines,
     segment_bytes,
     set_closed_at,
@@ -24,6 +25,7 @@ from rotation.helpers import (
 )
 
 from qubes_logvm.core.seal import format_verification_key
+from qubes_logvm.store import reader
 from qubes_logvm.store.compress import (
     TMP_SUFFIX,
     CompressError,
@@ -81,7 +83,6 @@ def test_round_trip_keeps_bytes_seals_and_age(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_reader_reads_compressed_segments(tmp_path: Path) -> None:
-    reader = pytest.importorskip("qubes_logvm.store.reader", reason="reader not landed yet")
     root = tmp_path / "store"
     _store_with(root, [sample_lines(500)])
     layout = StoreLayout(root)
@@ -205,6 +206,7 @@ def _rotate(root: Path, cfg: Path, *extra: str) -> subprocess.CompletedProcess[s
         [str(ROTATE), "--store", str(root), "--config", str(cfg), "--once", *extra],
         capture_output=True,
         text=True,
+        env=product_env(),
         timeout=120,
         check=False,
     )
@@ -262,6 +264,7 @@ def test_sigkill_during_compression_leaves_one_good_copy(tmp_path: Path) -> None
             [str(ROTATE), "--store", str(root), "--config", str(cfg), "--once"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=product_env(),
         )
         try:
             if attempt % 2:

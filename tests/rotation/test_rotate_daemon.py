@@ -9,7 +9,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rotation.helpers import as_records, check_qube, loghub_text, new_store, write_segment
+from rotation.helpers import (
+    as_records,
+    check_qube,
+    loghub_text,
+    new_store,
+    product_env,
+    write_segment,
+)
 
 from qubes_logvm import rotate
 from qubes_logvm.store.compress import TMP_SUFFIX
@@ -35,6 +42,7 @@ def _start(procs: list[subprocess.Popen[bytes]], root: Path, cfg: Path) -> subpr
     proc = subprocess.Popen(
         [str(ROTATE), "--store", str(root), "--config", str(cfg), "--interval", "0.2", "-v"],
         stderr=subprocess.PIPE,
+        env=product_env(),
     )
     procs.append(proc)
     return proc
