@@ -18,7 +18,7 @@
         - logvm-exporter
     - tags:
       - del:
-        - {{ logvm.sources.dispvm_tag }}
+        - {{ logvm.sources.dispvm_tag | yaml_dquote }}
 {%-   endfor %}
 
 {{ id }}-policy:
@@ -43,7 +43,7 @@
         - logvm-collector
     - tags:
       - del:
-        - {{ logvm.vm.tag }}
+        - {{ logvm.vm.tag | yaml_dquote }}
 {%- elif grains['id'] == logvm.vm.name %}
 
 {{ id }}-limits:

@@ -29,7 +29,7 @@
         - logvm-collector
     - tags:
       - add:
-        - {{ vm.tag }}
+        - {{ vm.tag | yaml_dquote }}
 
 {#- The private volume holds the store; qvm.vm has no volume action, so
     qvm-volume grows it (it never shrinks: shrinking would lose logs). #}

@@ -18,7 +18,7 @@
 {%-   if name in logvm.sources.disposable_templates %}
     - tags:
       - add:
-        - {{ dvm_tag }}
+        - {{ dvm_tag | yaml_dquote }}
 {%-   endif %}
 {%- endfor %}
 {%- for name in excluded %}
@@ -31,5 +31,5 @@
         - logvm-exporter
     - tags:
       - del:
-        - {{ dvm_tag }}
+        - {{ dvm_tag | yaml_dquote }}
 {%- endfor %}

@@ -17,6 +17,7 @@ FAIL here, naming what is wrong.
 
 import copy
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,9 @@ def _check_int(what: str, value: Any) -> int:
 
 def _run(name: str, impl: Any, kw: dict[str, Any]) -> dict[str, Any]:
     """Run one modelled function against the world, saving unless in test mode."""
+    # The world file comes from $FAKE_QVM_WORLD, or from the minion config.
+    if __opts__.get("fake_qvm_world"):
+        os.environ.setdefault(world.ENV, str(__opts__["fake_qvm_world"]))
     data = world.load()
     scratch = copy.deepcopy(data)
     try:
