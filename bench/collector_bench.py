@@ -73,7 +73,9 @@ def _rsyslog(ctx: Any) -> float:
     conf.write_text(
         f'global(workDirectory="{work}" maxMessageSize="64k")\n'
         'module(load="imptcp")\n'
-        f'input(type="imptcp" port="{port}" address="127.0.0.1" supportOctetCountedFraming="off")\n'
+        # Off: log lines starting with digits (HDFS) would parse as octet counts.
+        f'input(type="imptcp" port="{port}" address="127.0.0.1"'
+        ' supportOctetCountedFraming="off")\n'
         'template(name="raw" type="string" string="%rawmsg%\\n")\n'
         f'action(type="omfile" file="{out}" template="raw")\n'
     )

@@ -16,6 +16,7 @@ from collector.helpers import (
     send,
     sent_lines,
     verify_errors,
+    wait_for,
 )
 
 from qubes_logvm.store.layout import StoreLayout
@@ -122,7 +123,11 @@ def test_silent_connection_times_out(collector: Collector) -> None:
 @pytest.mark.timeout(60)
 def test_no_data_session_is_recorded_and_acked(collector: Collector) -> None:
     assert send(collector.socket, "nodata", b"") == [0]
-    assert [n.event for n in notes(collector.store, "nodata")] == ["segment-start", "segment-end"]
+    # The segment closes just after the final ack.
+    assert wait_for(
+        lambda: [n.event for n in notes(collector.store, "nodata")]
+        == ["segment-start", "segment-end"]
+    )
 
 
 @pytest.mark.timeout(60)

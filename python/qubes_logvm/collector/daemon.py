@@ -13,6 +13,7 @@ when configured, the checkpoint sender to the witness.
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -104,6 +105,11 @@ class Daemon:
     async def run(self, sock: socket.socket) -> None:
         """Serve until SIGTERM, then drain, seal and close."""
         self._loop = asyncio.get_running_loop()
+        # Few chain threads: the disk is one, and each thread's malloc arena
+        # keeps batch-sized buffers resident (RSS).
+        self._loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain")
+        )
         witness = self.shared.config.witness
         if witness.target is not None or witness.command:
             self.sender = CheckpointSender(

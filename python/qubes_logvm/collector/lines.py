@@ -16,6 +16,25 @@ a line in the chunk is overlong.
 from ..core.escape import cap, escape, escape_block
 from ..core.records import line_record
 
+#: Non-ASCII blocks are escaped in slices of about this size: escaping binary
+#: data makes one small object per escaped byte, and fewer at once keeps the
+#: peak memory (RSS) low.
+ESCAPE_SLICE = 32 * 1024
+
+
+def _slices(block: bytes) -> list[bytes]:
+    """Cut a block at newlines (kept) into pieces of about ESCAPE_SLICE bytes."""
+    parts = []
+    start = 0
+    while len(block) - start > ESCAPE_SLICE:
+        cut = block.find(b"\n", start + ESCAPE_SLICE)
+        if cut < 0:
+            break
+        parts.append(block[start : cut + 1])
+        start = cut + 1
+    parts.append(block[start:])
+    return parts
+
 
 def first_lines(records: bytes, count: int) -> bytes:
     """The first ``count`` lines of a block of ``\\n``-terminated records."""
@@ -55,7 +74,10 @@ class LineSplitter:
         if first_cut or max(map(len, untrusted_lines)) > self.max_line_bytes:
             return self._slow(untrusted_lines, first_cut, stamp), len(untrusted_lines)
         prefix = stamp + b" L "
-        escaped = escape_block(untrusted_block)
+        if len(untrusted_block) > ESCAPE_SLICE and not untrusted_block.isascii():
+            escaped = b"".join(escape_block(part) for part in _slices(untrusted_block))
+        else:
+            escaped = escape_block(untrusted_block)
         return prefix + escaped.replace(b"\n", b"\n" + prefix) + b"\n", len(untrusted_lines)
 
     def finish(self, stamp: bytes) -> tuple[bytes, int]:

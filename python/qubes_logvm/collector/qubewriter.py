@@ -305,13 +305,15 @@ class QubeWriter:
             self._open(chain, reason="connect")
         elif roll and chain.is_open:
             self._roll(chain)
-        data = b"".join(batch.chunks)
-        dropped = 0
-        if data and not self._make_room(chain, len(data)):
-            data, dropped = b"", batch.lines
-        payload = b"".join(notes) + data
+        chunks, lines, dropped = batch.chunks, batch.lines, 0
+        if batch.nbytes and not self._make_room(chain, batch.nbytes):
+            chunks, lines, dropped = [], 0, batch.lines
+        # One join of notes and lines: batches can be megabytes.
+        payload = b"".join(notes + chunks)
+        batch.chunks = []
         if payload:
-            chain.append(payload, len(notes) + (batch.lines if data else 0))
+            chain.append(payload, len(notes) + lines)
+            del payload
             self._open_seal_bytes += len(chain.seal(store.keys).to_line())
         if not want_open and chain.is_open:
             self._close(chain, reason="disconnect")

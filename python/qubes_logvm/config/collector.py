@@ -58,7 +58,7 @@ class CollectorConfig:
     max_connections_per_qube: int = 8
     allowed_uids: tuple[int, ...] = (0,)
     descriptor_timeout: float = 10.0
-    pending_bytes: int = 2 << 20
+    pending_bytes: int = 1 << 20
     housekeeping_seconds: float = 5.0
     rate_limit: RateLimit = field(default_factory=RateLimit)
     per_qube_rate: dict[str, RateLimit] = field(default_factory=dict)
@@ -120,7 +120,7 @@ def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
         max_connections_per_qube=top.integer("max_connections_per_qube", 8, minimum=1),
         allowed_uids=tuple(uids),
         descriptor_timeout=top.duration("descriptor_timeout", 10.0),
-        pending_bytes=top.size("pending_bytes", "2M"),
+        pending_bytes=top.size("pending_bytes", "1M"),
         housekeeping_seconds=top.duration("housekeeping_seconds", 5.0),
         rate_limit=rate_default,
         per_qube_rate=per_qube,
