@@ -177,6 +177,8 @@ def test_clean_in_dom0_keeps_the_logvm_and_its_logs(salt_env: SaltEnv) -> None:
     assert logvm["tags"] == ["created-by-dom0"]
     assert logvm["volumes"]["private"] == 20 << 30  # the store's volume stays
     assert not HOST.file(str(salt_env.root / "etc/qubes/policy.d/70-logvm.policy")).exists
+    witness = HOST.file(str(salt_env.root / "var/lib/qubes-logvm-witness"))
+    assert witness.is_directory and witness.mode == 0o770  # checkpoints are kept
     assert salt_env.apply("logvm.clean").changed == {}
 
 
