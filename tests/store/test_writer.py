@@ -145,3 +145,25 @@ def test_key_file_is_overwritten_in_place(store_root: tuple[Path, bytes]) -> Non
     store.close()
     assert os.stat(sealkey).st_ino == inode
     assert key_for_epoch(key0, 3).hex().encode() not in sealkey.read_bytes()
+
+
+def test_torn_seal_line_is_cut_before_recovery(store_root: tuple[Path, bytes]) -> None:
+    root, key0 = store_root
+    store = Store(root)
+    chain = store.chain("work")
+    chain.open_segment(store.keys)
+    chain.append(_lines(2), 2)
+    chain.seal(store.keys)
+    seal_path = StoreLayout(root).segment_seal("work", 1)
+    with seal_path.open("ab") as stream:
+        stream.write(b"v1 batch work 1 1 3 ")  # a crash in the middle of a seal line
+    store.keys.close()
+
+    restarted = Store(root)
+    assert restarted.recover_all() == {"work": 0}
+    parsed = read_seal_file(seal_path)
+    assert parsed.torn_tail == b""
+    assert not parsed.bad_lines
+    assert [s.kind for s in parsed.seals] == ["open", "batch", "recover"]
+    assert all(s.mac_ok(key_for_epoch(key0, s.epoch)) for s in parsed.seals)
+    restarted.close()

@@ -75,6 +75,7 @@ class QubeChain:
         self._seal_fd = -1
         self._dirty = False
         self._half_open: SegmentFiles | None = None
+        self._torn_seal = 0  # bytes of a seal line a crash cut short
         self._load()
 
     # -- loading -----------------------------------------------------------
@@ -90,6 +91,10 @@ class QubeChain:
             parsed = read_seal_file(segments[-1].seal)
             if parsed.seals:
                 self._adopt(parsed.seals[-1])
+                if parsed.torn_tail and self.needs_recovery:
+                    # A seal line a crash cut short never covered anything
+                    # acknowledged; recovery cuts it before sealing again.
+                    self._torn_seal = len(parsed.torn_tail)
                 return
             if parsed.bad_lines or len(segments) < 2 or segments[-2].seal is None:
                 raise StoreError(f"{segments[-1].name}: seal file has no complete seal line")
@@ -133,6 +138,13 @@ class QubeChain:
             self._half_open = None
             self.needs_recovery = False
             return 0
+        if self._torn_seal:
+            seal_path = self.layout.segment_seal(self.qube, self.seq)
+            with seal_path.open("r+b") as stream:
+                stream.truncate(os.fstat(stream.fileno()).st_size - self._torn_seal)
+                os.fsync(stream.fileno())
+            log.warning("%s: cut a seal line a crash left torn", seal_path)
+            self._torn_seal = 0
         log_path = self.layout.segment_log(self.qube, self.seq)
         fd = os.open(log_path, os.O_RDWR)
         try:
