@@ -1,0 +1,60 @@
+"""``make demo`` end to end: the demo as a subprocess, its exit code and what it reports."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.journald import unavailable_reason
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _leftovers(marker: str) -> list[str]:
+    """Command lines of processes that still mention the demo's work directory."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in text:
+            found.append(text)
+    return found
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"the demo runs a real journald: {reason}")
+    workdir = tmp_path / "demo-run"
+    result = subprocess.run(
+        [sys.executable, "-m", "demo.run", "--workdir", str(workdir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    for qube in ("work", "personal", "disp4711"):
+        assert re.search(rf"^    {qube}: 1 segments", out, re.M), out
+    assert len(re.findall(r"^\$ logvm verify --key ", out, re.M)) == 2, out
+    assert "OK: intact, 0 warning(s); 3 qubes" in out  # before the tamper
+    verify_failed = re.findall(r"^    error: work/00000001 lines (\d+)-(\d+): .*$", out, re.M)
+    assert verify_failed, out
+    said = re.search(r"in line (\d+) of", out)
+    assert said, out
+    tampered = int(said.group(1))
+    first, last = (int(n) for n in verify_failed[0])
+    assert first <= tampered <= last
+    assert "FAILED: 1 error(s)" in out and "(exit code 1)" in out
+    assert "[truncated " in out  # the over-long line's marker, shown by logvm show
+    assert "\x1b" not in out  # the hostile line's escapes never reach the terminal
+    assert out.count("(exit code 126)") == 2  # the two calls the policy refuses
+    assert _leftovers(str(workdir)) == []
