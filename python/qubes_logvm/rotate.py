@@ -136,7 +136,7 @@ def _loop(
     signals: _Signals,
     clock: Callable[[], float],
 ) -> int:
-    cfg = load_collector_config(config_path).retention
+    cfg = load_collector_config(*_paths(config_path)).retention
     while True:
         try:
             _, refused = run_pass(layout, cfg, clock(), lambda: signals.stop)
@@ -156,10 +156,14 @@ def _loop(
         if signals.reload:
             signals.reload = False
             try:
-                cfg = load_collector_config(config_path).retention
+                cfg = load_collector_config(*_paths(config_path)).retention
                 log.info("configuration reloaded")
             except LogvmError as err:
                 log.warning("configuration not reloaded, keeping the old one: %s", err)
+
+
+def _paths(config_path: Path | None) -> tuple[Path, ...]:
+    return (config_path,) if config_path is not None else ()
 
 
 def main(

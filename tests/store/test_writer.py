@@ -167,3 +167,32 @@ def test_torn_seal_line_is_cut_before_recovery(store_root: tuple[Path, bytes]) -
     assert [s.kind for s in parsed.seals] == ["open", "batch", "recover"]
     assert all(s.mac_ok(key_for_epoch(key0, s.epoch)) for s in parsed.seals)
     restarted.close()
+
+
+def test_tombstones_are_compacted_and_still_verify(store_root: tuple[Path, bytes]) -> None:
+    from qubes_logvm.core.seal import format_verification_key
+    from qubes_logvm.store.verify import ERROR, verify_store
+    from qubes_logvm.store.writer import TOMB_COMPACT_LINES
+
+    root, key0 = store_root
+    store = Store(root)
+    chain = store.chain("flood")
+    rounds = TOMB_COMPACT_LINES * 2 + 5
+    for _ in range(rounds):
+        chain.open_segment(store.keys)
+        chain.append(_lines(2), 2)
+        chain.close(store.keys)
+        chain.delete_oldest(store.keys)
+    chain.open_segment(store.keys)  # the writer reloads its state from disk fine
+    store.close()
+    layout = StoreLayout(root)
+    tombs = read_seal_file(layout.tombstones("flood")).seals
+    assert 1 <= len(tombs) < TOMB_COMPACT_LINES  # bounded, whatever the evictions
+    assert tombs[-1].seq == rounds - 1
+    assert chain.tomb_bytes == layout.tombstones("flood").stat().st_size
+    vkey = format_verification_key(KeyState(layout).store_id, key0)
+    report = verify_store(root, vkey)
+    assert [f for f in report.findings if f.severity == ERROR] == []
+    # Removing the newest kept tombstone unlinks the chain: detected.
+    layout.tombstones("flood").write_bytes(b"".join(t.to_line() for t in tombs[:-1]))
+    assert not verify_store(root, vkey).ok

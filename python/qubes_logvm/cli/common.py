@@ -50,6 +50,11 @@ class Env:
     err: TextIO
     stdin: TextIO
 
+    @property
+    def configs(self) -> tuple[Path, ...]:
+        """The collector config files to merge (none: the system's defaults)."""
+        return (self.config,) if self.config is not None else ()
+
 
 def parse_time(text: str, *, now: float) -> bytes:
     """A ``--since``/``--until`` value as a stored receive-time stamp (UTC).

@@ -120,7 +120,7 @@ def count_drops(files: SegmentFiles) -> int:
 
 def run_stats(env: Env, qubes: list[str]) -> int:
     """Per qube: usage against quota, compression, records, drops, evictions."""
-    retention = load_collector_config(env.config).retention
+    retention = load_collector_config(*env.configs).retention
     layout: StoreLayout = env.layout
     names = qubes or layout.qubes()
     env.out.line(

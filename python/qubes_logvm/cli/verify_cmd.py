@@ -102,7 +102,7 @@ def _register(env: Env, key: str) -> str:
     if checkpoints is None or collector is None:
         return "No witness support installed: register the key with the witness yourself."
     try:
-        witness = collector.load_collector_config(env.config).witness
+        witness = collector.load_collector_config(*env.configs).witness
     except ConfigError as err:
         return f"Witness not registered: the collector configuration is wrong: {err}"
     if witness.target is None and not witness.command:

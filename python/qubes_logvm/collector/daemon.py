@@ -87,9 +87,9 @@ def _listening_socket(path: Path) -> socket.socket:
 class Daemon:
     """The running collector: server, timers and signal handling."""
 
-    def __init__(self, store_root: Path, config: CollectorConfig, config_path: Path | None):
+    def __init__(self, store_root: Path, config: CollectorConfig, config_paths: list[Path]):
         self.store_root = store_root
-        self.config_path = config_path
+        self.config_paths = config_paths
         self.store = Store(store_root, on_seal=self._on_seal)
         self.shared = Shared(self.store, config)
         self.server = Server(self.shared)
@@ -149,7 +149,7 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: read the configuration again; keep the old one if it is wrong."""
         try:
-            config = load_collector_config(self.config_path)
+            config = load_collector_config(*self.config_paths)
         except LogvmError as err:
             log.warning("configuration not reloaded: %s", err)
             return
@@ -216,7 +216,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="listening socket")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
-    parser.add_argument("--config", type=Path, default=None, help="configuration file")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        help="configuration file; repeat to merge several, later ones win "
+        "(default: /etc/qubes-logvm/collector.yaml merged with /rw/config/qubes-logvm/)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections too")
     return parser.parse_args(argv)
 
@@ -230,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        config = load_collector_config(args.config)
+        config = load_collector_config(*args.config)
         daemon = Daemon(args.store, config, args.config)
         sock = _listening_socket(args.socket)
         asyncio.run(daemon.run(sock))

@@ -339,7 +339,8 @@ class QubeWriter:
         """Bytes the qube holds on disk (closed segments as last seen, plus the open one)."""
         chain = self.chain
         open_bytes = chain.nbytes + self._open_seal_bytes if chain and chain.is_open else 0
-        return sum(self._closed_sizes.values()) + open_bytes
+        tomb_bytes = chain.tomb_bytes if chain else 0
+        return sum(self._closed_sizes.values()) + open_bytes + tomb_bytes
 
     def refresh_sizes(self) -> None:
         """Re-read closed segments' sizes (rotation compresses them); worker thread."""

@@ -133,7 +133,7 @@ def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
     return config
 
 
-def load_collector_config(path: Path | None = None) -> CollectorConfig:
-    """Load ``path`` alone, or the default file merged with the local override."""
-    paths = (path,) if path is not None else DEFAULT_PATHS
-    return parse_collector_config(load_yaml_files(*paths))
+def load_collector_config(*paths: Path) -> CollectorConfig:
+    """Load and deep-merge ``paths`` in order (later wins), or by default the
+    template's file merged with the qube's override in /rw."""
+    return parse_collector_config(load_yaml_files(*(paths or DEFAULT_PATHS)))

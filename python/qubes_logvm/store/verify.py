@@ -200,7 +200,12 @@ def _verify_qube(ctx: _Ctx, qube: str) -> None:
     newest = max(segments, default=0)
     head: bytes | None = genesis(ctx.store_id, qube)
     epoch = 0
-    for seq in range(1, max([newest, *tombs]) + 1):
+    # Tombstones are compacted to the newest ones (docs/store-format.md):
+    # segments below the oldest tombstone kept were deleted in order before it.
+    compacted = min(tombs, default=1) - 1
+    if compacted:
+        ctx.add(INFO, qube, f"segments 1-{compacted} deleted by rotation (tombstones compacted)")
+    for seq in range(compacted + 1, max([newest, *tombs]) + 1):
         files, tomb = segments.get(seq), tombs.get(seq)
         if files is None:
             if tomb is None:
@@ -248,14 +253,15 @@ def _check_tombs(ctx: _Ctx, qube: str) -> dict[int, Seal]:
     if parsed.torn_tail:
         ctx.add(WARNING, qube, "tombstones.seal ends in a torn line (crash while deleting)")
     tombs: dict[int, Seal] = {}
-    prev, last_seq, last_epoch = ZERO, 0, 0
+    prev: bytes | None = None  # the first line may follow compacted ones
+    last_seq, last_epoch = 0, 0
     for number, seal in _numbered(parsed):
         key = ctx.key(seal.epoch)
         where = f"tombstones.seal line {number}"
         if key is None or not seal.mac_ok(key) or seal.kind != "tomb" or seal.qube != qube:
             ctx.add(ERROR, qube, f"{where}: not a tombstone sealed for {qube} with this key")
             continue
-        if seal.prev != prev:
+        if prev is not None and seal.prev != prev:
             ctx.add(ERROR, qube, f"{where}: does not link to the line before (lines removed)")
         if seal.seq <= last_seq or seal.epoch < last_epoch:
             ctx.add(ERROR, qube, f"{where}: out of order", seal.seq)

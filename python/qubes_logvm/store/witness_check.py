@@ -144,6 +144,8 @@ def _check_qube(
         for cp in sorted(by_seq[seq], key=lambda s: (s.lines, s.nbytes, s.epoch)):
             if seals is not None and cp in seals:
                 continue
+            if seals is None and tombs and seq < min(tombs):
+                break  # deleted in order before the oldest tombstone kept (compacted)
             message = _check_segment(layout, qube, cp, seals, tombs.get(seq))
             if message is not None:
                 # The earliest checkpoint the store fails is the position to report.

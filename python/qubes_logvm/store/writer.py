@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 FINAL_KINDS = ("close", "recover")
 
+#: Deletions always take a qube's oldest segments, so only the newest
+#: tombstone is needed to link the chain to the oldest segment left. Past
+#: this many lines the file is compacted to that newest line, so a flooding
+#: qube's evictions cannot grow it without bound (docs/store-format.md).
+TOMB_COMPACT_LINES = 32
+
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
@@ -70,6 +76,8 @@ class QubeChain:
         self._prev_mac = ZERO
         self._tomb_prev = ZERO
         self._tomb_seq = 0  # seq of the newest tombstone (0: none)
+        self._tomb_lines = 0
+        self.tomb_bytes = 0  # size of tombstones.seal (counted in the qube's quota)
         self._hasher = ChainHasher(self.head)
         self._log_fd = -1
         self._seal_fd = -1
@@ -82,9 +90,13 @@ class QubeChain:
 
     def _load(self) -> None:
         tomb_path = self.layout.tombstones(self.qube)
+        # A compaction a crash cut short: the old file is still whole.
+        tomb_path.with_name(tomb_path.name + ".tmp").unlink(missing_ok=True)
         tombs = read_seal_file(tomb_path).seals if tomb_path.exists() else []
         if tombs:
             self._tomb_prev, self._tomb_seq = tombs[-1].mac, tombs[-1].seq
+            self._tomb_lines = len(tombs)
+            self.tomb_bytes = tomb_path.stat().st_size
         segments = self.layout.segments(self.qube)
         last_tomb = tombs[-1] if tombs else None
         if segments and segments[-1].seal is not None:
@@ -270,6 +282,8 @@ class QubeChain:
                 if path is not None:
                     path.unlink(missing_ok=True)
             fsync_dir(self.dir)
+            if self._tomb_lines >= TOMB_COMPACT_LINES:
+                self._compact_tombs()
             return victim.seq
 
     def _write_tomb(self, keys: KeyState, seq: int, last: Seal) -> None:
@@ -294,6 +308,24 @@ class QubeChain:
         finally:
             os.close(fd)
         self._tomb_prev, self._tomb_seq = tomb.mac, seq
+        self._tomb_lines += 1
+        self.tomb_bytes += len(tomb.to_line())
+
+    def _compact_tombs(self) -> None:
+        # Called after the segments the tombstones stand for are gone: keep
+        # the newest line (which links the chain on), replace atomically.
+        path = self.layout.tombstones(self.qube)
+        newest = read_seal_file(path).seals[-1].to_line()
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            _write_all(fd, newest)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.rename(path)
+        fsync_dir(self.dir)
+        self._tomb_lines, self.tomb_bytes = 1, len(newest)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
