@@ -165,7 +165,8 @@ class Demo:
         self._journald.start()
         say(
             f"journald runs; its journal files are under "
-            f"/proc/{self.journald.pid1}/root/run/log/journal."
+            f"/proc/{self.journald.pid1}/root/run/log/journal.",
+            gap=False,
         )
 
     def setup_store(self) -> None:
@@ -198,7 +199,7 @@ class Demo:
                 env={**os.environ, **env}, start_new_session=True,
             )  # fmt: skip
             self.wait_ready(self.collector, notify, "logvm-collector")
-        say(f"logvm-collector is ready (pid {self.collector.pid}).")
+        say(f"logvm-collector is ready (pid {self.collector.pid}).", gap=False)
 
     def build_world(self) -> None:
         world = World(self.work / "world")
@@ -253,7 +254,9 @@ class Demo:
                 self.exporters[qube] = (proc, 0)  # tracked before anything can interrupt
                 self.exporters[qube] = (proc, Journald.inner_pid(proc))
                 self.wait_ready(proc, notify, f"logvm-exporter of {qube}")
-            say(f"  logvm-exporter for {qube} is ready (pid {self.exporters[qube][1]}).")
+            say(
+                f"  logvm-exporter for {qube} is ready (pid {self.exporters[qube][1]}).", gap=False
+            )
 
     def log_messages(self, qube: str) -> None:
         for tool, tag, priority, message in MESSAGES[qube]:
@@ -331,7 +334,7 @@ class Story(Demo):
             if time.monotonic() > deadline:
                 raise DemoFailed(f"stored lines per qube {have}, expected {want}")
             time.sleep(0.1)
-        say("All " + ", ".join(f"{want[q]} of {q}" for q in QUBES) + " are stored.")
+        say("All " + ", ".join(f"{want[q]} of {q}" for q in QUBES) + " are stored.", gap=False)
 
     def stop_all(self) -> None:
         for qube in ("work", "personal"):
@@ -357,7 +360,6 @@ class Story(Demo):
         missing = [q for q in QUBES if not re.search(rf"^\s*{q}:", out, re.M)]
         if missing:
             raise DemoFailed(f"logvm list does not list {', '.join(missing)}")
-        say()
         say(
             "work's records. Each line: the LogVM's receive time, then the record the exporter "
             "sent: the qube's own time, its host name (untrusted, informative; here this "
@@ -374,7 +376,6 @@ class Story(Demo):
         self.run_logvm(["show", "work"])
 
     def verify_ok(self) -> None:
-        say()
         say(
             "Verifying every qube's hash chain and forward-secure seals with the verification key:"
         )
@@ -393,7 +394,6 @@ class Story(Demo):
 
     def tamper_and_verify(self) -> None:
         segment, line = self.tamper()
-        say()
         say(
             f"Now an intruder in the LogVM hides where a login came from: in line {line} of "
             f"{shown(segment)} (work's segment {segment.stem}) the address 10.137.0.5 becomes "

@@ -37,17 +37,15 @@ MESSAGES: dict[str, list[tuple[str, str, str, str]]] = {
 }  # fmt: skip
 
 
-def say(text: str = "") -> None:
-    """Print one paragraph of explanation, wrapped."""
-    print(
-        textwrap.fill(text, 78, break_on_hyphens=False, break_long_words=False) if text else "",
-        flush=True,
-    )
+def say(text: str, *, gap: bool = True) -> None:
+    """Print one paragraph of explanation, wrapped (``gap``: after a blank line)."""
+    wrapped = textwrap.fill(text, 78, break_on_hyphens=False, break_long_words=False)
+    print(("\n" if gap else "") + wrapped, flush=True)
 
 
 def step(number: int, title: str) -> None:
     """Print a step's heading."""
-    print(f"\n=== {number}. {title} ===\n", flush=True)
+    print(f"\n\n=== {number}. {title} ===", flush=True)
 
 
 def shown(path: Path | str) -> str:
