@@ -37,8 +37,8 @@ $(VENV)/.venv-stamp: $(VENV)/.deps-stamp requirements-dev.txt python/pyproject.t
 	touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check python tests bench
-	$(VENV)/bin/ruff format --check python tests bench
+	$(VENV)/bin/ruff check python tests bench demo
+	$(VENV)/bin/ruff format --check python tests bench demo
 
 typecheck: venv
 	$(VENV)/bin/mypy
