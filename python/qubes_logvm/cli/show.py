@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import StoreError
+from ..core.escape import unescape
 from ..core.records import parse_record
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.reader import MAX_LINE, LineFilter, StoredLine, iter_segment
@@ -54,7 +55,12 @@ def decorate(line: StoredLine) -> bytes:
         if record.kind == "C":
             text = record.stamp + b" [logvm] " + record.payload
         else:
-            text = record.stamp + b" " + record.payload
+            # Undo the collector's escaping layer for reading; the output
+            # stream (Output.line -> terminal_safe) escapes again whatever
+            # is not printable, so a sender's raw ESC shows as \x1b, and an
+            # exporter's own escaping shows once, not doubled. --raw prints
+            # the stored bytes exactly.
+            text = record.stamp + b" " + unescape(record.payload)
             if record.kind == "P":
                 text += b" [partial: the stream ended without a newline]"
             if record.cut:
