@@ -75,8 +75,9 @@ class Scene:
             capture_output=True,
             text=True,
             timeout=30,
-            check=True,
+            check=False,
         )
+        assert done.returncode == 0, done.stderr
         return done.stdout
 
     def seal_file(self, qube: str, seq: int = 1) -> Path:
