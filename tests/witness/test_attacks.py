@@ -25,6 +25,7 @@ from qubes_logvm.store.writer import Store
 
 pytestmark = pytest.mark.timeout(60)
 Open = Callable[..., WitnessCall]
+LOGVM_CLI = WITNESS.with_name("logvm")
 
 
 def records(n: int, tag: str) -> bytes:
@@ -64,10 +65,32 @@ class Scene:
         call.close()
 
     def verify(self) -> list[WitnessProblem]:
+        """The witness part of verification; also runs ``logvm verify --witness``."""
         export = self.tmp / "witness.export"
         self.run_admin("export", LOGVM, "-o", str(export))
         key = self.run_admin("export-key", LOGVM).strip()
-        return check_witness(self.root, export, key)
+        problems = check_witness(self.root, export, key)
+        key_file = self.tmp / "vk"
+        key_file.write_text(key + "\n")
+        done = subprocess.run(
+            [
+                str(LOGVM_CLI),
+                "verify",
+                "--store",
+                str(self.root),
+                "--witness",
+                str(export),
+                "--key",
+                str(key_file),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.cli_output = done.stdout + done.stderr
+        assert done.returncode == (1 if problems else 0), self.cli_output
+        return problems
 
     def run_admin(self, *args: str) -> str:
         done = subprocess.run(
