@@ -15,6 +15,7 @@ docs/witness.md.
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from ..core.witness_format import (
 from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
 
 logger = logging.getLogger(__name__)
+_QUBE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,30}")
 
 DEFAULT_ROOT = Path("/var/lib/qubes-logvm-witness")
 
@@ -128,8 +130,8 @@ def cmd_list(args: argparse.Namespace, out: BinaryIO) -> int:
         return 0
     for name in sorted(os.listdir(args.dir)):
         path = args.dir / name
-        if not path.is_dir() or ".reset-" in name:
-            continue  # archives left by reset-key
+        if not path.is_dir() or ".reset-" in name or not _QUBE_NAME.fullmatch(name):
+            continue  # archives left by reset-key, or not a LogVM's directory
         key = read_key(path)
         status = f"store {key[0]}" if key else "no key registered"
         out.write(f"{name}: {status}\n".encode())
