@@ -28,8 +28,9 @@ from pathlib import Path
 from ..config.collector import CollectorConfig, load_collector_config
 from ..core.errors import LogvmError
 from ..core.seal import Seal
-from ..store.checkpoints import CheckpointSender
-from ..store.layout import DEFAULT_STORE
+from ..store.checkpoints import CheckpointSender, queue_registration
+from ..store.keystate import setup_keys
+from ..store.layout import DEFAULT_STORE, StoreLayout
 from ..store.retention import plan_deletions
 from ..store.writer import Store
 from .qubewriter import Shared
@@ -228,6 +229,30 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def first_start(store_root: Path, config: CollectorConfig) -> bool:
+    """Create the sealing state on a qube's first start, when a witness will hold the key.
+
+    With a witness configured, the verification key never needs to be shown
+    in the LogVM: it is queued for the witness (the sender delivers it first
+    and then erases it), and the admin exports it from there
+    (``logvm-witness export-key LOGVM``). Without a witness the admin must run
+    ``logvm setup-keys`` and keep the key it prints, so nothing is created.
+    Returns True when it created the sealing state.
+    """
+    layout = StoreLayout(store_root)
+    witness = config.witness
+    if layout.store_json.exists() or (witness.target is None and not witness.command):
+        return False
+    queue_registration(store_root, setup_keys(layout))
+    log.warning(
+        "created the sealing state in %s; the verification key goes to the witness "
+        "(%s) and is then erased here: export it there with `logvm-witness export-key`",
+        store_root,
+        witness.target or "custom command",
+    )
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``logvm-collector``."""
     args = _parse_args(argv)
@@ -238,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = load_collector_config(*args.config)
+        first_start(args.store, config)
         daemon = Daemon(args.store, config, args.config)
         sock = _listening_socket(args.socket)
         asyncio.run(daemon.run(sock))
