@@ -20,18 +20,16 @@ never deletes anything but a plain copy whose compressed copy it has just
 checked against the seals, and its own temp files.
 """
 
-import contextlib
-import fcntl
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
 
 from ..core.errors import LogvmError, StoreError
 from ..core.seal import ChainHasher, Seal
-from .layout import SegmentFiles, StoreLayout, fsync_dir
+from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
 from .retention import is_closed
 from .sealfile import read_seal_file
 
@@ -47,17 +45,6 @@ class CompressError(StoreError):
 
 class Interrupted(LogvmError):
     """Compression was stopped on request (SIGTERM); nothing was changed."""
-
-
-@contextlib.contextmanager
-def qube_locked(layout: StoreLayout, qube: str) -> Iterator[None]:
-    """Hold the qube's flock, the same one :meth:`QubeChain.locked` takes."""
-    fd = os.open(layout.lock(qube), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class ChainCheck:

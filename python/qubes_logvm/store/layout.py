@@ -4,8 +4,11 @@ Trust side: qube names passed in come from qrexec and are validated again
 here, so no path can leave the store.
 """
 
+import contextlib
+import fcntl
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,5 +128,18 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def qube_locked(layout: StoreLayout, qube: str) -> Iterator[None]:
+    """Hold a qube's flock: the collector (opening, closing, deleting
+    segments) and rotation (swapping in a compressed copy) never overlap."""
+    layout.qube_dir(qube).mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.lock(qube), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)

@@ -18,18 +18,17 @@ not overlap (opening, closing, deleting segments).
 """
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from ..core.errors import StoreError
 from ..core.records import format_timestamp, note_record
 from ..core.seal import ZERO, ChainHasher, Seal, genesis
 from .keystate import KeyState
-from .layout import SegmentFiles, StoreLayout, fsync_dir
+from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
 from .sealfile import read_seal_file
 
 log = logging.getLogger(__name__)
@@ -327,16 +326,9 @@ class QubeChain:
         fsync_dir(self.dir)
         self._tomb_lines, self.tomb_bytes = 1, len(newest)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the qube's flock (rotation takes it too)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.layout.lock(self.qube), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return qube_locked(self.layout, self.qube)
 
 
 class Store:
