@@ -29,7 +29,7 @@ from typing import Any
 from ..config.exporter import FileConfig
 from .record import TimeFormatter, format_record, token
 from .state import StateDir
-from .transport import Item, Transport
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,10 @@ class FilesSource:
             follower.offset = 0
             os.lseek(follower.fd, 0, os.SEEK_SET)
 
-    def poll(self) -> list[Item]:
-        """One round over all files; returns the complete lines found."""
+    def poll(self) -> list[tuple[bytes, int, Any]]:
+        """One round over all files: per file, its complete lines and the end position."""
         self._scan(resume=False)
-        items: list[Item] = []
+        chunks: list[tuple[bytes, int, Any]] = []
         for follower in list(self._followers.values()):
             read = self._read(follower)
             while read and len(follower.lines) < MAX_ITEMS:
@@ -176,20 +176,28 @@ class FilesSource:
                     break
                 read += more
             self._check_rotation(follower, read)
+            if not follower.lines:
+                continue
             stamp = self._times.format(time.time_ns() // 1000)
             tag = follower.tag
-            for line, end in follower.lines:
-                record = format_record(stamp, self._host, None, None, tag, None, line)
-                items.append((record, self, (follower.path, follower.ident, end)))
+            data = b"".join(
+                [
+                    format_record(stamp, self._host, None, None, tag, None, line)
+                    for line, _end in follower.lines
+                ]
+            )
+            end = follower.lines[-1][1]
+            chunks.append((data, len(follower.lines), (follower.path, follower.ident, end)))
             follower.lines.clear()
-        return items
+        return chunks
 
     async def run(self, transport: Transport, stop: asyncio.Event) -> None:
         """Follow until ``stop`` is set and every file has been read to its end."""
         while True:
-            items = self.poll()
-            if items:
-                await transport.put(items)
+            chunks = self.poll()
+            for data, lines, position in chunks:
+                await transport.put(data, lines, self, position)
+            if chunks:
                 continue
             if stop.is_set():
                 return

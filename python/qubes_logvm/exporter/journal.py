@@ -1,70 +1,58 @@
 """Journal source: follows the local journal through systemd-python.
 
-Role: reads entries with ``systemd.journal.Reader``, waits on the reader's
-file descriptor in the event loop (no polling), filters by priority, unit and
-identifier, turns entries into record lines, and saves the cursor of the last
+Role: reads entries with python-systemd's C-level reader, waits on the
+reader's file descriptor in the event loop (no polling), filters by priority,
+unit and identifier, turns entries into record lines (in chunks, through
+:mod:`.journalfmt`), and saves the cursor of the last
 *acknowledged* entry so that a restart resumes there. The backlog stays in
 the journal: the reader simply stops reading while the transport's window is
 full. Rotation and vacuum are handled by sd-journal (INVALIDATE); a saved
 cursor whose entry was vacuumed resumes at the next entry that still exists.
 
 Trust side: entries are this qube's own logs; every field is escaped by
-:mod:`.record`.
+:mod:`.journalfmt`.
 """
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..config.exporter import JournalConfig
-from .record import TimeFormatter, format_record, token
+from .journalfmt import DROP, EntryFormatter, join_records, message_of
+from .record import TimeFormatter
 from .state import StateDir
-from .transport import Item, Transport
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "journal"
-CHUNK = 256
+#: Entries read per step, and the bytes of message after which a step ends:
+#: big enough to amortise the per-chunk work, small next to the window.
+CHUNK_ENTRIES = 1024
+CHUNK_BYTES = 128 << 10
 #: A safety net for file systems where inotify misses changes (sd_journal_get_timeout).
 WAKE_SECONDS = 5.0
 #: sd-journal keeps the journal files' pages it touched mapped until it is
-#: closed; reopening now and then keeps those mappings (counted in our RSS) small.
-REOPEN_ENTRIES = 20000
+#: closed; reopening after this many bytes of messages keeps those mappings
+#: (counted in our RSS) small.
+REOPEN_BYTES = 16 << 20
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 ReaderFactory = Callable[[], Any]
 
 
 def _default_reader() -> Any:
-    from systemd import journal  # type: ignore[attr-defined]
+    """The local journal through the C-level reader of python-systemd.
 
-    return journal.Reader()
+    Not ``systemd.journal.Reader``: its converters and imports (uuid,
+    datetime) cost time per entry and memory in every qube.
+    """
+    from systemd import _reader  # type: ignore[attr-defined]
 
-
-def _text(value: object) -> bytes | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    return None
-
-
-def _number(value: object) -> int | None:
-    raw = _text(value)
-    if raw is None or not raw.isdigit() or len(raw) > 10:
-        return None
-    return int(raw)
-
-
-def _matches(value: bytes | None, patterns: tuple[str, ...]) -> bool:
-    if value is None:
-        return False
-    name = value.decode("utf-8", "replace")
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    return _reader._Reader(_reader.LOCAL_ONLY)
 
 
 class JournalSource:
@@ -75,25 +63,31 @@ class JournalSource:
     def __init__(
         self, config: JournalConfig, state: StateDir, reader: ReaderFactory = _default_reader
     ) -> None:
-        self._config = config
         self._state = state
         self._factory = reader
-        self._reader = reader()
+        self._reader = self._open()
         self._since_open = 0
         self._last_read: str | None = None
         self._times = TimeFormatter()
+        self._formatter = EntryFormatter(config)
         self._acked_cursor: str | None = None
         self._saved_cursor: str | None = None
-        self._hosts: dict[bytes, bytes] = {}
         self.skipped = 0
         self._position()
+
+    def _open(self) -> Any:
+        reader = self._factory()
+        # The inotify descriptor is set up now, before anything is read, so
+        # that no entry written meanwhile can go without a wake-up.
+        reader.fileno()
+        return reader
 
     def _position(self) -> None:
         """Seek to just after the saved cursor, or to the start of this boot."""
         cursor = self._state.load(STATE_NAME).get("cursor")
         reader = self._reader
         if isinstance(cursor, str) and cursor:
-            self._acked_cursor = self._saved_cursor = cursor
+            self._acked_cursor = self._saved_cursor = self._last_read = cursor
             reader.seek_cursor(cursor)
             if reader._next() and not reader.test_cursor(cursor):
                 log.warning("journal: saved entry is gone (vacuumed); resuming after it")
@@ -101,7 +95,8 @@ class JournalSource:
             log.info("journal: resuming after the saved cursor")
             return
         # First start: everything of the current boot, not of older boots.
-        reader.this_boot()
+        boot = BOOT_ID.read_text().strip().replace("-", "")
+        reader.add_match(f"_BOOT_ID={boot}")
         reader.seek_head()
         first = reader._get_cursor() if reader._next() else None
         reader.flush_matches()
@@ -112,62 +107,49 @@ class JournalSource:
             reader.seek_cursor(first)
         log.info("journal: no saved cursor; starting at this boot's first entry")
 
-    def _wanted(self, fields: dict[str, Any]) -> bool:
-        config = self._config
-        priority = _number(fields.get("PRIORITY"))
-        if priority is not None and priority > config.min_priority:
-            return False
-        unit = _text(fields.get("_SYSTEMD_UNIT")) or _text(fields.get("_SYSTEMD_USER_UNIT"))
-        ident = _text(fields.get("SYSLOG_IDENTIFIER")) or _text(fields.get("_COMM"))
-        units, idents = config.units, config.identifiers
-        if _matches(unit, units.exclude) or _matches(ident, idents.exclude):
-            return False
-        if units.include or idents.include:
-            return _matches(unit, units.include) or _matches(ident, idents.include)
-        return True
+    def read_chunk(self) -> tuple[bytes, int, int]:
+        """Record lines of the wanted entries available now, how many, and entries read.
 
-    def _format(self, fields: dict[str, Any], usec: int) -> bytes:
-        host = _text(fields.get("_HOSTNAME")) or b""
-        host_token = self._hosts.get(host)
-        if host_token is None:
-            host_token = self._hosts.setdefault(host, token(host))
-        unit = _text(fields.get("_SYSTEMD_UNIT")) or _text(fields.get("_SYSTEMD_USER_UNIT"))
-        ident = _text(fields.get("SYSLOG_IDENTIFIER")) or _text(fields.get("_COMM"))
-        pid = _number(fields.get("SYSLOG_PID")) or _number(fields.get("_PID"))
-        message = _text(fields.get("MESSAGE")) or b""
-        priority = _number(fields.get("PRIORITY"))
-        return format_record(
-            self._times.format(usec), host_token, priority, unit, ident, pid, message
-        )
-
-    def read_chunk(self) -> list[Item]:
-        """Up to :data:`CHUNK` wanted entries that are available now."""
+        Reads up to :data:`CHUNK_ENTRIES` entries or :data:`CHUNK_BYTES` of
+        messages; the last entry read (wanted or not) is the position.
+        """
         reader = self._reader
-        items: list[Item] = []
-        for _ in range(CHUNK):
-            if not reader._next():
-                break
-            self._since_open += 1
-            fields = reader._get_all()
-            if not self._wanted(fields):
-                self.skipped += 1
+        next_entry, get_all, realtime = reader._next, reader._get_all, reader._get_realtime
+        head_of, stamp = self._formatter.head, self._times.format
+        prefixes: list[bytes] = []
+        messages: list[bytes] = []
+        size = read = 0
+        while read < CHUNK_ENTRIES and size < CHUNK_BYTES and next_entry():
+            read += 1
+            fields = get_all()
+            message = message_of(fields)
+            size += len(message)
+            head = head_of(fields)
+            if head is DROP:
                 continue
-            line = self._format(fields, reader._get_realtime())
-            items.append((line, self, reader._get_cursor()))
-        if items:
-            self._last_read = items[-1][2]
-        if self._since_open >= REOPEN_ENTRIES and self._last_read is not None:
-            self._reopen(self._last_read)
-        return items
+            prefixes.append(stamp(realtime()) + head)
+            messages.append(message)
+        if not read:
+            return b"", 0, 0
+        self._since_open += size
+        self.skipped += read - len(messages)
+        self._last_read = reader._get_cursor()
+        if not messages:
+            return b"", 0, read
+        return join_records(prefixes, messages), len(messages), read
 
-    def _reopen(self, cursor: str) -> None:
-        """A fresh reader positioned after ``cursor`` (the last entry read)."""
+    def _reopen(self) -> None:
+        """A fresh reader positioned after the last entry read."""
+        cursor = self._last_read
         self._reader.close()
-        self._reader = self._factory()
+        self._reader = self._open()
+        self._since_open = 0
+        if cursor is None:
+            self._position()
+            return
         self._reader.seek_cursor(cursor)
         if self._reader._next() and not self._reader.test_cursor(cursor):
             self._reader._previous()  # that entry was vacuumed meanwhile
-        self._since_open = 0
 
     async def run(self, transport: Transport, stop: asyncio.Event) -> None:
         """Ship entries until ``stop`` is set and the journal's end is reached."""
@@ -178,13 +160,18 @@ class JournalSource:
         stopper = asyncio.create_task(stop.wait())
         try:
             while True:
-                items = self.read_chunk()
-                if self._reader.fileno() != fd:
+                if self._since_open >= REOPEN_BYTES:
+                    # Unregister before closing: the new reader's descriptor
+                    # may well get the same number, and epoll forgets a
+                    # closed one silently (no wake-ups would come).
                     loop.remove_reader(fd)
+                    self._reopen()
                     fd = self._reader.fileno()
                     loop.add_reader(fd, ready.set)
-                if items:
-                    await transport.put(items)
+                data, lines, read = self.read_chunk()
+                if lines:
+                    await transport.put(data, lines, self, self._last_read)
+                if read:
                     continue
                 if stop.is_set():
                     return

@@ -16,7 +16,7 @@ import stat
 import time
 
 from .record import TimeFormatter, format_record, token
-from .transport import Item, Transport
+from .transport import Transport
 
 READ_BYTES = 64 << 10
 MAX_MESSAGE = 60 << 10
@@ -36,14 +36,14 @@ class StdinSource:
         self._partial = b""
         self._cut = 0
 
-    def _lines(self, data: bytes) -> list[Item]:
+    def _lines(self, data: bytes) -> list[bytes]:
         stamp = self._times.format(time.time_ns() // 1000)
         parts = (self._partial + data).split(b"\n")
         self._partial = parts.pop()
         if len(self._partial) > MAX_MESSAGE:
             self._cut += len(self._partial) - MAX_MESSAGE
             self._partial = self._partial[:MAX_MESSAGE]
-        items: list[Item] = []
+        items: list[bytes] = []
         for part in parts:
             line = part[:MAX_MESSAGE]
             self._cut += len(part) - len(line)
@@ -51,7 +51,7 @@ class StdinSource:
                 line += b" [logvm-exporter: %d bytes cut]" % self._cut
                 self._cut = 0
             record = format_record(stamp, self._host, self._priority, None, self._tag, None, line)
-            items.append((record, None, None))
+            items.append(record)
         return items
 
     async def _read(self) -> bytes:
@@ -78,11 +78,11 @@ class StdinSource:
             data = await self._read()
             if not data:
                 if self._partial or self._cut:
-                    await transport.put(self._lines(b"\n"))
+                    last = self._lines(b"\n")
+                    await transport.put(b"".join(last), len(last))
                 return
             items = self._lines(data)
-            if items:
-                await transport.put(items)
+            await transport.put(b"".join(items), len(items))
 
     def flush(self) -> None:
         """Nothing to save."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config.exporter import SyslogConfig
 from .record import TimeFormatter, format_record, token
-from .transport import Item, Transport
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +194,15 @@ class SyslogSource:
         finally:
             writer.close()
 
-    def _items(self) -> list[Item]:
-        items: list[Item] = []
+    def _items(self) -> list[bytes]:
+        items: list[bytes] = []
         now = time.time()
         if self._dropped:
             note = b"%d syslog messages dropped: queue full" % self._dropped
-            items.append((self._record(b"<4>logvm-exporter: " + note, now), None, None))
+            items.append(self._record(b"<4>logvm-exporter: " + note, now))
             self._dropped = 0
         while self._queue and len(items) < 512:
-            items.append((self._record(self._queue.popleft(), now), None, None))
+            items.append(self._record(self._queue.popleft(), now))
         return items
 
     def _record(self, untrusted: bytes, now: float) -> bytes:
@@ -218,7 +218,7 @@ class SyslogSource:
             while True:
                 items = self._items()
                 if items:
-                    await transport.put(items)
+                    await transport.put(b"".join(items), len(items))
                     continue
                 if stop.is_set():
                     return
