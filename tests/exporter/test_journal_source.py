@@ -53,6 +53,7 @@ def test_wakes_up_after_reopening_the_journal(tmp_path, journald, monkeypatch):
     (an hour here; the bench hung at 5 s per entry)."""
     monkeypatch.setattr(journal_module, "REOPEN_BYTES", 1)
     monkeypatch.setattr(journal_module, "WAKE_SECONDS", 3600.0)
+    monkeypatch.setattr(journal_module, "ACTIVE_SECONDS", 0.0)  # only the descriptor wakes it
     only_tester = Filter(include=("tester",))
     source = _source(journald, tmp_path, identifiers=only_tester)
     sink = Collecting()
