@@ -93,7 +93,7 @@ class Transport:
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         window_lines: int = 20000,
-        window_bytes: int = 1 << 20,
+        window_bytes: int = 512 << 10,
         spawn: Spawn = asyncio.create_subprocess_exec,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -245,10 +245,12 @@ class Transport:
         try:
             while (batch := await self._next_batch()) is not None:
                 self._unacked.extend(batch)
-                # Everything ready goes in one write: one wake-up of the reader.
-                stdin.write(b"".join([chunk.data for chunk in batch]))
-                self.stats.written += sum(chunk.lines for chunk in batch)
-                await stdin.drain()
+                for chunk in batch:
+                    # Chunk by chunk, not joined: no second copy of the window
+                    # in memory; the (enlarged) pipe takes most of it at once.
+                    stdin.write(chunk.data)
+                    self.stats.written += chunk.lines
+                    await stdin.drain()
             stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             log.debug("stream closed while writing")
