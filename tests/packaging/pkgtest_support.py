@@ -135,7 +135,14 @@ GATES = {
     "logvm-rotate.service": "logvm-collector",
     "logvm-exporter.service": "logvm-exporter",
 }
-COMMANDS = ("logvm", "logvm-collector", "logvm-exporter", "logvm-rotate", "logvm-witness")
+COMMANDS = (
+    "logvm",
+    "logvm-collector",
+    "logvm-exporter",
+    "logvm-rotate",
+    "logvm-send",
+    "logvm-witness",
+)
 DEB_SITELIB = "/usr/lib/python3/dist-packages"
 # The arguments debian/rules gives install-vm (bookworm keeps units in /lib).
 DEBIAN_INSTALL_ARGS = (

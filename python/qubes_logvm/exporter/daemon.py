@@ -23,9 +23,9 @@ from ..core.errors import LogvmError
 from .record import SEVERITIES
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="logvm-exporter", description="Ship this qube's logs to the LogVM over qrexec."
+        prog=prog, description="Ship this qube's logs to the LogVM over qrexec."
     )
     parser.add_argument(
         "--config",
@@ -52,9 +52,10 @@ def main(
     *,
     spawn: Any = None,
     environ: Mapping[str, str] = os.environ,
+    prog: str = "logvm-exporter",
 ) -> int:
     """Entry point of ``logvm-exporter``; ``spawn`` replaces the subprocess launcher."""
-    args = _parse_args(argv)
+    args = _parse_args(argv, prog)
     _lean_imports()
     import asyncio
 
@@ -81,17 +82,17 @@ def main(
 
         delivered = asyncio.run(go())
     except LogvmError as err:
-        print(f"logvm-exporter: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 1
     if args.stdin and not delivered:
-        print("logvm-exporter: not every line reached the LogVM", file=sys.stderr)
+        print(f"{prog}: not every line reached the LogVM", file=sys.stderr)
         return 1
     return 0
 
 
 def send_main(argv: Sequence[str] | None = None, **edges: Any) -> int:
     """``logvm-send``: the same as ``logvm-exporter --stdin``."""
-    return main(["--stdin", *(sys.argv[1:] if argv is None else argv)], **edges)
+    return main(["--stdin", *(sys.argv[1:] if argv is None else argv)], prog="logvm-send", **edges)
 
 
 if __name__ == "__main__":

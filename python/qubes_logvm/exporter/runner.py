@@ -57,10 +57,6 @@ def build_sources(
     """Build the sources; only ``--stdin`` when asked (no state dir needed)."""
     if stdin_only:
         return [StdinSource(tag=tag, priority=priority)]
-    from .files import FilesSource
-    from .journal import JournalSource
-    from .syslog import SyslogSource
-
     state = StateDir(config.state_dir)
     sources: list[Source] = []
     # Imported only when configured: every module costs RSS in every qube.

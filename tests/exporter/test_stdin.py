@@ -1,0 +1,44 @@
+"""``logvm-send`` / ``logvm-exporter --stdin``: a pipe's lines, acknowledged, then exit."""
+
+import subprocess
+
+import pytest
+from exporter.helpers import REPO, FakeCollector, write_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["logvm-send"],  # the console script
+        ["logvm-exporter", "--stdin"],  # the same through the daemon's flag
+    ],
+)
+def test_pipe_is_shipped_and_acknowledged(tmp_path, collector: FakeCollector, command):
+    config = write_config(tmp_path / "e.yaml", collector.command, tmp_path / "state")
+    lines = b"".join(b"line %d \x1b[1m\n" % i for i in range(500)) + b"no newline"
+    result = subprocess.run(
+        [str(REPO / ".venv/bin" / command[0]), *command[1:], "--config", str(config),
+         "-t", "backup", "-p", "warning"],
+        input=lines, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = collector.records()
+    assert [r.message for r in records] == [b"line %d \x1b[1m" % i for i in range(500)] + [
+        b"no newline"
+    ]
+    assert {(r.ident, r.priority) for r in records} == {("backup", "warning")}
+
+
+def test_send_fails_when_the_logvm_never_acknowledges(tmp_path, collector: FakeCollector):
+    collector.set("noack")
+    config = write_config(
+        tmp_path / "e.yaml", collector.command, tmp_path / "state", shutdown_drain="1s"
+    )
+    result = subprocess.run(
+        [str(REPO / ".venv/bin/logvm-send"), "--config", str(config)],
+        input=b"lost?\n", capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert b"logvm-send: not every line reached the LogVM" in result.stderr
