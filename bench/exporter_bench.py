@@ -20,9 +20,7 @@ shared bench input (N = 200,000; 20,000 with ``--quick``):
   tmpfs show up as shmem);
 - latency at 10 entries/s: from journald's own receive time of an entry
   (``__REALTIME_TIMESTAMP``, the record's time field) to its line being in
-  the store and covered by a seal, polled every 5 ms; and, for reference,
-  from that time to the moment the journal's inotify wake-up lets a reader
-  see it (journald signals readers after a delay of its own).
+  the store and covered by a seal, polled every 5 ms.
 
 Needs root (namespaces). ``run(ctx)`` returns rows for :mod:`bench.run`.
 """
@@ -31,7 +29,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -226,32 +223,10 @@ def _drain(e2e: EndToEnd, exporter: Any, total: int) -> tuple[float, dict[str, i
     return seconds, peak
 
 
-def _visible_times(jd: Any, count: int, seen: dict[int, float], done: threading.Event) -> None:
-    """When each latency entry becomes readable (the reader's inotify wake-up)."""
-    from systemd import _reader
-
-    reader = _reader._Reader(0, str(jd.journal_dir))
-    reader.fileno()
-    reader.add_match("SYSLOG_IDENTIFIER=latency")
-    reader.seek_tail()
-    reader._previous()
-    done.set()  # positioned: the caller may start writing
-    while len(seen) < count and done.is_set():
-        reader.wait(200_000)
-        while reader._next():
-            seen[int(reader._get("MESSAGE").split(b"-")[1])] = time.time()
-    reader.close()
-
-
-def _latency(jd: Any, e2e: EndToEnd) -> tuple[list[float], list[float]]:
-    """(entry -> sealed, entry -> readable) for LATENCY_SAMPLES entries at 10/s."""
-    seen: dict[int, float] = {}
-    watching = threading.Event()
-    watcher = threading.Thread(target=_visible_times, args=(jd, LATENCY_SAMPLES, seen, watching))
-    watcher.start()
-    watching.wait(10)
+def _latency(jd: Any, e2e: EndToEnd) -> list[float]:
+    """Entry -> sealed, in seconds, for LATENCY_SAMPLES entries at 10/s."""
     sender = jd.popen(["/usr/bin/python3", "-u", "-c", _SENDER], stdin=subprocess.PIPE)
-    sealed, visible = [], []
+    sealed = []
     try:
         for i in range(LATENCY_SAMPLES):
             began = time.monotonic()
@@ -269,17 +244,12 @@ def _latency(jd: Any, e2e: EndToEnd) -> tuple[list[float], list[float]]:
             now = time.time()
             start = e2e.watch.tail.rfind(b"\n", 0, where) + 1
             stamp = e2e.watch.tail[start:where].split(b" ")[2].decode()
-            written = datetime.fromisoformat(stamp).timestamp()
-            sealed.append(now - written)
-            if i in seen:
-                visible.append(seen[i] - written)
+            sealed.append(now - datetime.fromisoformat(stamp).timestamp())
             time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
     finally:
-        watching.clear()
         sender.stdin.close()
         sender.wait(10)
-        watcher.join(10)
-    return sorted(sealed), sorted(visible)
+    return sorted(sealed)
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -316,15 +286,13 @@ def _memory_rows(peak: dict[str, int], idle: dict[str, int]) -> list[dict[str, A
     ]  # fmt: skip
 
 
-def _latency_rows(sealed: list[float], visible: list[float]) -> list[dict[str, Any]]:
+def _latency_rows(sealed: list[float]) -> list[dict[str, Any]]:
     p99 = _percentile(sealed, 0.99)
     return [
         {"name": "latency p50, journal entry -> sealed", "value": _percentile(sealed, 0.5),
          "unit": "s", "notes": f"10 entries/s, {len(sealed)} samples"},
         {"name": "latency p99, journal entry -> sealed", "value": p99, "unit": "s",
          "bar": "<= 1 s", "ok": p99 <= 1.0},
-        {"name": "latency p50, journal entry -> readable", "value": _percentile(visible, 0.5),
-         "unit": "s", "notes": "journald's own wake-up delay, part of the above"},
     ]  # fmt: skip
 
 
@@ -341,11 +309,11 @@ def _exporter_rows(jd: Any, work: Path, total: int, best: dict[str, Any]) -> lis
         ours["ok"] = ours["ratio"] >= 1.0
         time.sleep(2)
         idle = _status(exporter.pid)
-        sealed, visible = _latency(jd, e2e)
+        sealed = _latency(jd, e2e)
         exporter.stop()
     finally:
         e2e.logvm.kill()
-    return [ours, *_memory_rows(peak, idle), *_latency_rows(sealed, visible)]
+    return [ours, *_memory_rows(peak, idle), *_latency_rows(sealed)]
 
 
 def run(ctx: Any) -> list[dict[str, Any]]:
