@@ -89,3 +89,15 @@ def test_partial_and_overlong_lines(tmp_path, collector, make_exporter):
     assert got[0] == "no newline yet - now complete"
     assert got[1].startswith("y" * 1000) and got[1].endswith("bytes cut]")
     assert collector.records()[2].message == b"after\x00nul"
+
+
+def test_sighup_does_not_kill_the_exporter(tmp_path, collector, make_exporter):
+    # The unit has no reload; a stray SIGHUP is logged and ignored.
+    log = tmp_path / "app.log"
+    _append(log, "before")
+    exporter = _start(tmp_path, collector, make_exporter, str(log))
+    assert _got(collector, 1) == ["before"]
+    exporter.send_signal(signal.SIGHUP)
+    _append(log, "after")
+    assert _got(collector, 2) == ["before", "after"]
+    assert exporter.stop() == 0

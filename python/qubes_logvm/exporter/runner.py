@@ -126,6 +126,11 @@ async def run_exporter(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # A stray SIGHUP (a habit from other daemons) must not kill the exporter;
+    # config changes take a restart, which loses nothing.
+    loop.add_signal_handler(
+        signal.SIGHUP, log.warning, "SIGHUP ignored: restart logvm-exporter to apply config"
+    )
     transport = Transport(
         config.qrexec_command,
         max_lines=config.batch_max_lines,
