@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Debian packages: runtime dependencies (as the products use them) and the
 # real tools the tests drive.
 APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard
-APT_TEST := systemd zstd util-linux rsyslog procps
+APT_TEST := systemd zstd util-linux rsyslog procps groff-base
 APT_BUILD := rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST) $(APT_BUILD)
 
@@ -72,6 +72,7 @@ PRESETDIR ?= $(PREFIX)/lib/systemd/system-preset
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 BINDDIRSDIR ?= $(PREFIX)/lib/qubes-bind-dirs.d
+MANDIR ?= $(PREFIX)/share/man
 QUBESRPCDIR ?= $(SYSCONFDIR)/qubes-rpc
 RPCCONFIGDIR ?= $(SYSCONFDIR)/qubes/rpc-config
 POLICYDIR ?= $(SYSCONFDIR)/qubes/policy.d
@@ -90,6 +91,10 @@ LOGVM_SOCKET := /run/qubes-logvm/logvm.Send.sock
 PYTHON_SITELIB ?= $(shell $(PYTHON) -c 'import sysconfig as s; n = "deb_system" if "deb_system" in s.get_scheme_names() else "posix_prefix"; print(s.get_path("purelib", n, {"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))')
 VERSION := $(shell cat version)
 PKGBUILD := build/pkg
+# Manual pages, installed plain: dh_compress (Debian) and brp-compress (RPM)
+# gzip them as each distribution does.
+MAN1 := man/logvm.1 man/logvm-send.1
+MAN8 := man/logvm-collector.8 man/logvm-exporter.8 man/logvm-rotate.8 man/logvm-witness.8
 D := $(DESTDIR)
 
 .PHONY: install-python install-vm install-dom0 rpm deb srpm-tarball
@@ -112,8 +117,8 @@ install-python:
 	      $(D)$(PYTHON_SITELIB)/qubes_logvm-*.dist-info/REQUESTED
 	rm -rf $(PKGBUILD)/pysrc
 
-# VM side (templates, the LogVM, source qubes): all programs, units, the
-# logvm.Send socket service, bind-dirs, default configs.
+# VM side (templates, the LogVM, source qubes): all programs and their
+# manual pages, units, the logvm.Send socket service, bind-dirs, default configs.
 install-vm: install-python
 	install -d $(D)$(UNITDIR) $(D)$(PRESETDIR) $(D)$(TMPFILESDIR) $(D)$(SYSUSERSDIR) \
 	    $(D)$(BINDDIRSDIR) $(D)$(QUBESRPCDIR) $(D)$(RPCCONFIGDIR) $(D)$(CONFDIR)
@@ -127,9 +132,13 @@ install-vm: install-python
 	install -m 0755 qubes-rpc/logvm.Witness.vm $(D)$(QUBESRPCDIR)/logvm.Witness
 	install -m 0644 rpc-config/logvm.Send $(D)$(RPCCONFIGDIR)/logvm.Send
 	install -m 0644 etc/qubes-logvm/collector.yaml etc/qubes-logvm/exporter.yaml $(D)$(CONFDIR)/
+	install -d $(D)$(MANDIR)/man1 $(D)$(MANDIR)/man8
+	install -m 0644 $(MAN1) $(D)$(MANDIR)/man1/
+	install -m 0644 $(MAN8) $(D)$(MANDIR)/man8/
 
 # dom0 side: the witness service (only the pure core, the witness module and
-# its command: code in dom0 stays small), the policy, the Salt formula.
+# its command and manual page: code in dom0 stays small), the policy, the
+# Salt formula.
 install-dom0:
 	rm -rf $(PKGBUILD)/dom0root
 	$(MAKE) --no-print-directory install-python DESTDIR=$(PKGBUILD)/dom0root
@@ -141,6 +150,7 @@ install-dom0:
 	        $(if $(wildcard python/qubes_logvm/witness/__init__.py),witness) \
 	        $(abspath $(D)$(PYTHON_SITELIB))/qubes_logvm/
 	install -m 0755 $(PKGBUILD)/dom0root$(BINDIR)/logvm-witness $(D)$(BINDIR)/logvm-witness
+	install -D -m 0644 man/logvm-witness.8 $(D)$(MANDIR)/man8/logvm-witness.8
 	rm -rf $(PKGBUILD)/dom0root
 	install -m 0755 qubes-rpc/logvm.Witness $(D)$(QUBESRPCDIR)/logvm.Witness
 	# dom0's qrexec services run as the dom0 user, a member of group qubes.

@@ -21,6 +21,7 @@ VERSION = (REPO / "version").read_text(encoding="ascii").strip()
 SOCKET_PATH = "/run/qubes-logvm/logvm.Send.sock"
 # Documentation goes through %doc / dh_installdocs, not the Makefile.
 DOC_PREFIXES = ("/usr/share/doc/", "/usr/share/lintian/")
+MAN_PREFIX = "/usr/share/man/"
 
 # A file list entry: (kind, mode, symlink target); lists are compared as
 # {path: entry}, so a missing file, a wrong mode (a qrexec service without
@@ -116,6 +117,14 @@ def without_docs(entries: dict[str, Entry]) -> dict[str, Entry]:
     return {p: e for p, e in entries.items() if not p.startswith(DOC_PREFIXES)}
 
 
+def as_packaged(entries: dict[str, Entry]) -> dict[str, Entry]:
+    """Staged entries as a package holds them: the Makefile installs manual
+    pages plain, dh_compress and brp-compress gzip them."""
+    return {
+        (p + ".gz" if p.startswith(MAN_PREFIX) else p): e for p, e in without_docs(entries).items()
+    }
+
+
 def rpm_files(rpm: Path) -> dict[str, Entry]:
     """An RPM's files and symlinks (no directories, no docs) as staged entries."""
     return without_docs(
@@ -143,6 +152,15 @@ COMMANDS = (
     "logvm-send",
     "logvm-witness",
 )
+# Each command's manual page (section 1: for users, 8: daemons and dom0).
+MAN_PAGES = {
+    "logvm": "man1/logvm.1",
+    "logvm-collector": "man8/logvm-collector.8",
+    "logvm-exporter": "man8/logvm-exporter.8",
+    "logvm-rotate": "man8/logvm-rotate.8",
+    "logvm-send": "man1/logvm-send.1",
+    "logvm-witness": "man8/logvm-witness.8",
+}
 DEB_SITELIB = "/usr/lib/python3/dist-packages"
 # The arguments debian/rules gives install-vm (bookworm keeps units in /lib).
 DEBIAN_INSTALL_ARGS = (
@@ -175,6 +193,8 @@ def check_vm_files(host: testinfra.host.Host, root: str, unitdir: str, sitelib: 
         binary = host.file(f"{root}/usr/bin/{command}")
         assert binary.is_file and binary.mode == 0o755 and binary.user == "root"
         assert binary.content_string.startswith("#!/usr/bin/python3")
+        page = host.file(f"{root}{MAN_PREFIX}{MAN_PAGES[command]}.gz")
+        assert page.is_file and page.mode == 0o644
     for unit in UNITS:
         text = host.file(f"{root}{unitdir}/{unit}").content_string
         assert f"ConditionPathExists=/run/qubes-service/{GATES[unit]}\n" in text
