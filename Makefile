@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # real tools the tests drive.
 APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard
 APT_TEST := systemd zstd util-linux rsyslog procps groff-base
-APT_BUILD := rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
+APT_BUILD := build-essential rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST) $(APT_BUILD)
 
 .PHONY: all deps venv lint typecheck pytest test demo bench clean
