@@ -2,7 +2,6 @@
 
 import io
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +13,10 @@ from qubes_logvm.core.records import format_timestamp, line_record, note_record
 from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
-from support.storebuilder import Built, build_store
+from support.storebuilder import Built
 from support.tamper import ATTACKS, hostile_escape, other_key
 
 LOGVM = Path(sys.executable).with_name("logvm")
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return build_store(tmp_path_factory.mktemp("pristine") / "store")
-
-
-@pytest.fixture
-def store(pristine: Built, tmp_path: Path) -> Built:
-    root = tmp_path / "store"
-    shutil.copytree(pristine.root, root)
-    return Built(root, pristine.key)
 
 
 @pytest.fixture

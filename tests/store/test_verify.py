@@ -8,20 +8,8 @@ import pytest
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.store.verify import ERROR, WARNING, Finding, verify_store
 from qubes_logvm.store.writer import Store
-from support.storebuilder import Built, build_store
+from support.storebuilder import Built
 from support.tamper import ATTACKS, Expect, open_segment_truncated_seals, other_key
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return build_store(tmp_path_factory.mktemp("pristine") / "store")
-
-
-@pytest.fixture
-def store(pristine: Built, tmp_path: Path) -> Built:
-    root = tmp_path / "store"
-    shutil.copytree(pristine.root, root)
-    return Built(root, pristine.key)
 
 
 def pointed_at(findings: list[Finding], expect: Expect) -> bool:

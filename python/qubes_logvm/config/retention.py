@@ -15,10 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from ..core.errors import ConfigError, InvalidQubeName
 from ..core.names import validate_qube_name
 from .schema import Section, load_yaml_files
+
+_T = TypeVar("_T", int, float)
 
 #: The top-level keys of collector.yaml that belong to this module.
 RETENTION_KEYS = ("segment", "quota", "classes", "global", "retention", "compress")
@@ -63,24 +66,30 @@ def class_of(cfg: RetentionConfig, qube: str) -> str | None:
     return None
 
 
-def quota_for(cfg: RetentionConfig, qube: str) -> int:
-    """Bytes a qube may keep: by name, else by class, else the default."""
-    if qube in cfg.quota_qubes:
-        return cfg.quota_qubes[qube]
+def _per_qube(
+    cfg: RetentionConfig,
+    qube: str,
+    by_name: Mapping[str, _T],
+    by_class: Mapping[str, _T],
+    default: _T,
+) -> _T:
+    """A per-qube setting: by name, else by the qube's class, else the default."""
+    if qube in by_name:
+        return by_name[qube]
     klass = class_of(cfg, qube)
-    if klass is not None and klass in cfg.quota_classes:
-        return cfg.quota_classes[klass]
-    return cfg.quota_default
+    if klass is not None and klass in by_class:
+        return by_class[klass]
+    return default
+
+
+def quota_for(cfg: RetentionConfig, qube: str) -> int:
+    """Bytes a qube may keep."""
+    return _per_qube(cfg, qube, cfg.quota_qubes, cfg.quota_classes, cfg.quota_default)
 
 
 def max_age_for(cfg: RetentionConfig, qube: str) -> float:
     """Seconds a closed segment of the qube is kept (0: forever)."""
-    if qube in cfg.max_age_qubes:
-        return cfg.max_age_qubes[qube]
-    klass = class_of(cfg, qube)
-    if klass is not None and klass in cfg.max_age_classes:
-        return cfg.max_age_classes[klass]
-    return cfg.max_age_default
+    return _per_qube(cfg, qube, cfg.max_age_qubes, cfg.max_age_classes, cfg.max_age_default)
 
 
 # -- parsing -----------------------------------------------------------------
