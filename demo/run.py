@@ -368,8 +368,9 @@ class Story(Demo):
         )
         say(
             "The escape sequences arrive as harmless text: the exporter wrote the ESC byte as "
-            "\\x1b (a record is always one line of printable text) and the store escapes every "
-            "backslash a qube sends as \\\\, hence \\\\x1b; both steps are reversible. The "
+            "\\x1b (a record is always one line of printable text); the store escapes again "
+            "whatever a qube sends (its file holds \\\\x1b), and `logvm show` undoes that "
+            "layer for reading and escapes anything unprintable on output. The "
             f"long line was cut at {MAX_LINE} bytes and ends with the collector's marker saying "
             "how many bytes were cut:"
         )
