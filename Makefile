@@ -9,6 +9,10 @@ PYTHON_SYS ?= /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Each checkout its own pytest base directory, so that parallel runs from
+# two checkouts never share (and wipe) /tmp/pytest-of-root. Short: Unix
+# socket paths under it are limited to 108 bytes.
+BASETEMP ?= /tmp/pytest-logvm-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8)
 
 # Debian packages: runtime dependencies (as the products use them) and the
 # real tools the tests drive.
@@ -44,7 +48,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 pytest: venv
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --basetemp=$(BASETEMP) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
