@@ -16,6 +16,7 @@ from qubes_logvm.core.records import Record, parse_record
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.verify import verify_store
+from support.qrexec import QUBES_GID
 
 COLLECTOR = Path(sys.executable).parent / "logvm-collector"
 
@@ -39,8 +40,9 @@ class Collector:
         self.vkey = ""
 
     def write_config(self, config: dict[str, Any]) -> None:
-        """Write the YAML config file the collector reads."""
-        self.config_path.write_text(yaml.safe_dump(config))
+        """Write the YAML config file the collector reads (with the test's
+        group ``qubes`` as ``allowed_group`` unless it names one)."""
+        self.config_path.write_text(yaml.safe_dump({"allowed_group": QUBES_GID, **config}))
 
     def start(self, timeout: float = 15.0) -> "Collector":
         """Start and wait until the socket accepts connections."""

@@ -140,11 +140,11 @@ def test_dom0_form_of_descriptor_is_accepted(collector: Collector) -> None:
 @pytest.mark.timeout(60)
 def test_other_uid_is_refused(start_collector: Callable[..., Collector]) -> None:
     # Tests run as root; allowing only another uid shows the peer check.
-    collector = start_collector({"allowed_uids": [4242]})
+    collector = start_collector({"allowed_uids": [4242], "allowed_group": None})
     assert send(collector.socket, "work", b"x\n") == []
     assert StoreLayout(collector.store).qubes() == []
     assert "uid 0" in collector.stderr()
 
 
-def test_socket_mode_is_0600(collector: Collector) -> None:
-    assert Path(collector.socket).stat().st_mode & 0o777 == 0o600
+def test_socket_mode_is_0660(collector: Collector) -> None:
+    assert Path(collector.socket).stat().st_mode & 0o777 == 0o660

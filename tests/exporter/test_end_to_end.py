@@ -5,7 +5,7 @@ from collector.helpers import Collector, make_store, sent_lines, verify_errors
 from exporter.helpers import wait_for, write_config
 
 from qubes_logvm.exporter.record import parse_record
-from support.qrexec import World
+from support.qrexec import SOCKET_PEERS, World
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -20,9 +20,15 @@ def logvm(tmp_path):
     collector.kill()
 
 
-def _world(tmp_path, logvm):
+@pytest.fixture(params=sorted(SOCKET_PEERS))
+def socket_peer(request):
+    """qrexec reaches the collector as root or as the LogVM's default user."""
+    return SOCKET_PEERS[request.param]
+
+
+def _world(tmp_path, logvm, peer=None):
     world = World(tmp_path / "world")
-    world.add_qube("sys-log")
+    world.add_qube("sys-log", socket_peer=peer)
     world.add_qube("work")
     world.link_socket_service("sys-log", "logvm.Send", logvm.socket)
     return world
@@ -47,8 +53,10 @@ def _exporter(tmp_path, world, journald, make_exporter, qube="work"):
     return exporter
 
 
-def test_journal_to_sealed_store_through_policy(tmp_path, journald, logvm, make_exporter):
-    world = _world(tmp_path, logvm)
+def test_journal_to_sealed_store_through_policy(
+    tmp_path, journald, logvm, make_exporter, socket_peer
+):
+    world = _world(tmp_path, logvm, socket_peer)
     exporter = _exporter(tmp_path, world, journald, make_exporter).start()
     entries = [{"MESSAGE": f"e {i}\nsecond line", "SYSLOG_IDENTIFIER": "e2e", "PRIORITY": 5}
                for i in range(1000)]  # fmt: skip

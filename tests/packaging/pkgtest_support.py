@@ -206,7 +206,8 @@ def check_vm_files(host: testinfra.host.Host, root: str, unitdir: str, sitelib: 
             assert not directives & hiding, unit
             assert "KillMode=mixed\n" in text
     socket = host.file(f"{root}{unitdir}/logvm-collector.socket").content_string
-    assert f"ListenStream={SOCKET_PATH}\n" in socket and "SocketMode=0600\n" in socket
+    assert f"ListenStream={SOCKET_PATH}\n" in socket and "SocketMode=0660\n" in socket
+    assert "SocketUser=root\n" in socket and "SocketGroup=qubes\n" in socket
     collector = host.file(f"{root}{unitdir}/logvm-collector.service").content_string
     assert "User=qubes-logvm\n" in collector
     bind = host.file(f"{root}/usr/lib/qubes-bind-dirs.d/40_qubes-logvm.conf")

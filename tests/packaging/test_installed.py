@@ -171,7 +171,8 @@ def test_deb_installed_default_configs_are_valid(installed: Path) -> None:
 def collector_as_systemd_would() -> Iterator[subprocess.Popen[bytes]]:
     """The installed collector, started the way logvm-collector.socket/.service do.
 
-    Root creates the listening socket (SocketMode=0600, owned by root) and
+    Root creates the listening socket (0600 here: this machine has no group
+    qubes, so the daemon warns that allowed_group is missing) and
     hands it over as fd 3 with LISTEN_FDS/LISTEN_PID; the daemon runs as the
     package's system user with the installed defaults (store, config).
     """

@@ -26,6 +26,14 @@ The world file format (``version`` 1)::
                         "default_dispvm": null, "template_for_dispvms": false,
                         "root": "/…/roots/work", "env": {}}}}
 
+``socket_peer`` says as whom the target's qrexec agent connects to a socket
+service: null for root (the agent itself), or the qube's default user
+``{"uid": U, "gid": G, "groups": [...]}`` (a member of group ``qubes``) as
+the default user's ``qrexec-fork-server`` does once a GUI session runs
+(qubes-core-qrexec ``agent/qrexec-agent.c`` ``try_fork_server``;
+``doc/execution.rst``: "always made as root or as the default user. Which one
+is used is unspecified"). Tests run both: see :data:`SOCKET_PEERS`.
+
 ``descriptor_plus`` true reproduces current qrexec, where dom0 appends ``+``
 to an argument-less service name (qrexec-daemon.c, "pretend that an empty
 argument was provided"), so a socket service sees ``logvm.Send+ work\\0``;
@@ -52,6 +60,14 @@ WORLD_ENV = "QREXEC_FAKE_WORLD"
 SOURCE_ENV = "QREXEC_FAKE_SOURCE"
 SERVICE_DIRS = ("run/qubes-rpc", "usr/local/etc/qubes-rpc", "etc/qubes-rpc")
 RPC_CONFIG_DIRS = ("usr/local/etc/qubes/rpc-config", "etc/qubes/rpc-config")
+#: The test stand-in for group ``qubes`` and the qube's default user ``user``
+#: (numeric only: no passwd or group entries are needed to hold them).
+QUBES_GID = 61001
+DEFAULT_USER: dict[str, Any] = {"uid": 61000, "gid": 61000, "groups": [QUBES_GID]}
+#: Another local user of the target qube, not in group ``qubes``.
+OTHER_USER: dict[str, Any] = {"uid": 61002, "gid": 61002, "groups": []}
+#: The two ways real qrexec reaches a socket service, by name (for parametrize).
+SOCKET_PEERS: dict[str, dict[str, Any] | None] = {"root": None, "default-user": DEFAULT_USER}
 QUBE_TYPES = frozenset({"AdminVM", "AppVM", "DispVM", "TemplateVM", "StandaloneVM"})
 
 
@@ -71,6 +87,7 @@ class Qube:
     default_dispvm: str | None = None
     template_for_dispvms: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    socket_peer: dict[str, Any] | None = None
 
     def info(self) -> QubeInfo:
         """The policy's view of this qube."""
@@ -147,12 +164,27 @@ class World:
         """Make ``etc/qubes-rpc/SERVICE`` in ``qube`` a symlink to ``socket_path``.
 
         The shape Qubes recommends for daemons: the socket lives elsewhere
-        (it need not exist yet) and the service name links to it.
+        (it need not exist yet) and the service name links to it. Both
+        paths are made reachable for a default-user peer.
         """
         link = self.qubes[qube].rpc_dir / service
         link.unlink(missing_ok=True)
         link.symlink_to(socket_path)
+        self.reachable_by_everyone(link)
+        if socket_path.parent.exists():
+            self.reachable_by_everyone(socket_path)
         return link
+
+    def reachable_by_everyone(self, path: Path) -> None:
+        """Give every directory above ``path`` search permission (``o+x``).
+
+        A socket under pytest's 0700 temporary directories cannot be reached
+        by a non-root peer; ``/run/qubes-logvm`` is 0755 on a real LogVM.
+        """
+        for directory in [path.parent, *path.parent.parents]:
+            mode = directory.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
 
     def add_executable_service(self, qube: str, service: str, script: str) -> Path:
         """Write an executable service (a script with its own ``#!`` line)."""

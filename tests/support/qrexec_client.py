@@ -36,7 +36,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from support.qrexec import (
     RPC_CONFIG_DIRS,
@@ -214,6 +214,15 @@ def _parse_rpc_config(path: Path) -> dict[str, str]:
     return config
 
 
+def become(peer: Mapping[str, Any] | None) -> None:
+    """Connect as root (None) or drop to the default user, as the fork server runs."""
+    if peer is None:
+        return
+    os.setgroups([int(g) for g in peer["groups"]])
+    os.setgid(int(peer["gid"]))
+    os.setuid(int(peer["uid"]))
+
+
 def run_socket_service(
     path: Path, descriptor: bytes | None, config: Mapping[str, str], stdin: IO[bytes]
 ) -> int:
@@ -372,6 +381,7 @@ def connect(world_path: Path, world: World, source: str, call: Call) -> int:
         config = load_rpc_config(target.root, command.split(" ")[0])
         skip = config.get("skip-service-descriptor") in ("true", "1")
         descriptor = None if skip else command.encode("ascii") + b"\0"
+        become(target.socket_peer)
         return run_socket_service(path, descriptor, config, sys.stdin.buffer)
     return run_executable_service(path, target, source, command)
 

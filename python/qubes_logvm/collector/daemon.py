@@ -33,6 +33,7 @@ from ..store.keystate import setup_keys
 from ..store.layout import DEFAULT_STORE, StoreLayout
 from ..store.retention import plan_deletions
 from ..store.writer import Store
+from .peers import resolve_group
 from .qubewriter import Shared
 from .server import Server, bind_socket
 
@@ -72,7 +73,7 @@ def sd_notify(message: str) -> None:
             log.warning("cannot notify systemd: %s", err)
 
 
-def _listening_socket(path: Path) -> socket.socket:
+def _listening_socket(path: Path, config: CollectorConfig) -> socket.socket:
     fds = sd_listen_fds()
     if fds:
         sock = socket.socket(fileno=fds[0])
@@ -82,7 +83,7 @@ def _listening_socket(path: Path) -> socket.socket:
         return sock
     path.parent.mkdir(parents=True, exist_ok=True)
     log.info("listening on %s", path)
-    return bind_socket(path)
+    return bind_socket(path, resolve_group(config.allowed_group))
 
 
 class Daemon:
@@ -265,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_collector_config(*args.config)
         first_start(args.store, config)
         daemon = Daemon(args.store, config, args.config)
-        sock = _listening_socket(args.socket)
+        sock = _listening_socket(args.socket, config)
         asyncio.run(daemon.run(sock))
     except LogvmError as err:
         print(f"logvm-collector: error: {err}", file=sys.stderr)

@@ -1,17 +1,17 @@
 """The listening socket and one protocol object per connection.
 
-Trust side: the peer is the qrexec agent (root), relaying a source qube. The
-agent writes the service descriptor ``logvm.Send <source>\\0``; everything
-after it is the qube's untrusted data. A connection from any other user is
-refused before a byte is read (otherwise any local process could pose as any
-qube). The descriptor is read with a byte limit and a timeout.
+Trust side: the peer is the qrexec agent, as root or as the default user
+(see :mod:`.peers`), relaying a source qube. The agent writes the service
+descriptor ``logvm.Send <source>\\0``; everything after it is the qube's
+untrusted data. A connection from any other user is refused before a byte is
+read (otherwise any local process could pose as any qube). The descriptor is
+read with a byte limit and a timeout.
 """
 
 import asyncio
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,23 +20,19 @@ from ..core.errors import LogvmError, ProtocolError
 from ..core.names import MAX_DESCRIPTOR_BYTES, parse_service_descriptor
 from ..core.records import format_timestamp
 from .lines import LineSplitter
+from .peers import peer_of, peer_policy
 from .qubewriter import Feed, QubeWriter, Shared
 
 log = logging.getLogger(__name__)
 
 #: Connections still sending their descriptor, beyond max_connections.
 DESCRIPTOR_SLACK = 64
-_PEERCRED = struct.Struct("3i")
 
 
-def peer_uid(sock: socket.socket) -> int:
-    """The user id of a Unix socket's peer (SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    return int(_PEERCRED.unpack(raw)[1])
-
-
-def bind_socket(path: Path) -> socket.socket:
-    """Bind a listening socket at ``path``, mode 0600 from the start."""
+def bind_socket(path: Path, gid: int | None) -> socket.socket:
+    """Bind a listening socket at ``path``: mode 0600 from the start, then
+    ``root:GROUP 0660`` as the systemd unit makes it (owner unchanged when not
+    run as root)."""
     try:
         if path.is_socket():
             path.unlink()
@@ -51,6 +47,15 @@ def bind_socket(path: Path) -> socket.socket:
         raise LogvmError(f"{path}: cannot listen: {err.strerror}") from err
     finally:
         os.umask(old_umask)
+    if gid is not None:
+        try:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+        except OSError as err:
+            sock.close()
+            raise LogvmError(
+                f"{path}: cannot give the socket to gid {gid}: {err.strerror}"
+            ) from err
     sock.listen(128)
     return sock
 
@@ -79,9 +84,12 @@ class Connection(asyncio.Protocol, Feed):
         assert isinstance(transport, asyncio.Transport)  # noqa: S101 (stream server)
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        uid = peer_uid(sock) if sock is not None else -1
-        if uid not in self.server.shared.config.allowed_uids:
-            log.warning("refused a connection from uid %d (only qrexec may connect)", uid)
+        config = self.server.shared.config
+        policy = peer_policy(config.allowed_uids, config.allowed_group)
+        peer = peer_of(sock) if sock is not None else None
+        if peer is None or not policy.admits(peer):
+            who = peer.describe() if peer is not None else "an unknown peer"
+            log.warning("refused a connection from %s (only qrexec may connect)", who)
             transport.abort()
             return
         if self.server.count >= self.server.shared.config.max_connections + DESCRIPTOR_SLACK:

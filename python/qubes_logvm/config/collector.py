@@ -57,6 +57,7 @@ class CollectorConfig:
     max_connections: int = 256
     max_connections_per_qube: int = 8
     allowed_uids: tuple[int, ...] = (0,)
+    allowed_group: str | int | None = "qubes"
     descriptor_timeout: float = 10.0
     pending_bytes: int = 1 << 20
     housekeeping_seconds: float = 5.0
@@ -105,6 +106,15 @@ def _witness(section: Section) -> WitnessConfig:
     return config
 
 
+def _group(value: object) -> str | int | None:
+    """``allowed_group``: a group name, a gid, or null (root only)."""
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"allowed_group: expected a group name, a gid or null, got {value!r:.60}")
+
+
 def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
     """Validate merged YAML data (ConfigError names a wrong or unknown key)."""
     top = Section(data, "")
@@ -119,6 +129,7 @@ def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
         max_connections=top.integer("max_connections", 256, minimum=1),
         max_connections_per_qube=top.integer("max_connections_per_qube", 8, minimum=1),
         allowed_uids=tuple(uids),
+        allowed_group=_group(top.raw("allowed_group", "qubes")),
         descriptor_timeout=top.duration("descriptor_timeout", 10.0),
         pending_bytes=top.size("pending_bytes", "1M"),
         housekeeping_seconds=top.duration("housekeeping_seconds", 5.0),
