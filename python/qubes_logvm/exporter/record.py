@@ -16,23 +16,28 @@ Every field goes through :func:`qubes_logvm.core.escape.escape`, so no
 record holds a control character or newline; token fields additionally
 escape space, TAB, ``[``, ``]`` and ``:`` as ``\\xHH`` so that splitting is
 unambiguous. Trust side: pure formatting of the qube's own (untrusted) log
-data; :func:`parse_record` is strict.
+data; parsing is :mod:`qubes_logvm.core.sender_record` (readers use it too).
 """
 
 import re
 import time
-from dataclasses import dataclass
 
-from ..core.escape import escape, unescape
+from ..core.escape import escape
+from ..core.sender_record import SEVERITIES, ParsedRecord, parse_record
 
-SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+__all__ = [
+    "SEVERITIES",
+    "ParsedRecord",
+    "TimeFormatter",
+    "format_record",
+    "parse_record",
+    "severity_name",
+    "severity_number",
+    "token",
+]
+
 _SEVERITY_BYTES = [s.encode("ascii") for s in SEVERITIES]
 _TOKEN_EXTRA = re.compile(rb"[ \t\[\]:]")
-_RECORD = re.compile(
-    rb"(\S+) (\S+) (emerg|alert|crit|err|warning|notice|info|debug|-) (\S+) "
-    rb"([^ \[\]:]+)(?:\[([0-9]{1,10})\])?: (.*)",
-    re.DOTALL,
-)
 
 
 def severity_name(priority: int | None) -> bytes:
@@ -95,37 +100,3 @@ def format_record(
     if pid is not None and 0 <= pid < 10**10:
         head += b"[%d]" % pid
     return b"%s: %s\n" % (head, escape(untrusted_message))
-
-
-@dataclass(frozen=True)
-class ParsedRecord:
-    """A record split into its fields (values unescaped)."""
-
-    time: str
-    host: str
-    priority: str
-    unit: str
-    ident: str
-    pid: int | None
-    message: bytes
-
-
-def _untoken(value: bytes) -> str:
-    return "" if value == b"-" else unescape(value).decode("utf-8", "replace")
-
-
-def parse_record(line: bytes) -> ParsedRecord:
-    """Split a record line (without newline); raise ValueError if malformed."""
-    match = _RECORD.fullmatch(line)
-    if match is None:
-        raise ValueError("not an exporter record")
-    pid = match.group(6)
-    return ParsedRecord(
-        time=match.group(1).decode("ascii", "replace"),
-        host=_untoken(match.group(2)),
-        priority=match.group(3).decode("ascii"),
-        unit=_untoken(match.group(4)),
-        ident=_untoken(match.group(5)),
-        pid=int(pid) if pid is not None else None,
-        message=unescape(match.group(7)),
-    )

@@ -1,0 +1,62 @@
+"""The exporter's record line, as a reader parses it (floor 1).
+
+Specified in docs/protocol.md, "Exporter record format"; written by
+:func:`qubes_logvm.exporter.record.format_record`::
+
+    <time> <host> <priority> <unit> <ident>[<pid>]: <message>
+
+Every field is the sender's claim: the LogVM never checks a qube's clock,
+hostname, unit or pid. Trust side: parses untrusted text strictly; a line
+that does not match is not a record (callers show it as a plain message).
+"""
+
+import re
+from dataclasses import dataclass
+
+from .escape import unescape
+
+SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+_RECORD = re.compile(
+    rb"(\S+) (\S+) (emerg|alert|crit|err|warning|notice|info|debug|-) (\S+) "
+    rb"([^ \[\]:]+)(?:\[([0-9]{1,10})\])?: (.*)",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """A record split into its fields (values unescaped)."""
+
+    time: str
+    host: str
+    priority: str
+    unit: str
+    ident: str
+    pid: int | None
+    message: bytes
+
+    @property
+    def severity(self) -> int | None:
+        """The priority as a number 0..7 (None: ``-``, unknown)."""
+        return SEVERITIES.index(self.priority) if self.priority in SEVERITIES else None
+
+
+def _untoken(value: bytes) -> str:
+    return "" if value == b"-" else unescape(value).decode("utf-8", "replace")
+
+
+def parse_record(line: bytes) -> ParsedRecord:
+    """Split a record line (without newline); raise ValueError if malformed."""
+    match = _RECORD.fullmatch(line)
+    if match is None:
+        raise ValueError("not an exporter record")
+    pid = match.group(6)
+    return ParsedRecord(
+        time=match.group(1).decode("ascii", "replace"),
+        host=_untoken(match.group(2)),
+        priority=match.group(3).decode("ascii"),
+        unit=_untoken(match.group(4)),
+        ident=_untoken(match.group(5)),
+        pid=int(pid) if pid is not None else None,
+        message=unescape(match.group(7)),
+    )

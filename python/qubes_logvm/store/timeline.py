@@ -1,0 +1,299 @@
+"""Records of several qubes as one timeline: filters, merge, newest first (floor 2).
+
+The reading API the ``logvm`` CLI and the GUI share:
+
+- :func:`resolve_qubes`: qube names, globs or all of them;
+- :class:`Query`: the filters (receive-time window, priorities, unit,
+  identifier, session, a pattern on the unescaped text);
+- :func:`entries`: one qube's matching entries in store order;
+- :func:`merged`: several qubes merged by receive time (``heapq.merge``);
+- :func:`newest`: the last N matching entries, read from the newest
+  segments backwards (never the whole store);
+- :class:`Follower`: entries appended since the last poll.
+
+Each :class:`Entry` is a stored line understood by
+:func:`qubes_logvm.core.entries.classify` plus where it was found. Trust
+side: segments may have been edited by an intruder; nothing here trusts a
+line's syntax, and printing callers must still make text terminal-safe.
+Within a segment receive times never decrease (the collector's clock is
+monotonic per qube), which the time window's bisection relies on; a line
+without a valid stamp sorts with the last valid stamp before it.
+"""
+
+import collections
+import fnmatch
+import heapq
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ..core.entries import Understood, classify
+from ..core.errors import StoreError
+from .layout import SegmentFiles, StoreLayout
+from .reader import StoredLine, first_stamp, iter_segment
+from .tail import SegmentTail, blocks_backwards, lines_from, since_offset
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored line of one qube, understood."""
+
+    qube: str  # the LogVM's word: the qrexec source name
+    segment: int
+    line: int  # 1-based line number in the segment
+    session: str  # the session token of the segment's segment-start note ("" unknown)
+    when: bytes  # receive time, or the last valid one before a malformed line
+    what: Understood
+    stored: StoredLine
+
+    def __lt__(self, other: "Entry") -> bool:
+        return (self.when, self.qube) < (other.when, other.qube)
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which entries to show. Times are stored stamps (bytes), both inclusive."""
+
+    since: bytes | None = None
+    until: bytes | None = None
+    severities: frozenset[int] | None = None  # None: any, including unknown
+    units: tuple[str, ...] = ()  # globs on the sender's unit (``sshd`` = ``sshd.service``)
+    identifiers: tuple[str, ...] = ()  # exact syslog identifiers
+    session: str | None = None
+    pattern: "re.Pattern[str] | None" = None  # on the unescaped message
+
+    def matches(self, entry: Entry) -> bool:
+        """True when the entry passes every filter."""
+        what = entry.what
+        if not self._in_window(entry.when):
+            return False
+        if self.severities is not None and what.severity not in self.severities:
+            return False
+        if self.session is not None and entry.session != self.session:
+            return False
+        if (self.units or self.identifiers) and not self._sender_matches(what):
+            return False
+        if self.pattern is not None:
+            text = what.message.decode("utf-8", "replace")
+            if self.pattern.search(text) is None:
+                return False
+        return True
+
+    def _in_window(self, when: bytes) -> bool:
+        if self.since is not None and when < self.since:
+            return False
+        return self.until is None or not when or when <= self.until
+
+    def _sender_matches(self, what: Understood) -> bool:
+        sender = what.sender
+        if sender is None:
+            return False
+        if self.units and not any(_unit_matches(g, sender.unit) for g in self.units):
+            return False
+        return not self.identifiers or sender.ident in self.identifiers
+
+    def skips_segment(self, segment: SegmentFiles, next_first: bytes | None) -> bool:
+        """True when the segment cannot hold a matching entry (cheap checks).
+
+        ``next_first``: the first stamp of the qube's next segment, an upper
+        bound of this one's last (receive times never decrease in a qube).
+        """
+        if self.since is not None and next_first is not None and next_first < self.since:
+            return True
+        if self.until is not None:
+            first = first_stamp(segment)
+            if first is not None and first > self.until:
+                return True
+        return self.session is not None and segment_session(segment) != self.session
+
+
+def _unit_matches(pattern: str, unit: str) -> bool:
+    if fnmatch.fnmatchcase(unit, pattern):
+        return True
+    return "." not in pattern and fnmatch.fnmatchcase(unit, pattern + ".service")
+
+
+def resolve_qubes(layout: StoreLayout, specs: Sequence[str], *, every: bool = False) -> list[str]:
+    """Qube names from names and globs (``every``: all qubes in the store).
+
+    A glob may match nothing; a plain name is returned even when absent
+    (``show`` refuses it, ``follow`` waits for it).
+    """
+    known = layout.qubes()
+    if every:
+        return list(known)
+    chosen: list[str] = []
+    for spec in specs:
+        if any(c in spec for c in "*?["):
+            found = [q for q in known if fnmatch.fnmatchcase(q, spec)]
+        else:
+            found = [spec]
+        chosen.extend(q for q in found if q not in chosen)
+    return chosen
+
+
+def segment_session(segment: SegmentFiles) -> str:
+    """The session token of the segment's ``segment-start`` note ("" if none)."""
+    head = next(iter_segment_head(segment), None)
+    if head is None:
+        return ""
+    what = classify(head.data)
+    return what.note_fields().get("session", "") if what.event == "segment-start" else ""
+
+
+def iter_segment_head(segment: SegmentFiles) -> Iterator[StoredLine]:
+    """The segment's first line only (bounded read)."""
+    if segment.log is None:
+        return iter(())
+    return lines_from(segment, 0, 1, limit=1)
+
+
+def _understood(
+    segment: SegmentFiles, session: str, lines: Iterable[StoredLine], last: bytes
+) -> Iterator[Entry]:
+    for stored in lines:
+        what = classify(stored.data)
+        if what.stamp:
+            last = what.stamp
+        yield Entry(segment.qube, segment.seq, stored.number, session, last, what, stored)
+
+
+def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Iterator[Entry]:
+    """One qube's matching entries, segments in order (plain and compressed)."""
+    chosen = query or Query()
+    segments = [s for s in layout.segments(qube) if s.log is not None]
+    firsts = [first_stamp(s) for s in segments[1:]] + [None]
+    for segment, next_first in zip(segments, firsts, strict=True):
+        if chosen.skips_segment(segment, next_first):
+            continue
+        session = segment_session(segment)
+        lines: Iterable[StoredLine]
+        if chosen.since is not None and not segment.compressed:
+            offset, number = since_offset(segment, chosen.since)
+            lines = lines_from(segment, offset, number)
+        else:
+            lines = iter_segment(segment)
+        for entry in _understood(segment, session, lines, b""):
+            if chosen.until is not None and entry.when > chosen.until:
+                return  # times never decrease: nothing later can match
+            if chosen.matches(entry):
+                yield entry
+
+
+def merged(
+    layout: StoreLayout, qubes: Sequence[str], query: Query | None = None
+) -> Iterator[Entry]:
+    """Several qubes' entries as one timeline, by receive time."""
+    if len(qubes) == 1:
+        return entries(layout, qubes[0], query)
+    return iter(heapq.merge(*(entries(layout, q, query) for q in qubes)))
+
+
+def newest(
+    layout: StoreLayout, qubes: Sequence[str], count: int, query: Query | None = None
+) -> list[Entry]:
+    """The last ``count`` matching entries of the qubes, oldest first."""
+    if count <= 0:
+        return []
+    chosen = query or Query()
+    # Merged as merged() merges, so both agree on the order of equal times.
+    found = heapq.merge(*(_newest_of(layout, q, count, chosen) for q in qubes))
+    return list(found)[-count:]
+
+
+def _newest_of(layout: StoreLayout, qube: str, count: int, query: Query) -> list[Entry]:
+    picked: list[Entry] = []
+    segments = [s for s in layout.segments(qube) if s.log is not None]
+    for segment in reversed(segments):
+        first = first_stamp(segment) or b""
+        if query.until is not None and first > query.until:
+            continue
+        if query.session is not None and segment_session(segment) != query.session:
+            continue
+        picked = _newest_in(segment, count - len(picked), query) + picked
+        if len(picked) >= count or (query.since is not None and first < query.since):
+            break  # enough, or older segments are before the window
+    return picked
+
+
+def _newest_in(segment: SegmentFiles, count: int, query: Query) -> list[Entry]:
+    """The last ``count`` matching entries of one segment."""
+    session = segment_session(segment)
+    if segment.compressed:
+        kept = collections.deque(
+            (
+                e
+                for e in _understood(segment, session, iter_segment(segment), b"")
+                if query.matches(e)
+            ),
+            maxlen=count,
+        )
+        return list(kept)
+    picked: list[Entry] = []
+    for block in blocks_backwards(segment):
+        here = [e for e in _understood(segment, session, block, b"") if query.matches(e)]
+        picked = here + picked
+        if len(picked) >= count:
+            return picked[-count:]
+        if query.since is not None and block and (block[0].stamp or b"~") < query.since:
+            break
+    return picked
+
+
+@dataclass
+class Follower:
+    """New entries of some qubes as they are appended (polling, no inotify)."""
+
+    layout: StoreLayout
+    qubes: Sequence[str]
+    query: Query = field(default_factory=Query)
+    _tails: dict[str, SegmentTail] = field(default_factory=dict)
+    _seq: dict[str, int] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Begin at the current end of every qube (what exists is history)."""
+        for qube in self.qubes:
+            segments = [s for s in self.layout.segments(qube) if s.log is not None]
+            self._seq[qube] = segments[-1].seq if segments else 0
+            if segments and not segments[-1].compressed:
+                self._tails[qube] = SegmentTail(segments[-1], at_end=True)
+
+    def missing(self) -> list[str]:
+        """Qubes that do not exist (yet) in the store."""
+        return [q for q in self.qubes if not self.layout.qube_dir(q).is_dir()]
+
+    def poll(self) -> list[Entry]:
+        """Entries that arrived since the last poll, by receive time."""
+        new: list[Entry] = []
+        for qube in self.qubes:
+            new.extend(e for e in self._poll_qube(qube) if self.query.matches(e))
+        new.sort()
+        return new
+
+    def _poll_qube(self, qube: str) -> Iterator[Entry]:
+        seq = self._seq.get(qube, 0)
+        newer = [s for s in self.layout.segments(qube) if s.seq > seq and s.log is not None]
+        tail = self._tails.pop(qube, None)
+        if tail is not None:
+            yield from _understood(tail.segment, tail.session, tail.poll(final=bool(newer)), b"")
+            if not newer:
+                self._tails[qube] = tail
+        for segment in newer:
+            self._seq[qube] = segment.seq
+            if segment is newer[-1] and not segment.compressed:
+                tail = SegmentTail(segment, at_end=False)
+                self._tails[qube] = tail
+                yield from _understood(segment, tail.session, tail.poll(final=False), b"")
+            else:
+                yield from _understood(
+                    segment, segment_session(segment), iter_segment(segment), b""
+                )
+
+
+def require_qubes(layout: StoreLayout, qubes: Sequence[str]) -> None:
+    """Raise StoreError naming the first qube that is not in the store."""
+    if not qubes:
+        raise StoreError(f"no qube matches in {layout.root}")
+    for qube in qubes:
+        if not layout.qube_dir(qube).is_dir():
+            raise StoreError(f"no qube {qube!r} in {layout.root}")

@@ -1,0 +1,128 @@
+"""The shared reading API (store.timeline) on a store the real collector wrote."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from qubes_logvm.core.entries import classify
+from qubes_logvm.core.records import line_record, note_record
+from qubes_logvm.store import timeline
+from qubes_logvm.store.timeline import Query
+from support.collected import ROUNDS, Collected, build_collected
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Collected:
+    return build_collected(tmp_path_factory.mktemp("collected"))
+
+
+QUBES = ["disp7", "personal", "work"]
+
+
+def sender_entries(c: Collected, query: Query | None = None) -> list[timeline.Entry]:
+    return [e for e in timeline.merged(c.layout, QUBES, query) if not e.what.is_note]
+
+
+@pytest.mark.timeout(60)
+def test_merged_is_one_timeline_in_send_order(collected: Collected) -> None:
+    got = [e for e in sender_entries(collected) if e.segment > 1 or e.qube != "work"]
+    assert [e.qube for e in got] == [q for q, _ in ROUNDS]
+    assert [e.when for e in got] == sorted(e.when for e in got)
+    kinds = {e.what.kind for e in got}
+    assert kinds == {"record", "line"}
+    first = got[0].what
+    assert first.sender is not None and first.sender.unit == "sshd.service"
+    assert (first.sender.ident, first.sender.pid, first.priority) == ("sshd", 812, "err")
+    assert first.sender.host == "claimed-host"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "query",
+    [
+        Query(),
+        Query(severities=frozenset({0, 1, 2, 3})),
+        Query(severities=frozenset({6})),
+        Query(units=("sshd",)),
+        Query(identifiers=("CRON",)),
+        Query(pattern=re.compile("mixed", re.I)),
+    ],
+)
+@pytest.mark.parametrize("count", [1, 3, 10, 1000])
+def test_newest_equals_the_end_of_the_full_read(
+    collected: Collected, query: Query, count: int
+) -> None:
+    everything = list(timeline.merged(collected.layout, QUBES, query))
+    assert timeline.newest(collected.layout, QUBES, count, query) == everything[-count:]
+
+
+@pytest.mark.timeout(60)
+def test_priority_filter_on_records_and_foreign_lines(collected: Collected) -> None:
+    errors = sender_entries(collected, Query(severities=frozenset(range(4))))
+    texts = [e.what.message for e in errors]
+    assert b"work error 0" in texts and b"<11>syslog err line 0" in texts
+    assert not any(b"plain line" in t or b"info" in t for t in texts)
+
+
+@pytest.mark.timeout(60)
+def test_since_bisects_to_the_same_answer(collected: Collected) -> None:
+    every = list(timeline.merged(collected.layout, QUBES))
+    for entry in every[::3]:
+        query = Query(since=entry.when, until=every[-2].when)
+        want = [e for e in every if entry.when <= e.when <= every[-2].when]
+        assert list(timeline.merged(collected.layout, QUBES, query)) == want
+
+
+@pytest.mark.timeout(60)
+def test_session_selects_one_connection(collected: Collected) -> None:
+    first = next(timeline.entries(collected.layout, "work"))
+    assert first.what.event == "segment-start" and first.session
+    got = list(timeline.merged(collected.layout, QUBES, Query(session=first.session)))
+    assert {(e.qube, e.segment) for e in got} == {("work", 1)}
+    assert [e.what.message for e in got if e.what.kind == "record"] == [b"first session"]
+
+
+@pytest.mark.timeout(60)
+def test_globs_and_absent_names(collected: Collected) -> None:
+    layout = collected.layout
+    assert timeline.resolve_qubes(layout, ["p*", "w?rk", "work"]) == ["personal", "work"]
+    assert timeline.resolve_qubes(layout, [], every=True) == QUBES
+    assert timeline.resolve_qubes(layout, ["nosuch"]) == ["nosuch"]
+    with pytest.raises(Exception, match="no qube 'nosuch'"):
+        timeline.require_qubes(layout, ["nosuch"])
+
+
+def test_a_sender_cannot_write_a_note() -> None:
+    stamp = b"2026-11-28T17:00:00.000000Z"
+    forged = line_record(stamp, b"2026-11-28T17:00:00.000000Z C dropped count=1")[:-1]
+    assert classify(forged).kind == "line"
+    real = note_record(stamp, "dropped", count=1, reason="quota")[:-1]
+    assert classify(real).kind == "note" and classify(real).priority == "warning"
+    assert classify(b"garbage").kind == "malformed"
+
+
+@pytest.mark.timeout(60)
+def test_follower_sees_appends_and_new_segments(collected: Collected, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(collected.root, root)
+    layout = timeline.StoreLayout(root)
+    follower = timeline.Follower(layout, ["disp7", "newqube"])
+    follower.start()
+    assert follower.poll() == []
+    assert follower.missing() == ["newqube"]
+    [seg] = [s for s in layout.segments("disp7") if s.seq == 1]
+    assert seg.log is not None
+    stamp = b"2027-01-01T00:00:00.000000Z"
+    with seg.log.open("ab") as stream:
+        stream.write(line_record(stamp, b"appended"))
+    (layout.qube_dir("newqube")).mkdir()
+    layout.segment_log("newqube", 1).write_bytes(line_record(stamp, b"new qube"))
+    got = follower.poll()
+    assert [(e.qube, e.line, e.what.message) for e in got] == [
+        ("disp7", 10, b"appended"),
+        ("newqube", 1, b"new qube"),
+    ]
+    assert follower.missing() == []

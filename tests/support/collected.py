@@ -1,0 +1,96 @@
+"""A store written by the real ``logvm-collector``, for the reading tests.
+
+Three qubes send at once over real sockets: ``work`` and ``personal`` send
+exporter records (every priority, units, identifiers, pids), ``disp7``
+sends foreign lines (free text, a syslog ``<PRI>`` line, escape sequences,
+an overlong line). Each line is sent only once the previous one is stored,
+so receive times interleave across the qubes deterministically. A first
+session of ``work`` is closed and compressed; the others stay open.
+"""
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collector.helpers import Collector, connect, make_store, read_acks, send, wait_for
+
+from qubes_logvm.exporter.record import format_record
+from qubes_logvm.store.compress import compress_segment
+from qubes_logvm.store.layout import StoreLayout
+
+STAMP = b"2026-11-28T18:05:26.123456+01:00"
+HOSTILE = b"\x1b[2J\x1b]0;owned\x07\x1b[31mred\r\x9b31m\xe2\x80\xae\x08\x00end"
+
+
+def record(prio: int, unit: str, ident: str, pid: int | None, message: bytes) -> bytes:
+    """One exporter record line as logvm-exporter sends it."""
+    return format_record(STAMP, b"claimed-host", prio, unit, ident, pid, message)
+
+
+#: (qube, line) in the order sent; receive times follow this order.
+ROUNDS: list[tuple[str, bytes]] = []
+for _round in range(3):
+    ROUNDS += [
+        ("work", record(3, "sshd.service", "sshd", 812, b"work error %d" % _round)),
+        ("personal", record(6, "cron.service", "CRON", 90, b"personal info %d" % _round)),
+        ("disp7", b"plain line %d from disp7\n" % _round),
+        ("work", record(4, "app.service", "app", None, b"Warning Mixed Case %d" % _round)),
+        ("personal", record(7, "-", "kernel", None, b"personal debug %d" % _round)),
+        ("disp7", b"<11>syslog err line %d\n" % _round),
+    ]
+ROUNDS += [
+    ("work", record(2, "sshd.service", "sshd", 812, HOSTILE)),
+    ("disp7", HOSTILE + b"\n"),
+    ("personal", b"x" * 5000 + b"\n"),
+]
+
+
+@dataclass
+class Collected:
+    """The store, its verification key and what was sent."""
+
+    root: Path
+    key: str
+    sent: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def layout(self) -> StoreLayout:
+        """The store's paths."""
+        return StoreLayout(self.root)
+
+
+def _stored_lines(layout: StoreLayout, qube: str) -> int:
+    total = 0
+    for segment in layout.segments(qube):
+        if segment.log is not None and not segment.compressed:
+            total += segment.log.read_bytes().count(b"\n")
+    return total
+
+
+def build_collected(workdir: Path) -> Collected:
+    """Run a collector, send ROUNDS, compress work's first session; stop nothing else."""
+    collector = Collector(workdir, {"max_line_bytes": 4096})
+    collector.vkey = make_store(collector.store)
+    collector.start()
+    try:
+        send(collector.socket, "work", record(5, "early.service", "early", 1, b"first session"))
+        layout = StoreLayout(collector.store)
+        socks: dict[str, socket.socket] = {}
+        for qube in ("work", "personal", "disp7"):
+            socks[qube] = connect(collector.socket, qube)
+        wait_for(lambda: all(layout.qube_dir(q).is_dir() for q in socks))
+        for qube, line in ROUNDS:
+            before = _stored_lines(layout, qube)
+            socks[qube].sendall(line)
+            if not wait_for(lambda q=qube, b=before: _stored_lines(layout, q) > b):
+                raise RuntimeError(f"collector did not store a line of {qube}")
+        for sock in socks.values():
+            sock.shutdown(socket.SHUT_WR)
+            read_acks(sock)
+            sock.close()
+        collector.stop()
+    finally:
+        collector.kill()
+    [first] = [s for s in layout.segments("work") if s.seq == 1]
+    compress_segment(layout, first)
+    return Collected(collector.store, collector.vkey, list(ROUNDS))
