@@ -10,10 +10,10 @@ from qubes_logvm.config.retention import RetentionConfig, parse_retention
 from qubes_logvm.config.schema import Section
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import KeyLadder, genesis, parse_verification_key
-from qubes_logvm.store.compress import ChainCheck
 from qubes_logvm.store.keystate import read_store_info, setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.verify.chain import ChainCheck
 from qubes_logvm.store.writer import Store
 
 LOGHUB = Path("/work/shared/data/loghub")

@@ -20,7 +20,7 @@ from qubes_logvm.store.checkpoints import (
 )
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.witness_check import check_witness
+from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 from qubes_logvm.witness.state import read_checkpoints, read_key
 from support.qrexec import CLIENT_SCRIPT, World
@@ -165,4 +165,4 @@ def test_witness_down_ingest_goes_on_checkpoints_arrive_later(
         check=True,
         timeout=30,
     )
-    assert check_witness(root, export, vk) == []
+    assert verify_store(root, vk, witness=export).errors == []

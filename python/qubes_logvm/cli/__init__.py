@@ -8,7 +8,8 @@ edges (output streams, stdin, the viewer command, sleeping, the clock) are
 parameters of :func:`main` so tests swap them without patching.
 
 Exit status: 0 success (``verify``: intact), 1 ``verify`` found tampering,
-2 usage, configuration or store errors.
+2 usage, configuration or store errors (``verify``: also "this key does not belong
+to this store").
 """
 
 import argparse

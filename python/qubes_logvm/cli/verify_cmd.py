@@ -14,7 +14,7 @@ from typing import Any
 from ..core.errors import ConfigError, LogvmError, SealError
 from ..core.seal import parse_verification_key
 from ..store.keystate import setup_keys
-from ..store.verify import ERROR, WARNING, verify_store
+from ..store.verify import verify_store
 from .common import Env, UsageError, human_size
 
 log = logging.getLogger(__name__)
@@ -44,34 +44,24 @@ def _optional(module: str) -> Any:
 
 
 def run_verify(env: Env, qubes: list[str], key_source: str, witness: str | None) -> int:
-    """Verify the store; print findings; 0 intact, 1 tampered."""
+    """Verify the store; print findings; 0 intact, 1 tampered, 2 wrong key or unreadable."""
     key = read_key(env, key_source)
-    report = verify_store(env.layout.root, key, qubes or None)
+    report = verify_store(env.layout.root, key, qubes or None, witness)
     for finding in report.findings:
         env.out.line(str(finding))
-    errors = len(report.errors)
-    if witness is not None:
-        errors += _witness(env, key, witness)
-    warnings = sum(1 for f in report.findings if f.severity == WARNING)
+    for limit in report.limits:
+        env.out.line(f"limit: {limit}")
+    errors, warnings = len(report.errors), len(report.warnings)
     summary = (
         f"{report.qubes} qubes, {report.segments} segments, "
-        f"{human_size(report.bytes_hashed)} of records hashed"
+        f"{human_size(report.bytes_hashed)} of records hashed, "
+        f"{len(report.deletions)} deletion(s)"
     )
     if errors:
         env.out.line(f"FAILED: {errors} error(s), {warnings} warning(s); {summary}")
         return 1
     env.out.line(f"OK: intact, {warnings} warning(s); {summary}")
     return 0
-
-
-def _witness(env: Env, key: str, witness: str) -> int:
-    module = _optional("qubes_logvm.store.witness_check")
-    if module is None:
-        raise UsageError("--witness: this installation has no witness check")
-    problems = module.check_witness(env.layout.root, witness, key)
-    for problem in problems:
-        env.out.line(f"{ERROR}: witness: {problem}")
-    return len(problems)
 
 
 def run_setup_keys(env: Env, epoch_seconds: float) -> int:

@@ -28,10 +28,12 @@ from pathlib import Path
 import zstandard
 
 from ..core.errors import LogvmError, StoreError
-from ..core.seal import ChainHasher, Seal
+from ..core.seal import Seal
+from .files import open_regular
 from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
 from .retention import is_closed
 from .sealfile import read_seal_file
+from .verify.chain import ChainCheck, ChainMismatch
 
 log = logging.getLogger(__name__)
 
@@ -47,49 +49,6 @@ class Interrupted(LogvmError):
     """Compression was stopped on request (SIGTERM); nothing was changed."""
 
 
-class ChainCheck:
-    """Recompute a segment's chain over its bytes, fed in pieces, against its seals."""
-
-    def __init__(self, name: str, seals: list[Seal]) -> None:
-        if not seals or seals[0].kind != "open" or seals[0].nbytes != 0:
-            raise CompressError(f"{name}: seal file does not start with an open seal")
-        self.name = name
-        self.seals = seals
-        self.index = 1
-        self.pos = 0
-        self.hasher = ChainHasher(seals[0].head)
-        self._settle()
-
-    def _settle(self) -> None:
-        while self.index < len(self.seals) and self.seals[self.index].nbytes <= self.pos:
-            seal = self.seals[self.index]
-            if seal.nbytes < self.pos:
-                raise CompressError(f"{self.name}: seal line {self.index + 1}: nbytes goes back")
-            if self.hasher.digest() != seal.head:
-                raise CompressError(
-                    f"{self.name}: bytes {self.pos} and before do not match "
-                    f"seal line {self.index + 1}"
-                )
-            self.hasher = ChainHasher(seal.head)
-            self.index += 1
-
-    def feed(self, data: bytes) -> None:
-        """The segment's next bytes."""
-        while data:
-            if self.index >= len(self.seals):
-                raise CompressError(f"{self.name}: bytes after the last seal")
-            part = data[: self.seals[self.index].nbytes - self.pos]
-            self.hasher.update(part)
-            self.pos += len(part)
-            data = data[len(part) :]
-            self._settle()
-
-    def finish(self) -> None:
-        """All bytes were fed: every seal must have been reached."""
-        if self.index < len(self.seals):
-            raise CompressError(f"{self.name}: {self.pos} bytes, seals cover more")
-
-
 def _closed_seals(files: SegmentFiles) -> list[Seal]:
     if files.seal is None:
         raise CompressError(f"{files.name}: no seal file")
@@ -103,15 +62,17 @@ def _closed_seals(files: SegmentFiles) -> list[Seal]:
 
 def check_compressed(path: Path, name: str, seals: list[Seal]) -> None:
     """Decompress ``path`` (streaming) and check its bytes against the seals."""
-    check = ChainCheck(name, seals)
     try:
-        with open(path, "rb") as raw:
+        check = ChainCheck(name, seals)
+        with open_regular(path) as raw:
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
             while chunk := reader.read(CHUNK):
                 check.feed(chunk)
+        check.finish()
     except zstandard.ZstdError as err:
         raise CompressError(f"{path}: not a valid zstd frame: {err}") from err
-    check.finish()
+    except ChainMismatch as err:
+        raise CompressError(str(err)) from err
 
 
 def write_frame(

@@ -20,6 +20,7 @@ from typing import BinaryIO, cast
 
 from ..core.errors import StoreError
 from ..core.records import TIMESTAMP_LEN
+from .files import open_regular
 from .layout import SegmentFiles, StoreLayout
 
 #: Longest line handed out; the rest of a longer line is skipped (and flagged).
@@ -49,7 +50,7 @@ class StoredLine:
 def open_plain(path: Path) -> Iterator[BinaryIO]:
     """A buffered stream of a segment's plain bytes (``.log.zst`` decompressed on the fly)."""
     try:
-        raw = path.open("rb", buffering=0)
+        raw = open_regular(path)  # never a link, FIFO or device (store/files.py)
     except OSError as err:
         raise StoreError(f"{path}: cannot read: {err.strerror}") from err
     with raw:

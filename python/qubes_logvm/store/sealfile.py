@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..core.errors import StoreError
 from ..core.seal import Seal, parse_seal
+from .files import read_regular
 
 #: A seal file larger than this is not one the collector wrote.
 MAX_SEAL_FILE = 256 << 20
@@ -24,14 +25,17 @@ class SealFile:
 
 
 def read_seal_file(path: Path) -> SealFile:
-    """Parse a seal file; unparsable lines are collected, not raised."""
+    """Parse a seal file (a regular file, never followed through a link);
+    unparsable lines are collected, not raised."""
     try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_SEAL_FILE + 1)
-    except OSError as err:
+        data = read_regular(path, MAX_SEAL_FILE)
+    except FileNotFoundError as err:
         raise StoreError(f"{path}: cannot read: {err.strerror}") from err
-    if len(data) > MAX_SEAL_FILE:
-        raise StoreError(f"{path}: seal file larger than {MAX_SEAL_FILE} bytes")
+    return parse_seal_data(data)
+
+
+def parse_seal_data(data: bytes) -> SealFile:
+    """Parse the bytes of a seal file."""
     body, _, torn = data.rpartition(b"\n")
     if not _:
         body, torn = b"", data

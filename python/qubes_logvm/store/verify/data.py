@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..core.errors import StoreError
-from ..core.records import parse_record
-from ..core.seal import chain_step
+from ...core.errors import StoreError
+from ...core.records import parse_record
+from ...core.seal import chain_step
 
 #: Most bytes read into memory to explain a mismatch.
 EXPLAIN_LIMIT = 256 << 20

@@ -1,0 +1,88 @@
+"""What one verification run knows while it walks the store (floor 2).
+
+Trust side: the only trusted input is ``K[0]``; the key file's epoch bounds
+which keys are derived (a forged huge epoch must not make the verifier hash
+for hours) and is read again while the run goes on, so seals a running
+collector makes meanwhile are never taken for forgeries (issue 18).
+"""
+
+from dataclasses import dataclass
+
+from ...core.errors import SealError, StoreError
+from ...core.seal import evolve
+from ...core.witness_format import EpochKeys
+from ..files import read_regular
+from ..keystate import _RECORD_LEN, StoreInfo, _decode
+from ..layout import StoreLayout
+from .findings import Report
+
+#: Without a usable key file, seal epochs above this are not derived:
+#: ~21 years of 10 s epochs.
+MAX_EPOCH = 1 << 26
+#: Times the key file is read again during one run (it moves once an epoch).
+_MAX_REREADS = 64
+#: Most epochs walked forward from the last key file reading.
+_MAX_WALK = 1 << 20
+
+
+@dataclass
+class Ctx:
+    """The state of one run."""
+
+    layout: StoreLayout
+    store_id: str
+    keys: EpochKeys
+    report: Report
+    info: StoreInfo | None = None
+    max_epoch: int = MAX_EPOCH
+    key_epoch: int | None = None  # the key file's epoch when the run started
+    cursor: tuple[int, bytes] = (-1, b"")
+    rereads: int = 0
+
+    def add(
+        self,
+        severity: str,
+        qube: str | None,
+        message: str,
+        segment: int | None = None,
+        first: int | None = None,
+        last: int | None = None,
+    ) -> None:
+        """Record one finding."""
+        self.report.add(severity, qube, message, segment, first, last)
+
+    def key(self, epoch: int) -> bytes | None:
+        """``K[epoch]``, walking on from the last lookup; None beyond what may exist."""
+        if epoch > self.max_epoch and not self._moved_on(epoch):
+            return None
+        at, key = self.cursor
+        if not key or not at <= epoch <= at + 64:
+            at, key = epoch, self.keys.key(epoch)
+        while at < epoch:
+            key, at = evolve(key), at + 1
+        self.cursor = (at, key)
+        return key
+
+    def read_key_file(self) -> tuple[int, bytes] | None:
+        """(epoch, key) from state/sealkey when it derives from ``K[0]``; None if not."""
+        try:
+            raw = read_regular(self.layout.sealkey, _RECORD_LEN)
+            store_id, epoch, key = _decode(raw, self.layout.sealkey)
+        except (OSError, StoreError, SealError):
+            return None
+        if store_id != self.store_id or epoch > MAX_EPOCH:
+            return None
+        return epoch, bytes(key)
+
+    def _moved_on(self, epoch: int) -> bool:
+        """A running collector moved its key on: allow epochs up to the new one."""
+        if self.key_epoch is None or self.rereads >= _MAX_REREADS:
+            return False
+        self.rereads += 1
+        found = self.read_key_file()
+        if found is None or not self.max_epoch < found[0] <= self.max_epoch + _MAX_WALK:
+            return False
+        if self.keys.key(found[0]) != found[1]:
+            return False
+        self.max_epoch = found[0]
+        return epoch <= self.max_epoch

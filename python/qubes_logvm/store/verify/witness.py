@@ -1,0 +1,188 @@
+"""Checking a store against the witness's records (floor 2).
+
+``logvm verify --witness FILE --key FILE``: FILE is what ``logvm-witness
+export LOGVM`` wrote (first line ``logvm-witness-export-v1 <logvm> <store
+id>``, then ``cp <witness time> <seal line>`` lines). Findings go into the
+same report as the store's own checks.
+
+Rules: every checkpoint must carry a correct MAC under the key, for an epoch
+the store can have reached (at most the key file's epoch: no key is derived
+for a claimed epoch beyond it); for each qube and segment the witness
+checkpointed, the store must hold that exact seal line in the segment's
+``.seal`` file, or a valid ``tomb`` for that segment that covers it (no
+fewer records and bytes, deleted no earlier than checkpointed), or lie below
+a compacted tombstone. A qube the witness knows but the store lacks was
+deleted. What this catches: truncation and re-sealing (the checkpointed
+seal is gone), forks (same position, other head), rollback to an older copy
+(newest checkpoints missing), deletion of a qube.
+
+Trust side: the store and the witness file may both have been tampered with
+on the way, so both are parsed strictly and read only as regular files.
+"""
+
+from pathlib import Path
+
+from ...core.errors import StoreError
+from ...core.seal import ZERO, Seal
+from ...core.witness_format import parse_cp_line, parse_export_header
+from ..files import read_regular
+from ..sealfile import read_seal_file
+from .context import MAX_EPOCH, Ctx
+from .findings import ERROR, INFO
+
+#: The witness keeps at most two generations of 16 MiB by default.
+MAX_WITNESS_FILE = 256 << 20
+
+
+def read_witness_file(path: Path) -> tuple[str, str, list[tuple[bytes, Seal]]]:
+    """(LogVM name, store id, checkpoints) from an export; StoreError if unreadable."""
+    try:
+        data = read_regular(path, MAX_WITNESS_FILE)
+    except FileNotFoundError as err:
+        raise StoreError(f"{path}: cannot read the witness file: {err.strerror}") from err
+    lines = data.split(b"\n")
+    logvm, store_id = parse_export_header(lines[0])
+    checkpoints = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        try:
+            checkpoints.append(parse_cp_line(line))
+        except StoreError as err:
+            raise StoreError(f"{path}: line {number}: {err}") from err
+    return logvm, store_id, checkpoints
+
+
+def witness_vouches(ctx: Ctx, path: Path) -> bool:
+    """True when the witness's records are for this key (a checkpoint MACs under it)."""
+    _, store_id, checkpoints = read_witness_file(path)
+    if store_id != ctx.store_id:
+        return False
+    for _, seal in checkpoints[:16]:
+        key = ctx.key(seal.epoch) if seal.epoch <= MAX_EPOCH else None
+        if key is not None and seal.mac_ok(key):
+            return True
+    return False
+
+
+def check_witness(ctx: Ctx, path: Path, qubes: list[str] | None) -> None:
+    """Add every problem of the store against the witness's records to the report."""
+    logvm, file_store_id, checkpoints = read_witness_file(path)
+    if file_store_id != ctx.store_id:
+        ctx.add(
+            ERROR,
+            None,
+            f"witness: the witness file of {logvm} is for store {file_store_id}, "
+            f"the key for store {ctx.store_id}",
+        )
+        return
+    cap = ctx.key_epoch if ctx.key_epoch is not None else MAX_EPOCH
+    by_qube: dict[str, dict[int, list[Seal]]] = {}
+    for stamp, seal in sorted(checkpoints, key=lambda item: item[1].epoch):
+        if qubes and seal.qube not in qubes:
+            continue
+        if seal.epoch > cap and ctx.key(seal.epoch) is None:
+            ctx.add(
+                ERROR,
+                seal.qube,
+                f"witness: checkpoint of {stamp.decode()} claims epoch {seal.epoch}, beyond "
+                f"the store's epoch {cap}: store rolled back (or the witness file forged)",
+                seal.seq,
+            )
+            continue
+        key = ctx.key(seal.epoch)
+        if key is None or not seal.mac_ok(key):
+            ctx.add(
+                ERROR,
+                seal.qube,
+                f"witness: checkpoint of {stamp.decode()} (record {seal.lines}) is not "
+                "sealed with this key",
+                seal.seq,
+            )
+            continue
+        by_qube.setdefault(seal.qube, {}).setdefault(seal.seq, []).append(seal)
+    for qube in sorted(by_qube):
+        _check_qube(ctx, qube, by_qube[qube])
+    ctx.add(INFO, None, f"witness: {len(checkpoints)} checkpoints of {logvm} checked")
+
+
+def _check_qube(ctx: Ctx, qube: str, by_seq: dict[int, list[Seal]]) -> None:
+    layout = ctx.layout
+    if not layout.qube_dir(qube).is_dir():
+        newest = max(by_seq)
+        cp = max(by_seq[newest], key=lambda s: (s.lines, s.epoch))
+        ctx.add(
+            ERROR,
+            qube,
+            f"witness: the qube's directory is gone: its logs were deleted (checkpoint at "
+            f"record {cp.lines} of segment {newest})",
+            newest,
+        )
+        return
+    tombs, compacted_to = _valid_tombs(ctx, qube)
+    for seq in sorted(by_seq):
+        seal_path = layout.segment_seal(qube, seq)
+        try:
+            seals: set[Seal] | None = set(read_seal_file(seal_path).seals)
+        except StoreError:
+            seals = None
+        for cp in sorted(by_seq[seq], key=lambda s: (s.lines, s.nbytes, s.epoch)):
+            if seals is not None and cp in seals:
+                continue
+            if seals is None and seq <= compacted_to:
+                break  # deleted before the tombstones were compacted
+            message = _check_segment(ctx, qube, cp, seals, tombs.get(seq))
+            if message is not None:
+                # The earliest checkpoint the store fails is the position to report.
+                ctx.add(ERROR, qube, f"witness: {message} (checkpoint at record {cp.lines})", seq)
+                break
+
+
+def _valid_tombs(ctx: Ctx, qube: str) -> tuple[dict[int, Seal], int]:
+    path = ctx.layout.tombstones(qube)
+    try:
+        parsed = read_seal_file(path)
+    except StoreError:
+        return {}, 0
+    tombs: dict[int, Seal] = {}
+    for tomb in parsed.seals:
+        key = ctx.key(tomb.epoch)
+        if tomb.kind == "tomb" and tomb.qube == qube and key is not None and tomb.mac_ok(key):
+            tombs[tomb.seq] = tomb
+    first = parsed.seals[0] if parsed.seals else None
+    compacted = first is not None and first.seq in tombs and first.prev != ZERO
+    compacted_to = first.seq - 1 if first is not None and compacted else 0
+    return tombs, compacted_to
+
+
+def _check_segment(
+    ctx: Ctx, qube: str, cp: Seal, seals: set[Seal] | None, tomb: Seal | None
+) -> str | None:
+    """Why the store does not hold checkpoint ``cp`` (None: a tombstone covers it)."""
+    if tomb is not None:
+        return _check_tomb(cp, tomb)
+    if seals is None:
+        newest = max((s.seq for s in ctx.layout.segments(qube)), default=0)
+        if newest < cp.seq:
+            return (
+                f"segment missing: the store's newest segment is {newest:08d} "
+                "(rolled back to an older copy, or deleted)"
+            )
+        return "segment deleted without a tombstone"
+    sealed = max((s.lines for s in seals), default=0)
+    if sealed < cp.lines:
+        return (
+            f"truncated: the store seals {sealed} records, the witness saw {cp.lines} "
+            f"(checkpoint of epoch {cp.epoch})"
+        )
+    # The store goes on past the checkpoint without the checkpointed seal:
+    # its seals there were re-made, over other bytes or the same ones.
+    return "the chain forks from the checkpoint (its seal is not in the store)"
+
+
+def _check_tomb(cp: Seal, tomb: Seal) -> str | None:
+    if tomb.lines < cp.lines or tomb.nbytes < cp.nbytes:
+        return f"tombstone claims {tomb.lines} records, fewer than checkpointed"
+    if tomb.epoch < cp.epoch:
+        return "tombstone is older than the checkpoint"
+    return None

@@ -1,0 +1,213 @@
+"""The attack matrix: an intruder with root in the LogVM, against a collector-made store.
+
+Each case tampers with a private copy of the store the real collector made
+(tests/attacks/conftest.py) the way an intruder holding the current key
+could, runs the real ``logvm verify`` with and without the witness's
+records, and asserts the exit code and the message that names the place.
+docs/threat-model.md lists these cases row by row.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from attacks.conftest import Made
+
+from qubes_logvm.core.seal import ZERO, Seal, genesis
+from qubes_logvm.store.sealfile import read_seal_file
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def current_key(made: Made) -> tuple[int, bytes]:
+    """What an intruder reads from state/sealkey: (epoch, K[epoch])."""
+    fields = (made.root / "state" / "sealkey").read_bytes().split()
+    return int(fields[2]), bytes.fromhex(fields[3].decode())
+
+
+def forged_tomb(made: Made, qube: str, seq: int, prev: bytes, head: bytes) -> bytes:
+    """A tomb line MACed with the key the intruder holds."""
+    epoch, key = current_key(made)
+    return Seal("tomb", qube, seq, epoch, 3, 100, head, prev).signed(key).to_line()
+
+
+def expect(made: Made, code: int, words: str, *, witness: bool = False) -> str:
+    got, out = made.verify(witness=witness)
+    assert got == code, out
+    assert words in out, out
+    return out
+
+
+def both(made: Made, words: str, witness_words: str | None = None) -> None:
+    """An error without the witness, and with it."""
+    expect(made, 1, words)
+    expect(made, 1, witness_words or words, witness=True)
+
+
+def test_forged_segment_below_the_oldest_tombstone(made: Made) -> None:
+    # No key needed: a made-up oldest segment, as `logvm show` would print it.
+    work = made.qube("work")
+    (work / "00000001.log").write_bytes(b"2026-01-01T00:00:00.000000Z L forged\n")
+    (work / "00000001.seal").write_bytes(b"")
+    both(made, "error: work/00000001: a segment file below the newest tombstone")
+
+
+def test_old_segments_kept_behind_a_forged_newer_tomb(made: Made) -> None:
+    # personal 1 (closed), 2 (closed), 3 (open): a tomb for 2 while 1 exists.
+    personal = made.qube("personal")
+    last = read_seal_file(personal / "00000002.seal").seals[-1]
+    (personal / "tombstones.seal").write_bytes(forged_tomb(made, "personal", 2, ZERO, last.head))
+    for name in ("00000002.log", "00000002.seal"):
+        (personal / name).unlink()
+    out = expect(
+        made,
+        1,
+        "personal/00000002: tombstones.seal line 1: the first tombstone is for "
+        "segment 2: segments 1-1 are gone without tombstones",
+    )
+    assert "error: personal/00000001: a segment file below the newest tombstone" in out
+
+
+def test_one_line_compacted_file_compaction_cannot_make(made: Made) -> None:
+    personal = made.qube("personal")
+    last = read_seal_file(personal / "00000001.seal").seals[-1]
+    tomb = forged_tomb(made, "personal", 1, os.urandom(32), last.head)
+    (personal / "tombstones.seal").write_bytes(tomb)
+    for name in ("00000001.log", "00000001.seal"):
+        (personal / name).unlink()
+    both(made, "a compacted tombstone file that compaction could not have made")
+
+
+def test_tomb_line_edited(made: Made) -> None:
+    path = made.qube("work") / "tombstones.seal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    fields = lines[3].split(b" ")
+    fields[6] = b"%d" % (int(fields[6]) + 1)  # v1 tomb <qube> <seq> <epoch> <lines> <nbytes>
+    lines[3] = b" ".join(fields)
+    path.write_bytes(b"".join(lines))
+    both(made, "tombstones.seal line 4: not a tombstone sealed for work with this key")
+
+
+def test_tomb_line_dropped(made: Made) -> None:
+    path = made.qube("work") / "tombstones.seal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    del lines[3]
+    path.write_bytes(b"".join(lines))
+    both(made, "tombstones.seal line 4: does not link to the line before (lines removed)")
+
+
+def test_tomb_line_duplicated(made: Made) -> None:
+    path = made.qube("work") / "tombstones.seal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(4, lines[3])
+    path.write_bytes(b"".join(lines))
+    both(made, "tombstones.seal line 5: does not link to the line before")
+
+
+def test_open_segment_erased_and_seal_cut_back_to_open(made: Made) -> None:
+    personal = made.qube("personal")
+    seal = personal / "00000003.seal"
+    seal.write_bytes(seal.read_bytes().splitlines(keepends=True)[0])
+    (personal / "00000003.log").unlink()
+    both(made, "error: personal/00000003: segment file missing")
+
+
+def test_key_file_removed(made: Made) -> None:
+    (made.root / "state" / "sealkey").unlink()
+    both(made, "state/sealkey is missing in a store that has seals")
+
+
+def test_key_file_replaced_by_a_fifo(made: Made) -> None:
+    path = made.root / "state" / "sealkey"
+    path.unlink()
+    os.mkfifo(path)
+    both(made, "sealkey is a FIFO, not a regular file (not read)")
+
+
+def test_segment_symlinked_to_dev_zero(made: Made) -> None:
+    log = made.qube("personal") / "00000002.log"
+    log.unlink()
+    log.symlink_to("/dev/zero")
+    out = expect(made, 1, "error: personal: 00000002.log is a symbolic link, not a regular file")
+    assert "personal/00000002 lines 1-12: segment file missing" in out
+
+
+def test_unknown_file_in_a_qube_directory(made: Made) -> None:
+    (made.qube("work") / "00000099.txt").write_bytes(b"notes\n")
+    both(made, "error: work: 00000099.txt: not a file the collector or rotation makes")
+
+
+def test_witness_export_claims_a_huge_epoch(made: Made) -> None:
+    data = made.witness_file.read_bytes().split(b"\n")
+    fields = data[1].split(b" ")
+    fields[6] = b"1000000000000000"  # cp <time> v1 <kind> <qube> <seq> <epoch>
+    data[1] = b" ".join(fields)
+    made.witness_file.write_bytes(b"\n".join(data))
+    expect(made, 1, "claims epoch 1000000000000000, beyond the store's epoch", witness=True)
+
+
+def test_wrong_key_is_exit_2_not_tampering(made: Made, tmp_path: Path) -> None:
+    store_id = made.vk().split(":")[1]
+    made.vk_file = tmp_path / "other.vk"
+    made.vk_file.write_text(f"logvm-vk1:{store_id}:{os.urandom(32).hex()}\n")
+    got, out = made.verify()
+    assert got == 2, out
+    assert "this key does not belong to this store" in out
+    assert "forged" not in out
+
+
+def test_qube_directory_renamed(made: Made) -> None:
+    os.rename(made.qube("disp12"), made.qube("disp99"))
+    out = expect(made, 1, "disp99/00000001: seal file of another segment (moved?)")
+    assert "disp12" in out
+    expect(made, 1, "error: disp12/00000001: witness: the qube's directory is gone", witness=True)
+
+
+def test_dispvm_sessions_swapped(made: Made) -> None:
+    a, b = made.qube("disp12"), made.qube("disp13")
+    for name in ("00000001.log", "00000001.seal"):
+        shutil.move(a / name, a / "x")
+        shutil.move(b / name, a / name)
+        shutil.move(a / "x", b / name)
+    both(
+        made,
+        "disp12/00000001: seal file of another segment (moved?): seal line 1 is for "
+        "disp13/00000001",
+        "disp12/00000001: witness:",
+    )
+
+
+def test_whole_qube_removed(made: Made) -> None:
+    shutil.rmtree(made.qube("disp13"))
+    out = expect(
+        made,
+        0,
+        "limit: without the witness's records (--witness) a qube's newest "
+        "closed segments, or a whole qube, can be removed",
+    )
+    assert "OK: intact" in out
+    expect(made, 1, "error: disp13/00000001: witness: the qube's directory is gone", witness=True)
+
+
+def test_newest_closed_segment_removed(made: Made) -> None:
+    # disp12 has one closed segment: its removal with its seals leaves nothing.
+    for name in ("00000001.log", "00000001.seal"):
+        (made.qube("disp12") / name).unlink()
+    expect(made, 0, "limit: without the witness")
+    expect(made, 1, "disp12/00000001: witness: segment missing", witness=True)
+
+
+def test_genesis_forged_for_a_new_qube_is_only_post_compromise(made: Made) -> None:
+    # A qube the intruder invents with the current key verifies by itself
+    # (records after the compromise prove nothing): the witness never saw it.
+    epoch, key = current_key(made)
+    store_id = made.vk().split(":")[1]
+    qube = made.qube("fake")
+    qube.mkdir()
+    head = genesis(store_id, "fake")
+    seal = Seal("open", "fake", 1, epoch, 0, 0, head, ZERO).signed(key)
+    (qube / "00000001.seal").write_bytes(seal.to_line())
+    (qube / "00000001.log").write_bytes(b"")
+    code, out = made.verify(witness=True)
+    assert code == 0, out

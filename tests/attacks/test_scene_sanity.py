@@ -1,0 +1,18 @@
+"""The collector-made store is what the attack matrix assumes, and it verifies."""
+
+import pytest
+from attacks.conftest import Made
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_made_store_verifies_with_and_without_witness(made: Made) -> None:
+    code, out = made.verify()
+    assert code == 0, out
+    assert "limit: without the witness" in out
+    code, out = made.verify(witness=True)
+    assert code == 0, out
+    assert "limit:" not in out
+    names = sorted(p.name for p in made.qube("work").iterdir())
+    assert "tombstones.seal" in names, names
+    print(out)
