@@ -135,6 +135,9 @@ install-vm: install-python
 	ln -sfn $(LOGVM_SOCKET) $(D)$(QUBESRPCDIR)/logvm.Send
 	install -m 0755 qubes-rpc/logvm.Witness.vm $(D)$(QUBESRPCDIR)/logvm.Witness
 	install -m 0644 rpc-config/logvm.Send $(D)$(RPCCONFIGDIR)/logvm.Send
+	# Outside verification: the LogVM's export, the DispVM's verifier end.
+	install -m 0755 qubes-rpc/logvm.Export qubes-rpc/logvm.VerifySnapshot $(D)$(QUBESRPCDIR)/
+	install -m 0644 rpc-config/logvm.Export $(D)$(RPCCONFIGDIR)/logvm.Export
 	install -m 0644 etc/qubes-logvm/collector.yaml etc/qubes-logvm/exporter.yaml $(D)$(CONFDIR)/
 	install -d $(D)$(MANDIR)/man1 $(D)$(MANDIR)/man8
 	install -m 0644 $(MAN1) $(D)$(MANDIR)/man1/

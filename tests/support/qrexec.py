@@ -55,6 +55,7 @@ from support.qrexec_policy import QubeInfo
 SUPPORT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SUPPORT_DIR.parent.parent
 CLIENT_SCRIPT = SUPPORT_DIR / "fake-qrexec-client-vm"
+QVM_RUN_SCRIPT = SUPPORT_DIR / "fake-qvm-run"
 DEFAULT_POLICY_DIR = REPO_ROOT / "qubes-rpc-policy"
 WORLD_ENV = "QREXEC_FAKE_WORLD"
 SOURCE_ENV = "QREXEC_FAKE_SOURCE"
@@ -228,13 +229,28 @@ class World:
         return env
 
     def bin_dir(self) -> Path:
-        """A directory with ``qrexec-client-vm`` linked to the fake, for PATH."""
+        """A directory with ``qrexec-client-vm`` and dom0's ``qvm-run`` linked to the fakes."""
         directory = self.base / "bin"
         directory.mkdir(exist_ok=True)
-        link = directory / "qrexec-client-vm"
-        if not link.is_symlink():
-            link.symlink_to(CLIENT_SCRIPT)
+        for name, script in (("qrexec-client-vm", CLIENT_SCRIPT), ("qvm-run", QVM_RUN_SCRIPT)):
+            link = directory / name
+            if not link.is_symlink():
+                link.symlink_to(script)
         return directory
+
+    def dispvm_events(self) -> list[dict[str, Any]]:
+        """Disposables created and removed by the qvm-run stand-in, oldest first."""
+        path = self.base / "dispvms.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    def live_dispvms(self) -> set[str]:
+        """Disposables created and not removed (their roots still exist)."""
+        alive: set[str] = set()
+        for event in self.dispvm_events():
+            (alive.add if event["event"] == "created" else alive.discard)(event["name"])
+        return {name for name in alive if (self.base / "roots" / name).exists()}
 
     def client_command(
         self, source: str, target: str = "@default", service: str = "logvm.Send"

@@ -169,3 +169,20 @@ class KeyState:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def read_epoch(layout: StoreLayout) -> int | None:
+    """The key state's current epoch number (never the key), or None without a usable file."""
+    try:
+        with layout.sealkey.open("rb") as stream:
+            raw = stream.read(_RECORD_LEN)
+        _, epoch, key = _decode(raw, layout.sealkey)
+    except (OSError, SealError):
+        return None
+    key[:] = bytes(len(key))
+    return epoch
+
+
+def encode_key_record(store_id: str, epoch: int, key: bytes) -> bytes:
+    """A key file's bytes (for rebuilding a store copy's key file from ``K[0]``)."""
+    return _encode(store_id, epoch, key)

@@ -8,14 +8,17 @@ limited, and answered with one fixed line. The LogVM's identity is
 ``QREXEC_REMOTE_DOMAIN`` and nothing else.
 
 Commands: ``serve`` (what the qrexec service runs), ``list``,
-``export LOGVM``, ``export-key LOGVM``, ``reset-key LOGVM``. See
-docs/witness.md.
+``export LOGVM``, ``export-key LOGVM``, ``reset-key LOGVM``, and
+``verify LOGVM [QUBE...]`` (outside verification through a fresh offline
+DispVM, :mod:`.verify`). See docs/witness.md and docs/verifying.md.
 """
 
 import argparse
 import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +36,7 @@ from ..core.witness_format import (
     format_export_header,
 )
 from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
+from .verify import format_verdict, last_verify_path, settings_from, verify_outside
 
 logger = logging.getLogger(__name__)
 _QUBE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,30}")
@@ -143,6 +147,7 @@ def cmd_list(args: argparse.Namespace, out: BinaryIO) -> int:
                 f"  WARNING: a different key was offered and refused (last {when}); "
                 "see docs/witness.md\n".encode()
             )
+        out.write(f"  last verification: {_last_verify(path)}\n".encode())
         latest: dict[str, tuple[bytes, Seal]] = {}
         for stamp, seal in read_checkpoints(path):
             latest[seal.qube] = (stamp, seal)
@@ -168,12 +173,11 @@ def cmd_export_key(args: argparse.Namespace, out: BinaryIO) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace, out: BinaryIO) -> int:
-    """Write the checkpoints held (for ``logvm verify --witness``)."""
-    path = _logvm_dir(args)
+def export_records(path: Path) -> bytes:
+    """The witness's records of one LogVM as ``logvm verify --witness`` reads them."""
     key = read_key(path)
     if key is None:
-        raise LogvmError(f"{args.logvm} has not registered a key")
+        raise LogvmError(f"{path.name} has not registered a key")
     data = [format_export_header(path.name, key[0])]
     seen: set[bytes] = set()
     for stamp, seal in read_checkpoints(path):
@@ -181,11 +185,94 @@ def cmd_export(args: argparse.Namespace, out: BinaryIO) -> int:
         if line not in seen:
             seen.add(line)
             data.append(line)
+    return b"".join(data)
+
+
+def cmd_export(args: argparse.Namespace, out: BinaryIO) -> int:
+    """Write the checkpoints held (for ``logvm verify --witness``)."""
+    data = export_records(_logvm_dir(args))
     if args.output:
-        write_file(Path(args.output), b"".join(data), exclusive=False)
+        write_file(Path(args.output), data, exclusive=False)
     else:
-        out.write(b"".join(data))
+        out.write(data)
     return 0
+
+
+def _last_verify(path: Path) -> str:
+    try:
+        with open(last_verify_path(path), "rb") as f:
+            return f.read(256).decode("ascii", "replace").strip() or "never"
+    except FileNotFoundError:
+        return "never"
+
+
+def _verify_one(args: argparse.Namespace, logvm: str, clock: Clock, out: BinaryIO) -> int:
+    """Verify one LogVM from outside; print, keep and (with --notify) report the verdict."""
+    path = args.dir / validate_qube_name(logvm)
+    qubes = [validate_qube_name(q) for q in args.qubes]
+    key = read_key(path) if path.is_dir() else None
+    if key is None:
+        raise LogvmError(f"{logvm} has not registered a key with this witness")
+    settings = settings_from(args.dispvm_template, args.timeout, args.max_bytes)
+    verdict, _ = verify_outside(
+        logvm, qubes, format_verification_key(*key), export_records(path), settings
+    )
+    for line in format_verdict(logvm, verdict):
+        out.write(line.encode("ascii") + b"\n")
+    out.flush()
+    stamp = format_timestamp(clock()).decode("ascii")
+    scope = ",".join(qubes) or "all"
+    record = f"{stamp} {verdict.status} {verdict.counts()} qubes-asked={scope}\n"
+    write_file(last_verify_path(path), record.encode("ascii"), exclusive=False)
+    if args.notify and verdict.status != "ok":
+        _notify(logvm, verdict.status, verdict.findings[:1])
+    return verdict.exit_code
+
+
+def _notify(logvm: str, status: str, first: list[str]) -> None:
+    """A desktop notification to the dom0 user (libnotify's notify-send)."""
+    title = f"Log verification of {logvm} " + ("FAILED" if status == "failed" else "could not run")
+    body = (first[0] if first else "") + f"\nlogvm-witness verify {logvm} shows the details."
+    tool = shutil.which("notify-send")
+    if tool is None:
+        logger.error("notify-send not found: %s", title)
+        return
+    subprocess.run(
+        [
+            tool,
+            "--urgency=critical",
+            "--app-name=logvm-witness",
+            "--icon=dialog-warning",
+            title,
+            body,
+        ],
+        check=False,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def cmd_verify(args: argparse.Namespace, clock: Clock, out: BinaryIO) -> int:
+    """``verify LOGVM [QUBE...]`` or ``verify --all``: the worst exit code of all."""
+    if args.all:
+        if args.logvm or args.qubes:
+            raise LogvmError("--all takes no LogVM or qube names")
+        names = [n for n in sorted(os.listdir(args.dir)) if _QUBE_NAME.fullmatch(n)]
+        logvms = [n for n in names if read_key(args.dir / n) is not None]
+    elif args.logvm:
+        logvms = [args.logvm]
+    else:
+        raise LogvmError("name a LogVM (or --all)")
+    worst = 0
+    for logvm in logvms:
+        try:
+            worst = max(worst, _verify_one(args, logvm, clock, out))
+        except (LogvmError, OSError) as err:
+            print(f"logvm-witness: {logvm}: {err}", file=sys.stderr)
+            if args.notify:
+                _notify(logvm, "error", [str(err)])
+            worst = 2
+    return worst
 
 
 def cmd_reset_key(args: argparse.Namespace, clock: Clock, out: BinaryIO) -> int:
@@ -227,6 +314,23 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("logvm")
         if name == "export":
             cmd.add_argument("-o", "--output", help="file to write (default stdout)")
+    verify = sub.add_parser("verify", help="verify a LogVM's store in a fresh offline DispVM")
+    verify.add_argument("logvm", nargs="?")
+    verify.add_argument("qubes", nargs="*", metavar="QUBE")
+    verify.add_argument("--all", action="store_true", help="every LogVM with a registered key")
+    verify.add_argument(
+        "--dispvm-template", help="offline disposable template for the verifier (no netvm)"
+    )
+    verify.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    verify.add_argument(
+        "--max-bytes",
+        type=int,
+        default=64 << 30,
+        help="largest snapshot accepted (default 64 GiB)",
+    )
+    verify.add_argument(
+        "--notify", action="store_true", help="desktop notification when it fails or cannot run"
+    )
     return parser
 
 
@@ -255,7 +359,8 @@ def main(
             return cmd_export_key(args, out)
         if args.command == "export":
             return cmd_export(args, out)
-        return cmd_reset_key(args, clock, out)
+        commands = {"verify": cmd_verify, "reset-key": cmd_reset_key}
+        return commands[args.command](args, clock, out)
     except (LogvmError, OSError) as err:
         print(f"logvm-witness: {err}", file=sys.stderr)
-        return 1
+        return 2 if args.command == "verify" else 1

@@ -1,0 +1,2 @@
+"""Outside verification, qube side: ``logvm.Export`` (in the LogVM) and
+``logvm.VerifySnapshot`` (in a fresh offline DispVM). See docs/verifying.md."""

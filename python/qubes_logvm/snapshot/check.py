@@ -1,0 +1,254 @@
+"""``logvm.VerifySnapshot``: the verifier end in a fresh offline DispVM (programs floor).
+
+dom0 calls this service in a new disposable qube and writes into it the
+verifier input of docs/snapshot-format.md: the verification key and the
+witness's records (from dom0), then the LogVM's snapshot as the LogVM sent it.
+This program writes the files into a private temporary directory as a store
+copy, runs the same verifier as ``logvm verify`` (:func:`verify_copy`), and
+writes one bounded verdict to stdout. It always answers with a verdict;
+whatever is wrong with the input (garbage, truncation, a file over the byte
+limit or over the free disk) is the verdict ``error`` with the reason.
+
+Trust side: the snapshot is hostile (it comes from the LogVM); every header
+is parsed exactly and every length is checked before anything is read. The
+only secret here is the verification key, which dies with the DispVM.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ..core.errors import LogvmError, ProtocolError, StoreError
+from ..core.names import validate_qube_name
+from ..core.seal import parse_verification_key
+from ..core.snapshot_format import (
+    FILE_NAME,
+    INPUT_MAGIC,
+    MAX_HEADER,
+    MAX_KEY_TEXT,
+    MAX_STORE_JSON,
+    MAX_WITNESS_BYTES,
+    SNAPSHOT_MAGIC,
+    Frame,
+    Verdict,
+    parse_header,
+)
+from ..core.witness_format import EpochKeys
+from ..store.keystate import encode_key_record
+from ..store.layout import StoreLayout
+from ..store.verify import ERROR, MAX_EPOCH, WARNING, verify_store
+from ..store.witness_check import check_witness
+
+CHUNK = 1 << 20
+#: Disk kept free in the DispVM beyond what a file needs.
+DISK_MARGIN = 16 << 20
+
+
+def verify_copy(root: Path, key: str, qubes: list[str] | None, witness: Path | None) -> Verdict:
+    """The one adapter to the verifier's public entry (as ``logvm verify`` calls it)."""
+    report = verify_store(root, key, qubes)
+    lines = [str(f) for f in report.findings if f.severity == ERROR]
+    problems = check_witness(root, witness, key) if witness is not None else []
+    lines += [f"{ERROR}: witness: {p}" for p in problems]
+    lines += [str(f) for f in report.findings if f.severity == WARNING]
+    if witness is None:
+        lines.append(f"{WARNING}: store: no witness records (deletions at the end not visible)")
+    errors = len(report.errors) + len(problems)
+    warnings = len(lines) - errors
+    return Verdict(
+        "failed" if errors else "ok",
+        errors=errors,
+        warnings=warnings,
+        qubes=report.qubes,
+        segments=report.segments,
+        hashed=report.bytes_hashed,
+        findings=lines,
+    )
+
+
+@dataclass
+class Received:
+    """What the input held besides the files written."""
+
+    key: str = ""
+    witness: bytes = b""
+    limit: int = 0
+    epoch: int | None = None
+    qubes: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+
+
+class Receiver:
+    """Reads the verifier input into a store copy at ``root``, checking as it goes."""
+
+    def __init__(self, untrusted_in: BinaryIO, root: Path) -> None:
+        self.stream = untrusted_in
+        self.root = root
+        self.got = Received()
+
+    def line(self, allowed: tuple[bytes, ...]) -> Frame:
+        untrusted = self.stream.readline(MAX_HEADER)
+        if not untrusted:
+            raise ProtocolError("the snapshot ends early (no end frame): truncated in transit")
+        if not untrusted.endswith(b"\n"):
+            raise ProtocolError("header line too long or cut off")
+        return parse_header(untrusted[:-1], allowed)
+
+    def small(self, size: int, bound: int, what: str) -> bytes:
+        if size > bound:
+            raise ProtocolError(f"{what} larger than {bound} bytes")
+        data = self.stream.read(size)
+        if len(data) != size:
+            raise ProtocolError(f"the input ends inside {what}")
+        return data
+
+    def receive(self) -> Received:
+        """Read everything; raise ProtocolError at the first thing out of place."""
+        if self.stream.readline(MAX_HEADER) != INPUT_MAGIC + b"\n":
+            raise ProtocolError("not a verifier input")
+        got = self.got
+        got.limit = self.line((b"limit",)).number(0)
+        key = self.small(self.line((b"key",)).number(0), MAX_KEY_TEXT, "the key")
+        got.key = key.decode("ascii", "replace")
+        witness = self.line((b"witness",)).number(0)
+        got.witness = self.small(witness, MAX_WITNESS_BYTES, "the witness records")
+        first = self.stream.readline(MAX_HEADER)
+        if not first:
+            raise ProtocolError("the LogVM sent nothing: the snapshot ends early (no end frame)")
+        if first != SNAPSHOT_MAGIC + b"\n":
+            raise ProtocolError("the LogVM's answer is not a snapshot (bad first line)")
+        identity = self.small(self.line((b"store",)).number(0), MAX_STORE_JSON, "store.json")
+        (self.root / "qubes").mkdir(parents=True)
+        (self.root / "state").mkdir()
+        if identity:
+            (self.root / "store.json").write_bytes(identity)
+        self._body()
+        if self.stream.read(1):
+            raise ProtocolError("data after the end frame")
+        return got
+
+    def _body(self) -> None:
+        got, qube_dir = self.got, None
+        seen: set[str] = set()
+        while True:
+            frame = self.line((b"qube", b"file", b"epoch", b"end"))
+            if frame.word == b"qube":
+                name = validate_qube_name(frame.fields[0].decode())
+                if name in got.qubes:
+                    raise ProtocolError(f"qube {name} sent twice")
+                got.qubes.append(name)
+                qube_dir, seen = self.root / "qubes" / name, set()
+                qube_dir.mkdir()
+            elif frame.word == b"file":
+                if qube_dir is None or got.epoch is not None:
+                    raise ProtocolError("file frame outside a qube")
+                name = self._file_name(frame, seen)
+                self._copy(qube_dir / name, frame.number(1))
+            elif frame.word == b"epoch":
+                got.epoch = frame.number(0)
+            else:
+                self._check_end(frame)
+                return
+
+    @staticmethod
+    def _file_name(frame: Frame, seen: set[str]) -> str:
+        if FILE_NAME.fullmatch(frame.fields[0]) is None:
+            raise ProtocolError("file frame with a name no store file has")
+        name = frame.fields[0].decode()
+        if name in seen:
+            raise ProtocolError(f"file {name} sent twice")
+        seen.add(name)
+        return name
+
+    def _copy(self, path: Path, size: int) -> None:
+        got = self.got
+        if got.bytes + size > got.limit:
+            raise ProtocolError(f"the snapshot is larger than the limit of {got.limit} bytes")
+        disk = os.statvfs(self.root)
+        if size + DISK_MARGIN > disk.f_bavail * disk.f_frsize:
+            raise ProtocolError(f"no room in the DispVM for a file of {size} bytes")
+        with path.open("xb") as out:
+            left = size
+            while left:
+                data = self.stream.read(min(CHUNK, left))
+                if not data:
+                    raise ProtocolError(f"the snapshot ends inside {path.parent.name}/{path.name}")
+                out.write(data)
+                left -= len(data)
+        got.files += 1
+        got.bytes += size
+
+    def _check_end(self, frame: Frame) -> None:
+        got = self.got
+        if (frame.number(0), frame.number(1), frame.number(2)) != (
+            len(got.qubes),
+            got.files,
+            got.bytes,
+        ):
+            raise ProtocolError("the end frame disagrees with what was sent")
+
+
+def rebuild_key_file(root: Path, key: str, epoch: int | None) -> None:
+    """The store copy's key file, derived from ``K[0]`` at the epoch the LogVM reported.
+
+    The LogVM never sends key material; the copy gets the key file the
+    verifier expects so that seals newer than the key state are still refused.
+    """
+    if epoch is None or epoch > MAX_EPOCH:
+        return  # the verifier reports the missing key file
+    store_id, key0 = parse_verification_key(key)
+    record = encode_key_record(store_id, epoch, EpochKeys(key0).key(epoch))
+    (root / "state" / "sealkey").write_bytes(record)
+
+
+def check_input(untrusted_in: BinaryIO, workdir: Path, requested: list[str] | None) -> Verdict:
+    """Receive into ``workdir/store`` and verify; every failure becomes a verdict."""
+    root = workdir / "store"
+    receiver = Receiver(untrusted_in, root)
+    try:
+        got = receiver.receive()
+        parse_verification_key(got.key)
+        rebuild_key_file(root, got.key, got.epoch)
+        witness = None
+        if got.witness:
+            witness = workdir / "witness"
+            witness.write_bytes(got.witness)
+        StoreLayout(root)  # the copy is laid out as a store
+        return verify_copy(root, got.key, requested, witness)
+    except (LogvmError, OSError) as err:
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return Verdict("error", findings=[f"cannot verify: {detail}"])
+
+
+def main(
+    argv: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    untrusted_in: BinaryIO | None = None,
+    out: BinaryIO | None = None,
+) -> int:
+    """Entry point of the ``logvm.VerifySnapshot`` service; always writes a verdict."""
+    env = os.environ if environ is None else environ
+    args = sys.argv[1:] if argv is None else argv
+    argument = env.get("QREXEC_SERVICE_ARGUMENT", args[0] if args else "")
+    stdout = out or sys.stdout.buffer
+    workdir = Path(tempfile.mkdtemp(prefix="logvm-verify-", dir=env.get("HOME") or None))
+    try:
+        requested = [validate_qube_name(q) for q in argument.split("+")] if argument else None
+        verdict = check_input(untrusted_in or sys.stdin.buffer, workdir, requested)
+    except (LogvmError, StoreError) as err:
+        verdict = Verdict("error", findings=[f"cannot verify: {err}"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    stdout.write(verdict.to_bytes())
+    stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
