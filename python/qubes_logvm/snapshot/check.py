@@ -41,8 +41,8 @@ from ..core.snapshot_format import (
 from ..core.witness_format import EpochKeys
 from ..store.keystate import encode_key_record
 from ..store.layout import StoreLayout
-from ..store.verify import ERROR, MAX_EPOCH, WARNING, verify_store
-from ..store.witness_check import check_witness
+from ..store.verify import WrongKey, verify_store
+from ..store.verify.context import MAX_EPOCH
 
 CHUNK = 1 << 20
 #: Disk kept free in the DispVM beyond what a file needs.
@@ -51,19 +51,16 @@ DISK_MARGIN = 16 << 20
 
 def verify_copy(root: Path, key: str, qubes: list[str] | None, witness: Path | None) -> Verdict:
     """The one adapter to the verifier's public entry (as ``logvm verify`` calls it)."""
-    report = verify_store(root, key, qubes)
-    lines = [str(f) for f in report.findings if f.severity == ERROR]
-    problems = check_witness(root, witness, key) if witness is not None else []
-    lines += [f"{ERROR}: witness: {p}" for p in problems]
-    lines += [str(f) for f in report.findings if f.severity == WARNING]
-    if witness is None:
-        lines.append(f"{WARNING}: store: no witness records (deletions at the end not visible)")
-    errors = len(report.errors) + len(problems)
-    warnings = len(lines) - errors
+    try:
+        report = verify_store(root, key, qubes, witness)
+    except WrongKey as err:
+        return Verdict("error", findings=[f"cannot verify: {err}"])
+    lines = [str(f) for f in report.errors] + [str(f) for f in report.warnings]
+    lines += [f"limit: {limit}" for limit in report.limits]
     return Verdict(
-        "failed" if errors else "ok",
-        errors=errors,
-        warnings=warnings,
+        "failed" if report.errors else "ok",
+        errors=len(report.errors),
+        warnings=len(report.warnings),
         qubes=report.qubes,
         segments=report.segments,
         hashed=report.bytes_hashed,
