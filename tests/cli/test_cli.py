@@ -1,17 +1,20 @@
 """The ``logvm`` CLI: through the installed console script and in-process ``main()``."""
 
 import io
+import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from qubes_logvm.cli import main
-from qubes_logvm.core.records import format_timestamp, line_record, note_record
+from qubes_logvm.core.records import format_timestamp, line_record, note_record, parse_timestamp
 from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.reader import iter_segment
 from qubes_logvm.store.writer import Store
 from support.storebuilder import Built
 from support.tamper import ATTACKS, hostile_escape, other_key
@@ -153,13 +156,15 @@ def test_show_decorates_and_reads_compressed(store: Built) -> None:
         stream.write(line_record(stamp, b"long", cut=70000))
         stream.write(line_record(stamp, b"last words", partial=True))
         stream.write(b"garbage line\n")
-    code, out, _ = run(["show", "work", "--store", str(store.root)])
+    args = ["show", "work", "--store", str(store.root), "-o", "short-iso", "--utc"]
+    code, out, _ = run(args)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].endswith(" [logvm] segment-start seq=2 session=s2")
-    assert f"{stamp.decode()} long [truncated 70000 bytes]" in lines
-    assert f"{stamp.decode()} last words [partial: the stream ended without a newline]" in lines
-    assert "[malformed line] garbage line" in lines
+    assert lines[0].endswith(" [logvm] work: segment-start seq=2 session=s2")
+    when = datetime.fromtimestamp(1.9e9, UTC).isoformat(timespec="microseconds")
+    assert f"{when} work long [truncated 70000 bytes]" in lines
+    assert f"{when} work last words [partial: the stream ended without a newline]" in lines
+    assert f"{when} work [malformed line] garbage line" in lines
     code, out, _ = run(["show", "personal", "--store", str(store.root), "--raw"])
     assert len(out.splitlines()) == 45  # 15 of them from the compressed segment
     assert " C segment-start seq=1 " in out.splitlines()[0]
@@ -208,7 +213,7 @@ def test_follow_in_process_sees_new_lines_and_new_segments(store: Built) -> None
     lines = out.splitlines()
     assert len(lines) >= 4
     assert "work seg 4 batch 2 rec 3" in lines[1]
-    assert any("[logvm] segment-start seq=5" in line for line in lines)
+    assert any("[logvm] work: segment-start seq=5" in line for line in lines)
     assert lines[-1].endswith("fresh \x1b line".replace("\x1b", "\\x1b"))
 
 
@@ -237,18 +242,28 @@ def test_follow_process_prints_appended_lines(store: Built) -> None:
 
 @pytest.mark.timeout(30)
 def test_list_shows_segments_counts_and_times(store: Built) -> None:
-    code, out, _ = run_process(["list", "--store", str(store.root)])
+    code, out, _ = run_process(["list", "--store", str(store.root), "--utc"])
     assert code == 0
     lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), out
     assert lines[0].startswith("disp12: 1 segments, ")
-    assert " 15 records, 20" in lines[0]
+    assert " 15 records, " in lines[0]
     personal = lines[lines.index(next(x for x in lines if x.startswith("personal:"))) + 1]
-    assert "00000001  compressed" in personal
-    assert "15 records" in personal
-    assert "(compressed)" in personal
+    assert "00000001 compressed" in personal
+    assert " 15  " in personal
+    # The compressed segment's last receive time, from its trailer (not decompressed).
+    [seg] = [s for s in store.layout.segments("personal") if s.seq == 1]
+    last = iter_segment(seg)
+    *_, final = last
+    when = datetime.fromtimestamp(parse_timestamp(final.data[:27]), UTC)
+    assert personal.endswith(when.strftime("%b %d %H:%M:%S"))
     work = [x for x in lines if x.startswith("  0000000") and "open" in x]
     assert work
-    assert "13 records" in work[0]
+    assert " 13  " in work[0]
+    code, out, _ = run(["list", "--store", str(store.root), "--json", "personal"])
+    [obj] = [json.loads(line) for line in out.splitlines()]
+    assert obj["segment_list"][0]["last"] == final.data[:27].decode()
+    assert (obj["qube"], obj["segments"], obj["records"]) == ("personal", 3, 45)
 
 
 @pytest.mark.timeout(30)

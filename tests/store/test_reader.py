@@ -10,15 +10,14 @@ from qubes_logvm.core.errors import StoreError
 from qubes_logvm.store import reader
 from qubes_logvm.store.layout import SegmentFiles, StoreLayout
 from qubes_logvm.store.reader import (
-    LineFilter,
     count_lines,
     first_stamp,
-    iter_qube,
     iter_segment,
     last_stamp,
     open_plain,
     read_lines,
 )
+from qubes_logvm.store.timeline import Query, entries
 from support.storebuilder import build_store
 
 T1 = b"2026-11-28T10:00:00.000000Z"
@@ -78,23 +77,26 @@ def test_damaged_zstd_raises_store_error(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(10)
 def test_filter_window_and_pattern(tmp_path: Path) -> None:
-    segment = _segment(tmp_path, TEXT[: len(T1) + 7] + b"malformed\n" + TEXT[len(T1) + 7 :])
-    window = LineFilter(since=T1, until=T2)
-    assert [line.data[-3:] for line in window.apply(iter_segment(segment))] == [
+    layout = StoreLayout(tmp_path / "store")
+    layout.qube_dir("work").mkdir(parents=True)
+    data = TEXT[: len(T1) + 7] + b"malformed\n" + TEXT[len(T1) + 7 :]
+    layout.segment_log("work", 1).write_bytes(data)
+    window = Query(since=T1, until=T2)
+    assert [e.stored.data[-3:] for e in entries(layout, "work", window)] == [
         b"one",
         b"med",  # judged by the stamp before it: stays visible in its window
         b"two",
     ]
-    grep = LineFilter(pattern=re.compile(rb"th"))
-    assert [line.number for line in grep.apply(iter_segment(segment))] == [4]
-    assert LineFilter(since=b"2027").skips_segment(segment)
-    assert LineFilter(until=b"2025").skips_segment(segment)
+    grep = Query(pattern=re.compile("th"))
+    assert [e.line for e in entries(layout, "work", grep)] == [4]
+    assert list(entries(layout, "work", Query(since=b"2027"))) == []
+    assert list(entries(layout, "work", Query(until=b"2025"))) == []
 
 
 @pytest.mark.timeout(30)
-def test_iter_qube_crosses_segments_plain_and_compressed(tmp_path: Path) -> None:
+def test_entries_cross_segments_plain_and_compressed(tmp_path: Path) -> None:
     built = build_store(tmp_path / "store")
     layout = StoreLayout(built.root)
-    seen = [(s.seq, line.number) for s, line in iter_qube(layout, "personal")]
+    seen = [(e.segment, e.line) for e in entries(layout, "personal")]
     assert [seq for seq, number in seen if number == 1] == [1, 2, 3]  # 1 is compressed
     assert len(seen) == 45

@@ -24,11 +24,18 @@ from typing import BinaryIO, TextIO
 from ..core.errors import LogvmError
 from ..core.escape import terminal_safe
 from ..store.layout import DEFAULT_STORE, StoreLayout
-from ..store.reader import LineFilter
-from .common import Env, Output, parse_time
+from .common import Env, Output
 from .listing import run_list, run_stats
 from .open_cmd import OPEN_COMMAND, run_open
-from .show import ShowOptions, compile_pattern, run_show
+from .pager import paged, pager_command, use_pager
+from .show import (
+    add_show_args,
+    join_dash_values,
+    options_from_args,
+    run_follow,
+    run_show,
+    stdout_is_terminal,
+)
 from .verify_cmd import run_setup_keys, run_verify
 
 log = logging.getLogger(__name__)
@@ -38,17 +45,6 @@ EXIT_TAMPERED, EXIT_USAGE = 1, 2
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
     parser.add_argument("--config", type=Path, help="collector.yaml (default: the system one)")
-
-
-def _show_args(parser: argparse.ArgumentParser, *, follow: bool) -> None:
-    parser.add_argument("qube")
-    parser.add_argument("--since", help="receive time (UTC): 2026-11-28T17:00, -1h, today")
-    parser.add_argument("--until", help="receive time (UTC), inclusive")
-    parser.add_argument("--grep", metavar="RE", help="regular expression on the stored line")
-    parser.add_argument("--raw", action="store_true", help="the stored lines, undecorated")
-    parser.add_argument("-n", "--lines", type=int, help="only the last N lines")
-    if not follow:
-        parser.add_argument("-f", "--follow", action="store_true", help="wait for new records")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--epoch-seconds", type=float, default=10.0)
     listing = sub.add_parser("list", help="qubes, segments, sizes, record counts, times")
     listing.add_argument("qubes", nargs="*")
-    _show_args(sub.add_parser("show", help="a qube's records"), follow=False)
-    _show_args(sub.add_parser("follow", help="show -f"), follow=True)
+    listing.add_argument("--json", action="store_true", help="one JSON object per qube")
+    listing.add_argument("--utc", action="store_true", help="times in UTC (default: local)")
+    add_show_args(sub.add_parser("show", help="records of qubes, one timeline"), follow=False)
+    add_show_args(sub.add_parser("follow", help="show -f"), follow=True)
     verify = sub.add_parser("verify", help="check seals and hash chains")
     verify.add_argument("qubes", nargs="*")
     verify.add_argument("--key", required=True, help="file with logvm-vk1:... ('-': stdin)")
@@ -80,16 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _show(
     env: Env, args: argparse.Namespace, clock: Callable[[], float], sleep: Callable[[float], None]
 ) -> int:
-    now = clock()
-    line_filter = LineFilter(
-        since=parse_time(args.since, now=now) if args.since else None,
-        until=parse_time(args.until, now=now) if args.until else None,
-        pattern=compile_pattern(args.grep),
-    )
-    follow = args.command == "follow" or args.follow
-    last = args.lines if args.lines is not None else (10 if args.command == "follow" else None)
-    options = ShowOptions(args.qube, line_filter, args.raw, last, follow)
-    return run_show(env, options, sleep=sleep)
+    options = options_from_args(args, clock())
+    if options.follow:
+        return run_follow(env, options, sleep)
+    if not use_pager(isatty=env.out.colour, no_pager=options.no_pager, follow=False):
+        return run_show(env, options)
+    command = pager_command(os.environ)
+    if command is None:
+        return run_show(env, options)
+    with paged(command, os.environ) as stream:
+        if stream is not None:
+            env.out.stream = stream
+        return run_show(env, options)
 
 
 def _dispatch(
@@ -103,7 +103,7 @@ def _dispatch(
     if command == "setup-keys":
         return run_setup_keys(env, args.epoch_seconds)
     if command == "list":
-        return run_list(env, args.qubes)
+        return run_list(env, args.qubes, as_json=args.json, utc=args.utc)
     if command in ("show", "follow"):
         return _show(env, args, clock, sleep)
     if command == "verify":
@@ -126,7 +126,7 @@ def main(
     """Run one ``logvm`` command; return its exit status."""
     err = stderr if stderr is not None else sys.stderr
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:
         return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, stream=err, format="logvm: %(message)s")
@@ -134,7 +134,7 @@ def main(
     env = Env(
         StoreLayout(args.store),
         args.config,
-        Output(out_stream),
+        Output(out_stream, colour=stdout is None and stdout_is_terminal()),
         err,
         stdin if stdin is not None else sys.stdin,
     )

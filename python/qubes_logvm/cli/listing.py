@@ -2,16 +2,20 @@
 
 Trust side: figures come from seal files and segment heads and tails as
 found on disk, unverified (``logvm verify`` checks them). Kept cheap: list
-reads seals and a line at each end of plain segments, never whole segments;
+reads seals, a line at each end of plain segments and the last-time
+trailer of compressed ones, never whole segments;
 stats also scans for drop notes at C speed.
 """
 
+import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 
 from ..config.collector import load_collector_config
 from ..core.errors import StoreError
+from ..core.records import parse_timestamp
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.reader import count_lines, first_stamp, last_stamp, open_plain
 from ..store.retention import qube_report
@@ -64,7 +68,7 @@ def _records(files: SegmentFiles) -> tuple[str, int]:
 
 
 def segment_info(files: SegmentFiles) -> SegmentInfo:
-    """Cheap facts about one segment."""
+    """Cheap facts about one segment (a compressed one's last time from its trailer)."""
     state, records = _records(files)
     first = first_stamp(files) or b"-"
     last = last_stamp(files) or (b"(compressed)" if files.compressed else b"-")
@@ -78,27 +82,63 @@ def segment_info(files: SegmentFiles) -> SegmentInfo:
     )
 
 
-def run_list(env: Env, qubes: list[str]) -> int:
-    """Print qubes and their segments."""
+def _when(stamp: str, zone: tzinfo) -> str:
+    """A stored stamp as ``Nov 28 18:05:26`` (15 columns), or the marker as it is."""
+    try:
+        moment = datetime.fromtimestamp(parse_timestamp(stamp.encode("ascii")), zone)
+    except ValueError:
+        return stamp
+    return moment.strftime("%b %d %H:%M:%S")
+
+
+def _qube_summary(qube: str, rows: list[SegmentInfo]) -> dict[str, object]:
+    first = next((r.first for r in rows if r.first[:1].isdigit()), None)
+    last = next((r.last for r in reversed(rows) if r.last[:1].isdigit()), None)
+    return {
+        "qube": qube,
+        "segments": len(rows),
+        "size": sum(r.size for r in rows),
+        "records": sum(r.records for r in rows),
+        "first": first,
+        "last": last,
+    }
+
+
+def _segment_json(row: SegmentInfo) -> dict[str, object]:
+    return {
+        "segment": row.files.seq,
+        "state": row.state,
+        "size": row.size,
+        "records": row.records,
+        "first": row.first if row.first[:1].isdigit() else None,
+        "last": row.last if row.last[:1].isdigit() else None,
+    }
+
+
+def run_list(env: Env, qubes: list[str], *, as_json: bool = False, utc: bool = False) -> int:
+    """Print qubes and their segments (columns within 80 characters), or JSON lines."""
     names = qubes or env.layout.qubes()
+    zone: tzinfo = UTC if utc else (datetime.now().astimezone().tzinfo or UTC)
     for qube in names:
         if not env.layout.qube_dir(qube).is_dir():
             raise StoreError(f"no qube {qube!r} in {env.layout.root}")
         rows = [segment_info(s) for s in env.layout.segments(qube)]
-        size = sum(r.size for r in rows)
-        records = sum(r.records for r in rows)
-        first = next((r.first for r in rows if r.first != "-"), "-")
-        last = next((r.last for r in reversed(rows) if r.last[:1].isdigit()), "-")
+        summary = _qube_summary(qube, rows)
+        if as_json:
+            summary["segment_list"] = [_segment_json(r) for r in rows]
+            env.out.line(json.dumps(summary, ensure_ascii=True))
+            continue
+        first, last = (_when(str(summary[k] or "-"), zone) for k in ("first", "last"))
         env.out.line(
-            f"{qube}: {len(rows)} segments, {human_size(size)}, {records} records, "
-            f"{first} .. {last}"
+            f"{qube}: {len(rows)} segments, {human_size(int(str(summary['size'])))}, "
+            f"{summary['records']} records, {first} .. {last}"
         )
         for row in rows:
             env.out.line(
-                f"  {row.files.seq:08d}  {row.state:<10} {human_size(row.size):>10} "
-                f"{row.records:>9} records  {row.first}  {row.last}"
+                f"  {row.files.seq:08d} {row.state:<10} {human_size(row.size):>10} "
+                f"{row.records:>9}  {_when(row.first, zone):<15}  {_when(row.last, zone)}"
             )
-    if not names:
+    if not names and not as_json:
         env.out.line(f"no qubes in {env.layout.root}")
     return 0
 

@@ -1,180 +1,203 @@
-"""``logvm show`` and ``logvm follow``: a qube's records, decorated or raw (floor 3).
+"""``logvm show`` and ``logvm follow``: one timeline of some qubes (floor 3).
 
-Trust side: reads segments an intruder may have edited; lines are parsed
-strictly, anything malformed is shown as such, and all output goes through
-:class:`.common.Output` (terminal-safe). Following polls the newest segment
-and watches for new ones; no inotify needed.
+Options follow journalctl's (see man/logvm.1); reading, filtering and
+merging are :mod:`qubes_logvm.store.timeline` (shared with the GUI), the
+formats :mod:`.render`, the pager :mod:`.pager`. Trust side: reads segments
+an intruder may have edited; all output goes through :class:`.common.Output`
+(terminal-safe, colours added after).
 """
 
-import collections
-import os
+import argparse
 import re
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..core.errors import StoreError
-from ..core.escape import unescape
-from ..core.records import parse_record
-from ..store.layout import SegmentFiles, StoreLayout
-from ..store.reader import MAX_LINE, LineFilter, StoredLine, iter_segment
+from ..core.records import format_timestamp
+from ..core.sender_record import SEVERITIES
+from ..core.timespec import HELP, parse_timespec
+from ..store.timeline import Entry, Follower, Query, merged, newest, require_qubes, resolve_qubes
 from .common import Env, UsageError
+from .render import FORMATS, Renderer
 
 POLL_SECONDS = 0.5
-_READ = 1 << 20
+FOLLOW_LINES = 10
+#: Options whose value may start with "-" (``--since -1h``): see :func:`join_dash_values`.
+DASH_VALUE_OPTIONS = ("--since", "--until", "-S", "-U")
 
 
 @dataclass(frozen=True)
 class ShowOptions:
     """What ``show`` was asked for."""
 
-    qube: str
-    line_filter: LineFilter
-    raw: bool = False
-    last: int | None = None  # only the last N lines before following
+    qubes: tuple[str, ...]
+    every: bool
+    query: Query
+    fmt: str = "short"
+    last: int | None = None  # only the last N entries (before following)
+    reverse: bool = False
     follow: bool = False
+    utc: bool = False
+    no_pager: bool = False
 
 
-def compile_pattern(text: str | None) -> "re.Pattern[bytes] | None":
-    """The ``--grep`` regular expression, matched against stored (escaped) lines."""
+def add_show_args(parser: argparse.ArgumentParser, *, follow: bool) -> None:
+    """The options of ``show`` and ``follow``."""
+    add = parser.add_argument
+    add("qubes", nargs="*", metavar="QUBE", help="qube names or globs (none: all)")
+    add("--all", action="store_true", help="every qube in the store")
+    add("-S", "--since", metavar="TIME", help=f"receive time: {HELP}")
+    add("-U", "--until", metavar="TIME", help="receive time, inclusive")
+    add("--utc", action="store_true", help="read and show times in UTC (default: local)")
+    add("-p", "--priority", metavar="PRIO", help="err, warning..err, 0..3 (sender's claim)")
+    add("-u", "--unit", action="append", default=[], metavar="UNIT", help="sender's unit (glob)")
+    add("-t", "--identifier", action="append", default=[], metavar="ID", help="syslog ident")
+    add("--session", metavar="TOKEN", help="one session (a segment-start note's session=)")
+    add("-g", "--grep", metavar="RE", help="regular expression on the message (smart case)")
+    add("-i", "--ignore-case", action="store_true", help="--grep ignores case")
+    add("-n", "--lines", metavar="N", help="only the last N entries ('all': no limit)")
+    add("-r", "--reverse", action="store_true", help="newest first")
+    add("-o", "--output", choices=FORMATS, default="short", help="output format")
+    add("--raw", action="store_true", help="the same as -o raw")
+    add("--no-pager", action="store_true", help="do not pipe into a pager")
+    if not follow:
+        add("-f", "--follow", action="store_true", help="then wait for new entries")
+
+
+def join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--since -1h`` -> ``--since=-1h``: argparse takes ``-1h`` for an option."""
+    out: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if item in DASH_VALUE_OPTIONS and index + 1 < len(items):
+            value = items[index + 1]
+            if value.startswith("-") and not value.startswith("--"):
+                out.append(f"{item}={value}")
+                index += 2
+                continue
+        out.append(item)
+        index += 1
+    return out
+
+
+def parse_priorities(text: str) -> frozenset[int]:
+    """``err`` -> 0..3 (that and more severe); ``warning..err`` and ``0..4`` ranges."""
+    low, dots, high = text.partition("..")
+    first = _severity(low)
+    if not dots:
+        return frozenset(range(first + 1))
+    second = _severity(high)
+    return frozenset(range(min(first, second), max(first, second) + 1))
+
+
+def _severity(word: str) -> int:
+    word = word.strip().lower()
+    if word.isdigit() and int(word) < len(SEVERITIES):
+        return int(word)
+    if word in SEVERITIES:
+        return SEVERITIES.index(word)
+    raise UsageError(f"--priority: {word!r} is not one of {', '.join(SEVERITIES)} or 0..7")
+
+
+def compile_pattern(text: str | None, *, ignore_case: bool) -> "re.Pattern[str] | None":
+    """``--grep``: case-insensitive when asked or when the pattern has no capital."""
     if text is None:
         return None
+    flags = re.IGNORECASE if ignore_case or text == text.lower() else 0
     try:
-        return re.compile(text.encode("utf-8"))
+        return re.compile(text, flags)
     except re.error as err:
         raise UsageError(f"--grep: not a regular expression: {err}") from err
 
 
-def decorate(line: StoredLine) -> bytes:
-    """A stored line as a reader wants it: truncation, partial lines and notes marked."""
-    try:
-        record = parse_record(line.data)
-    except StoreError:
-        text = b"[malformed line] " + line.data
+def _stamp(text: str | None, now: float, utc: bool) -> bytes | None:
+    return None if text is None else format_timestamp(parse_timespec(text, now=now, utc=utc))
+
+
+def _count(text: str | None, *, follow: bool) -> int | None:
+    if text is None:
+        return FOLLOW_LINES if follow else None
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise UsageError(f"--lines: expected a number >= 0 or 'all', got {text!r}")
+    return int(text)
+
+
+def options_from_args(args: argparse.Namespace, now: float) -> ShowOptions:
+    """Validate the parsed command line into :class:`ShowOptions`."""
+    follow = args.command == "follow" or bool(getattr(args, "follow", False))
+    since, until = _stamp(args.since, now, args.utc), _stamp(args.until, now, args.utc)
+    if since is not None and until is not None and since > until:
+        raise UsageError(f"--since {args.since!r} is after --until {args.until!r}")
+    if follow and args.reverse:
+        raise UsageError("--reverse cannot be combined with following")
+    query = Query(
+        since=since,
+        until=until,
+        severities=parse_priorities(args.priority) if args.priority else None,
+        units=tuple(args.unit),
+        identifiers=tuple(args.identifier),
+        session=args.session,
+        pattern=compile_pattern(args.grep, ignore_case=args.ignore_case),
+    )
+    return ShowOptions(
+        tuple(args.qubes),
+        args.all or not args.qubes,
+        query,
+        "raw" if args.raw else args.output,
+        _count(args.lines, follow=follow),
+        args.reverse,
+        follow,
+        args.utc,
+        args.no_pager,
+    )
+
+
+def _print(env: Env, renderer: Renderer, entries: Iterable[Entry]) -> None:
+    for entry in entries:
+        env.out.parts(renderer.parts(entry))
+
+
+def run_show(env: Env, options: ShowOptions) -> int:
+    """Print the matching entries of the chosen qubes as one timeline."""
+    qubes = resolve_qubes(env.layout, options.qubes, every=options.every)
+    require_qubes(env.layout, qubes)
+    renderer = Renderer(options.fmt, utc=options.utc)
+    if options.last is not None:
+        found: Iterable[Entry] = newest(env.layout, qubes, options.last, options.query)
     else:
-        if record.kind == "C":
-            text = record.stamp + b" [logvm] " + record.payload
-        else:
-            # Undo the collector's escaping layer for reading; the output
-            # stream (Output.line -> terminal_safe) escapes again whatever
-            # is not printable, so a sender's raw ESC shows as \x1b, and an
-            # exporter's own escaping shows once, not doubled. --raw prints
-            # the stored bytes exactly.
-            text = record.stamp + b" " + unescape(record.payload)
-            if record.kind == "P":
-                text += b" [partial: the stream ended without a newline]"
-            if record.cut:
-                text += b" [truncated %d bytes]" % record.cut
-    if line.overlong:
-        text += b" [display cut: %d more bytes]" % line.overlong
-    if not line.complete:
-        text += b" [incomplete: no newline yet]"
-    return text
-
-
-def _print(env: Env, options: ShowOptions, lines: Iterable[StoredLine]) -> None:
-    for line in lines:
-        env.out.line(line.data if options.raw else decorate(line))
-
-
-def _existing(layout: StoreLayout, options: ShowOptions) -> Iterator[StoredLine]:
-    for segment in layout.segments(options.qube):
-        if segment.log is None or options.line_filter.skips_segment(segment):
-            continue
-        yield from options.line_filter.apply(iter_segment(segment))
-
-
-def run_show(env: Env, options: ShowOptions, *, sleep: Callable[[float], None]) -> int:
-    """Print a qube's records in order across segments; then follow if asked."""
-    if not env.layout.qube_dir(options.qube).is_dir() and not options.follow:
-        raise StoreError(f"no qube {options.qube!r} in {env.layout.root}")
-    if not options.follow:
-        lines: Iterable[StoredLine] = _existing(env.layout, options)
-        if options.last is not None:
-            lines = collections.deque(lines, maxlen=options.last)
-        _print(env, options, lines)
-        return 0
-    _follow(env, options, sleep)
+        found = merged(env.layout, qubes, options.query)
+    if options.reverse:
+        found = reversed(list(found))
+    _print(env, renderer, found)
     return 0
 
 
-class _Tail:
-    """Reads the lines appended to one plain segment since the last poll."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self._stream = path.open("rb")
-        except OSError as err:
-            raise StoreError(f"{path}: cannot read: {err.strerror}") from err
-        self._pending = b""
-        self._number = 1
-
-    def poll(self) -> list[StoredLine]:
-        """Complete lines that arrived (an overlong one is cut for display)."""
-        data = self._stream.read(_READ * 16)
-        self._pending += data
-        *complete, self._pending = self._pending.split(b"\n")
-        lines = []
-        for text in complete:
-            lines.append(StoredLine(self._number, text[:MAX_LINE], True, len(text[MAX_LINE:])))
-            self._number += 1
-        if len(self._pending) > MAX_LINE:
-            self._pending = self._pending[:MAX_LINE]  # the rest shows as display-cut
-        return lines
-
-    def finish(self) -> list[StoredLine]:
-        """The last lines, including one without a newline, before moving on."""
-        lines = self.poll()
-        if self._pending:
-            lines.append(StoredLine(self._number, self._pending, False))
-            self._pending = b""
-        self._stream.close()
-        return lines
-
-
-def _newer(layout: StoreLayout, qube: str, seq: int) -> list[SegmentFiles]:
-    if not os.path.isdir(layout.qubes_dir / qube):
-        return []
-    return [s for s in layout.segments(qube) if s.seq > seq and s.log is not None]
-
-
-def _follow(env: Env, options: ShowOptions, sleep: Callable[[float], None]) -> None:
-    """Print what exists (or its last N lines), then new lines as they come."""
-    chosen = options.line_filter
-    segments = _newer(env.layout, options.qube, 0)
-    backlog: Iterable[StoredLine] = (
-        line for s in segments[:-1] for line in chosen.apply(iter_segment(s))
-    )
-    tail, seq = None, 0
-    if segments:
-        newest = segments[-1]
-        seq = newest.seq
-        if newest.compressed:
-            backlog = _chain(backlog, chosen.apply(iter_segment(newest)))
-        else:
-            tail = _Tail(newest.log)  # type: ignore[arg-type]
-            backlog = _chain(backlog, chosen.apply(tail.poll()))
-    if options.last is not None:
-        backlog = collections.deque(backlog, maxlen=options.last)
-    _print(env, options, backlog)
+def run_follow(env: Env, options: ShowOptions, sleep: Callable[[float], None]) -> int:
+    """The last entries (10 by default), then new ones as they are stored, until Ctrl-C."""
+    qubes = resolve_qubes(env.layout, options.qubes, every=options.every)
+    if not qubes:
+        raise StoreError(f"no qube matches in {env.layout.root}")
+    follower = Follower(env.layout, qubes, options.query)
+    follower.start()
+    for qube in follower.missing():
+        env.err.write(f"logvm follow: no qube {qube!r} in {env.layout.root} yet; waiting for it\n")
+    env.err.flush()
+    renderer = Renderer(options.fmt, utc=options.utc)
+    present = [q for q in qubes if q not in follower.missing()]
+    backlog = newest(env.layout, present, options.last or 0, options.query)
+    _print(env, renderer, (e for e in backlog if follower.before_start(e)))
     env.out.flush()
     while True:
         sleep(POLL_SECONDS)
-        newer = _newer(env.layout, options.qube, seq)
-        if tail is not None:
-            lines = tail.finish() if newer else tail.poll()
-            _print(env, options, chosen.apply(lines))
-            tail = None if newer else tail
-        for segment in newer:
-            seq = segment.seq
-            if segment is newer[-1] and not segment.compressed:
-                tail = _Tail(segment.log)  # type: ignore[arg-type]
-                _print(env, options, chosen.apply(tail.poll()))
-            else:
-                _print(env, options, chosen.apply(iter_segment(segment)))
+        _print(env, renderer, follower.poll())
         env.out.flush()
 
 
-def _chain(*parts: Iterable[StoredLine]) -> Iterator[StoredLine]:
-    for part in parts:
-        yield from part
+def stdout_is_terminal() -> bool:
+    """True when the real standard output is a terminal."""
+    return sys.stdout.isatty()

@@ -4,7 +4,9 @@ Steps for one segment, each durable before the next, so that a kill at any
 moment leaves exactly one good copy that readers use:
 
 1. stream the plain bytes into ``NNNNNNNN.log.zst.tmp`` (one zstd frame,
-   bounded memory), fsync it;
+   bounded memory, then a skippable frame with the last receive time so
+   ``logvm list`` need not decompress: :func:`.reader.stamp_trailer`),
+   fsync it;
 2. decompress the temp file and recompute the hash chain over it with the
    segment's seals: every ``head`` must match, or nothing changes;
 3. under the qube's flock (the collector takes it to delete segments):
@@ -31,6 +33,7 @@ from ..core.errors import LogvmError, StoreError
 from ..core.seal import Seal
 from .files import open_regular
 from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
+from .reader import last_stamp, stamp_trailer
 from .retention import is_closed
 from .sealfile import read_seal_file
 from .verify.chain import ChainCheck, ChainMismatch
@@ -76,9 +79,14 @@ def check_compressed(path: Path, name: str, seals: list[Seal]) -> None:
 
 
 def write_frame(
-    source: Path, tmp: Path, nbytes: int, level: int, should_stop: Callable[[], bool]
+    source: Path,
+    tmp: Path,
+    nbytes: int,
+    level: int,
+    should_stop: Callable[[], bool],
+    trailer: bytes = b"",
 ) -> None:
-    """Compress ``nbytes`` of ``source`` into ``tmp`` as one zstd frame and fsync it."""
+    """Compress ``nbytes`` of ``source`` into ``tmp`` as one zstd frame (+ trailer), fsync."""
     # The pledged size goes into the frame header and tunes the parameters
     # as the zstd CLI does for a file of known size.
     packer = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj(size=nbytes)
@@ -94,6 +102,7 @@ def write_frame(
             out.write(packer.compress(chunk))
             left -= len(chunk)
         out.write(packer.flush())
+        out.write(trailer)
         out.flush()
         os.fsync(out.fileno())
 
@@ -137,7 +146,9 @@ def compress_segment(
         raise CompressError(f"{files.name}: bytes after the last seal; leaving it for verify")
     tmp = files.log.with_name(f"{files.seq:08d}{TMP_SUFFIX}")
     try:
-        write_frame(files.log, tmp, seals[-1].nbytes, level, should_stop)
+        stamp = last_stamp(files)
+        trailer = stamp_trailer(stamp) if stamp is not None else b""
+        write_frame(files.log, tmp, seals[-1].nbytes, level, should_stop, trailer)
         check_compressed(tmp, files.name, seals)
     except BaseException:
         tmp.unlink(missing_ok=True)

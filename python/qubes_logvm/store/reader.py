@@ -1,4 +1,6 @@
-"""Reading segments back: plain or zstd, line by line, filtered (floor 2).
+"""Reading segments back: plain or zstd, line by line (floor 2).
+
+Filters, merging and reading from the end are :mod:`.timeline` and :mod:`.tail`.
 
 Trust side: runs in the LogVM for the ``logvm`` CLI. Segment files may have
 been edited by an intruder, so lines are bounded (an overlong line is cut
@@ -12,7 +14,8 @@ import contextlib
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import RawIOBase
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import BinaryIO, cast
 from ..core.errors import StoreError
 from ..core.records import TIMESTAMP_LEN
 from .files import open_regular
-from .layout import SegmentFiles, StoreLayout
+from .layout import SegmentFiles
 
 #: Longest line handed out; the rest of a longer line is skipped (and flagged).
 MAX_LINE = 1 << 20
@@ -127,76 +130,42 @@ def first_stamp(segment: SegmentFiles) -> bytes | None:
     return head if _STAMP.fullmatch(head) else None
 
 
-def last_stamp(segment: SegmentFiles) -> bytes | None:
-    """Receive time of a plain segment's last complete record (reads its tail).
+#: The head of a compressed segment's trailer: skippable-frame magic, length 27.
+TRAILER_HEAD = struct.pack("<II", 0x184D2A5B, TIMESTAMP_LEN)
 
-    None for a compressed segment: finding its end would mean decompressing
-    it all, and callers want this to be cheap.
+
+def stamp_trailer(stamp: bytes) -> bytes:
+    """The zstd skippable frame compression appends: the segment's last receive time.
+
+    Decompressors skip it (RFC 8878, 3.1.2), so the plain bytes are unchanged;
+    :func:`last_stamp` reads it from the file's last bytes.
     """
-    if segment.log is None or segment.compressed:
+    return TRAILER_HEAD + stamp
+
+
+def last_stamp(segment: SegmentFiles) -> bytes | None:
+    """Receive time of a segment's last complete record (reads only its tail).
+
+    For a compressed segment it is the trailer compression wrote
+    (:func:`stamp_trailer`); None for one compressed before trailers existed:
+    finding its end would mean decompressing it all.
+    """
+    if segment.log is None:
         return None
     try:
-        with segment.log.open("rb") as stream:
+        with open_regular(segment.log) as stream:
             size = stream.seek(0, os.SEEK_END)
             stream.seek(max(0, size - _TAIL))
             tail = stream.read(_TAIL)
     except OSError as err:
         raise StoreError(f"{segment.log}: cannot read: {err.strerror}") from err
+    if segment.compressed:
+        found = tail[-len(TRAILER_HEAD) - TIMESTAMP_LEN :]
+        stamp = found[len(TRAILER_HEAD) :]
+        ok = found.startswith(TRAILER_HEAD) and _STAMP.fullmatch(stamp)
+        return stamp if ok else None
     for line in reversed(tail.split(b"\n")[:-1]):
         head = line[:TIMESTAMP_LEN]
         if _STAMP.fullmatch(head):
             return head
     return None
-
-
-@dataclass(frozen=True)
-class LineFilter:
-    """Which lines to show: receive time window (stamps, inclusive) and a pattern.
-
-    Times compare as bytes: stored stamps are fixed-width UTC. A line without
-    a valid stamp (malformed, perhaps tampered) is judged by the last valid
-    stamp before it, so it is not hidden from a window it sits in.
-    """
-
-    since: bytes | None = None
-    until: bytes | None = None
-    pattern: "re.Pattern[bytes] | None" = None
-
-    def apply(self, lines: Iterable[StoredLine]) -> Iterator[StoredLine]:
-        """Yield the lines that pass."""
-        last = b""
-        for line in lines:
-            stamp = line.stamp
-            if stamp is not None:
-                last = stamp
-            if self.since is not None and last < self.since:
-                continue
-            if self.until is not None and last and last > self.until:
-                continue
-            if self.pattern is not None and self.pattern.search(line.data) is None:
-                continue
-            yield line
-
-    def skips_segment(self, segment: SegmentFiles) -> bool:
-        """True when the segment cannot hold a line in the window (cheap checks)."""
-        if self.since is not None:
-            last = last_stamp(segment)
-            if last is not None and last < self.since:
-                return True
-        if self.until is not None:
-            first = first_stamp(segment)
-            if first is not None and first > self.until:
-                return True
-        return False
-
-
-def iter_qube(
-    layout: StoreLayout, qube: str, line_filter: LineFilter | None = None
-) -> Iterator[tuple[SegmentFiles, StoredLine]]:
-    """A qube's lines across all its segments in order (plain and compressed)."""
-    chosen = line_filter or LineFilter()
-    for segment in layout.segments(qube):
-        if segment.log is None or chosen.skips_segment(segment):
-            continue
-        for line in chosen.apply(iter_segment(segment)):
-            yield segment, line

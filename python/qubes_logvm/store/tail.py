@@ -8,6 +8,7 @@ verify`` checks it), so a tampered one can only mislabel line numbers.
 Trust side: as :mod:`.reader`: bounded lines, nothing trusted.
 """
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..core.entries import classify
 from ..core.errors import StoreError
 from ..core.records import TIMESTAMP_LEN
 from ..core.seal import parse_seal
+from .files import open_regular
 from .layout import SegmentFiles
 from .reader import MAX_LINE, StoredLine, open_plain, read_lines
 
@@ -48,6 +50,11 @@ def _log(segment: SegmentFiles) -> Path:
     return segment.log
 
 
+def _open(segment: SegmentFiles) -> BinaryIO:
+    """A buffered stream of the plain text file (never a link, FIFO or device)."""
+    return io.BufferedReader(open_regular(_log(segment)), _BLOCK)
+
+
 def _size(segment: SegmentFiles) -> int:
     try:
         return os.stat(_log(segment)).st_size
@@ -60,7 +67,7 @@ def _sealed_point(segment: SegmentFiles, size: int) -> tuple[int, int]:
     if segment.seal is None:
         return 0, 0
     try:
-        with segment.seal.open("rb") as stream:
+        with open_regular(segment.seal) as stream:
             end = stream.seek(0, os.SEEK_END)
             stream.seek(max(0, end - _SEAL_TAIL))
             tail = stream.read(_SEAL_TAIL)
@@ -81,7 +88,7 @@ def line_number_at(segment: SegmentFiles, offset: int) -> int:
     start, lines = _sealed_point(segment, offset)
     if start > offset:
         start, lines = 0, 0
-    with _log(segment).open("rb") as stream:
+    with _open(segment) as stream:
         stream.seek(start)
         remaining = offset - start
         while remaining > 0:
@@ -103,7 +110,7 @@ def since_offset(segment: SegmentFiles, since: bytes) -> tuple[int, int]:
     if segment.log is None or segment.compressed:
         return 0, 1
     low, high = 0, _size(segment)
-    with segment.log.open("rb") as stream:
+    with _open(segment) as stream:
         while high - low > _BLOCK:
             middle = (low + high) // 2
             stream.seek(middle)
@@ -123,7 +130,7 @@ def blocks_backwards(segment: SegmentFiles) -> Iterator[list[StoredLine]]:
         raise StoreError(f"{segment.name}: cannot read a compressed segment backwards")
     end = _size(segment)
     number_end = line_number_at(segment, end)  # the line that would start at ``end``
-    with _log(segment).open("rb") as stream:
+    with _open(segment) as stream:
         while end > 0:
             start = _block_start(stream, end)
             stream.seek(start)
@@ -166,7 +173,7 @@ class SegmentTail:
     def __init__(self, segment: SegmentFiles, *, at_end: bool) -> None:
         self.segment = segment
         try:
-            self._stream = _log(segment).open("rb")
+            self._stream = _open(segment)
         except OSError as err:
             raise StoreError(f"{segment.log}: cannot read: {err.strerror}") from err
         head = self._stream.readline(MAX_LINE)
@@ -181,6 +188,11 @@ class SegmentTail:
         self._stream.seek(start)
         self._number = line_number_at(segment, start)
         self._pending = b""
+
+    @property
+    def next_number(self) -> int:
+        """The number the next complete line read will have."""
+        return self._number
 
     def poll(self, *, final: bool) -> list[StoredLine]:
         """Complete lines that arrived; ``final``: also a last line without a newline."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ..core.entries import Understood, classify
 from ..core.errors import StoreError
 from .layout import SegmentFiles, StoreLayout
-from .reader import StoredLine, first_stamp, iter_segment
+from .reader import StoredLine, first_stamp, iter_segment, last_stamp
 from .tail import SegmentTail, blocks_backwards, lines_from, since_offset
 
 
@@ -95,11 +95,14 @@ class Query:
     def skips_segment(self, segment: SegmentFiles, next_first: bytes | None) -> bool:
         """True when the segment cannot hold a matching entry (cheap checks).
 
-        ``next_first``: the first stamp of the qube's next segment, an upper
-        bound of this one's last (receive times never decrease in a qube).
+        The segment's last stamp comes from its tail (or a compressed one's
+        trailer); else ``next_first``, the first stamp of the qube's next
+        segment, bounds it (receive times never decrease in a qube).
         """
-        if self.since is not None and next_first is not None and next_first < self.since:
-            return True
+        if self.since is not None:
+            last = last_stamp(segment) or next_first
+            if last is not None and last < self.since:
+                return True
         if self.until is not None:
             first = first_stamp(segment)
             if first is not None and first > self.until:
@@ -249,14 +252,22 @@ class Follower:
     query: Query = field(default_factory=Query)
     _tails: dict[str, SegmentTail] = field(default_factory=dict)
     _seq: dict[str, int] = field(default_factory=dict)
+    _start: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def start(self) -> None:
         """Begin at the current end of every qube (what exists is history)."""
         for qube in self.qubes:
             segments = [s for s in self.layout.segments(qube) if s.log is not None]
             self._seq[qube] = segments[-1].seq if segments else 0
+            self._start[qube] = (self._seq[qube] + 1, 0)
             if segments and not segments[-1].compressed:
-                self._tails[qube] = SegmentTail(segments[-1], at_end=True)
+                tail = SegmentTail(segments[-1], at_end=True)
+                self._tails[qube] = tail
+                self._start[qube] = (segments[-1].seq, tail.next_number)
+
+    def before_start(self, entry: Entry) -> bool:
+        """True for an entry that was stored before :meth:`start` (history, not news)."""
+        return (entry.segment, entry.line) < self._start.get(entry.qube, (0, 0))
 
     def missing(self) -> list[str]:
         """Qubes that do not exist (yet) in the store."""

@@ -1,0 +1,165 @@
+"""How ``logvm show`` prints an entry: the ``-o`` formats and colours (floor 3).
+
+Every format puts the LogVM's word first and the sender's claims after it:
+
+- ``short`` (default): ``Nov 28 18:05:26 work sshd[812]: message``: the
+  receive time and the qube are the LogVM's; ``sshd[812]`` (identifier,
+  or unit, and pid) and the message are what the qube claims. A note of the
+  collector shows ``[logvm]`` where a qube's line shows the qube, then the
+  qube: ``Nov 28 18:05:26 [logvm] work: segment-start seq=3 ...``; qube
+  names cannot contain ``[``, so no sender can forge that position;
+- ``short-precise``: the same with microseconds; ``short-iso``: ISO 8601
+  receive time with offset (``2026-11-28T18:05:26.123456+01:00``);
+- ``cat``: the message only; ``raw``: the stored line as it is on disk;
+- ``json``: one object per entry (see :func:`json_object`), ASCII only.
+
+Markers the LogVM adds (truncation, partial, display cut...) follow the
+message in ``[...]``; on a terminal they are coloured as ours. Colours (by
+priority, like journalctl) are added after the text was made terminal-safe,
+so they are the only escape sequences ever written.
+"""
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
+
+from ..core.entries import Understood
+from ..core.records import parse_timestamp
+from ..store.timeline import Entry
+
+FORMATS = ("short", "short-precise", "short-iso", "cat", "json", "raw")
+Parts = list[tuple[bytes, str | None]]  # (text, SGR style or None)
+
+# journalctl's choices: emerg..err red and bold, warning yellow, notice
+# bold, debug grey; ours (markers, notes) cyan.
+_STYLE = {0: "1;31", 1: "1;31", 2: "1;31", 3: "31", 4: "33", 5: "1", 7: "90"}
+OURS = "36"
+
+
+def _local_zone(utc: bool) -> tzinfo:
+    if utc:
+        return UTC
+    zone = datetime.now().astimezone().tzinfo
+    return zone if zone is not None else UTC
+
+
+class Renderer:
+    """Turns entries into output parts for one ``-o`` format."""
+
+    def __init__(self, fmt: str, *, utc: bool) -> None:
+        self.fmt = fmt
+        self.zone = _local_zone(utc)
+        self._render: Callable[[Entry], Parts] = {
+            "cat": self._cat,
+            "json": self._json,
+            "raw": self._raw,
+        }.get(fmt, self._short)
+
+    def parts(self, entry: Entry) -> Parts:
+        """The line for one entry, in pieces with their styles."""
+        return self._render(entry)
+
+    def _time(self, entry: Entry) -> bytes:
+        if not entry.when:
+            return b"-"
+        try:
+            moment = datetime.fromtimestamp(parse_timestamp(entry.when), self.zone)
+        except ValueError:
+            return entry.when
+        if self.fmt == "short-iso":
+            return moment.isoformat(timespec="microseconds").encode("ascii")
+        pattern = "%b %d %H:%M:%S.%f" if self.fmt == "short-precise" else "%b %d %H:%M:%S"
+        return moment.strftime(pattern).encode("ascii")
+
+    def _short(self, entry: Entry) -> Parts:
+        what = entry.what
+        head = self._time(entry) + b" "
+        qube = entry.qube.encode("ascii", "replace")
+        if what.is_note:
+            return [(head, None), (b"[logvm] " + qube + b": " + what.message, OURS)]
+        parts: Parts = [(head + qube + b" ", None)]
+        sender = what.sender
+        if sender is not None:
+            name = (sender.ident or sender.unit or "-").encode("utf-8", "backslashreplace")
+            if sender.pid is not None:
+                name += b"[%d]" % sender.pid
+            parts.append((name + b": ", None))
+        parts.append(
+            (_message(what), _STYLE.get(what.severity if what.severity is not None else 6))
+        )
+        return parts + _markers(entry)
+
+    def _cat(self, entry: Entry) -> Parts:
+        what = entry.what
+        if what.is_note:
+            return [(b"[logvm] " + what.message, OURS)]
+        style = _STYLE.get(what.severity if what.severity is not None else 6)
+        return [(_message(what), style), *_markers(entry)]
+
+    def _raw(self, entry: Entry) -> Parts:
+        return [(entry.stored.data, None)]
+
+    def _json(self, entry: Entry) -> Parts:
+        text = json.dumps(json_object(entry, self.zone), ensure_ascii=True, sort_keys=True)
+        return [(text.encode("ascii"), None)]
+
+
+def _message(what: Understood) -> bytes:
+    return what.message if what.kind != "malformed" else b"[malformed line] " + what.message
+
+
+def _markers(entry: Entry) -> Parts:
+    what, stored = entry.what, entry.stored
+    marks = []
+    if what.partial:
+        marks.append(b"[partial: the stream ended without a newline]")
+    if what.cut:
+        marks.append(b"[truncated %d bytes]" % what.cut)
+    if stored.overlong:
+        marks.append(b"[display cut: %d more bytes]" % stored.overlong)
+    if not stored.complete:
+        marks.append(b"[incomplete: no newline yet]")
+    return [(b" " + m, OURS) for m in marks]
+
+
+def _text(value: bytes) -> str | list[int]:
+    """A message for JSON: a string if it is UTF-8, else its bytes (as journalctl does)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(value)
+
+
+def json_object(entry: Entry, zone: tzinfo = UTC) -> dict[str, object]:
+    """One entry as a JSON object; ``sender`` holds the qube's claims, or null."""
+    what = entry.what
+    sender = what.sender
+    receive = None
+    if entry.what.stamp:
+        moment = datetime.fromtimestamp(parse_timestamp(entry.what.stamp), zone)
+        receive = moment.isoformat(timespec="microseconds")
+    return {
+        "receive_time": receive,
+        "receive_stamp": entry.what.stamp.decode("ascii", "replace") or None,
+        "qube": entry.qube,
+        "segment": entry.segment,
+        "line": entry.line,
+        "session": entry.session or None,
+        "kind": what.kind,
+        "priority": what.priority,
+        "message": _text(what.message),
+        "event": what.event or None,
+        "fields": what.note_fields() or None,
+        "cut": what.cut,
+        "partial": what.partial,
+        "sender": None
+        if sender is None
+        else {
+            "time": sender.time,
+            "host": sender.host or None,
+            "unit": sender.unit or None,
+            "identifier": sender.ident or None,
+            "pid": sender.pid,
+            "priority": sender.priority if sender.priority != "-" else None,
+        },
+    }
