@@ -72,6 +72,7 @@ PREFIX ?= /usr
 BINDIR ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+USERUNITDIR ?= $(PREFIX)/lib/systemd/user
 PRESETDIR ?= $(PREFIX)/lib/systemd/system-preset
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
@@ -160,6 +161,10 @@ install-dom0:
 	install -D -m 0644 man/logvm-witness.8 $(D)$(MANDIR)/man8/logvm-witness.8
 	rm -rf $(PKGBUILD)/dom0root
 	install -m 0755 qubes-rpc/logvm.Witness $(D)$(QUBESRPCDIR)/logvm.Witness
+	# Outside verification on a timer: user units of the dom0 user.
+	install -d $(D)$(USERUNITDIR)
+	install -m 0644 systemd/user/logvm-witness-verify.service \
+	    systemd/user/logvm-witness-verify.timer $(D)$(USERUNITDIR)/
 	# dom0's qrexec services run as the dom0 user, a member of group qubes.
 	install -d -m 0770 $(D)$(WITNESSDIR)
 	$(if $(wildcard qubes-rpc-policy/*.policy),install -m 0664 $(wildcard qubes-rpc-policy/*.policy) $(D)$(POLICYDIR)/)

@@ -24,6 +24,44 @@
     - group: {{ 'qubes' if not root else 'root' }}
     - mode: '0770'
     - makedirs: {{ root != '' }}
+{%-   set verify = logvm.verify %}
+{%-   set timer = 'logvm-witness-verify.timer' %}
+{%-   set wants = root ~ '/etc/systemd/user/timers.target.wants/' ~ timer %}
+{#- Outside verification: the dom0 user's timer (systemctl --global enable
+    is this symlink), its schedule, and the disposable template. #}
+
+{{ id }}-verify-conf:
+  file.managed:
+    - name: {{ root }}/etc/qubes-logvm/witness-verify.conf
+    - contents: |
+        # Written by the logvm formula from pillar logvm:verify (docs/salt.md).
+        LOGVM_VERIFY_DISPVM={{ verify.dispvm_template or logvm.vm.default_dispvm }}
+    - mode: '0644'
+    - makedirs: True
+
+{{ id }}-verify-schedule:
+  file.managed:
+    - name: {{ root }}/etc/systemd/user/{{ timer }}.d/50-logvm-schedule.conf
+    - contents: |
+        # Written by the logvm formula from pillar logvm:verify:schedule.
+        [Timer]
+        OnCalendar=
+        OnCalendar={{ verify.schedule }}
+    - mode: '0644'
+    - makedirs: True
+{%-   if verify.enabled %}
+
+{{ id }}-verify-timer:
+  file.symlink:
+    - name: {{ wants }}
+    - target: /usr/lib/systemd/user/{{ timer }}
+    - makedirs: True
+{%-   else %}
+
+{{ id }}-verify-timer:
+  file.absent:
+    - name: {{ wants }}
+{%-   endif %}
 {%- else %}
 
 {{ id }}-qube:

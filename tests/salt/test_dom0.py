@@ -7,6 +7,7 @@ the qrexec stand-in, allows and denies exactly the calls it should.
 """
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,33 @@ def test_disk_grows_but_never_shrinks(salt_env: SaltEnv) -> None:
     run = salt_env.apply("logvm")
     assert run.returncode == 0, run.failed
     assert salt_env.load_world()["qubes"]["sys-log"]["volumes"]["private"] == 30 * 1024**3
+
+
+@pytest.mark.timeout(90)
+def test_verify_timer_is_enabled_scheduled_and_given_the_template(salt_env: SaltEnv) -> None:
+    timer = "logvm-witness-verify.timer"
+    wants = salt_env.root / "etc/systemd/user/timers.target.wants" / timer
+    dropin = salt_env.root / f"etc/systemd/user/{timer}.d/50-logvm-schedule.conf"
+    conf = salt_env.root / "etc/qubes-logvm/witness-verify.conf"
+    salt_env.pillar({"logvm": {"vm": {"default_dispvm": "default-dvm"}}})
+    assert salt_env.apply("logvm").returncode == 0
+    assert os.readlink(wants) == f"/usr/lib/systemd/user/{timer}"
+    assert (REPO / "systemd/user" / timer).exists()
+    assert "OnCalendar=\nOnCalendar=daily\n" in dropin.read_text(encoding="utf-8")
+    assert "LOGVM_VERIFY_DISPVM=default-dvm\n" in conf.read_text(encoding="utf-8")
+    salt_env.pillar(
+        {
+            "logvm": {
+                "vm": {"default_dispvm": "default-dvm"},
+                "verify": {"enabled": False, "schedule": "*-*-* 03:00", "dispvm_template": "vdvm"},
+            }
+        }
+    )
+    run = salt_env.apply("logvm")
+    assert run.returncode == 0, run.failed
+    assert not os.path.lexists(wants)
+    assert "OnCalendar=*-*-* 03:00\n" in dropin.read_text(encoding="utf-8")
+    assert "LOGVM_VERIFY_DISPVM=vdvm\n" in conf.read_text(encoding="utf-8")
+    salt_env.pillar({"logvm": {"verify": {"enabeld": True}}})
+    bad = salt_env.apply("logvm")
+    assert bad.returncode != 0 and "verify:enabeld" in bad.output

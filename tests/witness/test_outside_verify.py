@@ -269,3 +269,25 @@ def test_qube_cannot_call_export(outside: Outside) -> None:
     cmd, env = outside.world.client_command("work", LOGVM, "logvm.Export")
     result = subprocess.run(cmd, env=env, capture_output=True, check=False)
     assert result.returncode == 126
+
+
+def _unit_command(outside: Outside) -> list[str]:
+    """The timer's service ExecStart, as systemd would run it here."""
+    unit = (REPO_ROOT / "systemd/user/logvm-witness-verify.service").read_text(encoding="utf-8")
+    [line] = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
+    argv = line.removeprefix("ExecStart=").replace("${LOGVM_VERIFY_DISPVM}", DVM).split()
+    assert argv[0] == "/usr/bin/logvm-witness"
+    return argv[1:]
+
+
+def test_the_timer_command_notifies_on_failure_only(outside: Outside) -> None:
+    args = _unit_command(outside)
+    assert outside.run(*args).returncode == 0
+    assert outside.notifications() == []
+    tamper.removed_middle_segment(outside.store)
+    result = outside.run(*args)
+    assert result.returncode == 1
+    [note] = outside.notifications()
+    assert note[:3] == ["--urgency=critical", "--app-name=logvm-witness", "--icon=dialog-warning"]
+    assert note[3] == "Log verification of sys-log FAILED"
+    assert "logvm-witness verify sys-log" in note[4]
