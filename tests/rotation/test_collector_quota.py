@@ -15,8 +15,8 @@ from rotation.helpers import product_env, sample_lines, write_segment
 
 from qubes_logvm.core.seal import parse_verification_key
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.retention import usage
 from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.usage import usage
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 
@@ -215,7 +215,7 @@ def _check_eviction(root: Path, vkey: str, originals: dict[int, bytes]) -> str:
 def test_quota_edit_is_enforced_after_sighup_and_restart(tmp_path: Path) -> None:
     config: dict[str, object] = {
         "segment": {"max_bytes": "32K"},
-        "quota": {"default": "1M"},
+        "quota": {"default": "2M"},
         "global": {"keep_free": 0},
         "housekeeping_seconds": 0.1,
     }
@@ -223,23 +223,23 @@ def test_quota_edit_is_enforced_after_sighup_and_restart(tmp_path: Path) -> None
     _, key0 = parse_verification_key(collector.vkey)
     store = Store(collector.store)
     for i in range(20):
-        write_segment(store, "work", sample_lines(300, f"seg{i}"))  # ~500 KB
+        write_segment(store, "work", sample_lines(300, f"seg{i}"))  # ~1.1 MiB charged
     store.close()
     collector.start()
     layout = StoreLayout(collector.store)
     time.sleep(1.0)
     before = usage(layout, "work")
-    assert before > 256 * 1024  # within the 1M quota: nothing deleted
+    assert before > 512 * 1024  # within the 2M quota: nothing deleted
     assert not layout.tombstones("work").exists()
-    config["quota"] = {"default": "1M", "qubes": {"work": "256K"}}
+    config["quota"] = {"default": "2M", "qubes": {"work": "512K"}}
     collector.write_config(config)
     collector.signal(signal.SIGHUP)
-    assert wait_for(lambda: usage(layout, "work") <= 256 * 1024, 20)
+    assert wait_for(lambda: usage(layout, "work") <= 512 * 1024, 20)
     assert collector.stop() == 0
-    config["quota"] = {"default": "1M", "qubes": {"work": "128K"}}
+    config["quota"] = {"default": "2M", "qubes": {"work": "256K"}}
     collector.write_config(config)
     collector.start()
-    assert wait_for(lambda: usage(layout, "work") <= 128 * 1024, 20)
+    assert wait_for(lambda: usage(layout, "work") <= 256 * 1024, 20)
     assert collector.stop() == 0
     assert _errors(collector.store, collector.vkey) == []
     assert key0  # the same store throughout

@@ -15,10 +15,12 @@ from rotation.helpers import (
     write_segment,
 )
 
+from qubes_logvm.store.compress import compress_segment
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.retention import apply_plan, plan_deletions, qube_report, usage
+from qubes_logvm.store.retention import apply_plan, plan_deletions, qube_report
 from qubes_logvm.store.sealfile import read_seal_file
-from qubes_logvm.store.writer import Store
+from qubes_logvm.store.usage import qube_usage, segment_cost, usage
+from qubes_logvm.store.writer import TOMB_COMPACT_LINES, Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,10 +52,8 @@ def _plan(
 
 
 def usage_of(layout: StoreLayout, qube: str, seq: int) -> int:
-    """Bytes of one segment (text and seals)."""
-    return sum(
-        os.path.getsize(p) for p in (layout.segment_log(qube, seq), layout.segment_seal(qube, seq))
-    )
+    """Charged bytes of one segment (text and seals: blocks plus the per-file cost)."""
+    return next(segment_cost(s).disk for s in layout.segments(qube) if s.seq == seq)
 
 
 def _of(plan: list[tuple[str, int]], qube: str) -> list[int]:
@@ -66,19 +66,16 @@ def test_nothing_to_do_within_quota(store: Store) -> None:
 
 
 def test_over_quota_loses_its_own_oldest_first(store: Store) -> None:
-    _fill(store, "work", 8)  # ~85 KB
+    _fill(store, "work", 8)  # ~85 KB of text, 8 x 40 KiB charged
     _fill(store, "quiet", 2)
-    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 1M, qubes: {work: 40K}}"
+    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 1M, qubes: {work: 160K}}"
     plan = _plan(store, text)
     assert _of(plan, "quiet") == []
     doomed = _of(plan, "work")
     assert doomed == list(range(1, len(doomed) + 1))  # a prefix, oldest first
-    sizes = {
-        s.seq: os.path.getsize(s.log) + os.path.getsize(s.seal)  # type: ignore[arg-type]
-        for s in store.layout.segments("work")
-    }
+    sizes = {s.seq: segment_cost(s).disk for s in store.layout.segments("work")}
     left = usage(store.layout, "work") - sum(sizes[s] for s in doomed)
-    assert left <= 40 * 1024 < left + sizes[doomed[-1]]  # no more than needed
+    assert left <= 160 * 1024 < left + sizes[doomed[-1]]  # no more than needed
 
 
 def test_open_segment_is_never_chosen(store: Store) -> None:
@@ -159,12 +156,12 @@ def test_dispvm_running_session_keeps_its_rolled_segments(store: Store) -> None:
 
 
 def test_global_pressure_spares_qubes_within_quota_while_another_is_over(store: Store) -> None:
-    _fill(store, "hog", 6)  # ~64 KB, quota 32K: over
+    _fill(store, "hog", 6)  # ~240 KiB charged, quota 128K: over
     _fill(store, "a", 3)  # within quota
     _fill(store, "b", 3)
     text = (
-        "segment: {max_bytes: 8K}\nquota: {default: 1M, qubes: {hog: 32K}}\n"
-        "global: {keep_free: 0, max_bytes: 90K}"
+        "segment: {max_bytes: 8K}\nquota: {default: 1M, qubes: {hog: 128K}}\n"
+        "global: {keep_free: 0, max_bytes: 350K}"
     )
     plan = _plan(store, text)
     assert _of(plan, "a") == [] and _of(plan, "b") == []
@@ -176,10 +173,10 @@ def test_global_pressure_takes_from_the_furthest_over_fair_share(store: Store) -
     _fill(store, "a", 2)
     _fill(store, "b", 2)
     total = sum(usage(store.layout, q) for q in ("big", "a", "b"))
-    text = f"global: {{keep_free: 0, max_bytes: {total - 15000}}}"
+    text = f"global: {{keep_free: 0, max_bytes: {total - 60000}}}"
     plan = _plan(store, text)
     assert _of(plan, "a") == [] and _of(plan, "b") == []
-    assert _of(plan, "big") == [1, 2]  # ~11 KB each: two to free 15 KB
+    assert _of(plan, "big") == [1, 2]  # 40 KiB charged each: two to free 60 KB
 
 
 def test_keep_free_floor_uses_statvfs(store: Store) -> None:
@@ -188,14 +185,16 @@ def test_keep_free_floor_uses_statvfs(store: Store) -> None:
 
     class Low:
         f_frsize = 4096
-        f_bavail = (1 << 30) // 4096 - 5  # 20 KiB short of the 1G floor
+        f_bavail = (1 << 30) // 4096 - 25  # 100 KiB short of the 1G floor
+        f_files = 1 << 20
+        f_favail = 1 << 19  # plenty of inodes
 
     def low(_: str) -> os.statvfs_result:
         return Low()  # type: ignore[return-value]
 
     plan = plan_deletions(store.layout, config("{}"), NOW, {}, statvfs=low)
     sizes = [usage_of(store.layout, "big", seq) for seq in (1, 2, 3)]
-    assert sizes[0] + sizes[1] < 20 * 1024 <= sum(sizes)
+    assert sizes[0] + sizes[1] < 100 * 1024 <= sum(sizes)
     assert plan == [("big", 1), ("big", 2), ("big", 3)]
 
 
@@ -204,7 +203,7 @@ def test_apply_plan_writes_tombstones_and_chain_verifies(tmp_path: Path) -> None
     key0 = new_store(root)
     store = Store(root)
     _fill(store, "work", 5)
-    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 24K}"
+    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 100K}"
     plan = _plan(store, text)
     assert apply_plan(store, plan) == plan
     assert apply_plan(store, plan) == []  # stale now: nothing happens
@@ -212,8 +211,8 @@ def test_apply_plan_writes_tombstones_and_chain_verifies(tmp_path: Path) -> None
     store.close()
     assert check_qube(root, key0, "work") == [s for s in range(1, 6) if ("work", s) not in plan]
     assert report["evictions"] == len(plan)
-    assert report["usage"] == usage(StoreLayout(root), "work") <= 24 * 1024
-    assert report["quota"] == 24 * 1024 and report["segments_compressed"] == 0
+    assert report["usage"] == usage(StoreLayout(root), "work") <= 100 * 1024
+    assert report["quota"] == 100 * 1024 and report["segments_compressed"] == 0
 
 
 def test_deletion_cut_short_is_planned_and_finished_without_a_second_tomb(tmp_path: Path) -> None:
@@ -237,3 +236,55 @@ def test_deletion_cut_short_is_planned_and_finished_without_a_second_tomb(tmp_pa
     restarted.close()
     assert [t.seq for t in read_seal_file(layout.tombstones("work")).seals] == [1]
     assert check_qube(root, key0, "work") == [2, 3]
+
+
+def _repetitive(store: Store, qube: str, count: int) -> None:
+    """``count`` closed, compressed segments of the same line (~100 KB plain each)."""
+    line = sample_lines(1, "same", width=100)
+    for _ in range(count):
+        seq = write_segment(store, qube, line * 1000)
+        files = next(s for s in store.layout.segments(qube) if s.seq == seq)
+        compress_segment(store.layout, files)
+        set_closed_at(store.layout, qube, seq, NOW)
+
+
+def test_plain_bytes_cap_evicts_a_repetitive_flood_within_its_disk_quota(store: Store) -> None:
+    _repetitive(store, "rep", 6)
+    cost = qube_usage(store.layout, "rep")
+    assert cost.disk < 256 * 1024 < 2 * cost.disk < cost.plain  # ~200K on disk, ~530K of text
+    text = NO_FLOOR + "segment: {max_bytes: 8K}\nquota: {default: 256K, plain_ratio: 1}"
+    doomed = _of(_plan(store, text), "rep")
+    left = cost.plain - sum(
+        segment_cost(s).plain for s in store.layout.segments("rep") if s.seq in doomed
+    )
+    assert doomed == [1, 2, 3, 4] and left <= 256 * 1024  # the cap: 1 x the quota
+    roomy = text.replace("plain_ratio: 1", "plain_ratio: 8")
+    assert _of(_plan(store, roomy), "rep") == []
+
+
+def test_inode_floor_evicts_by_cost_from_the_qube_over_its_share(store: Store) -> None:
+    _fill(store, "many", 6)
+    _fill(store, "few", 1)
+
+    class FewInodes:
+        f_frsize = 4096
+        f_bavail = 1 << 30  # blocks galore
+        f_files = 1000
+        f_favail = 995  # 5 short of a 1000-inode floor: 3 segments (2 files each)
+
+    def stats(_: str) -> os.statvfs_result:
+        return FewInodes()  # type: ignore[return-value]
+
+    cfg = config("global: {keep_free: 0, keep_free_inodes: 1000}")
+    plan = plan_deletions(store.layout, cfg, NOW, {}, statvfs=stats)
+    assert plan == [("many", 1), ("many", 2), ("many", 3)]
+
+
+def test_stats_count_evictions_after_tombstone_compaction(store: Store) -> None:
+    _fill(store, "work", TOMB_COMPACT_LINES + 3)
+    chain = store.chain("work")
+    for _ in range(TOMB_COMPACT_LINES + 1):
+        assert chain.delete_oldest(store.keys, keep_newest=0) is not None
+    assert len(read_seal_file(store.layout.tombstones("work")).seals) < TOMB_COMPACT_LINES
+    report = qube_report(store.layout, config(NO_FLOOR), "work")
+    assert report["evictions"] == TOMB_COMPACT_LINES + 1

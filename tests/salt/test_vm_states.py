@@ -22,7 +22,7 @@ from qubes_logvm.config.exporter import parse_exporter_config
 from qubes_logvm.config.retention import class_of, quota_for
 from qubes_logvm.config.schema import deep_merge, load_yaml_files
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.retention import usage
+from qubes_logvm.store.usage import usage
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 from support.fake_qvm.saltenv import FORMULA, PILLARS, SaltEnv
@@ -124,7 +124,7 @@ def test_quota_edit_reapplied_is_enforced_by_running_collector(salt_env: SaltEnv
     override = salt_env.root / "rw/config/qubes-logvm/collector.yaml"
     limits: dict[str, Any] = {
         "segment": {"max_bytes": "32K"},
-        "quota": {"default": "1M"},
+        "quota": {"default": "2M"},
         "global": {"keep_free": 0},
     }
     reload_command = f"test ! -e {pidfile} || kill -HUP $(cat {pidfile})"
@@ -138,15 +138,15 @@ def test_quota_edit_reapplied_is_enforced_by_running_collector(salt_env: SaltEnv
     collector.vkey = make_store(collector.store)
     store = Store(collector.store)
     for i in range(20):
-        write_segment(store, "work", sample_lines(300, f"seg{i}"))  # about 500 KB
+        write_segment(store, "work", sample_lines(300, f"seg{i}"))  # about 1.1 MiB charged
     store.close()
     try:
         collector.start()
         pidfile.write_text(str(collector.pid))
         layout = StoreLayout(collector.store)
-        assert usage(layout, "work") > 256 * 1024  # within 1M: nothing deleted
+        assert usage(layout, "work") > 256 * 1024  # within 2M: nothing deleted
 
-        limits["quota"] = {"default": "1M", "qubes": {"work": "256K"}}
+        limits["quota"] = {"default": "2M", "qubes": {"work": "256K"}}
         salt_env.pillar(
             {"logvm": {"system": {"reload_command": reload_command}, "collector": limits}}
         )

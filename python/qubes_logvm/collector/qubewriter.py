@@ -24,7 +24,9 @@ from typing import TypeVar
 from ..config.collector import CollectorConfig
 from ..config.retention import quota_for
 from ..core.records import format_timestamp, note_record
+from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
+from .ledger import QubeLedger, over
 from .lines import first_lines
 from .ratelimit import TokenBucket
 
@@ -35,6 +37,8 @@ _T = TypeVar("_T")
 NOTE_INTERVAL = 1.0
 #: The smallest segment a small quota rolls at.
 MIN_ROLL_BYTES = 64 * 1024
+#: Room kept for one seal line when charging a batch (seal lines are ~230 bytes).
+SEAL_LINE = 256
 
 
 class Feed:
@@ -137,10 +141,9 @@ class QubeWriter:
         self._drops = {"rate-limit": 0, "quota": 0}
         self._refused = 0
         self._last_note = 0.0
-        self._closed_sizes: dict[int, int] = {}  # closed segments: seq -> bytes on disk
+        self.ledger = QubeLedger(qube)
         self._open_since = time.monotonic()
         self._roll_requested = False
-        self._open_seal_bytes = 0
         self._session = ""
         self._note_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
@@ -299,7 +302,7 @@ class QubeWriter:
         store = self.shared.store
         if self.chain is None:
             self.chain = store.chain(self.qube)
-            self._load_sizes(self.chain)
+            self.ledger.load(store.layout, self.chain)
         chain = self.chain
         if not chain.is_open and (want_open or batch.chunks or notes):
             self._open(chain, reason="connect")
@@ -314,7 +317,7 @@ class QubeWriter:
         if payload:
             chain.append(payload, len(notes) + lines)
             del payload
-            self._open_seal_bytes += len(chain.seal(store.keys).to_line())
+            self.ledger.open_seal_bytes += len(chain.seal(store.keys).to_line())
         if not want_open and chain.is_open:
             self._close(chain, reason="disconnect")
         return dropped
@@ -324,44 +327,32 @@ class QubeWriter:
             self._session = secrets.token_hex(8)
         chain.open_segment(self.shared.store.keys, session=self._session, reason=reason)
         self._open_since = time.monotonic()
-        self._open_seal_bytes = len(chain.last_seal.to_line()) if chain.last_seal else 0
+        self.ledger.open_seal_bytes = len(chain.last_seal.to_line()) if chain.last_seal else 0
 
     def _close(self, chain: QubeChain, reason: str) -> None:
         seal = chain.close(self.shared.store.keys, reason=reason)
-        self._closed_sizes[chain.seq] = chain.nbytes + self._open_seal_bytes + len(seal.to_line())
-        self._open_seal_bytes = 0
+        self.ledger.open_seal_bytes += len(seal.to_line())
+        self.ledger.closed_segment(chain)
 
     def _roll(self, chain: QubeChain) -> None:
         self._close(chain, reason="roll")
         self._open(chain, reason="roll")
 
-    def usage(self) -> int:
-        """Bytes the qube holds on disk (closed segments as last seen, plus the open one)."""
-        chain = self.chain
-        open_bytes = chain.nbytes + self._open_seal_bytes if chain and chain.is_open else 0
-        tomb_bytes = chain.tomb_bytes if chain else 0
-        return sum(self._closed_sizes.values()) + open_bytes + tomb_bytes
+    def usage(self) -> Cost:
+        """What the qube costs the disk now (:mod:`..store.usage`)."""
+        return self.ledger.total(self.chain) if self.chain is not None else Cost()
 
     def refresh_sizes(self) -> None:
-        """Re-read closed segments' sizes (rotation compresses them); worker thread."""
+        """Re-read the costs from disk (rotation compresses segments); worker thread."""
         if self.chain is not None:
-            self._load_sizes(self.chain)
-
-    def _load_sizes(self, chain: QubeChain) -> None:
-        sizes = {}
-        for segment in self.shared.store.layout.segments(self.qube):
-            if chain.is_open and segment.seq == chain.seq:
-                continue
-            total = 0
-            for path in (segment.log, segment.seal):
-                if path is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        total += path.stat().st_size
-            sizes[segment.seq] = total
-        self._closed_sizes = sizes
+            self.ledger.load(self.shared.store.layout, self.chain)
 
     def _make_room(self, chain: QubeChain, incoming: int) -> bool:
-        """Roll and delete the qube's oldest segments so ``incoming`` bytes fit its quota."""
+        """Roll and delete the qube's oldest segments so ``incoming`` bytes fit its quota.
+
+        Both limits count: the cost on disk (blocks and files) and the plain
+        text bytes (:func:`.ledger.over`).
+        """
         config = self.shared.config.retention
         quota = quota_for(config, self.qube)
         # Roll early under a small quota, so that a flooding qube holds at
@@ -370,10 +361,13 @@ class QubeWriter:
         if chain.nbytes + incoming > roll_at and chain.lines > 1:
             self._roll(chain)
         keys = self.shared.store.keys
-        while self.usage() + incoming > quota and self._closed_sizes:
+        # What the batch adds: its text, its seal line, the blocks they start.
+        grown = written_cost(chain.nbytes + incoming, self.ledger.open_seal_bytes + SEAL_LINE)
+        added = grown - self.ledger.open_cost(chain)
+        while over(config, self.qube, self.usage() + added) and self.ledger.closed:
             seq = chain.delete_oldest(keys, keep_newest=0)
             if seq is None:
                 break
-            self._closed_sizes.pop(seq, None)
+            self.ledger.deleted(seq)
             log.info("%s: deleted segment %d to stay within its quota", self.qube, seq)
-        return self.usage() + incoming <= quota
+        return not over(config, self.qube, self.usage() + added)

@@ -47,9 +47,11 @@ class RetentionConfig:
     quota_default: int = GB
     quota_classes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     quota_qubes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    plain_ratio: float = 8.0  # plain (uncompressed) text a qube keeps: this times its quota
     classes: tuple[tuple[str, tuple[str, ...]], ...] = tuple(BUILTIN_CLASSES.items())
     global_max_bytes: int = 0  # 0: no cap
     global_keep_free: int = GB
+    global_keep_free_inodes: int = 10000
     max_age_default: float = 0.0  # 0: forever
     max_age_classes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     max_age_qubes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
@@ -85,6 +87,11 @@ def _per_qube(
 def quota_for(cfg: RetentionConfig, qube: str) -> int:
     """Bytes a qube may keep."""
     return _per_qube(cfg, qube, cfg.quota_qubes, cfg.quota_classes, cfg.quota_default)
+
+
+def plain_quota_for(cfg: RetentionConfig, qube: str) -> int:
+    """Plain (uncompressed) text bytes a qube may keep: ``quota.plain_ratio`` times its quota."""
+    return int(quota_for(cfg, qube) * cfg.plain_ratio)
 
 
 def max_age_for(cfg: RetentionConfig, qube: str) -> float:
@@ -200,6 +207,7 @@ def parse_retention(section: Section) -> RetentionConfig:
 
     quota_section = section.section("quota")
     quotas = _overrides(quota_section, known, quota, "1G")
+    plain_ratio = quota_section.number("plain_ratio", 8.0, minimum=1.0)
     quota_section.done()
     retention = section.section("retention")
     ages_section = retention.section("max_age")
@@ -211,6 +219,7 @@ def parse_retention(section: Section) -> RetentionConfig:
     retention.done()
     cap = section.section("global")
     global_max, keep_free = cap.size("max_bytes", 0), cap.size("keep_free", "1G")
+    keep_free_inodes = cap.integer("keep_free_inodes", 10000, minimum=0)
     cap.done()
     compress_after, level = _compress(section.section("compress"))
     return RetentionConfig(
@@ -219,9 +228,11 @@ def parse_retention(section: Section) -> RetentionConfig:
         quota_default=int(quotas.default),
         quota_classes=_ints(quotas.classes),
         quota_qubes=_ints(quotas.qubes),
+        plain_ratio=plain_ratio,
         classes=classes,
         global_max_bytes=global_max,
         global_keep_free=keep_free,
+        global_keep_free_inodes=keep_free_inodes,
         max_age_default=ages.default,
         max_age_classes=ages.classes,
         max_age_qubes=ages.qubes,

@@ -9,13 +9,16 @@ tombstone), e.g. through :func:`apply_plan`.
 Rules, applied in this order (every rule deletes a qube's *oldest* closed
 segments first, and never an open one):
 
-1. quota: a qube over its quota loses its own oldest segments until it fits;
+1. quota: a qube over its quota (charged bytes: blocks plus a per-file cost)
+   or its plain-bytes cap loses its own oldest segments until it fits
+   (:mod:`.usage` defines the cost, the collector's ledger uses the same);
 2. retention: closed segments older than the qube's ``max_age``;
 3. DispVMs: with ``dispvm_delete_after_close``, every segment of a closed
    session (a session ends when its last segment closes) once that close is
    older than the setting;
-4. global pressure (``global.max_bytes`` exceeded, or free space below
-   ``global.keep_free``): evict from the qubes furthest over their fair share
+4. global pressure (``global.max_bytes`` exceeded, free space below
+   ``global.keep_free`` or free inodes (``f_favail``) below
+   ``global.keep_free_inodes``): evict from the qubes furthest over their fair share
    (the capacity split in proportion to quotas). Qubes still over quota go
    first, so a qube within its quota never loses data while another is over.
 
@@ -40,12 +43,13 @@ from ..config.retention import (
     RetentionConfig,
     class_of,
     max_age_for,
+    plain_quota_for,
     quota_for,
 )
 from ..core.errors import StoreError
 from ..core.seal import Seal, parse_seal
 from .layout import SegmentFiles, StoreLayout
-from .sealfile import MAX_SEAL_FILE
+from .usage import ZERO_COST, Cost, qube_usage, segment_cost, usage
 from .writer import FINAL_KINDS, Store
 
 log = logging.getLogger(__name__)
@@ -61,7 +65,7 @@ StatVfs = Callable[[str], os.statvfs_result]
 @dataclass
 class _Segment:
     seq: int
-    size: int  # text (plain or compressed) plus seal file, in bytes
+    cost: Cost  # text (plain or compressed) plus seal file
     closed_at: float  # seal file mtime
     files: SegmentFiles
 
@@ -70,19 +74,25 @@ class _Segment:
 class _Qube:
     name: str
     quota: int
-    usage: int
+    plain_quota: int
+    usage: Cost
     segments: list[_Segment]  # deletable ones, oldest first (the open one excluded)
     doomed: int = 0  # how many of ``segments`` the plan deletes, from the front
-    freed: int = 0
+    freed: Cost = ZERO_COST
 
     @property
-    def remaining(self) -> int:
+    def remaining(self) -> Cost:
         return self.usage - self.freed
+
+    @property
+    def over_quota(self) -> bool:
+        left = self.remaining
+        return left.disk > self.quota or left.plain > self.plain_quota
 
     def take(self, count: int) -> None:
         """Plan the deletion of the ``count`` oldest segments (at least)."""
         while self.doomed < min(count, len(self.segments)):
-            self.freed += self.segments[self.doomed].size
+            self.freed += self.segments[self.doomed].cost
             self.doomed += 1
 
 
@@ -93,26 +103,6 @@ def _size(path: os.PathLike[str] | None) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
-
-
-def usage(layout: StoreLayout, qube: str) -> int:
-    """Bytes a qube's directory holds: segments, seals, tombstones, temp files.
-
-    One ``scandir`` and a ``stat`` per file: cheap enough every few seconds.
-    """
-    total = 0
-    try:
-        entries = os.scandir(layout.qube_dir(qube))
-    except FileNotFoundError:
-        return 0
-    with entries:
-        for entry in entries:
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:
-                continue  # deleted while we looked
-    return total
 
 
 def _segments(all_files: list[SegmentFiles], open_seq: int | None) -> list[_Segment]:
@@ -126,7 +116,7 @@ def _segments(all_files: list[SegmentFiles], open_seq: int | None) -> list[_Segm
             closed_at = os.stat(files.seal).st_mtime
         except FileNotFoundError:
             break
-        result.append(_Segment(files.seq, _size(files.log) + _size(files.seal), closed_at, files))
+        result.append(_Segment(files.seq, segment_cost(files), closed_at, files))
     return result
 
 
@@ -228,12 +218,14 @@ def _scan_qube(
 ) -> _Qube:
     all_files = layout.segments(name)
     segments = _segments(all_files, open_seq)
-    qube = _Qube(name, quota_for(cfg, name), usage(layout, name), segments)
+    qube = _Qube(
+        name, quota_for(cfg, name), plain_quota_for(cfg, name), qube_usage(layout, name), segments
+    )
     # A deletion a crash cut short (tombstone written, files left) is finished first.
     last_tomb = _last_line(layout.tombstones(name))
     if last_tomb is not None:
         qube.take(sum(1 for s in segments if s.seq <= last_tomb.seq))
-    while qube.remaining > qube.quota and qube.doomed < len(segments):
+    while qube.over_quota and qube.doomed < len(segments):
         qube.take(qube.doomed + 1)
     max_age = max_age_for(cfg, name)
     if max_age > 0:
@@ -245,31 +237,42 @@ def _scan_qube(
     return qube
 
 
-def _pressure(layout: StoreLayout, cfg: RetentionConfig, total: int, statvfs: StatVfs) -> int:
-    """Bytes to free for the global cap and the keep-free floor (0: none)."""
-    need = 0
-    if cfg.global_max_bytes and total > cfg.global_max_bytes:
-        need = total - cfg.global_max_bytes
-    if cfg.global_keep_free:
+def _pressure(
+    layout: StoreLayout, cfg: RetentionConfig, total: Cost, statvfs: StatVfs
+) -> tuple[int, int]:
+    """Charged bytes and inodes to free for the global cap and the keep-free floors."""
+    need_bytes = need_files = 0
+    if cfg.global_max_bytes and total.disk > cfg.global_max_bytes:
+        need_bytes = total.disk - cfg.global_max_bytes
+    if cfg.global_keep_free or cfg.global_keep_free_inodes:
         stats = statvfs(str(layout.root))
-        free = stats.f_bavail * stats.f_frsize
-        need = max(need, cfg.global_keep_free - free)
-    return need
+        need_bytes = max(need_bytes, cfg.global_keep_free - stats.f_bavail * stats.f_frsize)
+        if stats.f_files:  # 0: the filesystem has no inode limit (btrfs)
+            need_files = max(0, cfg.global_keep_free_inodes - stats.f_favail)
+    return need_bytes, need_files
 
 
-def _evict_globally(qubes: list[_Qube], need: int, capacity: int) -> None:
-    """Free ``need`` bytes from the qubes furthest over their fair share."""
+def _evict_globally(qubes: list[_Qube], need: Cost, capacity: int) -> None:
+    """Free ``need`` (charged bytes and inodes) from the qubes furthest over their fair share.
+
+    Qubes are judged by the same cost as their quotas; a qube over its quota
+    goes before any within it.
+    """
     total_quota = sum(q.quota for q in qubes) or 1
-    freed = 0
-    while freed < need:
+    freed = ZERO_COST
+    while freed.disk < need.disk or freed.files < need.files:
         candidates = [q for q in qubes if q.doomed < len(q.segments)]
         if not candidates:
-            log.warning("global pressure: %d bytes more to free, nothing left to delete", need)
+            log.warning(
+                "global pressure: %d bytes and %d inodes more to free, nothing left to delete",
+                need.disk - freed.disk,
+                max(0, need.files - freed.files),
+            )
             return
         share = {q.name: capacity * q.quota / total_quota for q in candidates}
         victim = max(
             candidates,
-            key=lambda q: (q.remaining > q.quota, q.remaining - share[q.name], q.name),
+            key=lambda q: (q.over_quota, q.remaining.disk - share[q.name], q.name),
         )
         before = victim.freed
         victim.take(victim.doomed + 1)
@@ -292,11 +295,11 @@ def plan_deletions(
     list order removes exactly these.
     """
     qubes = [_scan_qube(layout, cfg, q, now, open_segments.get(q)) for q in layout.qubes()]
-    total = sum(q.remaining for q in qubes)
-    need = _pressure(layout, cfg, total, statvfs)
-    if need > 0:
-        capacity = cfg.global_max_bytes or max(total - need, 0)
-        _evict_globally(qubes, need, capacity)
+    total = sum((q.remaining for q in qubes), ZERO_COST)
+    need_bytes, need_files = _pressure(layout, cfg, total, statvfs)
+    if need_bytes > 0 or need_files > 0:
+        capacity = cfg.global_max_bytes or max(total.disk - need_bytes, 0)
+        _evict_globally(qubes, Cost(need_bytes, need_files, 0), capacity)
     plan = []
     for qube in qubes:
         for segment in qube.segments[: qube.doomed]:
@@ -329,12 +332,11 @@ def apply_plan(store: Store, plan: Iterable[tuple[str, int]]) -> list[tuple[str,
     return done
 
 
-def _count_lines(path: os.PathLike[str], limit: int = MAX_SEAL_FILE) -> int:
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(limit).count(b"\n")
-    except FileNotFoundError:
-        return 0
+def _evictions(layout: StoreLayout, qube: str) -> int:
+    """Segments deleted so far: deletions take the oldest, so every segment up
+    to the newest tombstone's (compaction keeps only that line)."""
+    newest = _last_line(layout.tombstones(qube))
+    return newest.seq if newest is not None else 0
 
 
 class QubeReport(TypedDict):
@@ -385,5 +387,5 @@ def qube_report(layout: StoreLayout, cfg: RetentionConfig, qube: str) -> QubeRep
         "compression_ratio": (
             plain_of_compressed / compressed_bytes if compressed_bytes else None
         ),
-        "evictions": _count_lines(layout.tombstones(qube)),
+        "evictions": _evictions(layout, qube),
     }
