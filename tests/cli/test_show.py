@@ -1,0 +1,245 @@
+"""``logvm show``/``follow``/``list`` options on a store the real collector wrote.
+
+The store (tests/support/collected.py): three qubes sending at once, receive
+times interleaved in a known order, exporter records of several priorities,
+units and identifiers, foreign lines (one with a syslog ``<PRI>``), hostile
+escape sequences and an overlong line; work's first session compressed.
+"""
+
+import io
+import json
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from qubes_logvm.cli import main
+from qubes_logvm.core.records import parse_timestamp
+from support.collected import HOSTILE, ROUNDS, Collected, build_collected
+
+LOGVM = Path(sys.executable).with_name("logvm")
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Collected:
+    return build_collected(tmp_path_factory.mktemp("collected"))
+
+
+def show(c: Collected, *args: str, **edges: object) -> tuple[int, str, str]:
+    out, err = io.BytesIO(), io.StringIO()
+    argv = [*args, "--store", str(c.root)]
+    code = main(argv, stdout=out, stderr=err, **edges)  # type: ignore[arg-type]
+    return code, out.getvalue().decode("utf-8"), err.getvalue()
+
+
+def sender_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if " [logvm] " not in line]
+
+
+def messages(out: str) -> list[str]:
+    return [json.loads(line)["message"] for line in out.splitlines()]
+
+
+@pytest.mark.timeout(60)
+def test_merged_view_of_three_qubes_in_receive_order(collected: Collected) -> None:
+    code, out, _ = show(collected, "show", "--all", "--utc", "-o", "short-iso")
+    assert code == 0
+    lines = [x for x in sender_lines(out) if "first session" not in x]
+    assert [x.split(" ")[1] for x in lines] == [q for q, _ in ROUNDS]
+    stamps = [x.split(" ")[0] for x in out.splitlines()]
+    assert lines[0].endswith(" work sshd[812]: work error 0")
+    assert lines[2].endswith(" disp7 plain line 0 from disp7")
+    assert len(stamps[0]) == len("2026-11-28T18:05:26.123456+00:00")
+    # No qube named: every qube, the same as --all; globs select.
+    assert show(collected, "show", "--utc", "-o", "short-iso")[1] == out
+    _, some, _ = show(collected, "show", "p*", "d?sp7", "-o", "cat")
+    assert "work error" not in some and "personal info 0" in some and "plain line 0" in some
+
+
+@pytest.mark.timeout(60)
+def test_notes_are_marked_as_the_logvms(collected: Collected) -> None:
+    _, out, _ = show(collected, "show", "work")
+    notes = [x for x in out.splitlines() if " [logvm] work: " in x]
+    assert [n.split(": ", 1)[1].split(" ")[0] for n in notes] == [
+        "segment-start",
+        "segment-end",
+        "segment-start",
+        "segment-end",
+    ]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "prio, expect",
+    [
+        ("err", ["work error 0", "<11>syslog err line 0", "work error 1"]),
+        ("warning..err", ["work error 0", "Warning Mixed Case 0", "<11>syslog err line 0"]),
+        ("3..4", ["work error 0", "Warning Mixed Case 0", "<11>syslog err line 0"]),
+        ("debug..debug", ["personal debug 0", "personal debug 1", "personal debug 2"]),
+        ("crit", [HOSTILE.decode("utf-8", "replace")]),
+    ],
+)
+def test_priority_on_records_and_foreign_lines(
+    collected: Collected, prio: str, expect: list[str]
+) -> None:
+    code, out, _ = show(collected, "show", "-p", prio, "-o", "json")
+    assert code == 0
+    got = messages(out)
+    if prio == "crit":
+        assert len(got) == 1 and json.loads(out)["qube"] == "work"
+        return
+    assert got[:3] == expect
+    assert not any("plain line" in str(m) for m in got)  # no priority: not matched
+
+
+@pytest.mark.timeout(60)
+def test_unit_identifier_session(collected: Collected) -> None:
+    _, out, _ = show(collected, "show", "-u", "sshd", "-o", "cat")
+    assert out.splitlines()[:3] == ["work error 0", "work error 1", "work error 2"]
+    _, out, _ = show(collected, "show", "-u", "cron.*", "-t", "CRON", "-o", "cat")
+    assert out.splitlines() == ["personal info 0", "personal info 1", "personal info 2"]
+    _, out, _ = show(collected, "show", "work", "-o", "json", "-n", "1")
+    [last] = [json.loads(x) for x in out.splitlines()]
+    _, out, _ = show(collected, "show", "--session", last["session"], "-o", "json")
+    assert {(o["qube"], o["segment"]) for o in map(json.loads, out.splitlines())} == {("work", 2)}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "args, count",
+    [
+        (["-g", "mixed"], 3),  # all lower case: ignores case
+        (["-g", "Mixed"], 3),
+        (["-g", "MIXED"], 0),  # a capital: case matters
+        (["-g", "MIXED", "-i"], 3),
+        (["-g", r"\x1b\[2J"], 2),  # matched on the unescaped text the qube sent
+        (["-g", r"^<11>"], 3),
+    ],
+)
+def test_grep_smart_case_on_unescaped_text(
+    collected: Collected, args: list[str], count: int
+) -> None:
+    code, out, _ = show(collected, "show", *args, "-o", "cat")
+    assert code == 0
+    assert len(out.splitlines()) == count
+
+
+@pytest.mark.timeout(60)
+def test_lines_reverse_and_their_errors(collected: Collected) -> None:
+    _, everything, _ = show(collected, "show", "-o", "json")
+    every = everything.splitlines()
+    for n in ("1", "4", "100"):
+        assert show(collected, "show", "-n", n, "-o", "json")[1].splitlines() == every[-int(n) :]
+    _, out, _ = show(collected, "show", "-n", "4", "-r", "-o", "json")
+    assert out.splitlines() == every[-4:][::-1]
+    assert show(collected, "show", "-r", "-o", "json")[1].splitlines() == every[::-1]
+    assert show(collected, "show", "-n", "all", "-o", "json")[1].splitlines() == every
+    for bad in ("-1", "x"):
+        code, _, err = show(collected, "show", "-n", bad)
+        assert code == 2 and "--lines" in err
+
+
+@pytest.mark.timeout(60)
+def test_time_input_as_journalctl(collected: Collected) -> None:
+    _, everything, _ = show(collected, "show", "-o", "json")
+    every = [json.loads(x) for x in everything.splitlines()]
+    for since in ("-1h", "1 hour ago", "today", "-2d", "yesterday 10:00"):
+        assert show(collected, "show", "--since", since, "-o", "json")[1] == everything, since
+    assert show(collected, "show", "--since", "tomorrow")[1] == ""
+    assert show(collected, "show", "-S", "+1h")[1] == ""
+    middle = every[len(every) // 2]
+    moment = datetime.fromtimestamp(parse_timestamp(middle["receive_stamp"].encode()), UTC)
+    iso = moment.isoformat(timespec="microseconds")
+    _, out, _ = show(collected, "show", "--since", iso, "-o", "json")
+    assert [json.loads(x) for x in out.splitlines()] == [
+        o for o in every if o["receive_stamp"] >= middle["receive_stamp"]
+    ]
+    naive = moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    _, out, _ = show(collected, "show", "--utc", "-U", naive, "-o", "json")
+    assert [json.loads(x) for x in out.splitlines()] == [
+        o for o in every if o["receive_stamp"] <= middle["receive_stamp"]
+    ]
+    code, _, err = show(collected, "show", "--since", "tomorrow", "--until", "today")
+    assert code == 2 and "is after --until" in err
+    code, _, err = show(collected, "show", "--since", "last tuesday")
+    assert code == 2 and "cannot read time" in err
+
+
+@pytest.mark.timeout(60)
+def test_json_parses_back_with_the_senders_claims(collected: Collected) -> None:
+    _, out, _ = show(collected, "show", "work", "-o", "json", "--utc")
+    objects = [json.loads(x) for x in out.splitlines()]
+    record = next(o for o in objects if o["message"] == "work error 0")
+    assert record["kind"] == "record" and record["priority"] == "err"
+    assert record["qube"] == "work" and record["segment"] == 2 and record["line"] == 2
+    assert record["sender"] == {
+        "time": "2026-11-28T18:05:26.123456+01:00",
+        "host": "claimed-host",
+        "unit": "sshd.service",
+        "identifier": "sshd",
+        "pid": 812,
+        "priority": "err",
+    }
+    assert record["receive_time"].endswith("+00:00") and record["session"]
+    note = objects[0]
+    assert note["kind"] == "note" and note["event"] == "segment-start" and note["sender"] is None
+    hostile = next(o for o in objects if o["priority"] == "crit")
+    assert hostile["message"] == list(HOSTILE)  # not UTF-8: its bytes, as journalctl
+    _, out, _ = show(collected, "show", "disp7", "-o", "json")
+    plain = [json.loads(x) for x in out.splitlines() if "plain line 0" in x]
+    assert plain[0]["kind"] == "line" and plain[0]["sender"] is None
+
+
+@pytest.mark.timeout(60)
+def test_raw_alias_cat_and_markers(collected: Collected) -> None:
+    raw = show(collected, "show", "--raw")[1]
+    assert raw == show(collected, "show", "-o", "raw")[1]
+    assert " C segment-start seq=1 " in raw.splitlines()[0]
+    _, out, _ = show(collected, "show", "personal", "-o", "cat")
+    assert out.splitlines()[-2] == "x" * 4096 + " [truncated 904 bytes]"
+    assert out.splitlines()[0].startswith("[logvm] segment-start seq=1 ")
+
+
+FORMATS = ["short", "short-precise", "short-iso", "cat", "json", "raw"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_no_control_byte_in_any_format(collected: Collected, fmt: str) -> None:
+    out, err = io.BytesIO(), io.StringIO()
+    main(["show", "-o", fmt, "--store", str(collected.root)], stdout=out, stderr=err)
+    data = out.getvalue()
+    assert re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data) is None
+    assert "\u202e" not in data.decode("utf-8")  # the bidi override stays escaped
+    if fmt != "json":
+        assert b"\\x1b[2J\\x1b]0;owned\\x07" in data
+
+
+@pytest.mark.timeout(60)
+def test_list_keeps_last_time_after_compression(collected: Collected) -> None:
+    code, out, _ = show(collected, "list", "work", "--json")
+    assert code == 0
+    [obj] = [json.loads(x) for x in out.splitlines()]
+    first = obj["segment_list"][0]
+    assert first["state"] == "compressed" and first["last"] is not None
+    _, raw, _ = show(collected, "show", "work", "-o", "raw")
+    seg1 = [x for x in raw.splitlines()][:3]  # work/1: start, record, end
+    assert first["last"] == max(x[:27] for x in seg1)
+    _, text, _ = show(collected, "list")
+    assert all(len(x) <= 80 for x in text.splitlines())
+    assert "(compressed)" not in text
+
+
+@pytest.mark.timeout(60)
+def test_follow_says_when_a_qube_does_not_exist_yet(collected: Collected) -> None:
+    def stop(_: float) -> None:
+        raise KeyboardInterrupt
+
+    code, out, err = show(collected, "follow", "work", "ghost", "-o", "cat", sleep=stop)
+    assert code == 0
+    assert "no qube 'ghost'" in err and "waiting for it" in err
+    assert len(out.splitlines()) == 10
+    code, _, err = show(collected, "follow", "work", "-r")
+    assert code == 2 and "--reverse" in err
