@@ -10,10 +10,11 @@ number. Key material is never read into the stream.
 Consistency without stalling the collector: per qube, the qube's lock is
 held only while its files are opened and their sizes taken (seal files
 before segment files, so every seal line captured covers bytes captured);
-the bytes are then sent from the open descriptors after the lock is gone,
-so rotation or retention removing a file meanwhile changes nothing sent.
-Seal files are cut at their last complete line. The epoch is read after
-every qube, so no captured seal is newer than it.
+every qube is captured so, then the key state's epoch is read, then the
+bytes are sent from the open descriptors with no lock held, so rotation or
+retention removing a file meanwhile changes nothing sent. Seal files are cut
+at their last complete line. No captured seal is newer than the epoch, and
+at most one epoch passes between the captures and the epoch read.
 
 Argument: nothing (every qube) or qube names joined by ``+``
 (``logvm.Export+work+personal``).
@@ -129,22 +130,28 @@ def write_snapshot(layout: StoreLayout, qubes: list[str] | None, out: BinaryIO) 
         identity = b""
     out.write(header("store", len(identity)) + identity)
     names = layout.qubes() if qubes is None else qubes
-    counts = [0, 0, 0]
-    for qube in names:
-        if not layout.qube_dir(qube).is_dir():
-            continue  # the verifier reports a named qube the snapshot lacks
-        files = capture(layout, qube)
-        out.write(header("qube", qube))
-        counts[0] += 1
-        try:
+    captured: list[tuple[str, list[Captured]]] = []
+    try:
+        # Every qube is captured first (milliseconds), the epoch right after:
+        # no seal captured is newer than it, and at most one epoch passes
+        # between an open segment's last seal and the epoch reported.
+        for qube in names:
+            if layout.qube_dir(
+                qube
+            ).is_dir():  # a named qube the store lacks: the verifier says so
+                captured.append((qube, capture(layout, qube)))
+        epoch = read_epoch(layout)
+        counts = [len(captured), 0, 0]
+        for qube, files in captured:
+            out.write(header("qube", qube))
             for item in files:
                 _send(out, item)
                 counts[1] += 1
                 counts[2] += item.size
-        finally:
+    finally:
+        for _, files in captured:
             for item in files:
                 os.close(item.fd)
-    epoch = read_epoch(layout)
     if epoch is not None:
         out.write(header("epoch", epoch))
     out.write(header("end", *counts))
