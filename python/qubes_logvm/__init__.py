@@ -3,7 +3,28 @@
 Floors (a module imports only from its own floor or below):
   1. ``core``: pure code, stdlib only, no I/O.
   2. ``store``, ``config``: files on disk, sealing state, verification.
-  3. programs: ``collector``, ``exporter``, ``rotate``, ``cli``, ``witness``.
+  3. programs: ``collector``, ``exporter``, ``rotate``, ``cli``, ``snapshot``,
+     ``witness``;
+     a program never imports another program.
+
+Which folder runs where, and what it may import (tests/test_layering.py
+checks the programs' side at run time)::
+
+  folder      runs in                       may import
+  ----------  ----------------------------  ---------------------------------
+  core/       everywhere                    stdlib
+  config/     LogVM (schema.py: every qube  core; yaml
+              too, for exporter.yaml)
+  store/      LogVM, the verifying DispVM   core, config; zstandard
+  exporter/   every qube, dom0 included     core, config.schema; yaml,
+                                            systemd.journal (never store,
+                                            collector, zstandard)
+  collector/  LogVM (logvm-collector)       core, config, store
+  rotate.py   LogVM (logvm-rotate)          core, config, store
+  cli/        LogVM (logvm)                 core, config, store
+  snapshot/   LogVM (logvm.Export), fresh   core, store
+              DispVM (logvm.VerifySnapshot)
+  witness/    dom0 or a witness qube        core and stdlib only
 """
 
 import os

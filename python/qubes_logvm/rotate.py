@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from .config.collector import load_collector_config
-from .config.retention import RetentionConfig
+from .config.storage_policy import RetentionConfig
 from .core.errors import LogvmError, StoreError
 from .store.compress import CompressError, Interrupted, candidates, compress_segment, tidy
 from .store.layout import DEFAULT_STORE, StoreLayout

@@ -22,8 +22,8 @@ import pytest
 from collector.helpers import Collector, connect, make_store, send, wait_for
 from witness.conftest import open_call, witness_dir  # noqa: F401 (test_witness_scene's fixtures)
 
-from qubes_logvm.store.checkpoints import pending_path, queue_registration
 from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.witness_pending import pending_path, queue_registration
 
 BIN = Path(sys.executable).parent
 WITNESS = BIN / "logvm-witness"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from collector.helpers import Collector, send, verify_errors, wait_for
 
-from qubes_logvm.store.checkpoints import pending_path
+from qubes_logvm.store.witness_pending import pending_path
 
 WITNESS = Path(sys.executable).parent / "logvm-witness"
 

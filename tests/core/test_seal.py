@@ -7,16 +7,16 @@ import pytest
 
 from qubes_logvm.core.errors import SealError, StoreError
 from qubes_logvm.core.seal import (
-    KeyLadder,
+    EpochKeys,
     Seal,
     chain_step,
     evolve,
     format_verification_key,
     genesis,
-    key_for_epoch,
     parse_seal,
     parse_verification_key,
 )
+from support.keys import key_for_epoch
 
 STORE_ID = "00112233445566778899aabbccddeeff"
 
@@ -41,7 +41,7 @@ def test_domains_are_separated() -> None:
 
 def test_key_ladder_matches_direct_derivation() -> None:
     key0 = bytes(range(32))
-    ladder = KeyLadder(key0)
+    ladder = EpochKeys(key0)
     for epoch in (0, 1, 5, 5, 9, 3, 12):
         assert ladder.key(epoch) == key_for_epoch(key0, epoch)
 

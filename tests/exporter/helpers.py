@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from qubes_logvm.exporter.record import ParsedRecord, parse_record
+from qubes_logvm.core.sender_record import ParsedRecord, parse_sender_record
 from support.journald import Journald
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ class FakeCollector:
             return []
 
     def records(self) -> list[ParsedRecord]:
-        return [parse_record(line) for line in self.lines()]
+        return [parse_sender_record(line) for line in self.lines()]
 
     def messages(self) -> list[str]:
         return [r.message.decode("utf-8", "replace") for r in self.records()]

@@ -4,10 +4,10 @@ import asyncio
 
 import pytest
 
-from qubes_logvm.config.exporter import Filter, JournalConfig
+from qubes_logvm.core.sender_record import parse_sender_record
 from qubes_logvm.exporter import journal as journal_module
+from qubes_logvm.exporter.config import Filter, JournalConfig
 from qubes_logvm.exporter.journal import JournalSource
-from qubes_logvm.exporter.record import parse_record
 from qubes_logvm.exporter.state import StateDir
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
@@ -27,7 +27,7 @@ class Collecting:
         self.arrived.set()
 
     def messages(self) -> list[str]:
-        return [parse_record(line).message.decode() for line in self.lines]
+        return [parse_sender_record(line).message.decode() for line in self.lines]
 
 
 def _source(journald, tmp_path, **config: object) -> JournalSource:
@@ -94,7 +94,7 @@ def test_chunks_keep_order_fields_and_newlines(tmp_path, journald):
             got += data.splitlines()
     finally:
         source.close()
-    records = [parse_record(line) for line in got]
+    records = [parse_sender_record(line) for line in got]
     expected = [e["MESSAGE"] for e in entries if e["SYSLOG_IDENTIFIER"] == "tester"]
     assert [r.message.decode() for r in records] == expected
     assert (records[8].priority, records[8].pid) == ("crit", 77)

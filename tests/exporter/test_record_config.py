@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qubes_logvm.config.exporter import parse_exporter_config
 from qubes_logvm.core.errors import ConfigError
-from qubes_logvm.exporter.record import TimeFormatter, format_record, parse_record, token
+from qubes_logvm.core.sender_record import parse_sender_record
+from qubes_logvm.exporter.config import parse_exporter_config
+from qubes_logvm.exporter.record import TimeFormatter, format_record, token
 
 texts = st.binary(max_size=200)
 
@@ -18,7 +19,7 @@ def test_any_fields_make_one_line_that_parses_back(host, unit, ident, message, p
     line = format_record(stamp, token(host), prio, unit, ident, pid, message)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     line.decode("utf-8")  # always valid UTF-8
-    parsed = parse_record(line[:-1])
+    parsed = parse_sender_record(line[:-1])
     assert parsed.message == message
     assert parsed.pid == pid
     assert parsed.ident == (ident.decode("utf-8", "replace") if ident else "")

@@ -150,7 +150,7 @@ def test_deb_installed_default_configs_are_valid(installed: Path) -> None:
     # The shipped (all-commented) configs load with the installed loaders.
     code = (
         "from pathlib import Path\n"
-        "from qubes_logvm.config.exporter import load_exporter_config\n"
+        "from qubes_logvm.exporter.config import load_exporter_config\n"
         "load_exporter_config(Path('/etc/qubes-logvm/exporter.yaml'))\n"
         "try:\n"
         "    from qubes_logvm.config.collector import load_collector_config\n"

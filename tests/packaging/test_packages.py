@@ -192,7 +192,7 @@ def test_shipped_config_documents_real_keys(name: str) -> None:
     if name == "collector":
         from qubes_logvm.config.collector import parse_collector_config as parse
     else:
-        from qubes_logvm.config.exporter import (  # type: ignore[assignment]
+        from qubes_logvm.exporter.config import (  # type: ignore[assignment]
             parse_exporter_config as parse,
         )
     parse(data)

@@ -15,17 +15,17 @@ import pytest
 import testinfra
 import yaml
 from collector.helpers import Collector, make_store, wait_for
-from rotation.helpers import sample_lines, write_segment
 
 from qubes_logvm.config.collector import parse_collector_config
-from qubes_logvm.config.exporter import parse_exporter_config
-from qubes_logvm.config.retention import class_of, quota_for
 from qubes_logvm.config.schema import deep_merge, load_yaml_files
+from qubes_logvm.config.storage_policy import class_of, quota_for
+from qubes_logvm.exporter.config import parse_exporter_config
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.usage import usage
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 from support.fake_qvm.saltenv import FORMULA, PILLARS, SaltEnv
+from support.segments import sample_lines, write_segment
 
 HOST = testinfra.get_host("local://")
 LIMIT_KEYS = (

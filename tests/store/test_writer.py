@@ -7,11 +7,12 @@ import pytest
 
 from qubes_logvm.core.errors import SealError
 from qubes_logvm.core.records import format_timestamp, line_record
-from qubes_logvm.core.seal import chain_step, genesis, key_for_epoch, parse_verification_key
+from qubes_logvm.core.seal import chain_step, genesis, parse_verification_key
 from qubes_logvm.store.keystate import KeyState, setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
 from qubes_logvm.store.writer import Store
+from support.keys import key_for_epoch
 
 
 def _lines(n: int, tag: str = "x") -> bytes:

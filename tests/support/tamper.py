@@ -14,8 +14,9 @@ from pathlib import Path
 
 import zstandard
 
-from qubes_logvm.core.seal import ZERO, Seal, chain_step, key_for_epoch, parse_verification_key
+from qubes_logvm.core.seal import ZERO, Seal, chain_step, parse_verification_key
 from qubes_logvm.store.sealfile import read_seal_file
+from support.keys import key_for_epoch
 from support.storebuilder import Built
 
 

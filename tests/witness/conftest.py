@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qubes_logvm.core.seal import ZERO, Seal, genesis, key_for_epoch
+from qubes_logvm.core.seal import ZERO, Seal, genesis
+from support.keys import key_for_epoch
 
 WITNESS = Path(sys.executable).with_name("logvm-witness")
 LOGVM = "sys-log"

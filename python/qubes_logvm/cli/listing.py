@@ -16,9 +16,9 @@ from datetime import UTC, datetime, tzinfo
 from ..config.collector import load_collector_config
 from ..core.errors import StoreError
 from ..core.records import parse_timestamp
+from ..store.eviction import qube_report
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.reader import count_lines, first_stamp, last_stamp, open_plain
-from ..store.retention import qube_report
 from ..store.sealfile import read_seal_file
 from .common import Env, human_size
 

@@ -6,15 +6,15 @@ line, each naming qube, segment and line range; the exit status is 1 when
 any is an error.
 """
 
-import importlib
 import logging
 from pathlib import Path
-from typing import Any
 
+from ..config.collector import load_collector_config
 from ..core.errors import ConfigError, LogvmError, SealError
 from ..core.seal import parse_verification_key
 from ..store.keystate import setup_keys
 from ..store.verify import verify_store
+from ..store.witness_pending import queue_registration
 from .common import Env, UsageError, human_size
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,6 @@ def read_key(env: Env, source: str) -> str:
         raise UsageError(f"--key {source}: cannot read: {err.strerror}") from err
     parse_verification_key(text)  # a clear error now rather than later
     return text.strip()
-
-
-def _optional(module: str) -> Any:
-    """A module another part of the project provides, if it is installed."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
 
 
 def run_verify(env: Env, qubes: list[str], key_source: str, witness: str | None) -> int:
@@ -87,18 +79,14 @@ def run_setup_keys(env: Env, epoch_seconds: float) -> int:
 
 def _register(env: Env, key: str) -> str:
     """Queue the key for the witness when one is configured."""
-    checkpoints = _optional("qubes_logvm.store.checkpoints")
-    collector = _optional("qubes_logvm.config.collector")
-    if checkpoints is None or collector is None:
-        return "No witness support installed: register the key with the witness yourself."
     try:
-        witness = collector.load_collector_config(*env.configs).witness
+        witness = load_collector_config(*env.configs).witness
     except ConfigError as err:
         return f"Witness not registered: the collector configuration is wrong: {err}"
     if witness.target is None and not witness.command:
         return "No witness configured (collector.yaml witness.target): nothing registered."
     try:
-        checkpoints.queue_registration(env.layout.root, key)
+        queue_registration(env.layout.root, key)
     except (LogvmError, OSError) as err:
         raise SealError(f"could not queue the key for the witness: {err}") from err
     return (

@@ -28,14 +28,15 @@ from pathlib import Path
 from ..config.collector import CollectorConfig, load_collector_config
 from ..core.errors import LogvmError
 from ..core.seal import Seal
-from ..store.checkpoints import CheckpointSender, queue_registration
+from ..store.eviction import plan_deletions
 from ..store.keystate import setup_keys
 from ..store.layout import DEFAULT_STORE, StoreLayout
-from ..store.retention import plan_deletions
+from ..store.witness_pending import queue_registration
 from ..store.writer import Store
 from .peers import resolve_group
-from .qubewriter import Shared
+from .qubewriter import StoreAccess
 from .server import Server, bind_socket
+from .witness_sender import CheckpointSender
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Daemon:
         self.store_root = store_root
         self.config_paths = config_paths
         self.store = Store(store_root, on_seal=self._on_seal)
-        self.shared = Shared(self.store, config)
+        self.shared = StoreAccess(self.store, config)
         self.server = Server(self.shared)
         self.sender: CheckpointSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,7 +143,7 @@ class Daemon:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        async with self.shared.gate.exclusive():
+        async with self.shared.tick_lock.exclusive():
             await self._loop.run_in_executor(None, self.store.close)
         if self.sender is not None:
             await self.sender.flush(5.0)
@@ -166,7 +167,7 @@ class Daemon:
         due = loop.time() + seconds
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
-            async with self.shared.gate.exclusive():
+            async with self.shared.tick_lock.exclusive():
                 await loop.run_in_executor(None, self.store.tick)
             due = max(due + seconds, loop.time())
 

@@ -12,7 +12,7 @@ from the chain's byte counts, so the hot path never scans a directory.
 
 import logging
 
-from ..config.retention import RetentionConfig, plain_quota_for, quota_for
+from ..config.storage_policy import RetentionConfig, plain_quota_for, quota_for
 from ..store.layout import StoreLayout
 from ..store.usage import ZERO_COST, Cost, file_cost, qube_usage, segment_cost, written_cost
 from ..store.writer import QubeChain

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from ..config.collector import CollectorConfig
-from ..config.retention import quota_for
+from ..config.storage_policy import quota_for
 from ..core.records import format_timestamp, note_record
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
@@ -62,7 +62,7 @@ class Feed:
         raise NotImplementedError
 
 
-class Gate:
+class TickLock:
     """Chain work of many qubes may run together; the epoch tick runs alone."""
 
     def __init__(self) -> None:
@@ -98,13 +98,13 @@ class Gate:
                 self._cond.notify_all()
 
 
-class Shared:
-    """What all qube writers share: the store, the gate, the config, per-qube locks."""
+class StoreAccess:
+    """The store as every qube writer reaches it: config, per-qube locks, the tick lock."""
 
     def __init__(self, store: Store, config: CollectorConfig) -> None:
         self.store = store
         self.config = config
-        self.gate = Gate()
+        self.tick_lock = TickLock()
         self.locks: dict[str, asyncio.Lock] = {}
 
     def lock(self, qube: str) -> asyncio.Lock:
@@ -112,8 +112,8 @@ class Shared:
         return self.locks.setdefault(qube, asyncio.Lock())
 
     async def run_on_chain(self, qube: str, work: Callable[[], _T]) -> _T:
-        """Run blocking chain work in a thread, under the qube's lock and the gate."""
-        async with self.lock(qube), self.gate.shared():
+        """Run blocking chain work in a thread, under the qube's lock and the tick lock."""
+        async with self.lock(qube), self.tick_lock.shared():
             return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
@@ -129,7 +129,9 @@ class _Batch:
 class QubeWriter:
     """The single writer of one qube's chain while the qube is connected."""
 
-    def __init__(self, qube: str, shared: Shared, on_idle: Callable[["QubeWriter"], None]) -> None:
+    def __init__(
+        self, qube: str, shared: StoreAccess, on_idle: Callable[["QubeWriter"], None]
+    ) -> None:
         self.qube = qube
         self.shared = shared
         self.feeds: list[Feed] = []
@@ -295,7 +297,7 @@ class QubeWriter:
             self._refused = 0
         return notes
 
-    # -- blocking part (worker thread, under the qube lock and the gate) --
+    # -- blocking part (worker thread, under the qube lock and the tick lock) --
 
     def _write(self, batch: _Batch, notes: list[bytes], *, want_open: bool, roll: bool) -> int:
         """Open/roll/append/seal/close as needed; return lines dropped for the quota."""

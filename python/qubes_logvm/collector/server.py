@@ -21,7 +21,7 @@ from ..core.names import MAX_DESCRIPTOR_BYTES, parse_service_descriptor
 from ..core.records import format_timestamp
 from .lines import LineSplitter
 from .peers import peer_of, peer_policy
-from .qubewriter import Feed, QubeWriter, Shared
+from .qubewriter import Feed, QubeWriter, StoreAccess
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Connection(asyncio.Protocol, Feed):
 class Server:
     """Accepts connections and hands each to its qube's writer."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: StoreAccess) -> None:
         self.shared = shared
         self.writers: dict[str, QubeWriter] = {}
         self.count = 0  # connections past the peer check, not yet closed

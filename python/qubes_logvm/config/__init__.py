@@ -1,6 +1,8 @@
-"""Floor 2: configuration files, loaded and validated.
+"""Floor 2: the LogVM's configuration files, loaded and validated.
 
-Each program has its own module here (``collector``, ``exporter``); this
-package's ``schema`` holds the shared parsing of sizes, durations and typed
-keys so that every bad value is reported the same way, naming its key.
+``collector`` reads ``collector.yaml``; ``storage_policy`` its rotation,
+quota and retention keys (shared with ``logvm-rotate``). ``schema`` holds the
+shared parsing of sizes, durations and typed keys so that every bad value is
+reported the same way, naming its key; the exporter's own file is read by
+:mod:`qubes_logvm.exporter.config` with it.
 """

@@ -7,7 +7,7 @@ an unknown key is an error naming it.
 
 The rotation keys (``segment``, ``quota``, ``classes``, ``global``,
 ``retention``, ``compress``) are shared with ``logvm-rotate`` and parsed by
-:func:`qubes_logvm.config.retention.parse_retention`; this module reads the
+:func:`qubes_logvm.config.storage_policy.parse_retention`; this module reads the
 collector's own keys.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from .retention import RetentionConfig, parse_retention
 from .schema import Section, load_yaml_files
+from .storage_policy import RetentionConfig, parse_retention
 
 DEFAULT_PATHS = (
     Path("/etc/qubes-logvm/collector.yaml"),

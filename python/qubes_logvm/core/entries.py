@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from .errors import StoreError
 from .escape import unescape
 from .records import parse_record
-from .sender_record import SEVERITIES, ParsedRecord
-from .sender_record import parse_record as parse_sender_record
+from .sender_record import SEVERITIES, ParsedRecord, parse_sender_record
 
 KINDS = ("note", "record", "line", "malformed")
 #: Priorities of the collector's notes (what a reader filters them by).

@@ -75,30 +75,45 @@ def evolve(key: bytes) -> bytes:
     return hashlib.sha256(EVOLVE_DOMAIN + key).digest()
 
 
-def key_for_epoch(key0: bytes, epoch: int) -> bytes:
-    """Derive ``K[epoch]`` from the verification key (for verifiers)."""
-    key = key0
-    for _ in range(epoch):
-        key = evolve(key)
-    return key
+class EpochKeys:
+    """``K[epoch]`` from ``K[0]``: the one key derivation of every verifier.
 
+    Any epoch, in any order, with bounded work per lookup after the first walk.
 
-class KeyLadder:
-    """Walks keys forward for a verifier, caching the last one (epochs only rise)."""
+    Keys are remembered every :attr:`STRIDE` epochs, so a lookup below the
+    highest epoch reached costs at most STRIDE-1 hashes; :meth:`cost` says
+    what a lookup would cost before paying it (the witness budgets hashing,
+    since a compromised LogVM chooses the epochs it sends).
+    """
+
+    STRIDE = 1024
 
     def __init__(self, key0: bytes) -> None:
-        self._key0 = key0
-        self._epoch = 0
-        self._key = key0
+        self._marks: list[bytes] = [key0]  # _marks[i] is K[i * STRIDE]
+        self._top_epoch = 0
+        self._top_key = key0
+
+    def cost(self, epoch: int) -> int:
+        """Hashes :meth:`key` would compute for ``epoch``."""
+        if epoch >= self._top_epoch:
+            return epoch - self._top_epoch
+        return epoch % self.STRIDE
 
     def key(self, epoch: int) -> bytes:
-        """``K[epoch]``; cheap when epochs are asked for in rising order."""
-        if epoch < self._epoch:
-            self._epoch, self._key = 0, self._key0
-        while self._epoch < epoch:
-            self._key = evolve(self._key)
-            self._epoch += 1
-        return self._key
+        """``K[epoch]``."""
+        if epoch < self._top_epoch:
+            key = self._marks[epoch // self.STRIDE]
+            for _ in range(epoch % self.STRIDE):
+                key = evolve(key)
+            return key
+        key, at = self._top_key, self._top_epoch
+        while at < epoch:
+            key = evolve(key)
+            at += 1
+            if at % self.STRIDE == 0:
+                self._marks.append(key)
+        self._top_epoch, self._top_key = at, key
+        return key
 
 
 @dataclass(frozen=True)

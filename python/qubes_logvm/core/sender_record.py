@@ -45,7 +45,7 @@ def _untoken(value: bytes) -> str:
     return "" if value == b"-" else unescape(value).decode("utf-8", "replace")
 
 
-def parse_record(line: bytes) -> ParsedRecord:
+def parse_sender_record(line: bytes) -> ParsedRecord:
     """Split a record line (without newline); raise ValueError if malformed."""
     match = _RECORD.fullmatch(line)
     if match is None:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ProtocolError, StoreError
-from .seal import Seal, evolve, parse_seal
+from .seal import Seal, parse_seal
 
 #: Longest message line, newline included; a seal line is at most ~330 bytes.
 MAX_LINE_BYTES = 512
@@ -134,45 +134,6 @@ def parse_export_header(line: bytes) -> tuple[str, str]:
     if match is None:
         raise StoreError("not a logvm-witness export (bad first line)")
     return match.group(1).decode("ascii"), match.group(2).decode("ascii")
-
-
-class EpochKeys:
-    """``K[epoch]`` for any epoch, with bounded work per lookup after the first walk.
-
-    Keys are remembered every :attr:`STRIDE` epochs, so a lookup below the
-    highest epoch reached costs at most STRIDE-1 hashes; :meth:`cost` says
-    what a lookup would cost before paying it (the witness budgets hashing,
-    since a compromised LogVM chooses the epochs it sends).
-    """
-
-    STRIDE = 1024
-
-    def __init__(self, key0: bytes) -> None:
-        self._marks: list[bytes] = [key0]  # _marks[i] is K[i * STRIDE]
-        self._top_epoch = 0
-        self._top_key = key0
-
-    def cost(self, epoch: int) -> int:
-        """Hashes :meth:`key` would compute for ``epoch``."""
-        if epoch >= self._top_epoch:
-            return epoch - self._top_epoch
-        return epoch % self.STRIDE
-
-    def key(self, epoch: int) -> bytes:
-        """``K[epoch]``."""
-        if epoch < self._top_epoch:
-            key = self._marks[epoch // self.STRIDE]
-            for _ in range(epoch % self.STRIDE):
-                key = evolve(key)
-            return key
-        key, at = self._top_key, self._top_epoch
-        while at < epoch:
-            key = evolve(key)
-            at += 1
-            if at % self.STRIDE == 0:
-                self._marks.append(key)
-        self._top_epoch, self._top_key = at, key
-        return key
 
 
 class TokenBucket:

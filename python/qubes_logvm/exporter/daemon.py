@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config.exporter import load_exporter_config
 from ..core.errors import LogvmError
-from .record import SEVERITIES
+from ..core.sender_record import SEVERITIES
+from .config import load_exporter_config
 
 
 def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:

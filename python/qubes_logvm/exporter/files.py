@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.exporter import FileConfig
+from .config import FileConfig
 from .record import TimeFormatter, format_record, token
 from .state import StateDir
 from .transport import Transport

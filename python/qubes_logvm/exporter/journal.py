@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config.exporter import JournalConfig
+from .config import JournalConfig
 from .journalfmt import DROP, EntryFormatter, join_records, message_of
 from .record import TimeFormatter
 from .state import StateDir

@@ -18,8 +18,8 @@ goes: every field goes through :mod:`qubes_logvm.core.escape`.
 import fnmatch
 from typing import Any
 
-from ..config.exporter import JournalConfig
 from ..core.escape import escape, escape_block
+from .config import JournalConfig
 from .record import severity_name, token
 
 #: The fields a record needs, besides MESSAGE (the cache key of a head).

@@ -16,25 +16,15 @@ Every field goes through :func:`qubes_logvm.core.escape.escape`, so no
 record holds a control character or newline; token fields additionally
 escape space, TAB, ``[``, ``]`` and ``:`` as ``\\xHH`` so that splitting is
 unambiguous. Trust side: pure formatting of the qube's own (untrusted) log
-data; parsing is :mod:`qubes_logvm.core.sender_record` (readers use it too).
+data; parsing is :func:`qubes_logvm.core.sender_record.parse_sender_record`
+(readers use it too).
 """
 
 import re
 import time
 
 from ..core.escape import escape
-from ..core.sender_record import SEVERITIES, ParsedRecord, parse_record
-
-__all__ = [
-    "SEVERITIES",
-    "ParsedRecord",
-    "TimeFormatter",
-    "format_record",
-    "parse_record",
-    "severity_name",
-    "severity_number",
-    "token",
-]
+from ..core.sender_record import SEVERITIES
 
 _SEVERITY_BYTES = [s.encode("ascii") for s in SEVERITIES]
 _TOKEN_EXTRA = re.compile(rb"[ \t\[\]:]")
@@ -45,11 +35,6 @@ def severity_name(priority: int | None) -> bytes:
     if priority is None or not 0 <= priority <= 7:
         return b"-"
     return _SEVERITY_BYTES[priority]
-
-
-def severity_number(name: str) -> int:
-    """Inverse of :func:`severity_name` for configuration (``warning`` -> 4)."""
-    return SEVERITIES.index(name)
 
 
 def token(value: bytes | str | None) -> bytes:

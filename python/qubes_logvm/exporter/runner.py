@@ -17,8 +17,8 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from ..config.exporter import ExporterConfig
 from ..core.errors import LogvmError
+from .config import ExporterConfig
 from .state import StateDir
 from .stdin import StdinSource
 from .transport import Spawn, Transport

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config.exporter import SyslogConfig
+from .config import SyslogConfig
 from .record import TimeFormatter, format_record, token
 from .transport import Transport
 

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from ..core.errors import LogvmError, ProtocolError, StoreError
 from ..core.names import validate_qube_name
-from ..core.seal import parse_verification_key
+from ..core.seal import EpochKeys, parse_verification_key
 from ..core.snapshot_format import (
     FILE_NAME,
     INPUT_MAGIC,
@@ -38,7 +38,6 @@ from ..core.snapshot_format import (
     Verdict,
     parse_header,
 )
-from ..core.witness_format import EpochKeys
 from ..store.keystate import encode_key_record
 from ..store.layout import StoreLayout
 from ..store.verify import WrongKey, verify_store

@@ -31,10 +31,10 @@ import zstandard
 
 from ..core.errors import LogvmError, StoreError
 from ..core.seal import Seal
+from .eviction import is_closed
 from .files import open_regular
 from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
 from .reader import last_stamp, stamp_trailer
-from .retention import is_closed
 from .sealfile import read_seal_file
 from .verify.chain import ChainCheck, ChainMismatch
 

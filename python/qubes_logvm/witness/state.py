@@ -27,9 +27,8 @@ from pathlib import Path
 
 from ..core.errors import LogvmError, ProtocolError, StoreError
 from ..core.records import format_timestamp
-from ..core.seal import Seal, format_verification_key, parse_verification_key
+from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
 from ..core.witness_format import (
-    EpochKeys,
     Register,
     TokenBucket,
     format_cp_line,

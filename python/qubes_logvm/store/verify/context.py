@@ -9,8 +9,7 @@ collector makes meanwhile are never taken for forgeries (issue 18).
 from dataclasses import dataclass
 
 from ...core.errors import SealError, StoreError
-from ...core.seal import evolve
-from ...core.witness_format import EpochKeys
+from ...core.seal import EpochKeys, evolve
 from ..files import read_regular
 from ..keystate import _RECORD_LEN, StoreInfo, _decode
 from ..layout import StoreLayout

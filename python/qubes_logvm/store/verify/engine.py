@@ -20,8 +20,7 @@ from pathlib import Path
 
 from ...core.errors import InvalidQubeName, StoreError
 from ...core.names import validate_qube_name
-from ...core.seal import genesis, parse_verification_key
-from ...core.witness_format import EpochKeys
+from ...core.seal import EpochKeys, genesis, parse_verification_key
 from ..files import describe_mode, irregular
 from ..keystate import read_store_info
 from ..layout import SegmentFiles, StoreLayout

@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rotation.helpers import config
 
 from qubes_logvm.config.collector import parse_collector_config
-from qubes_logvm.config.retention import (
+from qubes_logvm.config.storage_policy import (
     RetentionConfig,
     class_of,
     load_retention,
@@ -15,6 +14,7 @@ from qubes_logvm.config.retention import (
     quota_for,
 )
 from qubes_logvm.core.errors import ConfigError
+from support.segments import config
 
 FULL = """
 segment: {max_bytes: 8M, max_age: 12h}

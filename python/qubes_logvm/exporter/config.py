@@ -1,4 +1,4 @@
-"""``exporter.yaml``: the exporter's configuration, loaded and validated (floor 2).
+"""``exporter.yaml``: the exporter's configuration, loaded and validated (floor 3).
 
 Read from ``/etc/qubes-logvm/exporter.yaml`` (from the template, rendered by
 Salt) deep-merged with ``/rw/config/qubes-logvm/exporter.yaml`` (per qube).
@@ -9,8 +9,8 @@ error naming it.
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config.schema import Section, load_yaml_files
 from ..core.errors import ConfigError
-from .schema import Section, load_yaml_files
 
 DEFAULT_PATHS = (
     Path("/etc/qubes-logvm/exporter.yaml"),

@@ -11,18 +11,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from rotation.helpers import (
-    as_records,
-    check_qube,
-    config,
-    loghub_text,
-    new_store,
-    product_env,
-    sample_lines,
-    segment_bytes,
-    set_closed_at,
-    write_segment,
-)
 
 from qubes_logvm.core.seal import format_verification_key
 from qubes_logvm.store import reader
@@ -34,11 +22,23 @@ from qubes_logvm.store.compress import (
     compress_segment,
     tidy,
 )
+from qubes_logvm.store.eviction import qube_report
 from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.retention import qube_report
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
+from support.segments import (
+    as_records,
+    check_qube,
+    config,
+    loghub_text,
+    new_store,
+    product_env,
+    sample_lines,
+    segment_bytes,
+    set_closed_at,
+    write_segment,
+)
 
 ROTATE = Path(sys.executable).with_name("logvm-rotate")
 

@@ -1,4 +1,4 @@
-"""Sending checkpoints from the LogVM to the witness (floor 2).
+"""Sending checkpoints from the LogVM to the witness (floor 3, the collector).
 
 Trust side: runs in the LogVM, inside the collector. It sends the newest seal
 line of each qube to the ``logvm.Witness`` service over one long-lived
@@ -17,9 +17,8 @@ Seams (what the collector and ``logvm setup-keys`` call):
   ingest goes on. Call it only after the seal line is durable (the writer
   fdatasyncs before ``on_seal``): the witness must never hold a seal the
   store could lose in a crash.
-- ``logvm setup-keys`` calls :func:`queue_registration` (store root and the
-  ``logvm-vk1:...`` text that :func:`keystate.setup_keys` returned), which
-  writes ``state/witness-register`` (0600). The sender sends it first on
+- ``logvm setup-keys`` queues the key registration in the store
+  (:mod:`qubes_logvm.store.witness_pending`). The sender sends it first on
   every connection until the witness answers ``ok registered``/``ok known``,
   then overwrites and deletes it: from then on ``K[0]`` exists nowhere in
   the LogVM. :func:`register_key` does the same at once (one qrexec call)
@@ -33,7 +32,6 @@ and docs/witness.md.
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import subprocess
 import time
@@ -41,66 +39,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.errors import ProtocolError, SealError
-from ..core.seal import Seal, parse_verification_key
-from ..core.witness_format import Register, parse_message
-from .layout import StoreLayout, fsync_dir
+from ..core.seal import Seal
+from ..store.witness_pending import (
+    erase_registration,
+    pending_path,
+    queue_registration,
+    read_registration,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = ("qrexec-client-vm", "dom0", "logvm.Witness")
-PENDING_NAME = "witness-register"
 _REPLY = re.compile(rb"(ok|err) [a-z-]{1,32}\n")
 _RETRY_LATER = (b"err rate-limit", b"err busy")
 _RECONNECT = (b"err reset", b"err locked")
 _MAX_REPLY = 64
-
-
-def pending_path(store_root: Path | str) -> Path:
-    """Where a key registration waits to be sent."""
-    return StoreLayout(store_root).state_dir / PENDING_NAME
-
-
-def queue_registration(store_root: Path | str, verification_key: str) -> Path:
-    """Write the registration for the sender to deliver first (then erase)."""
-    store_id, key0 = parse_verification_key(verification_key)
-    path = pending_path(store_root)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, f"register {store_id} {key0.hex()}\n".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
-    return path
-
-
-def read_registration(path: Path) -> bytes | None:
-    """The queued registration line (without newline), or None."""
-    try:
-        with open(path, "rb") as f:
-            line = f.read(256).rstrip(b"\n")
-    except FileNotFoundError:
-        return None
-    try:
-        if not isinstance(parse_message(line), Register):
-            raise SealError(f"{path}: not a registration")
-    except ProtocolError as err:
-        raise SealError(f"{path}: damaged key registration") from err
-    return line
-
-
-def erase_registration(path: Path) -> None:
-    """Overwrite the queued key in place, then remove the file."""
-    with contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        path.unlink()
-        fsync_dir(path.parent)
 
 
 def _check_reply(raw: bytes) -> bytes:

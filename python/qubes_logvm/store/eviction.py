@@ -38,7 +38,7 @@ from typing import TypedDict
 
 import zstandard
 
-from ..config.retention import (
+from ..config.storage_policy import (
     DISPVM_CLASS,
     RetentionConfig,
     class_of,

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 from witness.conftest import LOGVM, WITNESS
 
+from qubes_logvm.collector.witness_sender import CheckpointSender, register_key
 from qubes_logvm.core.errors import ProtocolError
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import Seal
-from qubes_logvm.store.checkpoints import (
-    CheckpointSender,
-    pending_path,
-    queue_registration,
-    register_key,
-)
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.verify import verify_store
+from qubes_logvm.store.witness_pending import pending_path, queue_registration
 from qubes_logvm.store.writer import Store
 from qubes_logvm.witness.state import read_checkpoints, read_key
 from support.qrexec import CLIENT_SCRIPT, World

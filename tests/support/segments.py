@@ -1,4 +1,4 @@
-"""Shared helpers for the rotation tests: build stores, check chains."""
+"""Segments and stores for the rotation, eviction and quota tests: build stores, check chains."""
 
 import os
 from pathlib import Path
@@ -6,10 +6,10 @@ from pathlib import Path
 import yaml
 import zstandard
 
-from qubes_logvm.config.retention import RetentionConfig, parse_retention
 from qubes_logvm.config.schema import Section
+from qubes_logvm.config.storage_policy import RetentionConfig, parse_retention
 from qubes_logvm.core.records import format_timestamp, line_record
-from qubes_logvm.core.seal import KeyLadder, genesis, parse_verification_key
+from qubes_logvm.core.seal import EpochKeys, genesis, parse_verification_key
 from qubes_logvm.store.keystate import read_store_info, setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
@@ -101,7 +101,7 @@ def check_qube(root: Path, key0: bytes, qube: str) -> list[int]:
     Raises AssertionError naming the segment on any mismatch.
     """
     layout = StoreLayout(root)
-    ladder = KeyLadder(key0)
+    ladder = EpochKeys(key0)
     head = genesis(read_store_info(layout).store_id, qube)
     tomb_path = layout.tombstones(qube)
     tombs = {t.seq: t for t in read_seal_file(tomb_path).seals} if tomb_path.exists() else {}

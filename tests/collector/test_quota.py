@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from collector.helpers import Collector, connect, make_store, read_acks, sent_lines, wait_for
-from rotation.helpers import product_env, sample_lines, write_segment
 
 from qubes_logvm.core.seal import parse_verification_key
 from qubes_logvm.store.layout import StoreLayout
@@ -19,6 +18,7 @@ from qubes_logvm.store.sealfile import read_seal_file
 from qubes_logvm.store.usage import usage
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
+from support.segments import product_env, sample_lines, write_segment
 
 SEGMENT = 64 * 1024
 

@@ -9,7 +9,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rotation.helpers import (
+
+from qubes_logvm import rotate
+from qubes_logvm.store.compress import TMP_SUFFIX
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.writer import Store
+from support.segments import (
     as_records,
     check_qube,
     loghub_text,
@@ -17,11 +22,6 @@ from rotation.helpers import (
     product_env,
     write_segment,
 )
-
-from qubes_logvm import rotate
-from qubes_logvm.store.compress import TMP_SUFFIX
-from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.writer import Store
 
 ROTATE = Path(sys.executable).with_name("logvm-rotate")
 

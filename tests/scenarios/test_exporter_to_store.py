@@ -4,7 +4,7 @@ import pytest
 from collector.helpers import Collector, make_store, sent_lines, verify_errors
 from exporter.helpers import wait_for, write_config
 
-from qubes_logvm.exporter.record import parse_record
+from qubes_logvm.core.sender_record import parse_sender_record
 from support.qrexec import SOCKET_PEERS, World
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -38,7 +38,7 @@ def _stored(logvm, qube):
     out = []
     for kind, payload, _cut in sent_lines(logvm.store, qube):
         if kind == "L":
-            out.append(parse_record(payload))
+            out.append(parse_sender_record(payload))
     return out
 
 

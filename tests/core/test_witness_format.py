@@ -8,11 +8,10 @@ from hypothesis import strategies as st
 from witness.conftest import KEY0, STORE_ID, line_of, make_seal, register_line
 
 from qubes_logvm.core.errors import ProtocolError, StoreError
-from qubes_logvm.core.seal import key_for_epoch
+from qubes_logvm.core.seal import EpochKeys
 from qubes_logvm.core.witness_format import (
     MAX_LINE_BYTES,
     REPLIES,
-    EpochKeys,
     Register,
     TokenBucket,
     format_cp_line,
@@ -20,6 +19,7 @@ from qubes_logvm.core.witness_format import (
     parse_cp_line,
     parse_message,
 )
+from support.keys import key_for_epoch
 
 
 def test_register_and_seal_parse() -> None:

@@ -6,7 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rotation.helpers import (
+
+from qubes_logvm.store.compress import compress_segment
+from qubes_logvm.store.eviction import apply_plan, plan_deletions, qube_report
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.usage import qube_usage, segment_cost, usage
+from qubes_logvm.store.writer import TOMB_COMPACT_LINES, Store
+from support.segments import (
     check_qube,
     config,
     new_store,
@@ -14,13 +21,6 @@ from rotation.helpers import (
     set_closed_at,
     write_segment,
 )
-
-from qubes_logvm.store.compress import compress_segment
-from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.retention import apply_plan, plan_deletions, qube_report
-from qubes_logvm.store.sealfile import read_seal_file
-from qubes_logvm.store.usage import qube_usage, segment_cost, usage
-from qubes_logvm.store.writer import TOMB_COMPACT_LINES, Store
 
 pytestmark = pytest.mark.timeout(60)
 
