@@ -1,10 +1,12 @@
 """Fixtures shared across test folders."""
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support.journald import Journald, unavailable_reason
 from support.storebuilder import Built, build_store
 
 
@@ -20,3 +22,13 @@ def store(pristine: Built, tmp_path: Path) -> Built:
     root = tmp_path / "store"
     shutil.copytree(pristine.root, root)
     return Built(root, pristine.key)
+
+
+@pytest.fixture
+def journald(tmp_path: Path) -> Iterator[Journald]:
+    """A real journald in private namespaces (skips where it cannot run)."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with Journald(tmp_path / "journald") as jd:
+        yield jd

@@ -1,4 +1,4 @@
-"""Fixtures for the exporter: a fake collector, a real journald, the real daemon."""
+"""Fixtures for the exporter: a fake collector, the real daemon (journald: tests/conftest.py)."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -6,21 +6,12 @@ from pathlib import Path
 import pytest
 from exporter.helpers import ExporterProcess, FakeCollector
 
-from support.journald import Journald, unavailable_reason
+from support.journald import Journald
 
 
 @pytest.fixture
 def collector(tmp_path: Path) -> FakeCollector:
     return FakeCollector(tmp_path / "collector")
-
-
-@pytest.fixture
-def journald(tmp_path: Path) -> Iterator[Journald]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with Journald(tmp_path / "journald") as jd:
-        yield jd
 
 
 @pytest.fixture
