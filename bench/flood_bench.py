@@ -73,8 +73,8 @@ def run(ctx: Any) -> list[dict[str, Any]]:
     """Measure flood isolation and collector memory."""
     from collector.helpers import Collector, make_store, rss_kib
 
-    from qubes_logvm.store.usage import usage
     from qubes_logvm.store.layout import StoreLayout
+    from qubes_logvm.store.usage import usage
 
     with open(ctx.input_path, "rb") as stream:
         block = stream.read(1 << 20)
