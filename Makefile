@@ -17,7 +17,7 @@ BASETEMP ?= /tmp/pytest-logvm-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8
 # Debian packages: runtime dependencies (as the products use them) and the
 # real tools the tests drive.
 APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard
-APT_TEST := systemd zstd util-linux rsyslog procps groff-base
+APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh
 APT_BUILD := build-essential rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST) $(APT_BUILD)
 
@@ -78,6 +78,11 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 BINDDIRSDIR ?= $(PREFIX)/lib/qubes-bind-dirs.d
 MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# Fedora's zsh reads site-functions; Debian's vendor-completions (debian/rules).
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+# lnav reads every format under /etc/lnav/formats/*/ (docs/reading.md).
+LNAVFORMATDIR ?= $(SYSCONFDIR)/lnav/formats/qubes-logvm
 QUBESRPCDIR ?= $(SYSCONFDIR)/qubes-rpc
 RPCCONFIGDIR ?= $(SYSCONFDIR)/qubes/rpc-config
 POLICYDIR ?= $(SYSCONFDIR)/qubes/policy.d
@@ -143,6 +148,10 @@ install-vm: install-python
 	install -d $(D)$(MANDIR)/man1 $(D)$(MANDIR)/man8
 	install -m 0644 $(MAN1) $(D)$(MANDIR)/man1/
 	install -m 0644 $(MAN8) $(D)$(MANDIR)/man8/
+	# Reading: shell completion for logvm, the lnav format for segments.
+	install -D -m 0644 completion/logvm.bash $(D)$(BASHCOMPDIR)/logvm
+	install -D -m 0644 completion/_logvm $(D)$(ZSHCOMPDIR)/_logvm
+	install -D -m 0644 lnav/qubes_logvm.json $(D)$(LNAVFORMATDIR)/qubes_logvm.json
 
 # dom0 side: the witness service (only the pure core, the witness module and
 # its command and manual page: code in dom0 stays small), the policy, the

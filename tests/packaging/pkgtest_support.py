@@ -168,6 +168,7 @@ DEBIAN_INSTALL_ARGS = (
     "PYTHON=/usr/bin/python3",
     "UNITDIR=/lib/systemd/system",
     "PRESETDIR=/lib/systemd/system-preset",
+    "ZSHCOMPDIR=/usr/share/zsh/vendor-completions",
 )
 STATE_PATHS = (Path("/var/lib/qubes-logvm"), Path("/var/lib/qubes-logvm-exporter"))
 
