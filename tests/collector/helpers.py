@@ -1,6 +1,7 @@
 """Running a real ``logvm-collector`` and talking to it as the qrexec agent does."""
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -44,8 +45,9 @@ class Collector:
         group ``qubes`` as ``allowed_group`` unless it names one)."""
         self.config_path.write_text(yaml.safe_dump({"allowed_group": QUBES_GID, **config}))
 
-    def start(self, timeout: float = 15.0) -> "Collector":
-        """Start and wait until the socket accepts connections."""
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> "Collector":
+        """Start and wait until the socket accepts connections (``env``: extra
+        environment, e.g. a failure point of :mod:`qubes_logvm.core.faults`)."""
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         err = self.stderr_path.open("ab")
@@ -61,6 +63,7 @@ class Collector:
             ],
             stderr=err,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
         err.close()
         deadline = time.monotonic() + timeout

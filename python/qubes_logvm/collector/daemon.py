@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET = Path("/run/qubes-logvm/logvm.Send.sock")
 SD_LISTEN_FDS_START = 3
 SHUTDOWN_TIMEOUT = 30.0
+#: Housekeeping waits at most this many intervals after repeated failures.
+HOUSEKEEPING_BACKOFF = 8
 
 
 def sd_listen_fds(environ: dict[str, str] | None = None) -> list[int]:
@@ -87,6 +89,14 @@ def _listening_socket(path: Path, config: CollectorConfig) -> socket.socket:
     return bind_socket(path, resolve_group(config.allowed_group))
 
 
+def _log_task_error(task: str, err: Exception) -> None:
+    """A long-lived task's error: one line for expected ones, a traceback for bugs."""
+    if isinstance(err, LogvmError | OSError):
+        log.error("%s: %s (retrying)", task, err)
+    else:
+        log.exception("%s failed (retrying)", task)
+
+
 class Daemon:
     """The running collector: server, timers and signal handling."""
 
@@ -122,6 +132,12 @@ class Daemon:
         recovered = await self._loop.run_in_executor(None, self.store.recover_all)
         for qube, count in recovered.items():
             log.warning("%s: sealed %d records a crash had left unsealed", qube, count)
+        if self.store.quarantined:
+            log.error(
+                "%d qube(s) quarantined at start, all others are logged: %s",
+                len(self.store.quarantined),
+                ", ".join(sorted(self.store.quarantined)),
+            )
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._stop.set)
         self._loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -142,7 +158,7 @@ class Daemon:
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await task  # these tasks never end on an error (see _forever)
         async with self.shared.tick_lock.exclusive():
             await self._loop.run_in_executor(None, self.store.close)
         if self.sender is not None:
@@ -162,22 +178,34 @@ class Daemon:
         log.info("configuration reloaded")
 
     async def _epochs(self) -> None:
+        # The epoch clock never stops: Store.tick evolves the key whatever
+        # fails, and an error here is logged and the next epoch comes anyway.
         loop = asyncio.get_running_loop()
         seconds = self.store.keys.info.epoch_seconds
         due = loop.time() + seconds
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
-            async with self.shared.tick_lock.exclusive():
-                await loop.run_in_executor(None, self.store.tick)
+            try:
+                async with self.shared.tick_lock.exclusive():
+                    await loop.run_in_executor(None, self.store.tick)
+            except Exception as err:  # noqa: BLE001 (the task must survive anything)
+                _log_task_error("epoch", err)
             due = max(due + seconds, loop.time())
 
     async def _housekeeping(self) -> None:
+        # Survives any error; after failures it waits longer (up to
+        # HOUSEKEEPING_BACKOFF times the interval), so a full or failing
+        # disk is not hammered, and it goes back to normal on success.
+        failures = 0
         while True:
-            await asyncio.sleep(self.shared.config.housekeeping_seconds)
+            interval = self.shared.config.housekeeping_seconds
+            await asyncio.sleep(interval * min(2**failures, HOUSEKEEPING_BACKOFF))
             try:
                 await self._housekeep()
-            except LogvmError as err:
-                log.warning("housekeeping: %s", err)
+                failures = 0
+            except Exception as err:  # noqa: BLE001 (the task must survive anything)
+                failures += 1
+                _log_task_error("housekeeping", err)
 
     async def _housekeep(self) -> None:
         retention = self.shared.config.retention

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from ..config.collector import CollectorConfig
 from ..config.storage_policy import quota_for
+from ..core.errors import LogvmError
 from ..core.records import format_timestamp, note_record
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
@@ -140,7 +141,8 @@ class QubeWriter:
         self._pending = _Batch()
         limit = shared.config.rate_for(qube)
         self._bucket = TokenBucket(limit.lines_per_second, limit.burst, time.monotonic())
-        self._drops = {"rate-limit": 0, "quota": 0}
+        self._drops = {"rate-limit": 0, "quota": 0, "disk-full": 0}
+        self._carried: list[bytes] = []  # notes a failed write could not store
         self._refused = 0
         self._last_note = 0.0
         self.ledger = QubeLedger(qube)
@@ -150,6 +152,7 @@ class QubeWriter:
         self._note_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.failed = False  # the task ended on an error; the server lets it go
 
     # -- called by connections (event loop) -------------------------------
 
@@ -232,13 +235,18 @@ class QubeWriter:
                 await self._step()
                 if self.idle and not self._has_notes():
                     break
-        except Exception:
+        except Exception as err:
             # A failing disk must not kill the daemon silently: say it, drop
             # the qube's connections (nothing unsealed is acknowledged).
-            log.exception("%s: writer failed; closing its connections", self.qube)
+            if isinstance(err, LogvmError):
+                log.error("%s: writer failed (%s); closing its connections", self.qube, err)  # noqa: TRY400 (one line, no traceback)
+            else:
+                log.exception("%s: writer failed; closing its connections", self.qube)
+            self.failed = True
             for feed in list(self.feeds):
                 feed.abort()
             self.feeds.clear()
+            self._pending = _Batch()
         finally:
             self._task = None
             self._on_idle(self)
@@ -263,6 +271,8 @@ class QubeWriter:
         dropped = await self.shared.run_on_chain(self.qube, work)
         self._drops["quota"] += dropped
         for feed, handled, eof in acks:
+            if feed not in self.feeds:
+                continue  # the peer went away while the batch was written
             if eof:
                 self.feeds.remove(feed)
             feed.send_ack(handled, final=eof)
@@ -302,7 +312,7 @@ class QubeWriter:
     def _write(self, batch: _Batch, notes: list[bytes], *, want_open: bool, roll: bool) -> int:
         """Open/roll/append/seal/close as needed; return lines dropped for the quota."""
         store = self.shared.store
-        if self.chain is None:
+        if self.chain is None or self.chain.broken:
             self.chain = store.chain(self.qube)
             self.ledger.load(store.layout, self.chain)
         chain = self.chain
@@ -314,12 +324,22 @@ class QubeWriter:
         if batch.nbytes and not self._make_room(chain, batch.nbytes):
             chunks, lines, dropped = [], 0, batch.lines
         # One join of notes and lines: batches can be megabytes.
-        payload = b"".join(notes + chunks)
+        payload = b"".join(self._carried + notes + chunks)
+        nlines, self._carried = len(self._carried) + len(notes) + lines, []
         batch.chunks = []
         if payload:
-            chain.append(payload, len(notes) + lines)
+            try:
+                chain.append(payload, nlines)
+                self.ledger.open_seal_bytes += len(chain.seal(store.keys).to_line())
+            except OSError as err:
+                if chain.broken or not chain.is_open:
+                    raise
+                # Cut back to the last seal (all-or-nothing): the lines are
+                # dropped and noted, the notes wait for the next batch.
+                log.error("%s: %d lines dropped: %s", self.qube, lines, err)  # noqa: TRY400 (one line)
+                self._carried = notes
+                self._drops["disk-full"] += lines
             del payload
-            self.ledger.open_seal_bytes += len(chain.seal(store.keys).to_line())
         if not want_open and chain.is_open:
             self._close(chain, reason="disconnect")
         return dropped

@@ -255,7 +255,7 @@ class Server:
         return True
 
     def _writer_idle(self, writer: QubeWriter) -> None:
-        if writer.idle and self.writers.get(writer.qube) is writer:
+        if (writer.idle or writer.failed) and self.writers.get(writer.qube) is writer:
             del self.writers[writer.qube]
 
     async def drain(self) -> None:

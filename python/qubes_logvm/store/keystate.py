@@ -153,15 +153,30 @@ class KeyState:
         return bytes(self._key)
 
     def advance(self) -> None:
-        """Move to the next epoch: persist ``K[e+1]``, erase ``K[e]``."""
+        """Move to the next epoch: persist ``K[e+1]``, erase ``K[e]``.
+
+        The key evolves in memory even when the file cannot be written (the
+        error is raised after): forward security never waits for the disk;
+        the next epoch's write persists the newer key.
+        """
         new_key = bytearray(evolve(bytes(self._key)))
         record = _encode(self.store_id, self._epoch + 1, bytes(new_key))
-        if os.pwrite(self._fd, record, 0) != len(record):
-            raise SealError(f"{self.layout.sealkey}: short write")
-        os.fdatasync(self._fd)
+        problem = None
+        try:
+            if os.pwrite(self._fd, record, 0) != len(record):
+                problem = "short write"
+            else:
+                os.fdatasync(self._fd)
+        except OSError as err:
+            problem = err.strerror or str(err)
         old = self._key
         self._key, self._epoch = new_key, self._epoch + 1
         old[:] = bytes(len(old))
+        if problem is not None:
+            raise SealError(
+                f"{self.layout.sealkey}: cannot persist epoch {self._epoch}: {problem} "
+                "(the key evolved in memory)"
+            )
 
     def close(self) -> None:
         """Release the lock and forget the key."""

@@ -25,10 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.errors import StoreError
+from ..core.faults import fail_point
 from ..core.records import format_timestamp, note_record
 from ..core.seal import ZERO, ChainHasher, Seal, genesis
 from .keystate import KeyState
 from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
+from .remnant import is_opening_remnant, seal_covers_log
 from .sealfile import read_seal_file
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,11 @@ class QubeChain:
         store_id: str,
         qube: str,
         on_seal: Callable[[Seal], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.layout = layout
+        self.clock = clock  # wall clock for note stamps (tests inject one)
         self.on_seal = on_seal  # e.g. the witness's checkpoint queue
         self.qube = qube
         self.dir = layout.qube_dir(qube)
@@ -83,6 +88,10 @@ class QubeChain:
         self._dirty = False
         self._half_open: SegmentFiles | None = None
         self._torn_seal = 0  # bytes of a seal line a crash cut short
+        self._seal_size = 0  # bytes of the open segment's seal file, all whole lines
+        #: A write failed and could not be cut back: the chain must be loaded
+        #: again from what is durable (:meth:`Store.chain` does).
+        self.broken = False
         self._load()
 
     # -- loading -----------------------------------------------------------
@@ -107,23 +116,31 @@ class QubeChain:
                     # acknowledged; recovery cuts it before sealing again.
                     self._torn_seal = len(parsed.torn_tail)
                 return
-            if parsed.bad_lines or len(segments) < 2 or segments[-2].seal is None:
+            if not is_opening_remnant(segments[-1], parsed, newest=True):
                 raise StoreError(f"{segments[-1].name}: seal file has no complete seal line")
-            # A crash inside open_segment, before its ``open`` seal was
-            # durable: nothing of it was sealed or acknowledged, so recovery
-            # removes it and the chain continues from the segment before.
-            self._half_open = segments[-1]
-            self.needs_recovery = True
-            previous = read_seal_file(segments[-2].seal).seals
-            if not previous:
-                raise StoreError(f"{segments[-2].name}: seal file has no complete seal line")
-            self._adopt(previous[-1])
-            self.needs_recovery = True
+            self._load_half_open(segments, last_tomb)
             return
         if segments:
             raise StoreError(f"{segments[-1].name}: segment without seal file")
         if last_tomb is not None:
             self.seq, self.head = last_tomb.seq, last_tomb.head
+
+    def _load_half_open(self, segments: list[SegmentFiles], last_tomb: Seal | None) -> None:
+        """A crash inside open_segment (see :mod:`.remnant`): recovery removes
+        the remnant and the chain continues from the closed segment before it,
+        the newest tombstone, or the genesis head (the qube's first segment)."""
+        half_open, before = segments[-1], segments[:-1]
+        if before:
+            previous = read_seal_file(before[-1].seal).seals if before[-1].seal else []
+            if not previous or previous[-1].kind not in FINAL_KINDS:
+                raise StoreError(f"{half_open.name}: opened while {before[-1].name} is not closed")
+            self._adopt(previous[-1])
+        elif last_tomb is not None:
+            self.seq, self.head = last_tomb.seq, last_tomb.head
+        if half_open.seq != self.seq + 1:
+            raise StoreError(f"{half_open.name}: not the segment after {self.seq:08d}")
+        self._half_open = half_open
+        self.needs_recovery = True
 
     def _adopt(self, seal: Seal) -> None:
         self.seq = seal.seq
@@ -160,6 +177,11 @@ class QubeChain:
         fd = os.open(log_path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
+            if not seal_covers_log(self.sealed_nbytes, size):
+                raise StoreError(
+                    f"{log_path}: {size} bytes, but its seals cover {self.sealed_nbytes} "
+                    "(damaged or cut short; never left by a crash)"
+                )
             tail = os.pread(fd, size - self.sealed_nbytes, self.sealed_nbytes)
             keep = tail.rfind(b"\n") + 1
             if keep < len(tail):
@@ -177,7 +199,11 @@ class QubeChain:
         self.lines += recovered
         self.nbytes += keep
         self._dirty = False
-        self.seal(keys, "recover")
+        try:
+            self.seal(keys, "recover")
+        except BaseException:
+            self._close_fds()  # nothing sealed: loading again starts over
+            raise
         return recovered
 
     def open_segment(self, keys: KeyState, **session: str | int) -> None:
@@ -193,11 +219,18 @@ class QubeChain:
             self.seq += 1
             self.lines = self.nbytes = self.sealed_lines = self.sealed_nbytes = 0
             self._prev_mac = ZERO
-            self._open_fds(create=True)
-            fsync_dir(self.dir)
-            self._hasher = ChainHasher(self.head)
-            self.seal(keys, "open")
-        stamp = format_timestamp(time.time())
+            try:
+                self._open_fds(create=True)
+                fsync_dir(self.dir)
+                self._hasher = ChainHasher(self.head)
+                fail_point("open-segment")
+                self.seal(keys, "open")
+            except BaseException:
+                # What is on disk is an opening remnant (or nothing): loading
+                # the chain again removes it (see .remnant).
+                self._break()
+                raise
+        stamp = format_timestamp(self.clock())
         self.append(note_record(stamp, "segment-start", seq=self.seq, **session), 1)
 
     def _open_fds(self, *, create: bool) -> None:
@@ -206,13 +239,37 @@ class QubeChain:
             flags |= os.O_CREAT | os.O_EXCL
         self._seal_fd = os.open(self.layout.segment_seal(self.qube, self.seq), flags, 0o640)
         self._log_fd = os.open(self.layout.segment_log(self.qube, self.seq), flags, 0o640)
+        self._seal_size = os.fstat(self._seal_fd).st_size
         self.is_open = True
+
+    def _break(self) -> None:
+        self._close_fds()
+        self.broken = True
+
+    def _rollback(self) -> None:
+        """Cut the open segment back to its last seal, so that nothing torn or
+        unsealed stays under a later seal (all-or-nothing); when even that
+        fails, the chain is broken and is loaded again from what is durable."""
+        try:
+            os.ftruncate(self._log_fd, self.sealed_nbytes)
+            os.ftruncate(self._seal_fd, self._seal_size)
+        except OSError:
+            log.exception("%s: cannot cut segment %d back to its last seal", self.qube, self.seq)
+            self._break()
+            return
+        self.lines, self.nbytes = self.sealed_lines, self.sealed_nbytes
+        self._hasher = ChainHasher(self.head)
+        self._dirty = False
 
     def append(self, data: bytes, nlines: int) -> None:
         """Append formatted record lines (``nlines`` of them) to the open segment."""
         if not self.is_open:
             raise StoreError(f"{self.qube}: no open segment")
-        _write_all(self._log_fd, data)
+        try:
+            _write_all(self._log_fd, data)
+        except BaseException:
+            self._rollback()
+            raise
         self._hasher.update(data)
         self.lines += nlines
         self.nbytes += len(data)
@@ -222,15 +279,23 @@ class QubeChain:
         """Make appended records durable and seal them with the current key."""
         if not self.is_open:
             raise StoreError(f"{self.qube}: no open segment")
-        if self._dirty:
-            os.fdatasync(self._log_fd)
-            self._dirty = False
         head = self._hasher.digest() if kind != "open" else self.head
         seal = Seal(
             kind, self.qube, self.seq, keys.epoch, self.lines, self.nbytes, head, self._prev_mac
         ).signed(keys.key)
-        _write_all(self._seal_fd, seal.to_line())
-        os.fdatasync(self._seal_fd)
+        line = seal.to_line()
+        try:
+            if self._dirty:
+                os.fdatasync(self._log_fd)
+                self._dirty = False
+            _write_all(self._seal_fd, line)
+            os.fdatasync(self._seal_fd)
+        except BaseException:
+            if kind in ("open", "recover"):
+                raise  # open_segment breaks the chain; recover starts over
+            self._rollback()
+            raise
+        self._seal_size += len(line)
         self.head, self._prev_mac, self.last_seal = head, seal.mac, seal
         self.sealed_lines, self.sealed_nbytes = self.lines, self.nbytes
         self._hasher = ChainHasher(head)
@@ -243,7 +308,7 @@ class QubeChain:
 
     def close(self, keys: KeyState, **fields: str | int) -> Seal:
         """End the open segment with a note and a ``close`` seal."""
-        stamp = format_timestamp(time.time())
+        stamp = format_timestamp(self.clock())
         self.append(note_record(stamp, "segment-end", seq=self.seq, **fields), 1)
         with self.locked():
             return self.seal(keys, "close")
@@ -334,41 +399,101 @@ class QubeChain:
 class Store:
     """A store opened for writing: the key state and one chain per qube."""
 
-    def __init__(self, root: Path | str, *, on_seal: Callable[[Seal], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        on_seal: Callable[[Seal], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.layout = StoreLayout(root)
         self.keys = KeyState(self.layout)
         self.chains: dict[str, QubeChain] = {}
         self.on_seal = on_seal  # e.g. the witness's checkpoint queue
+        self.clock = clock
+        #: Qubes whose files could not be loaded, with the reason.
+        self.quarantined: dict[str, str] = {}
 
     def chain(self, qube: str) -> QubeChain:
-        """The chain of a qube, loaded (and recovered) on first use."""
+        """The chain of a qube, loaded (and recovered) on first use.
+
+        A chain a failed write left broken is loaded again from what is
+        durable. Raises :class:`StoreError` for a qube that cannot be loaded
+        (it stays quarantined, tried again at its next use).
+        """
         chain = self.chains.get(qube)
-        if chain is None:
-            chain = QubeChain(self.layout, self.keys.store_id, qube, self.on_seal)
-            if chain.recover(self.keys):
-                log.warning("%s: sealed records left unsealed by a crash", qube)
-            self.chains[qube] = chain
+        if chain is None or chain.broken:
+            self.chains.pop(qube, None)
+            chain, recovered = self._load(qube)
+            if recovered:
+                log.warning("%s: sealed %d records left unsealed by a crash", qube, recovered)
         return chain
 
+    def _load(self, qube: str) -> tuple[QubeChain, int | None]:
+        try:
+            chain = QubeChain(
+                self.layout, self.keys.store_id, qube, self.on_seal, clock=self.clock
+            )
+            recovered = chain.recover(self.keys) if chain.needs_recovery else None
+        except (StoreError, OSError) as err:
+            reason = str(err)
+            if self.quarantined.get(qube) != reason:
+                log.error(  # noqa: TRY400 (one line, no traceback)
+                    "%s: quarantined: its files cannot be recovered (%s); it is not logged "
+                    "until they are repaired, every other qube is (see logvm verify)",
+                    qube,
+                    reason,
+                )
+            self.quarantined[qube] = reason
+            raise StoreError(f"{qube}: quarantined: {reason}") from err
+        if self.quarantined.pop(qube, None) is not None:
+            log.warning("%s: recovered; logged again", qube)
+        self.chains[qube] = chain
+        return chain, recovered
+
     def recover_all(self) -> dict[str, int]:
-        """At start: seal every segment a crash left open; return records per qube."""
+        """At start: seal every segment a crash left open; return records per qube.
+
+        A qube that cannot be recovered is quarantined (:attr:`quarantined`,
+        an error in the journal) and the others are served.
+        """
         recovered = {}
         for qube in self.layout.qubes():
-            chain = QubeChain(self.layout, self.keys.store_id, qube, self.on_seal)
-            if chain.needs_recovery:
-                recovered[qube] = chain.recover(self.keys)
-            self.chains[qube] = chain
+            try:
+                _, count = self._load(qube)
+            except StoreError:
+                continue
+            if count is not None:
+                recovered[qube] = count
         return recovered
 
     def tick(self) -> list[Seal]:
-        """End the epoch: seal every open segment (even with nothing new), evolve the key."""
-        seals = [chain.seal(self.keys, "tick") for chain in self.chains.values() if chain.is_open]
-        self.keys.advance()
+        """End the epoch: seal every open segment (even with nothing new), evolve the key.
+
+        The key evolves whatever fails: a chain whose seal cannot be written
+        is logged and skipped (its next seal shows the epochs it missed).
+        """
+        seals = []
+        try:
+            for chain in list(self.chains.values()):
+                if not chain.is_open:
+                    continue
+                try:
+                    seals.append(chain.seal(self.keys, "tick"))
+                except (StoreError, OSError) as err:
+                    log.error("%s: epoch %d not sealed: %s", chain.qube, self.keys.epoch, err)  # noqa: TRY400 (one line, no traceback)
+        finally:
+            self.keys.advance()
         return seals
 
     def close(self) -> None:
-        """Close every open segment and release the key."""
-        for chain in self.chains.values():
-            if chain.is_open:
-                chain.close(self.keys, reason="shutdown")
-        self.keys.close()
+        """Close every open segment and release the key (whatever fails)."""
+        try:
+            for chain in self.chains.values():
+                if chain.is_open:
+                    try:
+                        chain.close(self.keys, reason="shutdown")
+                    except (StoreError, OSError) as err:
+                        log.error("%s: not closed at shutdown: %s", chain.qube, err)  # noqa: TRY400 (one line, no traceback)
+        finally:
+            self.keys.close()
