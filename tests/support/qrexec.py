@@ -56,6 +56,7 @@ SUPPORT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SUPPORT_DIR.parent.parent
 CLIENT_SCRIPT = SUPPORT_DIR / "fake-qrexec-client-vm"
 QVM_RUN_SCRIPT = SUPPORT_DIR / "fake-qvm-run"
+QVM_PREFS_SCRIPT = SUPPORT_DIR / "fake-qvm-prefs"
 DEFAULT_POLICY_DIR = REPO_ROOT / "qubes-rpc-policy"
 WORLD_ENV = "QREXEC_FAKE_WORLD"
 SOURCE_ENV = "QREXEC_FAKE_SOURCE"
@@ -88,6 +89,7 @@ class Qube:
     default_dispvm: str | None = None
     template_for_dispvms: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    netvm: str | None = None  # for dom0's qvm-prefs stand-in
     socket_peer: dict[str, Any] | None = None
 
     def info(self) -> QubeInfo:
@@ -229,10 +231,14 @@ class World:
         return env
 
     def bin_dir(self) -> Path:
-        """A directory with ``qrexec-client-vm`` and dom0's ``qvm-run`` linked to the fakes."""
+        """A directory with ``qrexec-client-vm`` and dom0's ``qvm-run``/``qvm-prefs`` fakes."""
         directory = self.base / "bin"
         directory.mkdir(exist_ok=True)
-        for name, script in (("qrexec-client-vm", CLIENT_SCRIPT), ("qvm-run", QVM_RUN_SCRIPT)):
+        for name, script in (
+            ("qrexec-client-vm", CLIENT_SCRIPT),
+            ("qvm-run", QVM_RUN_SCRIPT),
+            ("qvm-prefs", QVM_PREFS_SCRIPT),
+        ):
             link = directory / name
             if not link.is_symlink():
                 link.symlink_to(script)

@@ -291,3 +291,25 @@ def test_the_timer_command_notifies_on_failure_only(outside: Outside) -> None:
     assert note[:3] == ["--urgency=critical", "--app-name=logvm-witness", "--icon=dialog-warning"]
     assert note[3] == "Log verification of sys-log FAILED"
     assert "logvm-witness verify sys-log" in note[4]
+
+
+def test_a_networked_template_is_refused_before_any_dispvm(outside: Outside) -> None:
+    outside.world.qubes[DVM].netvm = "sys-firewall"
+    result = outside.verify("--notify")
+    assert result.returncode == 2
+    assert b"sys-log-dvm has a netvm ('sys-firewall')" in result.stdout
+    assert outside.world.dispvm_events() == []
+    assert not [c for c in outside.world.calls() if c.get("target") == LOGVM]
+    [note] = outside.notifications()
+    assert "could not run" in note[-2]
+
+
+def test_qvm_prefs_stand_in_reads_only(outside: Outside) -> None:
+    env = outside.world.client_env("dom0")
+    run = [
+        subprocess.run(["qvm-prefs", *a], env=env, capture_output=True, check=False)
+        for a in (["--", DVM, "netvm"], [DVM, "netvm", "sys-net"], ["nosuch", "netvm"])
+    ]
+    assert run[0].returncode == 0 and run[0].stdout == b""
+    assert run[1].returncode == 2 and b"only reads" in run[1].stderr
+    assert run[2].returncode == 2 and b"no such domain" in run[2].stderr

@@ -50,6 +50,7 @@ class Settings:
     timeout: float = 3600.0
     max_bytes: int = 64 << 30
     qvm_run: str = "qvm-run"
+    qvm_prefs: str = "qvm-prefs"
 
 
 def _argument(qubes: Sequence[str]) -> str:
@@ -164,6 +165,32 @@ class Pump:
             self.sink.close()
 
 
+def check_offline(settings: Settings) -> None:
+    """Refuse a disposable template with a netvm: a DispVM inherits it.
+
+    ``qvm-prefs TEMPLATE netvm`` prints the netvm's name, or nothing when it
+    is none (qubesadmin/tools/qvm_prefs.py prints a value only if not None).
+    """
+    template = settings.dispvm_template
+    try:
+        found = subprocess.run(
+            [settings.qvm_prefs, "--", template, "netvm"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ProtocolError(f"cannot read {template}'s netvm: {_reason(err)}") from err
+    if found.returncode != 0:
+        raise ProtocolError(f"cannot read {template}'s netvm (no such qube?)")
+    netvm = found.stdout.strip()[:64].decode("ascii", "replace")
+    if netvm:
+        raise ProtocolError(
+            f"{template} has a netvm ({netvm!r}): the verifier must run in an offline DispVM"
+        )
+
+
 def verify_outside(
     logvm: str, qubes: Sequence[str], key: str, records: bytes, settings: Settings
 ) -> tuple[Verdict, int]:
@@ -174,6 +201,10 @@ def verify_outside(
     """
     deadline = time.monotonic() + settings.timeout
     arg = _argument(qubes)
+    try:
+        check_offline(settings)
+    except ProtocolError as err:
+        return Verdict("error", findings=[f"cannot verify: {err}"]), 0
     check = _start(
         settings, [f"--dispvm={settings.dispvm_template}", CHECK_SERVICE + arg], subprocess.PIPE
     )
