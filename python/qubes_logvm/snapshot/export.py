@@ -10,8 +10,8 @@ number. Key material is never read into the stream.
 Consistency without stalling the collector: per qube, the qube's lock is
 held only while its files are opened and their sizes taken (seal files
 before segment files, so every seal line captured covers bytes captured);
-every qube is captured so, then the key state's epoch is read, then the
-bytes are sent from the open descriptors with no lock held, so rotation or
+every qube is captured so, with the key state's epoch the same before and
+after (else again), then the bytes are sent from the open descriptors with no lock held, so rotation or
 retention removing a file meanwhile changes nothing sent. Seal files are cut
 at their last complete line. No captured seal is newer than the epoch, and
 at most one epoch passes between the captures and the epoch read.
@@ -36,6 +36,7 @@ from ..store.keystate import read_epoch
 from ..store.layout import DEFAULT_STORE, StoreLayout
 
 CHUNK = 1 << 20
+CAPTURE_ATTEMPTS = 50
 _TAIL = 4096  # bytes read back to find a seal file's last complete line
 
 
@@ -120,6 +121,40 @@ def _send(out: BinaryIO, item: Captured) -> None:
         offset += sent
 
 
+def _close_all(captured: list[tuple[str, list[Captured]]]) -> None:
+    for _, files in captured:
+        for item in files:
+            os.close(item.fd)
+
+
+def _capture_all(
+    layout: StoreLayout, names: list[str]
+) -> tuple[list[tuple[str, list[Captured]]], int | None]:
+    """Every qube's files, and the epoch, with no epoch change during the capture.
+
+    The collector seals every open segment at each epoch change; when the
+    epoch is the same before and after capturing (milliseconds), each open
+    segment's last seal is at most one epoch behind the epoch reported.
+    """
+    for _ in range(CAPTURE_ATTEMPTS):
+        before = read_epoch(layout)
+        captured: list[tuple[str, list[Captured]]] = []
+        try:
+            for qube in names:
+                if layout.qube_dir(qube).is_dir():  # a named qube the store lacks: reported
+                    captured.append((qube, capture(layout, qube)))
+        except BaseException:
+            _close_all(captured)
+            raise
+        epoch = read_epoch(layout)
+        if epoch == before:
+            break
+        _close_all(captured)  # an epoch changed meanwhile: capture again
+    else:
+        raise StoreError("the epoch kept changing while the store was captured")
+    return captured, epoch
+
+
 def write_snapshot(layout: StoreLayout, qubes: list[str] | None, out: BinaryIO) -> None:
     """The whole snapshot, in the order of docs/snapshot-format.md."""
     out.write(SNAPSHOT_MAGIC + b"\n")
@@ -132,15 +167,7 @@ def write_snapshot(layout: StoreLayout, qubes: list[str] | None, out: BinaryIO) 
     names = layout.qubes() if qubes is None else qubes
     captured: list[tuple[str, list[Captured]]] = []
     try:
-        # Every qube is captured first (milliseconds), the epoch right after:
-        # no seal captured is newer than it, and at most one epoch passes
-        # between an open segment's last seal and the epoch reported.
-        for qube in names:
-            if layout.qube_dir(
-                qube
-            ).is_dir():  # a named qube the store lacks: the verifier says so
-                captured.append((qube, capture(layout, qube)))
-        epoch = read_epoch(layout)
+        captured, epoch = _capture_all(layout, names)
         counts = [len(captured), 0, 0]
         for qube, files in captured:
             out.write(header("qube", qube))
@@ -149,9 +176,7 @@ def write_snapshot(layout: StoreLayout, qubes: list[str] | None, out: BinaryIO) 
                 counts[1] += 1
                 counts[2] += item.size
     finally:
-        for _, files in captured:
-            for item in files:
-                os.close(item.fd)
+        _close_all(captured)
     if epoch is not None:
         out.write(header("epoch", epoch))
     out.write(header("end", *counts))
