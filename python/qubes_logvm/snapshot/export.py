@@ -11,8 +11,9 @@ Consistency without stalling the collector: per qube, the qube's lock is
 held only while its files are opened and their sizes taken (seal files
 before segment files, so every seal line captured covers bytes captured);
 every qube is captured so, with the key state's epoch the same before and
-after (else again), then the bytes are sent from the open descriptors with no lock held, so rotation or
-retention removing a file meanwhile changes nothing sent. Seal files are cut
+after (else again), then the bytes are sent from the open descriptors
+with no lock held, so rotation or retention removing a file meanwhile
+changes nothing sent. Seal files are cut
 at their last complete line. No captured seal is newer than the epoch, and
 at most one epoch passes between the captures and the epoch read.
 
