@@ -234,13 +234,32 @@ def _newest_in(segment: SegmentFiles, count: int, query: Query) -> list[Entry]:
         return list(kept)
     picked: list[Entry] = []
     for block in blocks_backwards(segment):
-        here = [e for e in _understood(segment, session, block, b"") if query.matches(e)]
+        here = _newest_in_block(segment, session, block, count - len(picked), query)
         picked = here + picked
         if len(picked) >= count:
             return picked[-count:]
         if query.since is not None and block and (block[0].stamp or b"~") < query.since:
             break
     return picked
+
+
+def _newest_in_block(
+    segment: SegmentFiles, session: str, block: list[StoredLine], count: int, query: Query
+) -> list[Entry]:
+    """The last ``count`` matches of one block, understanding lines from its end only."""
+    picked: list[Entry] = []
+    for stored in reversed(block):
+        what = classify(stored.data)
+        if not what.stamp:
+            # A malformed line sorts by the stamp before it: read the block forward.
+            found = [e for e in _understood(segment, session, block, b"") if query.matches(e)]
+            return found[-count:] if count else []
+        entry = Entry(segment.qube, segment.seq, stored.number, session, what.stamp, what, stored)
+        if query.matches(entry):
+            picked.append(entry)
+            if len(picked) >= count:
+                break
+    return picked[::-1]
 
 
 @dataclass
