@@ -17,7 +17,7 @@ BASETEMP ?= /tmp/pytest-logvm-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8
 # Debian packages: runtime dependencies (as the products use them) and the
 # real tools the tests drive.
 APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard
-APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh
+APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh systemd-journal-remote
 APT_BUILD := build-essential rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST) $(APT_BUILD)
 
