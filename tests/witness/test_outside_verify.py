@@ -8,9 +8,11 @@ run by the ``qvm-run`` stand-in in their simulated qubes' roots.
 import json
 import os
 import resource
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,7 @@ def _peak_rss_kib(outside: Outside, *args: str) -> tuple[subprocess.CompletedPro
 
 _TEN_GIB_ONE_FILE = """
 import sys
+import time
 out = sys.stdout.buffer
 out.write(b"logvm-snapshot-v1\\nstore 0\\nqube work\\nfile 00000001.log %d\\n" % (10 << 30))
 zeros = bytes(1 << 20)
@@ -150,6 +153,7 @@ for _ in range(10 << 10):
 
 _TEN_GIB_SMALL_FILES = """
 import sys
+import time
 out = sys.stdout.buffer
 out.write(b"logvm-snapshot-v1\\nstore 0\\nqube work\\n")
 chunk = bytes(1 << 20)
@@ -313,3 +317,21 @@ def test_qvm_prefs_stand_in_reads_only(outside: Outside) -> None:
     assert run[0].returncode == 0 and run[0].stdout == b""
     assert run[1].returncode == 2 and b"only reads" in run[1].stderr
     assert run[2].returncode == 2 and b"no such domain" in run[2].stderr
+
+
+def test_interrupted_verification_leaves_no_dispvm(outside: Outside) -> None:
+    outside.hostile_export("import time\ntime.sleep(3600)\n")
+    env = outside.world.client_env("dom0")
+    cmd = [str(WITNESS), "--dir", str(outside.witness), "verify", LOGVM]
+    proc = subprocess.Popen(
+        [*cmd, "--dispvm-template", DVM], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while not outside.world.dispvm_events() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # what the unit's KillSignal sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and b"interrupted" in err
+    assert [e["event"] for e in outside.world.dispvm_events()] == ["created", "removed"]
+    assert outside.world.live_dispvms() == set()

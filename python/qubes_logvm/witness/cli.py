@@ -348,19 +348,19 @@ def main(
         stream=sys.stderr, level=logging.INFO, format="logvm-witness: %(levelname)s: %(message)s"
     )
     out = stdout if stdout is not None else sys.stdout.buffer
+    failed = 2 if args.command == "verify" else 1  # verify: "could not verify"
     try:
         if args.command == "serve":
             untrusted_in = stdin if stdin is not None else sys.stdin.buffer
             env = environ if environ is not None else os.environ
             return cmd_serve(args, env, clock, untrusted_in, out)
-        if args.command == "list":
-            return cmd_list(args, out)
-        if args.command == "export-key":
-            return cmd_export_key(args, out)
-        if args.command == "export":
-            return cmd_export(args, out)
-        commands = {"verify": cmd_verify, "reset-key": cmd_reset_key}
-        return commands[args.command](args, clock, out)
+        simple = {"list": cmd_list, "export-key": cmd_export_key, "export": cmd_export}
+        if args.command in simple:
+            return simple[args.command](args, out)
+        timed = {"verify": cmd_verify, "reset-key": cmd_reset_key}
+        return timed[args.command](args, clock, out)
     except (LogvmError, OSError) as err:
         print(f"logvm-witness: {err}", file=sys.stderr)
-        return 2 if args.command == "verify" else 1
+    except KeyboardInterrupt:
+        print("logvm-witness: interrupted", file=sys.stderr)
+    return failed
