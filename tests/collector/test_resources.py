@@ -5,15 +5,27 @@ latency percentiles) are measured by ``make bench``.
 """
 
 import os
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from collector.helpers import Collector, make_store, send, sent_lines, verify_errors
+from collector.helpers import (
+    Collector,
+    connect,
+    make_store,
+    notes,
+    read_acks,
+    send,
+    sent_lines,
+    verify_errors,
+)
 
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.usage import FILE_COST, qube_usage
+from qubes_logvm.store.usage import FILE_COST, qube_usage, usage
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (needs root)")
 
@@ -46,6 +58,7 @@ def test_many_one_line_calls_stay_within_inode_and_block_budget(small_fs: Path) 
             "quota": {"default": "16M", "qubes": {"calls": QUOTA}},
             "global": {"keep_free": 0, "keep_free_inodes": 100},
             "housekeeping_seconds": 0.5,
+            "session_linger": 0,  # every call a segment: the worst case
         },
     )
     collector.vkey = make_store(collector.store)
@@ -64,4 +77,128 @@ def test_many_one_line_calls_stay_within_inode_and_block_budget(small_fs: Path) 
     stored = [payload for _, payload, _ in sent_lines(collector.store, "calls")]
     assert stored and stored == [b"call %d" % i for i in range(calls - len(stored), calls)]
     assert [p for _, p, _ in sent_lines(collector.store, "quiet")] == [b"still here"]
+    assert verify_errors(collector.store, collector.vkey) == []
+
+
+@pytest.mark.timeout(120)
+def test_reconnects_within_the_linger_continue_one_segment(small_fs: Path) -> None:
+    collector = Collector(small_fs, {"session_linger": "5s", "global": {"keep_free": 0}})
+    collector.vkey = make_store(collector.store)
+    collector.start()
+    calls = 2000  # ~4,000 files without the linger: more than the tmpfs has
+    layout = StoreLayout(collector.store)
+    try:
+        for i in range(calls):
+            assert send(collector.socket, "calls", b"call %d\n" % i) == [1]
+        for i in range(4):  # a DispVM never lingers: its name may be a new DispVM's
+            assert send(collector.socket, "disp7", b"life %d\n" % i) == [1]
+        running = (len(layout.segments("calls")), len(layout.segments("disp7")))
+    finally:
+        assert collector.stop() == 0
+    assert running == (1, 4)
+    stored = [payload for _, payload, _ in sent_lines(collector.store, "calls")]
+    assert stored == [b"call %d" % i for i in range(calls)]
+    assert verify_errors(collector.store, collector.vkey) == []
+
+
+def _dispvm_reuse(workdir: Path, grace: str) -> tuple[list[bytes], int]:
+    """An earlier disp9 logs two lines; a later disp9 floods. Returns the
+    earlier lines left and the later flood's lines dropped for the quota."""
+    workdir.mkdir()
+    collector = Collector(
+        workdir,
+        {
+            "segment": {"max_bytes": "64K"},
+            "quota": {"classes": {"dispvm": "512K"}},
+            "retention": {"dispvm_grace": grace},
+            "global": {"keep_free": 0},
+        },
+    )
+    collector.vkey = make_store(collector.store)
+    collector.start()
+    line = b"F" * 199 + b"\n"
+    try:
+        assert send(collector.socket, "disp9", b"first life 1\nfirst life 2\n") == [2]
+        with connect(collector.socket, "disp9") as sock:
+            for _ in range(40):
+                sock.sendall(line * 500)  # 4 MB in all, 8x the quota
+            sock.shutdown(socket.SHUT_WR)
+            assert read_acks(sock)[-1] == 20000
+    finally:
+        assert collector.stop() == 0
+    assert verify_errors(collector.store, collector.vkey) == []
+    assert usage(StoreLayout(collector.store), "disp9") <= 512 * 1024
+    earlier = [p for _, p, _ in sent_lines(collector.store, "disp9") if p.startswith(b"first")]
+    dropped = sum(
+        int(n.fields()["count"])
+        for n in notes(collector.store, "disp9", "dropped")
+        if n.fields()["reason"] == "quota"
+    )
+    return earlier, dropped
+
+
+@pytest.mark.timeout(120)
+def test_reused_dispvm_name_flood_leaves_the_earlier_session(tmp_path: Path) -> None:
+    earlier, dropped = _dispvm_reuse(tmp_path / "grace", "1h")
+    assert earlier == [b"first life 1", b"first life 2"] and dropped > 0
+    # Past the grace the earlier session is fair game: the flood evicts it.
+    earlier, _ = _dispvm_reuse(tmp_path / "none", "0")
+    assert earlier == []
+
+
+def _store_cost(layout: StoreLayout) -> int:
+    return sum(qube_usage(layout, q).disk for q in layout.qubes())
+
+
+@pytest.mark.timeout(180)
+def test_flooders_keep_the_store_within_the_global_cap(tmp_path: Path) -> None:
+    """20 qubes flood at once under a cap of a fifth of their quotas; housekeeping
+    is slow (60 s), so only the running total at append time can hold the cap."""
+    flooders, cap, batch = 20, 4 << 20, 128 << 10
+    tmp_path.joinpath("c").mkdir()
+    collector = Collector(
+        tmp_path / "c",
+        {
+            "segment": {"max_bytes": "64K"},
+            "quota": {"default": "1M"},
+            "global": {"keep_free": 0, "max_bytes": cap},
+            "pending_bytes": "64K",  # a batch: at most this plus one read
+            "housekeeping_seconds": 60,
+            "rate_limit": {"lines_per_second": 0},
+        },
+    )
+    collector.vkey = make_store(collector.store)
+    collector.start()
+    layout = StoreLayout(collector.store)
+    stop = threading.Event()
+    peak = 0
+
+    def flood(qube: str) -> None:
+        line = b"%s " % qube.encode() + b"F" * 190 + b"\n"
+        with connect(collector.socket, qube) as sock:
+            reader = threading.Thread(target=read_acks, args=(sock,), daemon=True)
+            reader.start()
+            while not stop.is_set():
+                sock.sendall(line * 300)
+            sock.shutdown(socket.SHUT_WR)
+            reader.join(60)
+
+    threads = [threading.Thread(target=flood, args=(f"f{i}",)) for i in range(flooders)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            peak = max(peak, _store_cost(layout))
+            time.sleep(0.02)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        stop.set()
+        assert collector.stop() == 0
+    evicted = sum(1 for q in layout.qubes() if layout.tombstones(q).exists())
+    assert evicted >= flooders // 2, "too small a flood to test the cap"
+    print(f"global cap: {flooders} flooders, peak {peak} bytes, cap {cap}, {evicted} evicted")
+    assert peak <= cap + flooders * batch, (peak, cap)
     assert verify_errors(collector.store, collector.vkey) == []

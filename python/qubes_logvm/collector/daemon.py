@@ -26,11 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config.collector import CollectorConfig, load_collector_config
+from ..config.storage_policy import quota_for
 from ..core.errors import LogvmError
 from ..core.seal import Seal
 from ..store.eviction import plan_deletions
 from ..store.keystate import setup_keys
 from ..store.layout import DEFAULT_STORE, StoreLayout
+from ..store.usage import ZERO_COST, Cost, qube_usage
 from ..store.witness_pending import queue_registration
 from ..store.writer import Store
 from .peers import resolve_group
@@ -138,6 +140,8 @@ class Daemon:
                 len(self.store.quarantined),
                 ", ".join(sorted(self.store.quarantined)),
             )
+        scanned = await self._loop.run_in_executor(None, self._scan_usage)
+        self._resync(scanned)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._stop.set)
         self._loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -192,6 +196,19 @@ class Daemon:
                 _log_task_error("epoch", err)
             due = max(due + seconds, loop.time())
 
+    def _scan_usage(self) -> dict[str, Cost]:
+        layout = self.store.layout
+        return {qube: qube_usage(layout, qube) for qube in layout.qubes()}
+
+    def _resync(self, scanned: dict[str, Cost]) -> None:
+        """Reset the store's running total: the scan, but connected qubes' own figures."""
+        active = {q: w.reported for q, w in self.server.writers.items() if w.chain is not None}
+        total = sum((c for q, c in scanned.items() if q not in active), ZERO_COST)
+        total = sum(active.values(), total)
+        retention = self.shared.config.retention
+        quotas = {q: quota_for(retention, q) for q in set(scanned) | set(active)}
+        self.shared.usage.resync(total, quotas)
+
     async def _housekeeping(self) -> None:
         # Survives any error; after failures it waits longer (up to
         # HOUSEKEEPING_BACKOFF times the interval), so a full or failing
@@ -199,7 +216,12 @@ class Daemon:
         failures = 0
         while True:
             interval = self.shared.config.housekeeping_seconds
-            await asyncio.sleep(interval * min(2**failures, HOUSEKEEPING_BACKOFF))
+            # Early when a writer found the global cap exceeded (qubewriter).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.shared.pressure.wait(), interval * min(2**failures, HOUSEKEEPING_BACKOFF)
+                )
+            self.shared.pressure.clear()
             try:
                 await self._housekeep()
                 failures = 0
@@ -220,8 +242,17 @@ class Daemon:
             if w.chain is not None and w.chain.is_open
         }
         loop = asyncio.get_running_loop()
+        scanned: dict[str, Cost] = {}
         plan = await loop.run_in_executor(
-            None, plan_deletions, self.store.layout, retention, time.time(), open_segments
+            None,
+            functools.partial(
+                plan_deletions,
+                self.store.layout,
+                retention,
+                time.time(),
+                open_segments,
+                usage_out=scanned,
+            ),
         )
         for qube, seq in plan:
             await self.shared.run_on_chain(qube, functools.partial(self._delete, qube, seq))
@@ -229,6 +260,7 @@ class Daemon:
             current = self.server.writers.get(qube)
             if current is not None:
                 await self.shared.run_on_chain(qube, current.refresh_sizes)
+        self._resync(scanned)
 
     def _delete(self, qube: str, seq: int) -> None:
         """Delete one planned segment if it is still the qube's oldest closed one."""

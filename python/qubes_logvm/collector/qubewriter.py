@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from ..config.collector import CollectorConfig
-from ..config.storage_policy import quota_for
+from ..config.storage_policy import DISPVM_CLASS, class_of, quota_for
 from ..core.errors import LogvmError
 from ..core.records import format_timestamp, note_record
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
-from .ledger import QubeLedger, over
+from .ledger import QubeLedger, StoreLedger, over
 from .lines import first_lines
 from .ratelimit import TokenBucket
 
@@ -107,6 +107,9 @@ class StoreAccess:
         self.config = config
         self.tick_lock = TickLock()
         self.locks: dict[str, asyncio.Lock] = {}
+        self.stopping = False  # shutting down: segments close without lingering
+        self.usage = StoreLedger()  # the whole store's cost, kept as writes happen
+        self.pressure = asyncio.Event()  # wakes housekeeping: the global cap is exceeded
 
     def lock(self, qube: str) -> asyncio.Lock:
         """Serialises everything done to one qube's chain."""
@@ -146,6 +149,7 @@ class QubeWriter:
         self._refused = 0
         self._last_note = 0.0
         self.ledger = QubeLedger(qube)
+        self._reported = Cost()  # this qube's cost as charged to the store's total
         self._open_since = time.monotonic()
         self._roll_requested = False
         self._session = ""
@@ -153,6 +157,7 @@ class QubeWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failed = False  # the task ended on an error; the server lets it go
+        self._linger_until = 0.0  # monotonic: the open segment waits for a reconnect
 
     # -- called by connections (event loop) -------------------------------
 
@@ -196,7 +201,32 @@ class QubeWriter:
         """The connection is gone (reset or closed by us)."""
         if feed in self.feeds:
             self.feeds.remove(feed)
+            if not self.feeds:
+                self._left()
         self._wake.set()
+
+    def _left(self) -> None:
+        """The last connection left: linger (keep the segment open) if configured.
+
+        A reconnect within ``session_linger`` continues the same session in
+        the same segment, so a qube calling every second costs one segment,
+        not two files per call. DispVMs never linger: a new DispVM may take
+        the name (docs/rotation.md).
+        """
+        linger = self.shared.config.session_linger
+        if linger <= 0 or self._dispvm:
+            self._linger_until = 0.0
+            return
+        self._linger_until = time.monotonic() + linger
+        asyncio.get_running_loop().call_later(linger, self._wake.set)
+
+    @property
+    def _dispvm(self) -> bool:
+        return class_of(self.shared.config.retention, self.qube) == DISPVM_CLASS
+
+    def _lingers(self) -> bool:
+        chain_open = self.chain is not None and self.chain.is_open
+        return chain_open and not self.shared.stopping and time.monotonic() < self._linger_until
 
     def reconfigure(self) -> None:
         """Apply a reloaded configuration (rate limit; quotas are read per batch)."""
@@ -261,7 +291,7 @@ class QubeWriter:
     async def _step(self) -> None:
         batch, self._pending = self._pending, _Batch()
         acks = [(feed, feed.handled, feed.eof) for feed in self.feeds]
-        want_open = bool(self.feeds)
+        want_open = bool(self.feeds) or self._lingers()
         notes = self._take_notes(force=not want_open or any(eof for _, _, eof in acks))
         roll, self._roll_requested = self._roll_requested, False
 
@@ -275,13 +305,18 @@ class QubeWriter:
                 continue  # the peer went away while the batch was written
             if eof:
                 self.feeds.remove(feed)
+                if not self.feeds:
+                    self._left()
             feed.send_ack(handled, final=eof)
         for feed in self.feeds:
             if feed.paused and self._pending.nbytes <= self.shared.config.pending_bytes:
                 feed.paused = False
                 feed.set_reading(True)
+        if self.shared.usage.over_cap:
+            self.shared.usage.over_cap = False
+            self.shared.pressure.set()
         chain_open = self.chain is not None and self.chain.is_open
-        if self._pending.chunks or (chain_open and not self.feeds):
+        if self._pending.chunks or (chain_open and not self.feeds and not self._lingers()):
             self._wake.set()
 
     def _take_notes(self, *, force: bool) -> list[bytes]:
@@ -314,7 +349,9 @@ class QubeWriter:
         store = self.shared.store
         if self.chain is None or self.chain.broken:
             self.chain = store.chain(self.qube)
-            self.ledger.load(store.layout, self.chain)
+            self.ledger.load(store.layout, self.chain, sessions=self._dispvm)
+            self._reported = self.ledger.total(self.chain)  # the last scan counted it
+            self.shared.usage.known(self.shared.config.retention, self.qube)
         chain = self.chain
         if not chain.is_open and (want_open or batch.chunks or notes):
             self._open(chain, reason="connect")
@@ -342,7 +379,20 @@ class QubeWriter:
             del payload
         if not want_open and chain.is_open:
             self._close(chain, reason="disconnect")
+        self._report()
         return dropped
+
+    @property
+    def reported(self) -> Cost:
+        """This qube's cost as last charged to the store's running total."""
+        return self._reported
+
+    def _report(self) -> None:
+        """Charge the store's running total with what this qube's cost changed by."""
+        if self.chain is not None:
+            now = self.ledger.total(self.chain)
+            self.shared.usage.charge(now - self._reported)
+            self._reported = now
 
     def _open(self, chain: QubeChain, reason: str) -> None:
         if reason != "roll":
@@ -354,7 +404,7 @@ class QubeWriter:
     def _close(self, chain: QubeChain, reason: str) -> None:
         seal = chain.close(self.shared.store.keys, reason=reason)
         self.ledger.open_seal_bytes += len(seal.to_line())
-        self.ledger.closed_segment(chain)
+        self.ledger.closed_segment(chain, self._session)
 
     def _roll(self, chain: QubeChain) -> None:
         self._close(chain, reason="roll")
@@ -367,7 +417,8 @@ class QubeWriter:
     def refresh_sizes(self) -> None:
         """Re-read the costs from disk (rotation compresses segments); worker thread."""
         if self.chain is not None:
-            self.ledger.load(self.shared.store.layout, self.chain)
+            self.ledger.load(self.shared.store.layout, self.chain, sessions=self._dispvm)
+            self._report()
 
     def _make_room(self, chain: QubeChain, incoming: int) -> bool:
         """Roll and delete the qube's oldest segments so ``incoming`` bytes fit its quota.
@@ -377,8 +428,10 @@ class QubeWriter:
         """
         config = self.shared.config.retention
         quota = quota_for(config, self.qube)
-        # Roll early under a small quota, so that a flooding qube holds at
-        # most its quota plus one segment.
+        # Roll early under a small quota (or a small share of the global
+        # cap), so that a flooding qube holds at most that plus one segment.
+        if config.global_max_bytes:
+            quota = min(quota, int(self.shared.usage.share(config, self.qube)))
         roll_at = min(config.segment_max_bytes, max(quota // 4, MIN_ROLL_BYTES))
         if chain.nbytes + incoming > roll_at and chain.lines > 1:
             self._roll(chain)
@@ -386,10 +439,27 @@ class QubeWriter:
         # What the batch adds: its text, its seal line, the blocks they start.
         grown = written_cost(chain.nbytes + incoming, self.ledger.open_seal_bytes + SEAL_LINE)
         added = grown - self.ledger.open_cost(chain)
-        while over(config, self.qube, self.usage() + added) and self.ledger.closed:
+        while self._must_free(added) and self.ledger.closed:
+            if self._dispvm and not self.ledger.may_evict(self._session, config.dispvm_grace):
+                break  # an earlier DispVM's logs: the flood's lines are dropped instead
             seq = chain.delete_oldest(keys, keep_newest=0)
             if seq is None:
                 break
             self.ledger.deleted(seq)
+            self._report()
             log.info("%s: deleted segment %d to stay within its quota", self.qube, seq)
+        if self._over_cap(added):
+            self.shared.usage.over_cap = True  # within its share: housekeeping evicts others
         return not over(config, self.qube, self.usage() + added)
+
+    def _must_free(self, added: Cost) -> bool:
+        """Over its quota, or the store over its cap while this qube is over its share."""
+        config = self.shared.config.retention
+        if over(config, self.qube, self.usage() + added):
+            return True
+        share = self.shared.usage.share(config, self.qube)
+        return self._over_cap(added) and self.usage().disk + added.disk > share
+
+    def _over_cap(self, added: Cost) -> bool:
+        cap = self.shared.config.retention.global_max_bytes
+        return bool(cap) and self.shared.usage.total.disk + added.disk > cap

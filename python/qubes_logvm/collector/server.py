@@ -260,6 +260,9 @@ class Server:
 
     async def drain(self) -> None:
         """At shutdown: stop reading, store and ack what was received, close."""
+        self.shared.stopping = True
+        for writer in list(self.writers.values()):
+            writer.wake()  # a lingering segment closes now
         for writer in list(self.writers.values()):
             for feed in list(writer.feeds):
                 if isinstance(feed, Connection) and feed.transport is not None:

@@ -61,6 +61,7 @@ class CollectorConfig:
     descriptor_timeout: float = 10.0
     pending_bytes: int = 1 << 20
     housekeeping_seconds: float = 5.0
+    session_linger: float = 2.0  # a reconnect within this continues the session
     rate_limit: RateLimit = field(default_factory=RateLimit)
     per_qube_rate: dict[str, RateLimit] = field(default_factory=dict)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -133,6 +134,7 @@ def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
         descriptor_timeout=top.duration("descriptor_timeout", 10.0),
         pending_bytes=top.size("pending_bytes", "1M"),
         housekeeping_seconds=top.duration("housekeeping_seconds", 5.0),
+        session_linger=top.duration("session_linger", 2.0),
         rate_limit=rate_default,
         per_qube_rate=per_qube,
         retention=parse_retention(top),

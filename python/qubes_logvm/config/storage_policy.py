@@ -56,6 +56,7 @@ class RetentionConfig:
     max_age_classes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     max_age_qubes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     dispvm_delete_after_close: float | None = None  # None: keep (max_age applies)
+    dispvm_grace: float = 86400.0  # a DispVM's flood spares sessions that ended within this
     compress_after: float = 3600.0
     compress_level: int = 3
 
@@ -216,6 +217,7 @@ def parse_retention(section: Section) -> RetentionConfig:
     after_close = None
     if retention.raw("dispvm_delete_after_close") is not None:
         after_close = retention.duration("dispvm_delete_after_close", 0)
+    grace = retention.duration("dispvm_grace", "1d")
     retention.done()
     cap = section.section("global")
     global_max, keep_free = cap.size("max_bytes", 0), cap.size("keep_free", "1G")
@@ -237,6 +239,7 @@ def parse_retention(section: Section) -> RetentionConfig:
         max_age_classes=ages.classes,
         max_age_qubes=ages.qubes,
         dispvm_delete_after_close=after_close,
+        dispvm_grace=grace,
         compress_after=compress_after,
         compress_level=level,
     )

@@ -150,7 +150,7 @@ def is_closed(files: SegmentFiles) -> bool:
     return seal is not None and seal.kind in FINAL_KINDS
 
 
-def _start_fields(files: SegmentFiles) -> dict[str, str]:
+def start_fields(files: SegmentFiles) -> dict[str, str]:
     """The ``key=value`` fields of the segment's first record (its start note)."""
     if files.log is None:
         return {}
@@ -188,10 +188,10 @@ def _dispvm_count(segments: list[_Segment], open_files: SegmentFiles | None, cut
     when its last segment closes. The session of the open segment is running
     and keeps all of its segments.
     """
-    notes = [_start_fields(s.files) for s in segments]
+    notes = [start_fields(s.files) for s in segments]
     limit = len(segments)
     if open_files is not None:
-        fields = _start_fields(open_files)
+        fields = start_fields(open_files)
         while limit > 0 and _continues(fields, notes[limit - 1]):
             limit -= 1
             fields = notes[limit]
@@ -286,13 +286,15 @@ def plan_deletions(
     open_segments: dict[str, int],
     *,
     statvfs: StatVfs = os.statvfs,
+    usage_out: dict[str, Cost] | None = None,
 ) -> list[tuple[str, int]]:
     """The (qube, seq) pairs to delete, oldest first per qube.
 
     ``open_segments`` maps each qube with an open segment to that segment's
     number; it and anything newer are never chosen. Each qube's entries
     are its oldest segments, so deleting them with ``delete_oldest`` in
-    list order removes exactly these.
+    list order removes exactly these. ``usage_out``, when given, receives
+    every qube's cost once the plan is carried out.
     """
     qubes = [_scan_qube(layout, cfg, q, now, open_segments.get(q)) for q in layout.qubes()]
     total = sum((q.remaining for q in qubes), ZERO_COST)
@@ -300,6 +302,8 @@ def plan_deletions(
     if need_bytes > 0 or need_files > 0:
         capacity = cfg.global_max_bytes or max(total.disk - need_bytes, 0)
         _evict_globally(qubes, Cost(need_bytes, need_files, 0), capacity)
+    if usage_out is not None:
+        usage_out.update((q.name, q.remaining) for q in qubes)
     plan = []
     for qube in qubes:
         for segment in qube.segments[: qube.doomed]:
