@@ -69,7 +69,8 @@ def _stored_lines(layout: StoreLayout, qube: str) -> int:
 
 def build_collected(workdir: Path) -> Collected:
     """Run a collector, send ROUNDS, compress work's first session; stop nothing else."""
-    collector = Collector(workdir, {"max_line_bytes": 4096})
+    # No linger: work's first call is a session (and a segment) of its own.
+    collector = Collector(workdir, {"max_line_bytes": 4096, "session_linger": 0})
     collector.vkey = make_store(collector.store)
     collector.start()
     try:
