@@ -18,6 +18,8 @@ BASETEMP ?= /tmp/pytest-logvm-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8
 # real tools the tests drive.
 APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard
 APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh systemd-journal-remote
+# logvm-forward's tests: a central rsyslog with TLS, certificates made by openssl.
+APT_TEST += rsyslog-gnutls openssl
 APT_BUILD := build-essential rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST) $(APT_BUILD)
 
@@ -104,7 +106,8 @@ PKGBUILD := build/pkg
 # Manual pages, installed plain: dh_compress (Debian) and brp-compress (RPM)
 # gzip them as each distribution does.
 MAN1 := man/logvm.1 man/logvm-send.1
-MAN8 := man/logvm-collector.8 man/logvm-exporter.8 man/logvm-rotate.8 man/logvm-witness.8
+MAN8 := man/logvm-collector.8 man/logvm-exporter.8 man/logvm-rotate.8 man/logvm-witness.8 \
+	man/logvm-forward.8
 D := $(DESTDIR)
 
 .PHONY: install-python install-vm install-dom0 rpm deb srpm-tarball
@@ -133,7 +136,8 @@ install-vm: install-python
 	install -d $(D)$(UNITDIR) $(D)$(PRESETDIR) $(D)$(TMPFILESDIR) $(D)$(SYSUSERSDIR) \
 	    $(D)$(BINDDIRSDIR) $(D)$(QUBESRPCDIR) $(D)$(RPCCONFIGDIR) $(D)$(CONFDIR)
 	install -m 0644 systemd/logvm-collector.socket systemd/logvm-collector.service \
-	    systemd/logvm-rotate.service systemd/logvm-exporter.service $(D)$(UNITDIR)/
+	    systemd/logvm-rotate.service systemd/logvm-exporter.service \
+	    systemd/logvm-forward.service $(D)$(UNITDIR)/
 	install -m 0644 systemd/75-qubes-logvm.preset $(D)$(PRESETDIR)/75-qubes-logvm.preset
 	install -m 0644 systemd/qubes-logvm.tmpfiles $(D)$(TMPFILESDIR)/qubes-logvm.conf
 	install -m 0644 systemd/qubes-logvm.sysusers $(D)$(SYSUSERSDIR)/qubes-logvm.conf
@@ -144,7 +148,8 @@ install-vm: install-python
 	# Outside verification: the LogVM's export, the DispVM's verifier end.
 	install -m 0755 qubes-rpc/logvm.Export qubes-rpc/logvm.VerifySnapshot $(D)$(QUBESRPCDIR)/
 	install -m 0644 rpc-config/logvm.Export $(D)$(RPCCONFIGDIR)/logvm.Export
-	install -m 0644 etc/qubes-logvm/collector.yaml etc/qubes-logvm/exporter.yaml $(D)$(CONFDIR)/
+	install -m 0644 etc/qubes-logvm/collector.yaml etc/qubes-logvm/exporter.yaml \
+	    etc/qubes-logvm/forward.yaml $(D)$(CONFDIR)/
 	install -d $(D)$(MANDIR)/man1 $(D)$(MANDIR)/man8
 	install -m 0644 $(MAN1) $(D)$(MANDIR)/man1/
 	install -m 0644 $(MAN8) $(D)$(MANDIR)/man8/

@@ -137,17 +137,20 @@ UNITS = (
     "logvm-collector.service",
     "logvm-rotate.service",
     "logvm-exporter.service",
+    "logvm-forward.service",
 )
 GATES = {
     "logvm-collector.socket": "logvm-collector",
     "logvm-collector.service": "logvm-collector",
     "logvm-rotate.service": "logvm-collector",
     "logvm-exporter.service": "logvm-exporter",
+    "logvm-forward.service": "logvm-forward",
 }
 COMMANDS = (
     "logvm",
     "logvm-collector",
     "logvm-exporter",
+    "logvm-forward",
     "logvm-rotate",
     "logvm-send",
     "logvm-witness",
@@ -157,6 +160,7 @@ MAN_PAGES = {
     "logvm": "man1/logvm.1",
     "logvm-collector": "man8/logvm-collector.8",
     "logvm-exporter": "man8/logvm-exporter.8",
+    "logvm-forward": "man8/logvm-forward.8",
     "logvm-rotate": "man8/logvm-rotate.8",
     "logvm-send": "man1/logvm-send.1",
     "logvm-witness": "man8/logvm-witness.8",
@@ -170,7 +174,11 @@ DEBIAN_INSTALL_ARGS = (
     "PRESETDIR=/lib/systemd/system-preset",
     "ZSHCOMPDIR=/usr/share/zsh/vendor-completions",
 )
-STATE_PATHS = (Path("/var/lib/qubes-logvm"), Path("/var/lib/qubes-logvm-exporter"))
+STATE_PATHS = (
+    Path("/var/lib/qubes-logvm"),
+    Path("/var/lib/qubes-logvm-exporter"),
+    Path("/var/lib/qubes-logvm-forward"),
+)
 
 
 def stage(tree: Path, base: Path, target: str, *args: str) -> Path:

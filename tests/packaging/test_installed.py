@@ -111,6 +111,7 @@ def test_deb_installed_units(installed: Path, local: testinfra.host.Host) -> Non
         "logvm-collector.service": "multi-user.target.wants",
         "logvm-rotate.service": "multi-user.target.wants",
         "logvm-exporter.service": "multi-user.target.wants",
+        "logvm-forward.service": "multi-user.target.wants",
     }
     for unit, target in wants.items():
         link = local.file(f"/etc/systemd/system/{target}/{unit}")

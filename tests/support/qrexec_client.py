@@ -15,15 +15,23 @@ and the policy daemon do together, following QubesOS/qubes-core-qrexec:
   exit 127 for a missing service and 125 for other failures;
 - lib/qubes-rpc-multiplexer: the environment of an executable service.
 
-Differences, on purpose: no local program argument, no ``/dev/tcp``
-services, no disposable targets, no ``wait-for-session`` or ``force-user``
-(accepted and ignored), stdout is never filtered.
+- libqrexec/exec.c (find_file, the ``/dev/tcp`` branch): a service that is a
+  symlink to ``/dev/tcp/HOST/PORT``, ``/dev/tcp/HOST`` (the argument is the
+  port) or ``/dev/tcp`` (the argument is ``HOST+PORT``) connects to that TCP
+  address: numeric hosts only (``AI_NUMERICHOST``), a decimal port without
+  leading zeros, an argument with ``/dev/tcp/HOST/PORT`` refused; the
+  descriptor is sent unless ``skip-service-descriptor``.
+
+Differences, on purpose: no local program argument, no disposable targets,
+no ``wait-for-session`` or ``force-user`` (accepted and ignored), stdout is
+never filtered.
 
 Trust side: everything about the request comes from the calling "qube".
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -178,8 +186,8 @@ def find_service(root: Path, service_full: str) -> Path:
     for name in names:
         for directory in SERVICE_DIRS:
             path = root / directory / name
-            if path.is_symlink() and os.readlink(path).startswith("/dev/tcp"):
-                raise CallFailed(EXIT_PROBLEM, "/dev/tcp services are not supported")
+            if path.is_symlink() and _is_tcp_link(os.readlink(path)):
+                return path
             try:
                 path.stat()
             except FileNotFoundError:
@@ -188,6 +196,49 @@ def find_service(root: Path, service_full: str) -> Path:
                 raise CallFailed(EXIT_PROBLEM, f"error finding service {path}: {err}") from err
             return path
     raise CallFailed(EXIT_NOT_FOUND, f"service not found: {service_full}")
+
+
+def _is_tcp_link(target: str) -> bool:
+    return target == "/dev/tcp" or target.startswith("/dev/tcp/")
+
+
+def tcp_address(link: str, argument: str) -> tuple[str, int]:
+    """The address a ``/dev/tcp`` service connects to (libqrexec exec.c rules)."""
+    parts = link[len("/dev/tcp") :].lstrip("/").split("/") if link != "/dev/tcp" else []
+    if len(parts) > 2 or (parts and not parts[0]):
+        raise CallFailed(EXIT_PROBLEM, f"bad /dev/tcp link {link}")
+    if len(parts) == 2:
+        if argument:
+            raise CallFailed(EXIT_PROBLEM, f"Unexpected argument {argument} to {link}")
+        host, port = parts
+    elif not argument:
+        raise CallFailed(EXIT_PROBLEM, f"No or empty argument provided, cannot connect to {link}")
+    elif len(parts) == 1:
+        host, port = parts[0], argument
+    else:
+        host, plus, port = argument.rpartition("+")
+        if not plus or "_" in host:
+            raise CallFailed(EXIT_PROBLEM, f"No port provided, cannot connect to {argument}")
+        host = host.replace("+", ":")
+    if not re.fullmatch(r"[1-9][0-9]{0,4}", port) or int(port) > 65535:
+        raise CallFailed(EXIT_PROBLEM, f"bad port {port!r}")
+    try:
+        socket.getaddrinfo(host, int(port), flags=socket.AI_NUMERICHOST)
+    except socket.gaierror as err:
+        raise CallFailed(EXIT_PROBLEM, f"{host!r} is not a numeric address") from err
+    return host, int(port)
+
+
+def run_tcp_service(
+    address: tuple[str, int], descriptor: bytes | None, config: Mapping[str, str], stdin: IO[bytes]
+) -> int:
+    """Like :func:`run_socket_service`, to a TCP address."""
+    try:
+        sock = socket.create_connection(address, timeout=10)
+    except OSError as err:
+        raise CallFailed(EXIT_PROBLEM, f"connect to {address}: {err}") from err
+    sock.settimeout(None)
+    return _serve(sock, descriptor, config, stdin)
 
 
 def load_rpc_config(root: Path, service_full: str) -> dict[str, str]:
@@ -239,11 +290,23 @@ def run_socket_service(
     except OSError as err:
         sock.close()
         raise CallFailed(EXIT_PROBLEM, f"connect to {path}: {err}") from err
+    return _serve(sock, descriptor, config, stdin)
+
+
+def _serve(
+    sock: socket.socket, descriptor: bytes | None, config: Mapping[str, str], stdin: IO[bytes]
+) -> int:
     if descriptor is not None:
         sock.sendall(descriptor)
     to_service = threading.Thread(target=_pump_stdin, args=(stdin, sock), daemon=True)
     to_service.start()
     _pump_socket(sock)
+    # The service's EOF reaches the caller as the end of its stdout, while its
+    # stdin may still be open (libqrexec process_io closes stdout_fd then).
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError):
+        os.close(sys.stdout.fileno())
     if config.get("exit-on-service-eof") not in ("true", "1"):
         to_service.join()
     sock.close()
@@ -376,11 +439,16 @@ def connect(world_path: Path, world: World, source: str, call: Call) -> int:
     if not target.running:
         mark_running(world_path, target.name)
     command = command_descriptor(world, decision, service_full, source)
-    path = find_service(target.root, command.split(" ")[0])
-    if stat.S_ISSOCK(path.stat().st_mode):
-        config = load_rpc_config(target.root, command.split(" ")[0])
+    service = command.split(" ")[0]
+    path = find_service(target.root, service)
+    is_tcp = path.is_symlink() and _is_tcp_link(os.readlink(path))
+    if is_tcp or stat.S_ISSOCK(path.stat().st_mode):
+        config = load_rpc_config(target.root, service)
         skip = config.get("skip-service-descriptor") in ("true", "1")
         descriptor = None if skip else command.encode("ascii") + b"\0"
+        if is_tcp:
+            address = tcp_address(os.readlink(path), service.partition("+")[2])
+            return run_tcp_service(address, descriptor, config, sys.stdin.buffer)
         become(target.socket_peer)
         return run_socket_service(path, descriptor, config, sys.stdin.buffer)
     return run_executable_service(path, target, source, command)

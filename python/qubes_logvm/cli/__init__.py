@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("qubes", nargs="*")
     verify.add_argument("--key", required=True, help="file with logvm-vk1:... ('-': stdin)")
     verify.add_argument("--witness", help="checkpoints exported by the witness")
+    verify.add_argument(
+        "--forwarded",
+        metavar="FILE",
+        help="verify a central server's copy (logvm-forward's messages, "
+        "RSYSLOG_SyslogProtocol23Format) instead of the store",
+    )
     stats = sub.add_parser("stats", help="usage, quota, compression, drops, evictions")
     stats.add_argument("qubes", nargs="*")
     opener = sub.add_parser("open", help="view a copy in a disposable qube")
@@ -107,7 +113,7 @@ def _dispatch(
     if command in ("show", "follow"):
         return _show(env, args, clock, sleep)
     if command == "verify":
-        return run_verify(env, args.qubes, args.key, args.witness)
+        return run_verify(env, args.qubes, args.key, args.witness, args.forwarded)
     if command == "stats":
         return run_stats(env, args.qubes)
     return run_open(env, args.qube, args.segment, open_command)

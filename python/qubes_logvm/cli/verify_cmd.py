@@ -12,8 +12,10 @@ from pathlib import Path
 from ..config.collector import load_collector_config
 from ..core.errors import ConfigError, LogvmError, SealError
 from ..core.seal import parse_verification_key
+from ..store.forwarded import read_lines as read_forwarded
+from ..store.forwarded import rebuild
 from ..store.keystate import setup_keys
-from ..store.verify import verify_store
+from ..store.verify import Report, verify_store
 from ..store.witness_pending import queue_registration
 from .common import Env, UsageError, human_size
 
@@ -35,15 +37,50 @@ def read_key(env: Env, source: str) -> str:
     return text.strip()
 
 
-def run_verify(env: Env, qubes: list[str], key_source: str, witness: str | None) -> int:
-    """Verify the store; print findings; 0 intact, 1 tampered, 2 wrong key or unreadable."""
+def run_verify(
+    env: Env,
+    qubes: list[str],
+    key_source: str,
+    witness: str | None,
+    forwarded: str | None = None,
+) -> int:
+    """Verify the store (or a central server's forwarded copy); print findings;
+    0 intact, 1 tampered, 2 wrong key or unreadable."""
     key = read_key(env, key_source)
+    if forwarded is not None:
+        if witness is not None:
+            raise UsageError("--forwarded and --witness: one at a time")
+        return _verify_forwarded(env, qubes, key, forwarded)
     report = verify_store(env.layout.root, key, qubes or None, witness)
+    return _print_report(env, report, [])
+
+
+def _verify_forwarded(env: Env, qubes: list[str], key: str, central: str) -> int:
+    """Rebuild the copy in a temporary store, then verify it like the store itself."""
+    store_id, _ = parse_verification_key(key)
+    try:
+        stream = Path(central).open("rb")  # noqa: SIM115 (closed by the with below)
+    except OSError as err:
+        raise UsageError(f"--forwarded {central}: cannot read: {err.strerror}") from err
+    with stream, tempfile.TemporaryDirectory(prefix="logvm-forwarded-") as tmp:
+        rebuilt = rebuild(read_forwarded(stream), store_id, Path(tmp))
+        if not rebuilt.messages:
+            raise UsageError(f"{central}: no forwarded message of store {store_id}")
+        env.out.line(f"Forwarded copy: {rebuilt.messages} messages of store {store_id}.")
+        for note in rebuilt.notes:
+            env.out.line(f"info: forwarded: {note}")
+        report = verify_store(tmp, key, qubes or None, copy=True)
+        return _print_report(env, report, [f"error: forwarded: {p}" for p in rebuilt.problems])
+
+
+def _print_report(env: Env, report: Report, problems: list[str]) -> int:
+    for line in problems:
+        env.out.line(line)
     for finding in report.findings:
         env.out.line(str(finding))
     for limit in report.limits:
         env.out.line(f"limit: {limit}")
-    errors, warnings = len(report.errors), len(report.warnings)
+    errors, warnings = len(report.errors) + len(problems), len(report.warnings)
     summary = (
         f"{report.qubes} qubes, {report.segments} segments, "
         f"{human_size(report.bytes_hashed)} of records hashed, "

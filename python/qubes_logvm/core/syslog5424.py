@@ -1,0 +1,147 @@
+"""RFC 5424 messages of ``logvm-forward`` and their RFC 5425 framing (floor 1).
+
+One definition of the forwarded format, used by the forwarder (to write it)
+and by ``logvm verify --forwarded`` (to read the central server's copy back):
+
+    <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [qubes-logvm@PEN k="v" ...] MSG
+
+- ``MSGID`` says what the message carries: ``rec`` (a stored record line),
+  ``seal`` (a line of a segment's seal file), ``tomb`` (a line of a qube's
+  tombstone file), ``store`` (the store's identity, ``store.json``), ``gap``
+  (segments rotation deleted before they were forwarded).
+- the structured data names the place in the store: ``qube``, ``seg``,
+  ``line`` (1-based line of that file), ``kind`` and ``rt`` (the record's
+  kind and receive time), ``session``;
+- ``MSG`` is the stored text exactly: for ``rec`` the record's payload (so
+  ``rt + " " + kind + " " + MSG`` is the stored line, byte for byte), for
+  ``seal``/``tomb`` the seal line, for ``store`` the JSON of ``store.json``.
+
+So a central copy holds every byte the seals cover, and the store's own
+verifier checks it (docs/forwarding.md).
+
+Trust side: formatting takes store content (already escaped: no control
+character but TAB); parsing reads a central server's file, which anyone
+between the LogVM and the verifier may have edited, so it is strict and
+bounded and raises :class:`ForwardFormatError` on anything else.
+"""
+
+import re
+from dataclasses import dataclass
+
+from .errors import StoreError
+
+#: Our SD-ID: ``qubes-logvm@`` + an IANA private enterprise number; 32473 is
+#: the one RFC 5612 reserves for documentation, replaced by the admin's own.
+DEFAULT_PEN = 32473
+SD_NAME = "qubes-logvm"
+MSGIDS = ("rec", "seal", "tomb", "store", "gap")
+#: Longest central line read back (a record is at most 4 x 64 KiB escaped).
+MAX_LINE = 1 << 20
+_SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+_PRINTUSASCII = re.compile(r"[\x21-\x7e]+")
+_SD_PARAM = re.compile(r' ([a-z]{1,16})="((?:[^"\\\]]|\\["\\\]])*)"')
+_HEADER = re.compile(
+    r"<([0-9]{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) \[" + SD_NAME + r"@([0-9]{1,10})((?:"
+    r' [a-z]{1,16}="(?:[^"\\\]]|\\["\\\]])*")*)\](?: (.*))?',
+    re.DOTALL,
+)
+#: The exporter's record format (docs/protocol.md), as far as the header needs it.
+_EXPORTER = re.compile(
+    rb"\S+ \S+ (emerg|alert|crit|err|warning|notice|info|debug|-) \S+ "
+    rb"([\x21-\x5a\x5c\x5e-\x7e]{1,48}?)(?:\[([0-9]{1,10})\])?: "
+)
+
+
+class ForwardFormatError(StoreError):
+    """A line of a central copy is not a message this format defines."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One forwarded message, as written and as read back."""
+
+    msgid: str
+    fields: dict[str, str]
+    text: bytes  # MSG, exactly
+    severity: int = 6
+    app: str = "-"
+    procid: str = "-"
+    timestamp: str = "-"
+    hostname: str = "-"
+    pen: int = DEFAULT_PEN
+
+
+def _sd_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _sd_unvalue(value: str) -> str:
+    return re.sub(r"\\([\"\\\]])", r"\1", value)
+
+
+def _header_token(value: str, limit: int) -> str:
+    """A header field: printable US-ASCII, bounded; ``-`` when empty or not."""
+    return value[:limit] if value and _PRINTUSASCII.fullmatch(value[:limit]) else "-"
+
+
+def encode(message: Message, *, facility: int = 1) -> bytes:
+    """The message with its RFC 5425 octet count (``LEN SP MSG``)."""
+    params = "".join(f' {k}="{_sd_value(v)}"' for k, v in message.fields.items())
+    header = (
+        f"<{facility * 8 + message.severity}>1 {_header_token(message.timestamp, 64)} "
+        f"{_header_token(message.hostname, 255)} {_header_token(message.app, 48)} "
+        f"{_header_token(message.procid, 128)} {message.msgid} "
+        f"[{SD_NAME}@{message.pen}{params}]"
+    ).encode("ascii")
+    body = header + b" " + message.text if message.text else header
+    return b"%d %s" % (len(body), body)
+
+
+def record_header(payload: bytes) -> tuple[int, str, str]:
+    """Severity, APP-NAME and PROCID of a record the exporter formatted.
+
+    Lines in another format (any sender may send free text) get ``info`` and
+    ``-``: the header is a convenience for the central side; the sender's
+    claims stay inside MSG exactly as stored.
+    """
+    match = _EXPORTER.match(payload)
+    if match is None:
+        return 6, "-", "-"
+    level = match.group(1).decode("ascii")
+    severity = _SEVERITIES.index(level) if level != "-" else 6
+    app = match.group(2).decode("ascii")
+    procid = match.group(3).decode("ascii") if match.group(3) else "-"
+    return severity, app, procid
+
+
+def decode_line(untrusted_line: bytes) -> Message | None:
+    """Parse one line of a central file (RFC 5424, as rsyslog's
+    ``RSYSLOG_SyslogProtocol23Format`` writes it, without the newline).
+
+    Returns None for a message that is not ours (other hosts' logs share the
+    file); raises :class:`ForwardFormatError` for one of ours that is damaged.
+    """
+    if len(untrusted_line) > MAX_LINE:
+        raise ForwardFormatError(f"line longer than {MAX_LINE} bytes")
+    marker = f"[{SD_NAME}@".encode("ascii")
+    if marker not in untrusted_line[:4096]:
+        return None
+    # latin-1 maps bytes one to one, so offsets in the text are offsets in the line.
+    match = _HEADER.fullmatch(untrusted_line.decode("latin-1"))
+    if match is None or not match.group(0)[: match.start(9) if match.group(9) else None].isascii():
+        raise ForwardFormatError("not a well-formed qubes-logvm message header")
+    pri, timestamp, hostname, app, procid, msgid, pen, params, _ = match.groups()
+    if msgid not in MSGIDS:
+        raise ForwardFormatError(f"unknown MSGID {msgid!r}")
+    fields = {k: _sd_unvalue(v) for k, v in _SD_PARAM.findall(params)}
+    return Message(
+        msgid=msgid,
+        fields=fields,
+        text=untrusted_line[match.start(9) :] if match.group(9) is not None else b"",
+        severity=int(pri) % 8,
+        app=app,
+        procid=procid,
+        timestamp=timestamp,
+        hostname=hostname,
+        pen=int(pen),
+    )
