@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import StoreError
+from .sender_record import parse_record
 
 #: Our SD-ID: ``qubes-logvm@`` + an IANA private enterprise number; 32473 is
 #: the one RFC 5612 reserves for documentation, replaced by the admin's own.
@@ -37,18 +38,12 @@ SD_NAME = "qubes-logvm"
 MSGIDS = ("rec", "seal", "tomb", "store", "gap")
 #: Longest central line read back (a record is at most 4 x 64 KiB escaped).
 MAX_LINE = 1 << 20
-_SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 _PRINTUSASCII = re.compile(r"[\x21-\x7e]+")
 _SD_PARAM = re.compile(r' ([a-z]{1,16})="((?:[^"\\\]]|\\["\\\]])*)"')
 _HEADER = re.compile(
     r"<([0-9]{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) \[" + SD_NAME + r"@([0-9]{1,10})((?:"
     r' [a-z]{1,16}="(?:[^"\\\]]|\\["\\\]])*")*)\](?: (.*))?',
     re.DOTALL,
-)
-#: The exporter's record format (docs/protocol.md), as far as the header needs it.
-_EXPORTER = re.compile(
-    rb"\S+ \S+ (emerg|alert|crit|err|warning|notice|info|debug|-) \S+ "
-    rb"([\x21-\x5a\x5c\x5e-\x7e]{1,48}?)(?:\[([0-9]{1,10})\])?: "
 )
 
 
@@ -104,14 +99,13 @@ def record_header(payload: bytes) -> tuple[int, str, str]:
     ``-``: the header is a convenience for the central side; the sender's
     claims stay inside MSG exactly as stored.
     """
-    match = _EXPORTER.match(payload)
-    if match is None:
+    try:
+        record = parse_record(payload)
+    except ValueError:
         return 6, "-", "-"
-    level = match.group(1).decode("ascii")
-    severity = _SEVERITIES.index(level) if level != "-" else 6
-    app = match.group(2).decode("ascii")
-    procid = match.group(3).decode("ascii") if match.group(3) else "-"
-    return severity, app, procid
+    severity = record.severity
+    procid = str(record.pid) if record.pid is not None else "-"
+    return 6 if severity is None else severity, record.ident or "-", procid
 
 
 def decode_line(untrusted_line: bytes) -> Message | None:
