@@ -7,6 +7,7 @@ any is an error.
 """
 
 import logging
+import tempfile
 from pathlib import Path
 
 from ..config.collector import load_collector_config

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import StoreError
-from .sender_record import parse_record
+from .sender_record import parse_sender_record
 
 #: Our SD-ID: ``qubes-logvm@`` + an IANA private enterprise number; 32473 is
 #: the one RFC 5612 reserves for documentation, replaced by the admin's own.
@@ -100,7 +100,7 @@ def record_header(payload: bytes) -> tuple[int, str, str]:
     claims stay inside MSG exactly as stored.
     """
     try:
-        record = parse_record(payload)
+        record = parse_sender_record(payload)
     except ValueError:
         return 6, "-", "-"
     severity = record.severity
