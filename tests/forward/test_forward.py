@@ -19,6 +19,7 @@ from qubes_logvm.core.records import line_record
 from qubes_logvm.core.syslog5424 import decode_line
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
+from support.segments import product_env
 from support.storebuilder import Built, Clock, build_store, fill_segment
 
 pytestmark = [pytest.mark.timeout(240)]
@@ -49,7 +50,7 @@ class Forward:
 
     def __init__(self, tmp: Path, store: Path, world, config: Path) -> None:
         self.store, self.config = store, config
-        self.env = world.client_env("sys-log")
+        self.env = world.client_env("sys-log", product_env())
         self.err = tmp / "forward.err"
         self.proc: subprocess.Popen[bytes] | None = None
 
