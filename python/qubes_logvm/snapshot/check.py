@@ -93,7 +93,9 @@ class Receiver:
         if not untrusted:
             raise ProtocolError("the snapshot ends early (no end frame): truncated in transit")
         if not untrusted.endswith(b"\n"):
-            raise ProtocolError("header line too long or cut off")
+            if len(untrusted) < MAX_HEADER:
+                raise ProtocolError("the snapshot ends inside a header: truncated in transit")
+            raise ProtocolError(f"header line longer than {MAX_HEADER} bytes")
         return parse_header(untrusted[:-1], allowed)
 
     def small(self, size: int, bound: int, what: str) -> bytes:
@@ -132,8 +134,11 @@ class Receiver:
     def _body(self) -> None:
         got, qube_dir = self.got, None
         seen: set[str] = set()
+        frame = self.line((b"epoch", b"qube", b"end"))
+        if frame.word == b"epoch":
+            got.epoch = frame.number(0)
+            frame = self.line((b"qube", b"end"))
         while True:
-            frame = self.line((b"qube", b"file", b"epoch", b"end"))
             if frame.word == b"qube":
                 name = validate_qube_name(frame.fields[0].decode())
                 if name in got.qubes:
@@ -142,15 +147,14 @@ class Receiver:
                 qube_dir, seen = self.root / "qubes" / name, set()
                 qube_dir.mkdir()
             elif frame.word == b"file":
-                if qube_dir is None or got.epoch is not None:
+                if qube_dir is None:
                     raise ProtocolError("file frame outside a qube")
                 name = self._file_name(frame, seen)
                 self._copy(qube_dir / name, frame.number(1))
-            elif frame.word == b"epoch":
-                got.epoch = frame.number(0)
             else:
                 self._check_end(frame)
                 return
+            frame = self.line((b"qube", b"file", b"end"))
 
     @staticmethod
     def _file_name(frame: Frame, seen: set[str]) -> str:

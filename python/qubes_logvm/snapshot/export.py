@@ -169,6 +169,8 @@ def write_snapshot(layout: StoreLayout, qubes: list[str] | None, out: BinaryIO) 
     captured: list[tuple[str, list[Captured]]] = []
     try:
         captured, epoch = _capture_all(layout, names)
+        if epoch is not None:  # known before any byte is sent: a verifier may stream
+            out.write(header("epoch", epoch))
         counts = [len(captured), 0, 0]
         for qube, files in captured:
             out.write(header("qube", qube))
@@ -178,8 +180,6 @@ def write_snapshot(layout: StoreLayout, qubes: list[str] | None, out: BinaryIO) 
                 counts[2] += item.size
     finally:
         _close_all(captured)
-    if epoch is not None:
-        out.write(header("epoch", epoch))
     out.write(header("end", *counts))
     out.flush()
 
