@@ -104,10 +104,21 @@ class Query:
             if last is not None and last < self.since:
                 return True
         if self.until is not None:
-            first = first_stamp(segment)
+            first = earliest_stamp(segment)
             if first is not None and first > self.until:
                 return True
         return self.session is not None and segment_session(segment) != self.session
+
+
+def earliest_stamp(segment: SegmentFiles) -> bytes | None:
+    """The earliest receive time of the segment's first two lines (bounded read).
+
+    Not only the first: a collector before issue 18's fix stamped the
+    ``segment-start`` note after the first records it received.
+    """
+    stamps = [line.stamp for line in lines_from(segment, 0, 1, limit=2)]
+    found = [stamp for stamp in stamps if stamp is not None]
+    return min(found) if found else None
 
 
 def _unit_matches(pattern: str, unit: str) -> bool:
@@ -177,8 +188,11 @@ def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Itera
         else:
             lines = iter_segment(segment)
         for entry in _understood(segment, session, lines, b""):
-            if chosen.until is not None and entry.when > chosen.until:
-                return  # times never decrease: nothing later can match
+            if chosen.until is not None and entry.when > chosen.until and not entry.what.is_note:
+                # Times never decrease: nothing later can match. Not on a note:
+                # a segment-start note may still be stamped after the first
+                # records of its segment (a collector before issue 18's fix).
+                return
             if chosen.matches(entry):
                 yield entry
 
@@ -208,7 +222,7 @@ def _newest_of(layout: StoreLayout, qube: str, count: int, query: Query) -> list
     picked: list[Entry] = []
     segments = [s for s in layout.segments(qube) if s.log is not None]
     for segment in reversed(segments):
-        first = first_stamp(segment) or b""
+        first = earliest_stamp(segment) or b""
         if query.until is not None and first > query.until:
             continue
         if query.session is not None and segment_session(segment) != query.session:
