@@ -34,7 +34,7 @@ _logvm() {
     done
     case $prev in
         --store) mapfile -t COMPREPLY < <(compgen -d -- "$cur"); return ;;
-        --config | --key | --witness) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
+        --config | --key | --witness | --forwarded) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
         -o | --output)
             mapfile -t COMPREPLY < <(compgen -W "short short-precise short-iso cat json raw" -- "$cur")
             return ;;
@@ -54,7 +54,7 @@ _logvm() {
         list) options+=" --json --utc" ;;
         show) options+=" $filters -f --follow" ;;
         follow) options+=" $filters" ;;
-        verify) options+=" --key --witness" ;;
+        verify) options+=" --key --witness --forwarded" ;;
     esac
     if [[ $cur == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$options" -- "$cur")
