@@ -23,6 +23,7 @@ qube that read hostile data and is handled as hostile; the export's stdin is
 """
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
@@ -93,6 +94,9 @@ class Pump:
         self.verdict = bytearray()
         self.armed: set[IO[bytes]] = set()
         os.set_blocking(sink.fileno(), False)
+        for stream in (source, sink):  # fewer, larger moves through dom0 (Linux pipes)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
 
     def run(self, deadline: float, max_bytes: int) -> bytes:
         """Until the DispVM closes its output; ProtocolError on timeout or excess."""
