@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..core.errors import ProtocolError, SealError
 from ..core.seal import Seal
+from ..core.warnings import RepeatedWarning
 from ..store.witness_pending import (
     erase_registration,
     pending_path,
@@ -48,6 +49,9 @@ from ..store.witness_pending import (
 )
 
 log = logging.getLogger(__name__)
+#: A witness that keeps refusing or stays unreachable: once per interval.
+_REFUSED = RepeatedWarning(log)
+_UNREACHABLE = RepeatedWarning(log)
 
 DEFAULT_COMMAND = ("qrexec-client-vm", "dom0", "logvm.Witness")
 _REPLY = re.compile(rb"(ok|err) [a-z-]{1,32}\n")
@@ -166,7 +170,7 @@ class CheckpointSender:
                 await self._session()
                 delay = self.backoff[0]
             except (OSError, ProtocolError, TimeoutError, SealError) as err:
-                log.warning("witness: %s; retrying in %.1fs", err, delay)
+                _UNREACHABLE.warn("", "witness: %s; retrying in %.1fs", err, delay)
             finally:
                 self.connected = False
                 await self._end_call()
@@ -250,7 +254,9 @@ class CheckpointSender:
             self._last_line = line
             return False
         self.stats["refused"] += 1
-        log.warning("witness refused the checkpoint of %s: %s", qube or "-", reply.decode())
+        _REFUSED.warn(
+            qube, "witness refused the checkpoint of %s: %s", qube or "-", reply.decode()
+        )
         return False
 
     async def _end_call(self) -> None:

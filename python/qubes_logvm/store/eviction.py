@@ -48,11 +48,14 @@ from ..config.storage_policy import (
 )
 from ..core.errors import StoreError
 from ..core.seal import Seal, parse_seal
+from ..core.warnings import RepeatedWarning
 from .layout import SegmentFiles, StoreLayout
 from .usage import ZERO_COST, Cost, qube_usage, segment_cost, usage
 from .writer import FINAL_KINDS, Store
 
 log = logging.getLogger(__name__)
+#: Pressure nothing can relieve lasts: said once per interval, not every pass.
+_PRESSURE = RepeatedWarning(log)
 
 #: Bytes read from the end of a seal file to find its last line.
 _SEAL_TAIL = 1024
@@ -263,7 +266,8 @@ def _evict_globally(qubes: list[_Qube], need: Cost, capacity: int) -> None:
     while freed.disk < need.disk or freed.files < need.files:
         candidates = [q for q in qubes if q.doomed < len(q.segments)]
         if not candidates:
-            log.warning(
+            _PRESSURE.warn(
+                "pressure",
                 "global pressure: %d bytes and %d inodes more to free, nothing left to delete",
                 need.disk - freed.disk,
                 max(0, need.files - freed.files),
