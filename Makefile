@@ -16,8 +16,8 @@ BASETEMP ?= /tmp/pytest-logvm-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8
 
 # Debian packages: runtime dependencies (as the products use them) and the
 # real tools the tests drive.
-APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard
-APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh systemd-journal-remote
+APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard python3-gi gir1.2-gtk-3.0
+APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh systemd-journal-remote xvfb xauth
 # logvm-forward's tests: a central rsyslog with TLS, certificates made by openssl.
 APT_TEST += rsyslog-gnutls openssl
 APT_BUILD := build-essential rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
@@ -85,6 +85,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 # lnav reads every format under /etc/lnav/formats/*/ (docs/reading.md).
 LNAVFORMATDIR ?= $(SYSCONFDIR)/lnav/formats/qubes-logvm
+DATADIR ?= $(PREFIX)/share
 QUBESRPCDIR ?= $(SYSCONFDIR)/qubes-rpc
 RPCCONFIGDIR ?= $(SYSCONFDIR)/qubes/rpc-config
 POLICYDIR ?= $(SYSCONFDIR)/qubes/policy.d
@@ -105,7 +106,7 @@ VERSION := $(shell cat version)
 PKGBUILD := build/pkg
 # Manual pages, installed plain: dh_compress (Debian) and brp-compress (RPM)
 # gzip them as each distribution does.
-MAN1 := man/logvm.1 man/logvm-send.1
+MAN1 := man/logvm.1 man/logvm-send.1 man/logvm-browser.1
 MAN8 := man/logvm-collector.8 man/logvm-exporter.8 man/logvm-rotate.8 man/logvm-witness.8 \
 	man/logvm-forward.8
 D := $(DESTDIR)
@@ -157,6 +158,9 @@ install-vm: install-python
 	install -D -m 0644 completion/logvm.bash $(D)$(BASHCOMPDIR)/logvm
 	install -D -m 0644 completion/_logvm $(D)$(ZSHCOMPDIR)/_logvm
 	install -D -m 0644 lnav/qubes_logvm.json $(D)$(LNAVFORMATDIR)/qubes_logvm.json
+	# logvm-browser in the LogVM's app menu (Salt sets its menu-items feature).
+	install -D -m 0644 desktop/logvm-browser.desktop $(D)$(DATADIR)/applications/logvm-browser.desktop
+	install -D -m 0644 desktop/logvm-browser.svg $(D)$(DATADIR)/icons/hicolor/scalable/apps/logvm-browser.svg
 
 # dom0 side: the witness service (only the pure core, the witness module and
 # its command and manual page: code in dom0 stays small), the policy, the

@@ -154,6 +154,7 @@ COMMANDS = (
     "logvm-rotate",
     "logvm-send",
     "logvm-witness",
+    "logvm-browser",
 )
 # Each command's manual page (section 1: for users, 8: daemons and dom0).
 MAN_PAGES = {
@@ -164,6 +165,7 @@ MAN_PAGES = {
     "logvm-rotate": "man8/logvm-rotate.8",
     "logvm-send": "man1/logvm-send.1",
     "logvm-witness": "man8/logvm-witness.8",
+    "logvm-browser": "man1/logvm-browser.1",
 }
 DEB_SITELIB = "/usr/lib/python3/dist-packages"
 # The arguments debian/rules gives install-vm (bookworm keeps units in /lib).

@@ -1,0 +1,192 @@
+"""A qube's records as a lazy, random-access list of rows (floor 4).
+
+The record view asks for rows ``[first, last)`` only; nothing reads a whole
+qube to open it. Row counts come from the seal files (``lines`` of the last
+seal, plus the newlines of an open segment's unsealed tail: the count
+``logvm list`` shows, :func:`qubes_logvm.store.summary.segment_records`),
+and each seal's ``(lines, nbytes)`` is a point where row ``lines`` starts at
+byte ``nbytes``: a row is found by seeking to the nearest point before it
+and reading forward with the shared reader (:func:`store.reader.read_lines`),
+each line understood by :func:`core.entries.classify`. Points found while
+reading forward are kept, so scrolling costs what is on screen. A compressed
+segment is decompressed into memory when first visited (one kept at a time).
+
+Trust side: seals are unverified here (a tampered one can only misplace
+rows; ``logvm verify`` judges it). Lines are bounded by the reader.
+"""
+
+import bisect
+import io
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from ..core.entries import classify
+from ..store.layout import SegmentFiles, StoreLayout
+from ..store.reader import StoredLine, open_plain, read_lines
+from ..store.sealfile import read_seal_file
+from ..store.summary import segment_records
+from ..store.timeline import Entry, segment_session
+
+#: Keep a point every this many rows read forward.
+_STEP = 2048
+
+
+@dataclass
+class SegmentRows:
+    """One segment's rows: its count and the known (row, byte offset) points."""
+
+    files: SegmentFiles
+    count: int
+    session: str
+    points_rows: list[int] = field(default_factory=lambda: [0])
+    points_bytes: list[int] = field(default_factory=lambda: [0])
+
+    def add_point(self, row: int, offset: int) -> None:
+        """Remember that row ``row`` (0-based) starts at byte ``offset``."""
+        at = bisect.bisect_left(self.points_rows, row)
+        if at < len(self.points_rows) and self.points_rows[at] == row:
+            return
+        self.points_rows.insert(at, row)
+        self.points_bytes.insert(at, offset)
+
+    def point_before(self, row: int) -> tuple[int, int]:
+        """The known point at or before ``row``."""
+        at = bisect.bisect_right(self.points_rows, row) - 1
+        return self.points_rows[at], self.points_bytes[at]
+
+
+def _segment_rows(files: SegmentFiles) -> SegmentRows:
+    _, count = segment_records(files)
+    rows = SegmentRows(files, count, segment_session(files))
+    if files.seal is not None:
+        for seal in read_seal_file(files.seal).seals:
+            if 0 < seal.lines <= count:
+                rows.add_point(seal.lines, seal.nbytes)
+    return rows
+
+
+class QubeRows:
+    """Every row of one qube, oldest first, read on demand (thread-safe)."""
+
+    def __init__(self, layout: StoreLayout, qube: str) -> None:
+        self.layout = layout
+        self.qube = qube
+        self._lock = threading.Lock()
+        self._segments: list[SegmentRows] = []
+        self._starts: list[int] = []
+        self._cached: tuple[int, bytes] | None = None  # (seq, plain bytes) of a compressed one
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Pick up new segments and records; True when the row count changed."""
+        with self._lock:
+            before = self.count
+            known = {s.files.seq: s for s in self._segments}
+            fresh = []
+            for files in self.layout.segments(self.qube):
+                if files.log is None:
+                    continue
+                old = known.get(files.seq)
+                if old is not None and old.files.compressed == files.compressed:
+                    if old.files is not files and not files.compressed:
+                        old.count = segment_records(files)[1]
+                    fresh.append(old)
+                else:
+                    fresh.append(_segment_rows(files))
+            self._segments = fresh
+            self._starts = []
+            total = 0
+            for seg in fresh:
+                self._starts.append(total)
+                total += seg.count
+            self._total = total
+            return self.count != before
+
+    @property
+    def count(self) -> int:
+        """Rows known now."""
+        return getattr(self, "_total", 0)
+
+    @property
+    def segments(self) -> list[SegmentRows]:
+        """The qube's segments with their row counts."""
+        return list(self._segments)
+
+    def segment_start(self, seq: int) -> int:
+        """The first row of segment ``seq``."""
+        for seg, start in zip(self._segments, self._starts, strict=True):
+            if seg.files.seq == seq:
+                return start
+        raise KeyError(seq)
+
+    def locate(self, row: int) -> tuple[SegmentRows, int]:
+        """The segment holding ``row`` and the row's index in it."""
+        at = bisect.bisect_right(self._starts, row) - 1
+        return self._segments[at], row - self._starts[at]
+
+    def rows(self, first: int, last: int) -> list[Entry]:
+        """Rows ``[first, last)`` (fewer when the files hold fewer lines)."""
+        with self._lock:
+            found: list[Entry] = []
+            row = max(0, first)
+            while row < min(last, self._total):
+                seg, index = self.locate(row)
+                want = min(last - row, seg.count - index)
+                got = list(self._read(seg, index, want))
+                found.extend(got)
+                row += want
+            return found
+
+    def _stream(self, seg: SegmentRows) -> Iterator[BinaryIO]:
+        log = seg.files.log
+        if log is None:  # segments without a log are left out by refresh()
+            return
+        if not seg.files.compressed:
+            with open_plain(log) as stream:
+                yield stream
+            return
+        if self._cached is None or self._cached[0] != seg.files.seq:
+            with open_plain(log) as stream:
+                self._cached = (seg.files.seq, stream.read())
+        yield io.BytesIO(self._cached[1])
+
+    def _read(self, seg: SegmentRows, index: int, want: int) -> Iterator[Entry]:
+        point_row, offset = seg.point_before(index)
+        for stream in self._stream(seg):
+            stream.seek(offset)
+            number = point_row
+            position = offset
+            for stored in read_lines(stream, first_number=point_row + 1):
+                if number >= index + want:
+                    return
+                if number >= index:
+                    yield self._entry(seg, stored)
+                position += len(stored.data) + stored.overlong + (1 if stored.complete else 0)
+                number += 1
+                if number % _STEP == 0:
+                    seg.add_point(number, position)
+
+    def _entry(self, seg: SegmentRows, stored: StoredLine) -> Entry:
+        what = classify(stored.data)
+        return Entry(
+            self.qube, seg.files.seq, stored.number, seg.session, what.stamp, what, stored
+        )
+
+    def stamp_at(self, row: int) -> bytes:
+        """The receive time of a row (b"" when it has none)."""
+        got = self.rows(row, row + 1)
+        return got[0].when if got else b""
+
+    def row_at_time(self, stamp: bytes) -> int:
+        """The first row received at or after ``stamp`` (bisection: times never decrease)."""
+        low, high = 0, self.count
+        while low < high:
+            middle = (low + high) // 2
+            found = self.stamp_at(middle)
+            if found and found < stamp:
+                low = middle + 1
+            else:
+                high = middle
+        return low

@@ -1,0 +1,373 @@
+"""The main window: construction from the .ui file, then setup (floor 4).
+
+As Qubes' own GTK tools do (qubes-desktop-linux-manager's
+``qubes_config/global_config/global_config.py``, ``perform_setup``): the
+window is built from a GtkBuilder file, and the store is read in
+:meth:`BrowserWindow.setup`, separate from construction, so tests can build
+a window on any store and drive its widgets.
+"""
+
+import re
+import threading
+from importlib import resources
+from pathlib import Path
+
+import gi
+
+gi.require_version("Gtk", "3.0")
+import time  # noqa: E402
+
+from gi.repository import Gdk, GLib, Gtk  # noqa: E402
+
+from ..cli.common import human_size  # noqa: E402
+from ..core.errors import LogvmError  # noqa: E402
+from ..core.records import format_timestamp  # noqa: E402
+from ..core.timespec import parse_timespec  # noqa: E402
+from ..store.layout import StoreLayout  # noqa: E402
+from ..store.timeline import Entry  # noqa: E402
+from .model import QubeRows  # noqa: E402
+from .qubes import QubeFacts, all_facts, drops_of, retention_config  # noqa: E402
+from .recordview import RecordView  # noqa: E402
+from .search import Pattern, find  # noqa: E402
+from .text import as_text, details, local_time  # noqa: E402
+
+QUBE_COLUMNS = (
+    "Qube",
+    "Class",
+    "Size",
+    "Quota",
+    "Records",
+    "First",
+    "Last",
+    "Drops",
+    "Deleted",
+    "Verified",
+)
+SESSIONS = "DispVM sessions"
+FOLLOW_MS = 500
+
+
+def load_builder() -> Gtk.Builder:
+    """The window's widgets from browser.ui (shipped in the package)."""
+    builder = Gtk.Builder()
+    builder.add_from_string(resources.files(__package__).joinpath("browser.ui").read_text())
+    return builder
+
+
+def load_css() -> None:
+    """Our style sheet, for the whole screen."""
+    provider = Gtk.CssProvider()
+    provider.load_from_data(resources.files(__package__).joinpath("browser.css").read_bytes())
+    screen = Gdk.Screen.get_default()
+    if screen is not None:
+        Gtk.StyleContext.add_provider_for_screen(
+            screen, provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
+        )
+
+
+class BrowserWindow:
+    """The window and its behaviour; ``setup`` reads the store."""
+
+    def __init__(
+        self, app: Gtk.Application | None, layout: StoreLayout, configs: tuple[Path, ...]
+    ) -> None:
+        self.layout = layout
+        self.configs = configs
+        self.builder = load_builder()
+        self.window: Gtk.ApplicationWindow = self.builder.get_object("main_window")
+        if app is not None:
+            self.window.set_application(app)
+        self.store: Gtk.TreeStore = self.builder.get_object("qube_store")
+        self.filter: Gtk.TreeModelFilter = self.builder.get_object("qube_filter")
+        self.qube_view: Gtk.TreeView = self.builder.get_object("qube_view")
+        self.records = RecordView()
+        self.builder.get_object("record_slot").pack_start(self.records, True, True, 0)
+        self.records.show_all()
+        self.detail: Gtk.TextView = self.builder.get_object("detail_view")
+        self.status: Gtk.Label = self.builder.get_object("status_label")
+        self.facts: dict[str, QubeFacts] = {}
+        self.qube: str | None = None
+        self.rows: QubeRows | None = None
+        self.range: tuple[bytes | None, bytes | None] = (None, None)
+        self.cancel = threading.Event()
+        self.searching = False
+        self.last_search: int | None = None
+        self._follow_source = 0
+
+    # -- setup ---------------------------------------------------------
+    def setup(self) -> None:
+        """Columns, signals, shortcuts; then read the qube list."""
+        for index, title in enumerate(QUBE_COLUMNS):
+            cell = Gtk.CellRendererText()
+            column = Gtk.TreeViewColumn(title, cell, text=index)  # text=, never markup=
+            column.set_resizable(True)
+            self.qube_view.append_column(column)
+        self.filter.set_visible_column(10)
+        get = self.builder.get_object
+        self.qube_view.get_selection().connect("changed", self._qube_chosen)
+        get("qube_filter_entry").connect("search-changed", self._filter_changed)
+        get("search_entry").connect("activate", lambda *_: self.search(forward=True))
+        get("next_button").connect("clicked", lambda *_: self.search(forward=True))
+        get("prev_button").connect("clicked", lambda *_: self.search(forward=False))
+        get("cancel_button").connect("clicked", lambda *_: self.cancel.set())
+        get("range_apply").connect("clicked", lambda *_: self.apply_range())
+        get("range_clear").connect("clicked", lambda *_: self.clear_range())
+        get("follow_toggle").connect("toggled", self._follow_toggled)
+        get("copy_button").connect("clicked", lambda *_: self.copy_selection())
+        self.records.on_select = self._show_detail
+        self._shortcuts()
+        self.refresh()
+
+    def _shortcuts(self) -> None:
+        group = Gtk.AccelGroup()
+        get = self.builder.get_object
+        keys = {
+            "<Control>f": lambda: get("search_entry").grab_focus(),
+            "<Control>l": lambda: get("range_button").set_active(True),
+            "F5": self.refresh,
+            "<Control>o": lambda: get("open_button").clicked(),
+        }
+        for accel, action in keys.items():
+            key, mods = Gtk.accelerator_parse(accel)
+            group.connect(key, mods, Gtk.AccelFlags.VISIBLE, lambda *_a, act=action: act() or True)
+        self.window.add_accel_group(group)
+
+    # -- qube list -----------------------------------------------------
+    def refresh(self) -> None:
+        """Read the qube list again (F5); keeps the chosen qube."""
+        chosen = self.qube
+        self.facts = {f.name: f for f in all_facts(self.layout, retention_config(self.configs))}
+        self.store.clear()
+        sessions = None
+        for facts in self.facts.values():
+            parent = None
+            if facts.is_session:
+                if sessions is None:
+                    sessions = self.store.append(None, [SESSIONS] + [""] * 9 + [True])
+                parent = sessions
+            self.store.append(parent, _qube_row(facts))
+        self.qube_view.expand_all()
+        self.status.set_text(f"{len(self.facts)} qubes in {self.layout.root}")
+        threading.Thread(target=self._count_drops, args=(list(self.facts),), daemon=True).start()
+        if chosen in self.facts:
+            self.choose_qube(chosen)
+
+    def _count_drops(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                count = drops_of(self.layout, name)
+            except LogvmError:
+                continue
+            GLib.idle_add(self._set_drops, name, count)
+
+    def _set_drops(self, name: str, count: int) -> bool:
+        if name in self.facts:
+            self.facts[name].drops = count
+            self._each_row(lambda it: self.store.set_value(it, 7, str(count)), name)
+        return False
+
+    def _each_row(self, action: "object", name: str) -> None:
+        def visit(model: Gtk.TreeModel, _path: object, it: Gtk.TreeIter) -> bool:
+            if model.get_value(it, 0) == name:
+                action(it)  # type: ignore[operator]
+            return False
+
+        self.store.foreach(visit)
+
+    def _filter_changed(self, entry: Gtk.SearchEntry) -> None:
+        text = entry.get_text().lower()
+
+        def visit(model: Gtk.TreeModel, _path: object, it: Gtk.TreeIter) -> bool:
+            name = model.get_value(it, 0)
+            shown = (
+                name == SESSIONS or text in name.lower() or text in model.get_value(it, 1).lower()
+            )
+            model.set_value(it, 10, shown)
+            return False
+
+        self.store.foreach(visit)
+        self.qube_view.expand_all()
+
+    def choose_qube(self, name: str) -> None:
+        """Select a qube in the list (as a click does)."""
+        found: list[Gtk.TreePath] = []
+
+        def visit(model: Gtk.TreeModel, path: Gtk.TreePath, it: Gtk.TreeIter) -> bool:
+            if model.get_value(it, 0) == name:
+                found.append(path.copy())
+                return True
+            return False
+
+        self.filter.foreach(visit)
+        if found:
+            self.qube_view.get_selection().select_path(found[0])
+
+    def _qube_chosen(self, selection: Gtk.TreeSelection) -> None:
+        model, it = selection.get_selected()
+        name = model.get_value(it, 0) if it is not None else None
+        if name is None or name not in self.facts:
+            return
+        self.qube = name
+        self.rows = QubeRows(self.layout, name)
+        self.show_range()
+
+    # -- records -------------------------------------------------------
+    def show_range(self) -> None:
+        """Show the chosen qube's rows within the time range."""
+        rows = self.rows
+        if rows is None:
+            return
+        since, until = self.range
+        first = rows.row_at_time(since) if since else 0
+        end = rows.row_at_time(until + b"~") if until else None
+        self.records.show_rows(rows, first, end)
+        if self.builder.get_object("follow_toggle").get_active():
+            self.records.scroll_to_end()
+        self.status.set_text(f"{self.qube}: {self.records.shown} of {rows.count} records shown")
+
+    def apply_range(self) -> None:
+        """Read the time range entries (journalctl's time syntax, as ``logvm show``)."""
+        get = self.builder.get_object
+        try:
+            since = _stamp(get("since_entry").get_text())
+            until = _stamp(get("until_entry").get_text())
+        except (LogvmError, ValueError) as err:
+            self.status.set_text(f"Time range: {err}")
+            return
+        self.range = (since, until)
+        label = (
+            f"{local_time(since, precise=False) if since else 'start'} .. "
+            f"{local_time(until, precise=False) if until else 'now'}"
+        )
+        get("range_button").set_label(label if since or until else "All time")
+        get("range_popover").popdown()
+        self.show_range()
+
+    def clear_range(self) -> None:
+        """All time again."""
+        get = self.builder.get_object
+        get("since_entry").set_text("")
+        get("until_entry").set_text("")
+        self.apply_range()
+
+    def _show_detail(self, entry: Entry | None) -> None:
+        self.detail.get_buffer().set_text(details(entry) if entry else "")  # plain text
+
+    def selected_entries(self) -> list[Entry]:
+        """The selected rows (at most 100,000)."""
+        chosen = self.records.selection()
+        if chosen is None or self.rows is None:
+            return []
+        return self.rows.rows(chosen[0], min(chosen[1], chosen[0] + 100_000))
+
+    def copy_selection(self) -> None:
+        """The selected rows as plain text on the clipboard."""
+        text = "\n".join(as_text(e) for e in self.selected_entries())
+        if text:
+            Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD).set_text(text, -1)
+            self.status.set_text(f"Copied {text.count(chr(10)) + 1} records")
+
+    # -- search --------------------------------------------------------
+    def search(self, *, forward: bool) -> None:
+        """Find the next (previous) match from the selection, in a thread."""
+        rows, get = self.rows, self.builder.get_object
+        text = get("search_entry").get_text()
+        if rows is None or not text or self.searching:
+            return
+        pattern = Pattern(text, get("regex_check").get_active(), get("case_check").get_active())
+        try:
+            pattern.compiled()
+        except re.error as err:
+            self.status.set_text(f"Search: not a valid regular expression: {err}")
+            return
+        chosen = self.records.selection()
+        start = (
+            chosen[0]
+            if chosen
+            else (self.records.first_row - 1 if forward else self.records.end_row)
+        )
+        bounds = (self.records.first_row, self.records.end_row)
+        self.cancel = threading.Event()
+        self.searching = True
+        get("search_progress").set_fraction(0.0)
+        get("search_progress").show()
+        get("cancel_button").show()
+        cancel = self.cancel
+
+        def work() -> None:
+            found = find(
+                rows,
+                pattern,
+                start,
+                bounds,
+                forward=forward,
+                cancel=cancel,
+                progress=lambda f: GLib.idle_add(self._progress, f),
+            )
+            GLib.idle_add(self._found, found, cancel.is_set())
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def _progress(self, fraction: float) -> bool:
+        self.builder.get_object("search_progress").set_fraction(fraction)
+        return False
+
+    def _found(self, row: int | None, cancelled: bool) -> bool:
+        get = self.builder.get_object
+        self.searching = False
+        get("search_progress").hide()
+        get("cancel_button").hide()
+        self.last_search = row
+        if cancelled:
+            self.status.set_text("Search cancelled")
+        elif row is None:
+            self.status.set_text("No more matches")
+        else:
+            self.records.matches = {row}
+            self.records.select(row)
+            self.status.set_text(f"Match at record {row + 1}")
+        return False
+
+    # -- follow --------------------------------------------------------
+    def _follow_toggled(self, toggle: Gtk.ToggleButton) -> None:
+        if toggle.get_active() and not self._follow_source:
+            self._follow_source = GLib.timeout_add(FOLLOW_MS, self._follow_tick)
+            self.records.scroll_to_end()
+        elif not toggle.get_active() and self._follow_source:
+            GLib.source_remove(self._follow_source)
+            self._follow_source = 0
+
+    def _follow_tick(self) -> bool:
+        rows = self.rows
+        if rows is not None and self.range[1] is None:
+            try:
+                changed = rows.refresh()
+            except LogvmError as err:
+                self.status.set_text(f"Follow: {err}")
+                return True
+            if changed:
+                self.records.grow(rows.count)
+                self.status.set_text(f"{self.qube}: {rows.count} records (following)")
+        return True
+
+
+def _qube_row(facts: QubeFacts) -> list[object]:
+    quota = f"{100 * facts.quota_use:.0f}% of {human_size(facts.quota)}" if facts.quota else "-"
+    return [
+        facts.name,
+        facts.qube_class,
+        human_size(facts.size),
+        quota,
+        str(facts.records),
+        local_time(facts.first.encode(), precise=False) if facts.first != "-" else "-",
+        local_time(facts.last.encode(), precise=False) if facts.last != "-" else "-",
+        "…" if facts.drops is None else str(facts.drops),
+        str(facts.deletions),
+        facts.verified,
+        True,
+    ]
+
+
+def _stamp(text: str) -> bytes | None:
+    text = text.strip()
+    return format_timestamp(parse_timespec(text, now=time.time())) if text else None
