@@ -13,8 +13,8 @@ from pathlib import Path
 from ..config.collector import load_collector_config
 from ..config.retention import RetentionConfig
 from ..core.errors import LogvmError
-from ..store.layout import StoreLayout
 from ..store.eviction import qube_report
+from ..store.layout import StoreLayout
 from ..store.summary import count_drops, qube_summary, segment_info
 
 #: Classes the retention config gives DispVM sessions (``disp1234``); by name otherwise.
