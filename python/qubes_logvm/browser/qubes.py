@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.collector import load_collector_config
-from ..config.retention import RetentionConfig
+from ..config.storage_policy import RetentionConfig
 from ..core.errors import LogvmError
 from ..store.eviction import qube_report
 from ..store.layout import StoreLayout
