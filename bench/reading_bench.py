@@ -4,9 +4,9 @@ Input: the bench input's lines (loghub samples) as exporter records of four
 qubes, interleaved in receive time, written through the real writer into
 64 MiB segments (every segment but each qube's newest compressed, as
 rotation leaves them): 1 GiB of plain text (32 MiB in ``--quick``).
-Receive times are synthetic (one record per millisecond, ending now): the
-writer's clock is replaced for the build, so its segment notes carry the
-same times (until the collector's clock is injectable).
+Receive times are synthetic (one record per millisecond, ending now); the
+writer gets the same clock (``Store(clock=...)``), so its segment notes
+carry the same times.
 
 Measured, as processes (the installed ``logvm``, best of 3, so Python's start
 is included; the in-process figure is given too):
@@ -34,7 +34,6 @@ from typing import Any
 
 from qubes_logvm.core.records import format_timestamp
 from qubes_logvm.exporter.record import format_record
-from qubes_logvm.store import writer as writer_module
 from qubes_logvm.store.compress import compress_segment
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
@@ -73,9 +72,8 @@ def _records(lines: list[bytes], count: int) -> Iterator[tuple[int, bytes]]:
 def _build(root: Path, lines: list[bytes], total: int, segment: int) -> tuple[int, float]:
     """The store; returns (records, receive time of the first record)."""
     setup_keys(StoreLayout(root), epoch_seconds=3600)
-    store = Store(root)
     clock = _Clock()
-    saved, writer_module.time = writer_module.time, clock  # type: ignore[assignment]
+    store = Store(root, clock=clock.time)
     per_line = len(lines[0]) + 100
     count = total // per_line
     start = time.time() - count * 0.001
@@ -102,9 +100,8 @@ def _build(root: Path, lines: list[bytes], total: int, segment: int) -> tuple[in
         for qube in QUBES:
             _flush(store, chains[qube], pending[qube], sizes, qube, segment)
             chains[qube].seal(store.keys)
-        store.keys.close()
     finally:
-        writer_module.time = saved  # type: ignore[assignment]
+        store.keys.close()
     return count, start
 
 

@@ -140,3 +140,13 @@ def test_until_keeps_records_after_a_late_segment_start_note(tmp_path: Path) -> 
     )
     got = [e.what.message for e in timeline.entries(layout, "work", Query(until=early))]
     assert got == [b"first record"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", ["error", "line [0-2]", "owned", "x{10}", "seq=2", "^<11>", "0$"])
+def test_grep_prefilter_changes_nothing(collected: Collected, text: str) -> None:
+    pattern = re.compile(text, re.I)
+    every = list(timeline.merged(collected.layout, QUBES))
+    want = [e for e in every if pattern.search(e.what.message.decode("utf-8", "replace"))]
+    assert want
+    assert list(timeline.merged(collected.layout, QUBES, Query(pattern=pattern))) == want
