@@ -1,12 +1,18 @@
 """logvm-browser driven through its widgets on a store the real collector wrote."""
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from support.collected import Collected, build_collected
 from support.gtkui import pump, screenshot
+
+FAKE_OPEN = Path(__file__).resolve().parents[1] / "support" / "fake-qvm-open-in-dvm"
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +78,93 @@ def test_filter_box(browser: object) -> None:
     entry.set_text("pers")
     pump(lambda: "work" not in qube_names(browser))
     assert [n for n in qube_names(browser) if n != "DispVM sessions"] == ["personal"]
+
+
+def test_time_range_picker(browser: object, collected: Collected) -> None:
+    from qubes_logvm.core.records import parse_timestamp
+
+    win = browser
+    win.choose_qube("work")  # type: ignore[attr-defined]
+    pump()
+    rows = win.rows  # type: ignore[attr-defined]
+    everything = win.records.shown  # type: ignore[attr-defined]
+    middle = rows.stamp_at(everything // 2)
+    since = datetime.fromtimestamp(parse_timestamp(middle)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    get = win.builder.get_object  # type: ignore[attr-defined]
+    get("range_button").clicked()  # Ctrl+L does the same
+    get("since_entry").set_text(since)
+    get("range_apply").clicked()
+    pump()
+    shown = rows.rows(win.records.first_row, win.records.end_row)  # type: ignore[attr-defined]
+    assert 0 < len(shown) < everything
+    assert all(e.when >= middle for e in shown if e.when)
+    assert rows.stamp_at(win.records.first_row - 1) < middle  # type: ignore[attr-defined]
+    get("range_clear").clicked()
+    pump()
+    assert win.records.shown == everything  # type: ignore[attr-defined]
+
+
+def test_search_next_previous_and_regex(browser: object, tmp_path: Path) -> None:
+    win = browser
+    get = win.builder.get_object  # type: ignore[attr-defined]
+    win.choose_qube("work")  # type: ignore[attr-defined]
+    pump()
+    entry = get("search_entry")
+    entry.set_text("WORK ERROR")  # plain, any case
+    get("next_button").clicked()
+    assert pump(lambda: "Match at" in win.status.get_text())  # type: ignore[attr-defined]
+    first = win.records.selection()[0]  # type: ignore[attr-defined]
+    assert "work error 0" in win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
+    get("next_button").clicked()
+    assert pump(lambda: win.records.selection()[0] > first)  # type: ignore[attr-defined]
+    assert "work error 1" in win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
+    screenshot(win.window, tmp_path / "browser-search.png")  # type: ignore[attr-defined]
+    get("prev_button").clicked()
+    assert pump(lambda: win.records.selection()[0] == first)  # type: ignore[attr-defined]
+    get("case_check").set_active(True)
+    get("next_button").clicked()
+    assert pump(lambda: "No more matches" in win.status.get_text())  # type: ignore[attr-defined]
+    get("case_check").set_active(False)
+    get("regex_check").set_active(True)
+    entry.set_text(r"\x1b\[2J")  # on the unescaped text the qube sent, as logvm show -g
+    get("next_button").clicked()
+    assert pump(lambda: "Match at" in win.status.get_text())  # type: ignore[attr-defined]
+    assert "\\x1b[2J" in win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
+
+
+def test_open_in_dispvm_hands_a_safe_copy(
+    display: str, collected: Collected, tmp_path: Path
+) -> None:
+    from qubes_logvm.browser.window import BrowserWindow
+    from qubes_logvm.store.layout import StoreLayout
+
+    record = tmp_path / "calls"
+    os.environ["FAKE_OPEN_RECORD"] = str(record)
+    win = BrowserWindow(None, StoreLayout(collected.root), (), (str(FAKE_OPEN), "--view-only"))
+    win.setup()
+    win.window.present()
+    try:
+        win.choose_qube("work")
+        pump()
+        click_row(win, 1)
+        win.open_items["qube"].activate()  # the Open in DispVM menu
+        assert pump(lambda: "Viewer closed" in win.status.get_text()), win.status.get_text()
+        [call] = [json.loads(p.read_text()) for p in record.glob("call-*.json")]
+        assert call["argv"][0] == "--view-only" and call["name"] == "work-qube.log"
+        assert call["mode"] == 0o600 and call["dir_mode"] == 0o700
+        content = call["content"].encode("latin-1")
+        assert b"\x1b" not in content and b"\\x1b[2J" in content
+        assert content.count(b"\n") == win.rows.count  # type: ignore[union-attr]
+        assert not Path(call["argv"][1]).exists()  # removed when the viewer returned
+        win.open_items["selection"].activate()
+        assert pump(lambda: len(list(record.glob("call-*.json"))) == 2)
+    finally:
+        win.window.destroy()
+        del os.environ["FAKE_OPEN_RECORD"]
+
+
+def test_open_stand_in_refuses_what_the_real_tool_refuses(tmp_path: Path) -> None:
+    env = {**os.environ, "FAKE_OPEN_RECORD": str(tmp_path)}
+    run = [str(FAKE_OPEN)]
+    assert subprocess.run([*run, "--dispvm=x", "f"], env=env, check=False).returncode == 2
+    assert subprocess.run([*run, "--view-only"], env=env, check=False).returncode == 1

@@ -25,6 +25,8 @@ from ..core.records import format_timestamp  # noqa: E402
 from ..core.timespec import parse_timespec  # noqa: E402
 from ..store.layout import StoreLayout  # noqa: E402
 from ..store.timeline import Entry  # noqa: E402
+from ..store.viewcopy import OPEN_COMMAND, open_in_dispvm  # noqa: E402
+from .actions import SCOPES, StorageChart, export, qvm_copy, stored_lines  # noqa: E402
 from .model import QubeRows  # noqa: E402
 from .qubes import QubeFacts, all_facts, drops_of, retention_config  # noqa: E402
 from .recordview import RecordView  # noqa: E402
@@ -69,8 +71,13 @@ class BrowserWindow:
     """The window and its behaviour; ``setup`` reads the store."""
 
     def __init__(
-        self, app: Gtk.Application | None, layout: StoreLayout, configs: tuple[Path, ...]
+        self,
+        app: Gtk.Application | None,
+        layout: StoreLayout,
+        configs: tuple[Path, ...],
+        open_command: tuple[str, ...] = OPEN_COMMAND,
     ) -> None:
+        self.open_command = open_command
         self.layout = layout
         self.configs = configs
         self.builder = load_builder()
@@ -114,6 +121,10 @@ class BrowserWindow:
         get("range_clear").connect("clicked", lambda *_: self.clear_range())
         get("follow_toggle").connect("toggled", self._follow_toggled)
         get("copy_button").connect("clicked", lambda *_: self.copy_selection())
+        get("open_button").connect("clicked", self._open_menu)
+        get("export_button").connect("clicked", lambda *_: self.export_dialog())
+        get("storage_button").connect("clicked", lambda *_: self.storage_dialog())
+        self.open_items = self._build_open_menu()
         self.records.on_select = self._show_detail
         self._shortcuts()
         self.refresh()
@@ -125,7 +136,9 @@ class BrowserWindow:
             "<Control>f": lambda: get("search_entry").grab_focus(),
             "<Control>l": lambda: get("range_button").set_active(True),
             "F5": self.refresh,
-            "<Control>o": lambda: get("open_button").clicked(),
+            "<Control>o": lambda: self.open_in_dispvm(
+                "selection" if self.records.selection() else "range"
+            ),
         }
         for accel, action in keys.items():
             key, mods = Gtk.accelerator_parse(accel)
@@ -266,6 +279,111 @@ class BrowserWindow:
         if text:
             Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD).set_text(text, -1)
             self.status.set_text(f"Copied {text.count(chr(10)) + 1} records")
+
+    # -- actions -------------------------------------------------------
+    def _build_open_menu(self) -> dict[str, Gtk.MenuItem]:
+        self.open_menu = Gtk.Menu()
+        titles = {
+            "selection": "Selected records",
+            "range": "Records shown (time range)",
+            "segment": "The selected record's segment",
+            "qube": "The whole qube",
+        }
+        items = {}
+        for scope in SCOPES:
+            item = Gtk.MenuItem(label=titles[scope])
+            item.connect("activate", lambda _i, sc=scope: self.open_in_dispvm(sc))
+            self.open_menu.append(item)
+            items[scope] = item
+        self.open_menu.show_all()
+        return items
+
+    def _open_menu(self, button: Gtk.Button) -> None:
+        self.open_menu.popup_at_widget(
+            button, Gdk.Gravity.SOUTH_EAST, Gdk.Gravity.NORTH_EAST, None
+        )
+
+    def scope_rows(self, scope: str) -> tuple[int, int] | None:
+        """The rows ``[first, end)`` an action on ``scope`` covers."""
+        rows, view = self.rows, self.records
+        chosen = view.selection()
+        if rows is None:
+            return None
+        if scope == "selection":
+            return chosen
+        if scope == "range":
+            return view.first_row, view.end_row
+        if scope == "segment":
+            if chosen is None:
+                return None
+            seg, _ = rows.locate(chosen[0])
+            start = rows.segment_start(seg.files.seq)
+            return start, start + seg.count
+        return 0, rows.count
+
+    def open_in_dispvm(self, scope: str) -> None:
+        """Open rows read-only in a DispVM, as ``logvm open`` does (in a thread)."""
+        rows, span = self.rows, self.scope_rows(scope)
+        if rows is None or span is None or self.qube is None:
+            self.status.set_text("Open in DispVM: select a qube (and records) first")
+            return
+        name = f"{self.qube}-{scope}"
+        lines = list(stored_lines(rows, *span)) if scope == "selection" else None
+        self.status.set_text(f"Opening {span[1] - span[0]} records in a disposable qube…")
+
+        def work() -> None:
+            try:
+                open_in_dispvm(self.open_command, name, lines or stored_lines(rows, *span))
+                message = f"Viewer closed ({span[1] - span[0]} records)"
+            except LogvmError as err:
+                message = f"Open in DispVM: {err}"
+            GLib.idle_add(self.status.set_text, message)
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def export_dialog(self) -> None:
+        """Save the selection (or the records shown) to a file; optionally qvm-copy it."""
+        span = self.scope_rows("selection") or self.scope_rows("range")
+        if self.rows is None or span is None:
+            return
+        dialog = Gtk.FileChooserDialog(
+            title="Export records", transient_for=self.window, action=Gtk.FileChooserAction.SAVE
+        )
+        dialog.add_buttons("Cancel", Gtk.ResponseType.CANCEL, "Export", Gtk.ResponseType.OK)
+        dialog.set_do_overwrite_confirmation(True)
+        dialog.set_current_name(f"{self.qube}.log")
+        send = Gtk.CheckButton(label="Then send it to another qube (qvm-copy)")
+        dialog.set_extra_widget(send)
+        if dialog.run() == Gtk.ResponseType.OK:
+            self.export_to(Path(dialog.get_filename()), span, send=send.get_active())
+        dialog.destroy()
+
+    def export_to(self, path: Path, span: tuple[int, int], *, send: bool) -> None:
+        """Write the rows to ``path`` (a new file), then qvm-copy it if asked."""
+        if self.rows is None:
+            return
+        try:
+            path.unlink(missing_ok=True)  # the dialog confirmed an overwrite
+            export(self.rows, *span, path)
+        except (OSError, LogvmError) as err:
+            self.status.set_text(f"Export: {err}")
+            return
+        message = f"Exported {span[1] - span[0]} records to {path}"
+        if send:
+            code = qvm_copy(path)
+            message += "; qvm-copy " + ("done" if code == 0 else f"failed (exit {code})")
+        self.status.set_text(message)
+
+    def storage_dialog(self) -> Gtk.Dialog:
+        """Usage per qube against its quota, as a bar chart."""
+        dialog = Gtk.Dialog(title="Storage", transient_for=self.window, modal=False)
+        dialog.add_button("Close", Gtk.ResponseType.CLOSE)
+        dialog.connect("response", lambda d, _r: d.destroy())
+        scroll = Gtk.ScrolledWindow(min_content_height=300, min_content_width=700)
+        scroll.add(StorageChart(list(self.facts.values())))
+        dialog.get_content_area().pack_start(scroll, True, True, 0)
+        dialog.show_all()
+        return dialog
 
     # -- search --------------------------------------------------------
     def search(self, *, forward: bool) -> None:

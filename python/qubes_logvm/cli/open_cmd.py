@@ -1,28 +1,20 @@
 """``logvm open``: view a segment in a disposable qube (floor 3).
 
 Trust side: the stored segment may hold hostile text; it is never handed
-over itself. A decompressed, terminal-safe copy goes into a private temp
-file (mode 0600 in a 0700 directory) that ``qvm-open-in-dvm --view-only``
-opens in a DispVM; the copy is removed when the viewer returns.
+over itself: :func:`qubes_logvm.store.viewcopy.open_in_dispvm` opens a
+decompressed, terminal-safe temporary copy with ``qvm-open-in-dvm
+--view-only``.
 """
 
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
-from ..core.errors import LogvmError, StoreError
-from ..core.escape import terminal_safe
+from ..core.errors import StoreError
 from ..store.layout import SegmentFiles
 from ..store.reader import iter_segment
+from ..store.viewcopy import OPEN_COMMAND, OpenFailed, open_in_dispvm
 from .common import Env, UsageError
 
-OPEN_COMMAND = ("qvm-open-in-dvm", "--view-only")
-
-
-class OpenFailed(LogvmError):
-    """The viewer could not be started or refused the file."""
+__all__ = ["OPEN_COMMAND", "OpenFailed", "run_open"]
 
 
 def _chosen(env: Env, qube: str, segment: str | None) -> list[SegmentFiles]:
@@ -39,34 +31,15 @@ def _chosen(env: Env, qube: str, segment: str | None) -> list[SegmentFiles]:
     return wanted
 
 
-def _write_copy(path: Path, segments: list[SegmentFiles]) -> None:
-    with path.open("xb") as stream:
-        for files in segments:
-            for line in iter_segment(files):
-                stream.write(terminal_safe(line.data) + b"\n")
+def _lines(segments: list[SegmentFiles]) -> Iterator[bytes]:
+    for files in segments:
+        for line in iter_segment(files):
+            yield line.data
 
 
 def run_open(env: Env, qube: str, segment: str | None, command: Sequence[str]) -> int:
     """Write the copy, run the viewer on it, remove it."""
     segments = _chosen(env, qube, segment)
     name = qube if segment is None else f"{qube}-{segments[0].seq:08d}"
-    workdir = Path(tempfile.mkdtemp(prefix="logvm-open-"))
-    try:
-        copy = workdir / f"{name}.log"
-        _write_copy(copy, segments)
-        copy.chmod(0o600)
-        try:
-            result = subprocess.run([*command, str(copy)], check=False)
-        except FileNotFoundError as err:
-            raise OpenFailed(
-                f"{command[0]} not found: `logvm open` needs qubes-core-agent's "
-                "qvm-open-in-dvm in this qube"
-            ) from err
-        if result.returncode != 0:
-            raise OpenFailed(
-                f"{command[0]} failed (exit {result.returncode}): the call was refused "
-                "(check the qubes.OpenInVM policy) or the viewer failed"
-            )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    open_in_dispvm(command, name, _lines(segments))
     return 0
