@@ -12,13 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from forward.conftest import FORWARD_BIN, SERVER_NAME, Rsyslog, forward_world
+from forward.conftest import FORWARD_BIN, forward_world
 
 from qubes_logvm.cli import main as logvm_main
 from qubes_logvm.core.records import line_record
 from qubes_logvm.core.syslog5424 import decode_line
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
+from support.central import SERVER_NAME, Rsyslog
 from support.segments import product_env
 from support.storebuilder import Built, Clock, build_store, fill_segment
 

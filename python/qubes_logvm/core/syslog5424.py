@@ -25,6 +25,7 @@ between the LogVM and the verifier may have edited, so it is strict and
 bounded and raises :class:`ForwardFormatError` on anything else.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ MSGIDS = ("rec", "seal", "tomb", "store", "gap")
 #: Longest central line read back (a record is at most 4 x 64 KiB escaped).
 MAX_LINE = 1 << 20
 _PRINTUSASCII = re.compile(r"[\x21-\x7e]+")
+_SD_SPECIAL = re.compile(r'["\\\]]')
 _SD_PARAM = re.compile(r' ([a-z]{1,16})="((?:[^"\\\]]|\\["\\\]])*)"')
 _HEADER = re.compile(
     r"<([0-9]{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) \[" + SD_NAME + r"@([0-9]{1,10})((?:"
@@ -67,6 +69,8 @@ class Message:
 
 
 def _sd_value(value: str) -> str:
+    if _SD_SPECIAL.search(value) is None:
+        return value  # the common case: ids, numbers, times
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
@@ -74,6 +78,7 @@ def _sd_unvalue(value: str) -> str:
     return re.sub(r"\\([\"\\\]])", r"\1", value)
 
 
+@functools.lru_cache(maxsize=4096)
 def _header_token(value: str, limit: int) -> str:
     """A header field: printable US-ASCII, bounded; ``-`` when empty or not."""
     return value[:limit] if value and _PRINTUSASCII.fullmatch(value[:limit]) else "-"
@@ -81,7 +86,7 @@ def _header_token(value: str, limit: int) -> str:
 
 def encode(message: Message, *, facility: int = 1) -> bytes:
     """The message with its RFC 5425 octet count (``LEN SP MSG``)."""
-    params = "".join(f' {k}="{_sd_value(v)}"' for k, v in message.fields.items())
+    params = "".join([f' {k}="{_sd_value(v)}"' for k, v in message.fields.items()])
     header = (
         f"<{facility * 8 + message.severity}>1 {_header_token(message.timestamp, 64)} "
         f"{_header_token(message.hostname, 255)} {_header_token(message.app, 48)} "
