@@ -363,10 +363,12 @@ class Story(Demo):
         if missing:
             raise DemoFailed(f"logvm list does not list {', '.join(missing)}")
         say(
-            "work's records. Each line: the LogVM's receive time, then the record the exporter "
-            "sent: the qube's own time, its host name (untrusted, informative; here this "
-            "machine's, since the three share one journal), priority, unit, identifier[pid], "
-            "message. [logvm] lines are the collector's own notes (a session per connection)."
+            "work's records, as journalctl shows a journal. Each line: the LogVM's receive "
+            "time and the qube's name (the LogVM's word), then what the qube claims: the "
+            "identifier[pid] and message of the record its exporter sent (its own time, host, "
+            "unit and priority are in `-o json` under sender; the priority also colours the "
+            "line on a terminal). [logvm] lines are the collector's own notes (a session per "
+            "connection)."
         )
         say(
             "The escape sequences arrive as harmless text: the exporter wrote the ESC byte as "
