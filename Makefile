@@ -43,8 +43,8 @@ $(VENV)/.venv-stamp: $(VENV)/.deps-stamp requirements-dev.txt python/pyproject.t
 	touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check python tests bench demo
-	$(VENV)/bin/ruff format --check python tests bench demo
+	$(VENV)/bin/ruff check python tests bench demo salt/_modules
+	$(VENV)/bin/ruff format --check python tests bench demo salt/_modules
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -64,7 +64,7 @@
 {{ id }}-exporter-config:
   file.absent:
     - name: {{ logvm_paths.exporter }}
-{%-   if logvm.system.install_packages %}
+
 
 {{ id }}-package:
   pkg.removed:
@@ -72,5 +72,4 @@
     - require:
       - file: {{ id }}-collector-config
       - file: {{ id }}-exporter-config
-{%-   endif %}
 {%- endif %}

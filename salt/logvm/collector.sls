@@ -16,7 +16,7 @@
   file.directory:
     - name: {{ logvm_paths.override_dir }}
     - mode: '0755'
-    - makedirs: {{ logvm.system.root != '' }}
+    - makedirs: true
 
 {{ id }}-limits:
   file.managed:

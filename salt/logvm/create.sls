@@ -1,11 +1,33 @@
 {#- logvm.create (dom0): the LogVM itself, with no network, started at boot,
-    marked by a tag and with the collector's service flag. -#}
+    marked by a tag and with the collector's service flag, and its offline
+    disposable template (its default_dispvm). -#}
 {%- from tpldir ~ '/map.jinja' import logvm, disk_bytes with context %}
 {%- set id = sls | replace('.', '-') %}
 {%- set vm = logvm.vm %}
 
+{#- The offline disposable template for `logvm open`: the LogVM's template,
+    no network, and template_for_dispvms ("Should this VM be allowed to start
+    as Disposable VM", qubes-core-admin qubes/vm/mix/dvmtemplate.py), so that
+    `qvm-open-in-dvm` in the LogVM starts an offline DispVM. It must exist
+    before the LogVM names it as default_dispvm. Its own default_dispvm is
+    none: nothing opened in it goes on to a networked DispVM. #}
+{{ id }}-dispvm-template:
+  qvm.vm:
+    - name: {{ vm.dispvm.name }}
+    - present:
+      - class: AppVM
+      - template: {{ vm.template }}
+      - label: {{ vm.dispvm.label }}
+    - prefs:
+      - label: {{ vm.dispvm.label }}
+      - netvm: none
+      - template-for-dispvms: true
+      - default-dispvm: none
+
 {{ id }}-qube:
   qvm.vm:
+    - require:
+      - qvm: {{ id }}-dispvm-template
     - name: {{ vm.name }}
     - present:
       - class: AppVM
@@ -21,9 +43,7 @@
       - maxmem: {{ vm.maxmem }}
       - vcpus: {{ vm.vcpus }}
       - include-in-backups: true
-{%- if vm.default_dispvm %}
-      - default-dispvm: {{ vm.default_dispvm }}
-{%- endif %}
+      - default-dispvm: {{ vm.dispvm.name }}
     - service:
       - enable:
         - logvm-collector

@@ -1,5 +1,10 @@
 {#- logvm.policy (dom0): the qrexec policy rendered from pillar (LogVM name,
-    witness, which qubes may send). -#}
+    witness, which qubes may send), in its own file 50-logvm.policy. The
+    package's default 70-logvm.policy (a %config file of qubes-logvm-dom0) is
+    left as the package installed it: this file comes first and decides every
+    logvm.Send and logvm.Witness call, so the package's lines are never
+    reached. logvm.clean removes this file, and the package's default applies
+    again. -#}
 {%- from tpldir ~ '/map.jinja' import logvm, logvm_paths with context %}
 {%- set id = sls | replace('.', '-') %}
 
@@ -11,7 +16,6 @@
     - context:
         logvm: {{ logvm | json }}
     - user: root
-{#- dom0's policy files are root:qubes; a scratch root (tests) has no such group. #}
-    - group: {{ 'qubes' if not logvm.system.root else 'root' }}
+    - group: qubes
     - mode: '0664'
-    - makedirs: {{ logvm.system.root != '' }}
+    - makedirs: false

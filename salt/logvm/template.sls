@@ -5,23 +5,23 @@
     service.logvm-exporter, the collector only in the LogVM. -#}
 {%- from tpldir ~ '/map.jinja' import logvm, logvm_paths with context %}
 {%- set id = sls | replace('.', '-') %}
+{#- The one setting the formula adds to the product's defaults: the witness
+    (logvm:witness), which the collector leaves off until a target is set. #}
 {%- set witness = {'target': logvm.witness,
                    'interval_seconds': logvm.collector.witness.interval_seconds} %}
 {%- set collector = salt['slsutil.merge'](logvm.collector, {'witness': witness}) %}
-{%- if logvm.system.install_packages %}
 
 {{ id }}-package:
   pkg.installed:
     - name: qubes-logvm
     - require_in:
       - file: {{ id }}-config-dir
-{%- endif %}
 
 {{ id }}-config-dir:
   file.directory:
     - name: {{ logvm_paths.config_dir }}
     - mode: '0755'
-    - makedirs: {{ logvm.system.root != '' }}
+    - makedirs: true
 
 {{ id }}-exporter:
   file.managed:

@@ -5,43 +5,39 @@
     VM package (which carries the service) through logvm.template. -#}
 {%- from tpldir ~ '/map.jinja' import logvm with context %}
 {%- set id = sls | replace('.', '-') %}
-{%- set root = logvm.system.root.rstrip('/') %}
 {%- if logvm.witness == 'dom0' %}
-{%-   if logvm.system.install_packages %}
 
 {{ id }}-dom0-package:
   pkg.installed:
     - name: qubes-logvm-dom0
     - require_in:
       - file: {{ id }}-dom0-state
-{%-   endif %}
 
 {{ id }}-dom0-state:
   file.directory:
-    - name: {{ root }}/var/lib/qubes-logvm-witness
+    - name: /var/lib/qubes-logvm-witness
     - user: root
-{#- A scratch root (tests) has no qubes group. #}
-    - group: {{ 'qubes' if not root else 'root' }}
+    - group: qubes
     - mode: '0770'
-    - makedirs: {{ root != '' }}
+    - makedirs: false
 {%-   set verify = logvm.verify %}
 {%-   set timer = 'logvm-witness-verify.timer' %}
-{%-   set wants = root ~ '/etc/systemd/user/timers.target.wants/' ~ timer %}
+{%-   set wants = '/etc/systemd/user/timers.target.wants/' ~ timer %}
 {#- Outside verification: the dom0 user's timer (systemctl --global enable
     is this symlink), its schedule, and the disposable template. #}
 
 {{ id }}-verify-conf:
   file.managed:
-    - name: {{ root }}/etc/qubes-logvm/witness-verify.conf
+    - name: /etc/qubes-logvm/witness-verify.conf
     - contents: |
         # Written by the logvm formula from pillar logvm:verify (docs/salt.md).
-        LOGVM_VERIFY_DISPVM={{ verify.dispvm_template or logvm.vm.default_dispvm }}
+        LOGVM_VERIFY_DISPVM={{ verify.dispvm_template or logvm.vm.dispvm.name }}
     - mode: '0644'
     - makedirs: True
 
 {{ id }}-verify-schedule:
   file.managed:
-    - name: {{ root }}/etc/systemd/user/{{ timer }}.d/50-logvm-schedule.conf
+    - name: /etc/systemd/user/{{ timer }}.d/50-logvm-schedule.conf
     - contents: |
         # Written by the logvm formula from pillar logvm:verify:schedule.
         [Timer]

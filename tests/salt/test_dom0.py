@@ -105,7 +105,7 @@ def touched(world: dict[str, Any]) -> str:
 
 
 def policy_path(env: SaltEnv) -> Path:
-    return env.root / "etc/qubes/policy.d/70-logvm.policy"
+    return env.root / "etc/qubes/policy.d/50-logvm.policy"
 
 
 @pytest.mark.timeout(60)
@@ -127,6 +127,18 @@ def test_dom0_apply_matches_golden_and_is_idempotent(salt_env: SaltEnv, case: st
     infos = qube_infos(world)
     got = {call: decide(policy_path(salt_env).parent, infos, call) for call in EXPECTED[case]}
     assert got == EXPECTED[case]
+    assert_offline_dispvm(world)
+
+
+def assert_offline_dispvm(world: dict[str, Any]) -> None:
+    """The LogVM opens logs only in its own offline disposable template."""
+    qubes = world["qubes"]
+    (logvm,) = (q for q in qubes.values() if "service.logvm-collector" in q["features"])
+    dvm = qubes[logvm["prefs"]["default_dispvm"]]
+    assert dvm["prefs"]["template_for_dispvms"] is True
+    assert dvm["prefs"]["netvm"] is None and dvm["prefs"]["default_dispvm"] is None
+    assert dvm["template"] == logvm["template"]
+    assert "service.logvm-exporter" not in dvm["features"]
 
 
 @pytest.mark.timeout(30)
@@ -172,16 +184,15 @@ def test_verify_timer_is_enabled_scheduled_and_given_the_template(salt_env: Salt
     wants = salt_env.root / "etc/systemd/user/timers.target.wants" / timer
     dropin = salt_env.root / f"etc/systemd/user/{timer}.d/50-logvm-schedule.conf"
     conf = salt_env.root / "etc/qubes-logvm/witness-verify.conf"
-    salt_env.pillar({"logvm": {"vm": {"default_dispvm": "default-dvm"}}})
+    salt_env.pillar({"logvm": {}})
     assert salt_env.apply("logvm").returncode == 0
     assert os.readlink(wants) == f"/usr/lib/systemd/user/{timer}"
     assert (REPO / "systemd/user" / timer).exists()
     assert "OnCalendar=\nOnCalendar=daily\n" in dropin.read_text(encoding="utf-8")
-    assert "LOGVM_VERIFY_DISPVM=default-dvm\n" in conf.read_text(encoding="utf-8")
+    assert "LOGVM_VERIFY_DISPVM=sys-log-dvm\n" in conf.read_text(encoding="utf-8")
     salt_env.pillar(
         {
             "logvm": {
-                "vm": {"default_dispvm": "default-dvm"},
                 "verify": {"enabled": False, "schedule": "*-*-* 03:00", "dispvm_template": "vdvm"},
             }
         }

@@ -2,9 +2,18 @@
 
 Each test gets its own minion config dir, cache, pillar root and fake-dom0
 world in ``tmp_path``; nothing under /etc/salt is read or written. The
-formula is served from the repository's ``salt/``; dom0's ``qvm`` state
-module is the fake in ``tests/support/fake_qvm``, and ``qvm-ls`` /
-``qvm-volume`` are its fake commands, first on PATH.
+formula is served from the repository's ``salt/`` (with its ``_modules``);
+dom0's ``qvm`` state module and a template's ``pkg`` are the fakes in
+``tests/support/fake_qvm``, and ``qvm-ls`` / ``qvm-volume`` are its fake
+commands, first on PATH.
+
+``salt-call`` runs in a private mount namespace, chrooted into an overlay of
+the whole filesystem whose upper layer is ``base/root``: the formula writes
+its real paths (``/etc/qubes/policy.d``, ``/etc/qubes-logvm``,
+``/rw/config``...) and the test reads what changed in :attr:`SaltEnv.root`,
+while the host stays untouched. The test's own directory is bound in, so
+the world file, caches and logs are shared. The namespace's ``/etc/group``
+has a group ``qubes``, as dom0 and every qube do.
 """
 
 import json
@@ -12,12 +21,15 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from support.qrexec import QUBES_GID
 
 REPO = Path(__file__).resolve().parents[3]
 FORMULA = REPO / "salt"
@@ -27,6 +39,14 @@ PILLARS = HERE / "pillars"
 GOLDEN = HERE / "golden"
 SALT_CALL = Path(sys.executable).with_name("salt-call")
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
+_NAMESPACE = textwrap.dedent("""\
+    set -e
+    base=$1; shift
+    mount -t overlay overlay -o "lowerdir=/,upperdir=$base/root,workdir=$base/.work" "$base/.mnt"
+    for d in /proc /sys /dev; do mount --rbind "$d" "$base/.mnt$d"; done
+    mount --bind "$base" "$base/.mnt$base"
+    exec chroot "$base/.mnt" "$@"
+""")
 
 
 @dataclass
@@ -62,7 +82,30 @@ class SaltEnv:
 
     @property
     def root(self) -> Path:
+        """The overlay's upper layer: every file the states wrote or changed."""
         return self.base / "root"
+
+    def prepare_namespace(self) -> None:
+        """Upper and work directories, and ``/etc/group`` with group ``qubes``."""
+        # What dom0 (qubes-core-qrexec) and every qube (/rw) already have.
+        for sub in (".mnt", ".work", "root/etc/qubes/policy.d", "root/rw/config"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        group = self.root / "etc/group"
+        if not group.exists():
+            text = Path("/etc/group").read_text(encoding="utf-8")
+            group.write_text(f"{text.rstrip()}\nqubes:x:{QUBES_GID}:\n", encoding="utf-8")
+
+    def written(self) -> list[str]:
+        """Files the states left on the system (the upper layer minus our skeleton)."""
+        skeleton = {"etc/group"}
+        files = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(f for f in files if f not in skeleton)
+
+    def in_namespace(self, argv: list[str]) -> list[str]:
+        """``argv`` run chrooted in the private overlay (see the module's doc)."""
+        self.prepare_namespace()
+        script = ["sh", "-c", _NAMESPACE, "sh", str(self.base), *argv]
+        return ["unshare", "--mount", "--propagation", "private", *script]
 
     @property
     def sls_dir(self) -> Path:
@@ -102,13 +145,7 @@ class SaltEnv:
         (conf / "minion").write_text(yaml.safe_dump(config), encoding="utf-8")
 
     def pillar(self, data: dict[str, Any]) -> None:
-        """Install ``data`` as the whole pillar (``logvm.system.root`` defaults to our root)."""
-        data = json.loads(json.dumps(data))
-        logvm = data.setdefault("logvm", {})
-        if isinstance(logvm, dict):
-            system = logvm.setdefault("system", {})
-            system.setdefault("root", str(self.root))
-            system.setdefault("install_packages", False)
+        """Install ``data`` as the whole pillar."""
         pillar_dir = self.base / "pillar"
         (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - logvm\n", encoding="utf-8")
         (pillar_dir / "logvm.sls").write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -135,6 +172,8 @@ class SaltEnv:
 
     def render_many(self, sls: str, overrides: list[dict[str, Any]]) -> list[Any]:
         """``state.show_sls SLS`` once per pillar override, in one Salt process."""
+        if not (self.base / "extmods/modules/logvm.py").exists():
+            self.sync()
         proc = subprocess.run(
             [sys.executable, str(FAKE_QVM / "render_many.py"), str(self.base / "conf"), sls],
             input=json.dumps(overrides),
@@ -147,8 +186,16 @@ class SaltEnv:
         results: list[Any] = json.loads(proc.stdout)
         return results
 
+    def sync(self) -> None:
+        """``saltutil.sync_all``, as the install steps (and the dom0 package) run it."""
+        cmd = [str(SALT_CALL), "--local", "-c", str(self.base / "conf"), "--log-level=quiet",
+               "--out=quiet", "saltutil.sync_all"]  # fmt: skip
+        subprocess.run(cmd, env=self._environ(), timeout=120, check=True, capture_output=True)
+
     def apply(self, sls: str, *, test: bool = False) -> Run:
-        """``salt-call --local state.apply SLS`` with JSON output."""
+        """``salt-call --local state.apply SLS`` with JSON output (synced first)."""
+        if not (self.base / "extmods/modules/logvm.py").exists():
+            self.sync()
         env = self._environ()
         cmd = [
             str(SALT_CALL), "--local", "-c", str(self.base / "conf"), "--retcode-passthrough",
@@ -157,8 +204,9 @@ class SaltEnv:
         if test:
             cmd.append("test=True")
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=120, check=False
-        )
+            self.in_namespace(cmd), capture_output=True, text=True, env=env, timeout=120,
+            check=False,
+        )  # fmt: skip
         try:
             local = json.loads(proc.stdout)["local"]
         except (json.JSONDecodeError, KeyError):
