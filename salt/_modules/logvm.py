@@ -62,8 +62,9 @@ LEAVES = {
     "collector:rate_limit:qubes": "rates", "collector:classes": "classdefs",
     "collector:segment:max_bytes": "size", "collector:segment:max_age": "duration",
     "collector:quota:default": "size", "collector:quota:classes": "classmap:size",
-    "collector:quota:qubes": "qubemap:size",
+    "collector:quota:qubes": "qubemap:size", "collector:quota:plain_ratio": "ratio",
     "collector:global:max_bytes": "size", "collector:global:keep_free": "size",
+    "collector:global:keep_free_inodes": "count0",
     "collector:retention:max_age:default": "duration_or_null",
     "collector:retention:max_age:classes": "classmap:duration_or_null",
     "collector:retention:max_age:qubes": "qubemap:duration_or_null",
@@ -131,6 +132,7 @@ _MINIMA = {"count": (1, None), "count0": (0, None), "mem": (200, None), "zstd_le
 _CHECKS = {
     "bool": (lambda v: isinstance(v, bool), "expected true or false"),
     "number0": (lambda v: _is_number(v) and v >= 0, "expected a number, not negative (unquoted)"),
+    "ratio": (lambda v: _is_number(v) and v >= 1, "expected a number, at least 1 (unquoted)"),
     "interval": (
         lambda v: _is_number(v) and v >= 0.1,
         "expected a number of seconds, at least 0.1 (unquoted)",
@@ -337,6 +339,8 @@ def problems(merged, sources, qubes=None):
     named += [("templates", n) for n in merged["templates"]]
     if merged["witness"] != "dom0":
         named.append(("witness", merged["witness"]))
+    if merged.get("verify", {}).get("dispvm_template"):
+        named.append(("verify:dispvm_template", merged["verify"]["dispvm_template"]))
     for key, name in named:
         if name not in qubes:
             found.append(f"logvm:{key}: no qube named {name!r}")

@@ -193,7 +193,11 @@ def test_verify_timer_is_enabled_scheduled_and_given_the_template(salt_env: Salt
     salt_env.pillar(
         {
             "logvm": {
-                "verify": {"enabled": False, "schedule": "*-*-* 03:00", "dispvm_template": "vdvm"},
+                "verify": {
+                    "enabled": False,
+                    "schedule": "*-*-* 03:00",
+                    "dispvm_template": "default-dvm",
+                },
             }
         }
     )
@@ -201,7 +205,7 @@ def test_verify_timer_is_enabled_scheduled_and_given_the_template(salt_env: Salt
     assert run.returncode == 0, run.failed
     assert not os.path.lexists(wants)
     assert "OnCalendar=*-*-* 03:00\n" in dropin.read_text(encoding="utf-8")
-    assert "LOGVM_VERIFY_DISPVM=vdvm\n" in conf.read_text(encoding="utf-8")
+    assert "LOGVM_VERIFY_DISPVM=default-dvm\n" in conf.read_text(encoding="utf-8")
     salt_env.pillar({"logvm": {"verify": {"enabeld": True}}})
     bad = salt_env.apply("logvm")
     assert bad.returncode != 0 and "verify:enabeld" in bad.output
