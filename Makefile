@@ -101,7 +101,10 @@ LOGVM_SOCKET := /run/qubes-logvm/logvm.Send.sock
 # The interpreter's own purelib for PREFIX: Debian's deb_system scheme
 # (/usr/lib/python3/dist-packages) where it exists, posix_prefix elsewhere
 # (Fedora: /usr/lib/python3.X/site-packages, i.e. %{python3_sitelib}).
-PYTHON_SITELIB ?= $(shell $(PYTHON) -c 'import sysconfig as s; n = "deb_system" if "deb_system" in s.get_scheme_names() else "posix_prefix"; print(s.get_path("purelib", n, {"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))')
+# PIP_SITELIB is where pip puts it for $(PYTHON); a different PYTHON_SITELIB
+# (an RPM for Fedora built here, see `rpm`) moves it there.
+PIP_SITELIB := $(shell $(PYTHON) -c 'import sysconfig as s; n = "deb_system" if "deb_system" in s.get_scheme_names() else "posix_prefix"; print(s.get_path("purelib", n, {"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))')
+PYTHON_SITELIB ?= $(PIP_SITELIB)
 VERSION := $(shell cat version)
 PKGBUILD := build/pkg
 # Manual pages, installed plain: dh_compress (Debian) and brp-compress (RPM)
@@ -127,6 +130,12 @@ install-python:
 	    --no-warn-script-location --no-compile --ignore-installed --root-user-action=ignore \
 	    --root "$(if $(D),$(abspath $(D)),/)" --prefix $(PREFIX) $(PKGBUILD)/pysrc
 	# direct_url.json records the build path; REQUESTED is pip bookkeeping.
+	if [ "$(PIP_SITELIB)" != "$(PYTHON_SITELIB)" ]; then \
+	    mkdir -p $(D)$(PYTHON_SITELIB) && \
+	    mv $(D)$(PIP_SITELIB)/qubes_logvm $(D)$(PIP_SITELIB)/qubes_logvm-*.dist-info \
+	        $(D)$(PYTHON_SITELIB)/ && \
+	    rmdir $(D)$(PIP_SITELIB) && rmdir $(D)$(dir $(PIP_SITELIB)) 2>/dev/null || true; \
+	fi
 	rm -f $(D)$(PYTHON_SITELIB)/qubes_logvm-*.dist-info/direct_url.json \
 	      $(D)$(PYTHON_SITELIB)/qubes_logvm-*.dist-info/REQUESTED
 	rm -rf $(PKGBUILD)/pysrc
@@ -200,25 +209,35 @@ srpm-tarball:
 	mkdir -p $(PKGBUILD)/rpmbuild/SOURCES
 	out=$(abspath $(PKGBUILD)/rpmbuild/SOURCES/qubes-logvm-$(VERSION).tar.gz); \
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-	    git ls-files -z --cached --others --exclude-standard | \
+	    git ls-files -z --cached | \
 	        tar --null --ignore-failed-read -T - --transform 's,^,qubes-logvm-$(VERSION)/,' -czf "$$out"; \
 	else \
 	    tar --exclude=./build --exclude=./dist --exclude=__pycache__ \
 	        --transform 's,^\.,qubes-logvm-$(VERSION),' -czf "$$out" .; \
 	fi
 
+# The Fedora Python each RPM is for (its %{python3_sitelib} and python(abi)):
+# dom0 of Qubes R4.2 is Fedora 37 (python3.11), of R4.3 Fedora 41
+# (python3.13); the VM RPM follows your Fedora templates (Fedora 41: 3.13).
+# `make rpm QUBES_RELEASE=4.2` builds the dom0 RPM for R4.2.
+QUBES_RELEASE ?= 4.3
+RPM_DOM0_PYTHON ?= $(if $(filter 4.2,$(QUBES_RELEASE)),3.11,3.13)
+RPM_VM_PYTHON ?= 3.13
+
 # Both RPMs with Debian's rpmbuild (--nodeps: the build dependencies are
 # Debian packages here, not in the rpm database); the Fedora macros it lacks come from
 # rpm_spec/macros.qubes-logvm (on Fedora/Qubes the real ones are used).
 rpm: srpm-tarball
 	mkdir -p $(PKGBUILD)/rpmbuild/SPECS
-	for s in qubes-logvm qubes-logvm-dom0; do \
+	for s in qubes-logvm:$(RPM_VM_PYTHON) qubes-logvm-dom0:$(RPM_DOM0_PYTHON); do \
+	    py=$${s#*:}; s=$${s%:*}; \
 	    sed -e 's/@VERSION@/$(VERSION)/g' \
 	        -e "s/@CHANGELOG@/* $$(LC_ALL=C date -u +'%a %b %d %Y') qubes-logvm developers <qubes-logvm@example.org> - $(VERSION)-1\n- Local build (qubes-builder fills the changelog from git)/" \
 	        rpm_spec/$$s.spec.in > $(PKGBUILD)/rpmbuild/SPECS/$$s.spec || exit 1; \
 	    rpmbuild --quiet -bb --nodeps --load rpm_spec/macros.qubes-logvm \
 	        --define '_topdir $(abspath $(PKGBUILD)/rpmbuild)' \
-	        --define 'python3_sitelib $(PYTHON_SITELIB)' \
+	        --define "python3_sitelib /usr/lib/python$$py/site-packages" \
+	        --define "python3_version $$py" \
 	        $(PKGBUILD)/rpmbuild/SPECS/$$s.spec || exit 1; \
 	done
 	mkdir -p dist && cp $(PKGBUILD)/rpmbuild/RPMS/noarch/*.rpm dist/

@@ -168,6 +168,9 @@ MAN_PAGES = {
     "logvm-browser": "man1/logvm-browser.1",
 }
 DEB_SITELIB = "/usr/lib/python3/dist-packages"
+#: Fedora's %{python3_sitelib} of what `make rpm` targets by default (Qubes
+#: R4.3's dom0, Fedora 41 templates: python3.13).
+RPM_SITELIB = "/usr/lib/python3.13/site-packages"
 # The arguments debian/rules gives install-vm (bookworm keeps units in /lib).
 DEBIAN_INSTALL_ARGS = (
     "PREFIX=/usr",

@@ -50,10 +50,35 @@ def _user_exists(name: str) -> bool:
     return proc.returncode == 0
 
 
+AGENT_STANDIN = "0.0-logvm-test-standin"
+
+
+def _agent_standin(base: Path) -> Path:
+    """A stand-in for Qubes' ``qubes-core-agent`` (the .deb depends on it):
+    a package that provides only the name, as no Qubes repository is here."""
+    root = base / "qubes-core-agent"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: qubes-core-agent\n"
+        f"Version: {AGENT_STANDIN}\n"
+        "Architecture: all\n"
+        "Maintainer: qubes-logvm tests <qubes-logvm@example.org>\n"
+        "Description: test stand-in for the Qubes agent (name only)\n"
+    )
+    run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(base / "agent.deb")])
+    return base / "agent.deb"
+
+
 def _undo_install() -> None:
     """Leave the machine as before: purge, then our test data and user."""
     if _dpkg_status("qubes-logvm"):
         subprocess.run(["dpkg", "--purge", "qubes-logvm"], capture_output=True, check=False)
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "qubes-core-agent"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    if version == AGENT_STANDIN:
+        subprocess.run(["dpkg", "--purge", "qubes-core-agent"], capture_output=True, check=False)
     for path in (*STATE_PATHS, Path("/run/qubes-logvm")):
         shutil.rmtree(path, ignore_errors=True)
     if _user_exists("qubes-logvm"):
@@ -61,14 +86,17 @@ def _undo_install() -> None:
 
 
 @pytest.fixture(scope="module")
-def installed(deb: Path) -> Iterator[Path]:
-    """The .deb installed with dpkg -i; undone at the end of the module."""
+def installed(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The .deb installed with dpkg -i (after the agent's stand-in, which
+    dpkg requires: Depends); undone at the end of the module."""
     if os.geteuid() != 0:
         pytest.skip("dpkg -i needs root (CI runs as root)")
     busy = [str(p) for p in STATE_PATHS if p.exists()]
     if _dpkg_status("qubes-logvm") or _user_exists("qubes-logvm") or busy:
         pytest.skip(f"qubes-logvm already installed or has state here ({busy}); not touching it")
     try:
+        if not _dpkg_status("qubes-core-agent"):
+            run(["dpkg", "-i", str(_agent_standin(tmp_path_factory.mktemp("agent")))])
         run(["dpkg", "-i", str(deb)], timeout=120)
         yield deb
     finally:

@@ -13,12 +13,13 @@ import pytest
 import testinfra
 import yaml
 from pkgtest_support import (
-    DEB_SITELIB,
     DEBIAN_INSTALL_ARGS,
     REPO,
+    RPM_SITELIB,
     VERSION,
     as_packaged,
     check_vm_files,
+    copy_tree,
     deb_entries,
     rpm_entries,
     rpm_files,
@@ -72,7 +73,8 @@ def test_deb_holds_what_install_vm_installs(
 def test_vm_rpm_holds_what_install_vm_installs(
     tree: Path, rpms: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    staged = stage(tree, tmp_path_factory.mktemp("rpmvm"), "install-vm")
+    sitelib = f"PYTHON_SITELIB={RPM_SITELIB}"  # what the spec passes
+    staged = stage(tree, tmp_path_factory.mktemp("rpmvm"), "install-vm", sitelib)
     assert rpm_files(rpms["vm"]) == as_packaged(staged_entries(staged))
 
 
@@ -80,7 +82,8 @@ def test_vm_rpm_holds_what_install_vm_installs(
 def test_dom0_rpm_holds_what_install_dom0_installs(
     tree: Path, rpms: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    staged = stage(tree, tmp_path_factory.mktemp("rpmdom0"), "install-dom0")
+    sitelib = f"PYTHON_SITELIB={RPM_SITELIB}"  # what the spec passes
+    staged = stage(tree, tmp_path_factory.mktemp("rpmdom0"), "install-dom0", sitelib)
     assert rpm_files(rpms["dom0"]) == as_packaged(staged_entries(staged))
     # dom0 gets the pure core and the witness only: nothing that needs
     # yaml, systemd or zstandard, no daemon that is not meant to run there.
@@ -117,9 +120,12 @@ def test_rpm_metadata(rpms: dict[str, Path]) -> None:
             path, _, fflags = line.partition(" ")
             if path in configs:
                 assert "n" in fflags, line
-    requires = run(["rpm", "-qp", "--requires", str(rpms["vm"])])
-    for dep in ("python3-pyyaml", "python3-systemd", "python3-zstandard"):
+    requires = run(["rpm", "-qp", "--requires", str(rpms["vm"])]).splitlines()
+    for dep in ("python3-pyyaml", "python3-systemd", "python3-zstandard", "qubes-core-agent"):
         assert dep in requires
+    dom0_requires = run(["rpm", "-qp", "--requires", str(rpms["dom0"])]).splitlines()
+    for dep in ("qubes-mgmt-salt-dom0-qvm", "qubes-core-qrexec-dom0"):
+        assert dep in dom0_requires
     scripts = run(["rpm", "-qp", "--scripts", str(rpms["vm"])])
     assert "systemctl --no-reload preset" in scripts
     # The user first, then the directories it owns, then the units.
@@ -142,7 +148,7 @@ def test_deb_maintainer_scripts(deb: Path, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_vm_rpm_in_scratch_root(rpm_roots: dict[str, Path], local: testinfra.host.Host) -> None:
-    check_vm_files(local, str(rpm_roots["vm"]), "/usr/lib/systemd/system", DEB_SITELIB)
+    check_vm_files(local, str(rpm_roots["vm"]), "/usr/lib/systemd/system", RPM_SITELIB)
     preset = local.file(f"{rpm_roots['vm']}/usr/lib/systemd/system-preset/75-qubes-logvm.preset")
     for unit in ("logvm-collector.socket", "logvm-rotate.service", "logvm-exporter.service"):
         assert f"enable {unit}" in preset.content_string
@@ -163,7 +169,7 @@ def test_dom0_rpm_in_scratch_root(rpm_roots: dict[str, Path], local: testinfra.h
     assert minion == {"file_roots": {"base": ["/srv/formulas/base/logvm-formula"]}}
     # The dom0 subset is enough for the witness: it imports the installed
     # copy alone, with nothing from the source tree or this machine.
-    sitelib = root / DEB_SITELIB.lstrip("/")
+    sitelib = root / RPM_SITELIB.lstrip("/")
     code = (
         f"import sys; sys.path.insert(0, {str(sitelib)!r}); "
         "import qubes_logvm.witness as w; "
@@ -217,3 +223,47 @@ def test_unit_sandboxing_score(unit: str, most: float, rpm_roots: dict[str, Path
     match = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)", out)
     assert match, out
     assert float(match.group(1)) <= most, out
+
+
+def _python_files(rpm: Path) -> set[str]:
+    """The site directories holding the RPM's Python files."""
+    files = run(["rpm", "-qlp", str(rpm)]).splitlines()
+    return {re.sub(r"/qubes_logvm.*", "", f) for f in files if "/qubes_logvm" in f}
+
+
+@pytest.mark.timeout(60)
+def test_rpms_install_python_where_fedora_reads_it(rpms: dict[str, Path]) -> None:
+    for rpm in rpms.values():
+        assert _python_files(rpm) == {RPM_SITELIB}, rpm.name
+        requires = run(["rpm", "-qp", "--requires", str(rpm)]).splitlines()
+        assert "python(abi) = 3.13" in requires, rpm.name
+
+
+@pytest.mark.timeout(600)
+def test_dom0_rpm_for_qubes_r42_targets_fedora_37(tree: Path, tmp_path: Path) -> None:
+    copy = copy_tree(tmp_path)
+    run(["make", "--no-print-directory", "rpm", "QUBES_RELEASE=4.2"], cwd=copy)
+    dom0 = copy / "dist" / f"qubes-logvm-dom0-{VERSION}-1.noarch.rpm"
+    assert _python_files(dom0) == {"/usr/lib/python3.11/site-packages"}
+    requires = run(["rpm", "-qp", "--requires", str(dom0)]).splitlines()
+    assert "python(abi) = 3.11" in requires
+
+
+@pytest.mark.timeout(120)
+def test_source_tarball_holds_tracked_files_only() -> None:
+    stray = REPO / "logvm-test-stray-vk.txt"  # an untracked key lying in the checkout
+    stray.write_text("logvm-vk1:secret\n")
+    try:
+        run(["make", "--no-print-directory", "srpm-tarball"], cwd=REPO)
+    finally:
+        stray.unlink()
+    tarball = REPO / "build/pkg/rpmbuild/SOURCES" / f"qubes-logvm-{VERSION}.tar.gz"
+    names = {n.split("/", 1)[1] for n in run(["tar", "-tzf", str(tarball)]).splitlines()}
+    tracked = {p for p in run(["git", "ls-files"], cwd=REPO).splitlines() if (REPO / p).exists()}
+    assert names == tracked
+
+
+@pytest.mark.timeout(60)
+def test_deb_depends_on_the_qubes_agent(deb: Path) -> None:
+    depends = run(["dpkg-deb", "-f", str(deb), "Depends"])
+    assert "qubes-core-agent" in [d.strip().split(" ")[0] for d in depends.split(",")]
