@@ -69,6 +69,7 @@ LEAVES = {
     "collector:retention:max_age:classes": "classmap:duration_or_null",
     "collector:retention:max_age:qubes": "qubemap:duration_or_null",
     "collector:retention:dispvm_delete_after_close": "duration_or_null",
+    "collector:retention:dispvm_grace": "duration",
     "collector:compress:after": "duration", "collector:compress:level": "zstd_level",
     "collector:witness:interval_seconds": "interval",
 }  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from qubes_logvm.config.collector import parse_collector_config
-from qubes_logvm.config.exporter import parse_exporter_config
+from qubes_logvm.exporter.config import parse_exporter_config
 from support.fake_qvm.saltenv import REPO, SaltEnv
 
 PARSERS = {"collector.yaml": parse_collector_config, "exporter.yaml": parse_exporter_config}
