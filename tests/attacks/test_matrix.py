@@ -9,12 +9,15 @@ docs/threat-model.md lists these cases row by row.
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from attacks.conftest import Made
+from attacks.conftest import WITNESS, Made
 
-from qubes_logvm.core.seal import ZERO, Seal, genesis
+from qubes_logvm.core.seal import ZERO, Seal, evolve, genesis
+from qubes_logvm.core.tomb import Tomb, parse_tomb
+from qubes_logvm.store.keystate import KeyState
 from qubes_logvm.store.sealfile import read_seal_file
 
 pytestmark = pytest.mark.timeout(120)
@@ -211,3 +214,126 @@ def test_genesis_forged_for_a_new_qube_is_only_post_compromise(made: Made) -> No
     (qube / "00000001.log").write_bytes(b"")
     code, out = made.verify(witness=True)
     assert code == 0, out
+
+
+def _witness_copy(made: Made, tmp_path: Path) -> Path:
+    wdir = tmp_path / "witness"
+    shutil.copytree(made.witness_dir, wdir)
+    return wdir
+
+
+def _witness_hears(wdir: Path, line: bytes) -> str:
+    """One message to the witness, as the LogVM sends it over qrexec."""
+    env = dict(os.environ, QREXEC_REMOTE_DOMAIN="sys-log")
+    done = subprocess.run(
+        [str(WITNESS), "--dir", str(wdir), "serve"],
+        input=line.rstrip(b"\n") + b"\n",
+        capture_output=True,
+        env=env,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.decode().strip()
+
+
+def _export(made: Made, wdir: Path) -> None:
+    subprocess.run(
+        [str(WITNESS), "--dir", str(wdir), "export", "sys-log", "-o", str(made.witness_file)],
+        check=True,
+        timeout=30,
+    )
+
+
+def _forge_deletion(made: Made, qube: str, seq: int) -> Tomb:
+    """Delete a qube's oldest segment behind a tomb made with the intruder's key."""
+    epoch, key = current_key(made)
+    final = read_seal_file(made.qube(qube) / f"{seq:08d}.seal").seals[-1]
+    tomb = Tomb(
+        "tomb",
+        qube,
+        seq,
+        seq,
+        epoch,
+        final.epoch,
+        final.lines,
+        final.nbytes,
+        999,
+        "quota",
+        final.head,
+        ZERO,
+    ).signed(key)
+    (made.qube(qube) / "tombstones.seal").write_bytes(tomb.to_line())
+    for name in (f"{seq:08d}.log", f"{seq:08d}.seal"):
+        (made.qube(qube) / name).unlink()
+    return tomb
+
+
+def test_deletion_never_reported_to_the_witness(made: Made, tmp_path: Path) -> None:
+    _forge_deletion(made, "personal", 1)
+    # Verify alone sees a deletion like any other: shown, not an error.
+    expect(made, 0, "info: personal/00000001: segment 1 deleted, reason quota")
+    # The witness has heard nothing since: not reported *yet* (a warning).
+    expect(made, 0, "warning: personal/00000001: witness: the deletion of segment 1", witness=True)
+    # The LogVM goes on (its key moves on) and talks to the witness in a later
+    # epoch: the report would have come first, so now it is an error.
+    epoch, key = current_key(made)
+    keys = KeyState(made.layout)
+    keys.advance()
+    keys.close()
+    later = evolve(key)
+    store_id = made.vk().split(":")[1]
+    seal = Seal("open", "newqube", 1, epoch + 1, 0, 0, genesis(store_id, "newqube"), ZERO)
+    wdir = _witness_copy(made, tmp_path)
+    assert _witness_hears(wdir, seal.signed(later).to_line()) == "ok stored"
+    _export(made, wdir)
+    expect(
+        made,
+        1,
+        "personal/00000001: witness: the deletion of segment 1 (quota, epoch "
+        f"{epoch}) was never reported to the witness",
+        witness=True,
+    )
+
+
+def test_reported_deletion_whose_tombstones_were_removed(made: Made) -> None:
+    path = made.qube("work") / "tombstones.seal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]))  # the newest tomb goes
+    expect(made, 1, "error: work/00000059: segment missing, and no tombstone")
+    expect(made, 1, "witness: the witness heard at", witness=True)
+    expect(
+        made,
+        1,
+        "that segment 59 was deleted (quota), the store's tombstones stop at " "segment 58",
+        witness=True,
+    )
+
+
+def test_deletion_reported_with_another_tombstone_line(made: Made) -> None:
+    # The intruder re-makes the newest tomb (say, with fewer records) with its key.
+    path = made.qube("work") / "tombstones.seal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    old = parse_tomb(lines[-1].rstrip(b"\n"))
+    epoch, key = current_key(made)
+    remade = Tomb(
+        old.kind,
+        old.qube,
+        old.first,
+        old.last,
+        epoch,
+        old.close_epoch,
+        1,
+        10,
+        old.size,
+        "age",
+        old.head,
+        old.prev,
+    ).signed(key)
+    path.write_bytes(b"".join(lines[:-1]) + remade.to_line())
+    expect(made, 0, "segment 59 deleted, reason age, 1 records")
+    expect(
+        made,
+        1,
+        "work/00000059: witness: this tombstone is not the one the witness heard",
+        witness=True,
+    )

@@ -26,6 +26,7 @@ from collector.helpers import (
 
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.tombstones import read_tomb_file
 
 StartCollector = Callable[..., Collector]
 
@@ -192,7 +193,7 @@ def test_quota_keeps_a_flooding_qube_within_quota_plus_a_segment(
     usage = sum(p.stat().st_size for p in (collector.store / "qubes" / "hog").iterdir())
     assert usage <= quota + 64 * 1024 + 4096
     tombs = collector.store / "qubes" / "hog" / "tombstones.seal"
-    assert tombs.exists() and read_seal_file(tombs).seals
+    assert tombs.exists() and read_tomb_file(tombs).tombs
     assert verify_errors(collector.store, collector.vkey) == []
 
 

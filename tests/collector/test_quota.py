@@ -14,7 +14,7 @@ from collector.helpers import Collector, connect, make_store, read_acks, sent_li
 
 from qubes_logvm.core.seal import parse_verification_key
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.usage import usage
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
@@ -131,7 +131,7 @@ def test_flood_stays_within_quota_and_quiet_qubes_lose_nothing(tmp_path: Path) -
         stored = [payload for kind, payload, _ in sent_lines(collector.store, thread.qube)]
         assert stored == thread.sent  # nothing lost, nothing doubled, in order
     assert peak <= quota + SEGMENT, (peak, quota)
-    tombs = read_seal_file(layout.tombstones("flood")).seals
+    tombs = read_tomb_file(layout.tombstones("flood")).tombs
     assert tombs, "the flooder never lost a segment: flood too small to test anything"
     assert _errors(collector.store, collector.vkey) == []
     latencies = sorted(x for t in quiet for x in t.latencies)
@@ -196,10 +196,12 @@ def _check_eviction(root: Path, vkey: str, originals: dict[int, bytes]) -> str:
     assert _errors(root, vkey) == []
     layout = StoreLayout(root)
     alive = {s.seq: s for s in layout.segments("old")}
-    tombs = [t.seq for t in read_seal_file(layout.tombstones("old")).seals]
-    # Oldest first, each once; lines below the oldest kept one were compacted
-    # away after their segments were gone (docs/store-format.md).
-    first = min(tombs, default=1)
+    lines = [t for _, t in read_tomb_file(layout.tombstones("old")).tombs]
+    # Oldest first, each once; a compaction summary first stands for the
+    # segments before (docs/store-format.md).
+    summary = lines[0].last if lines and lines[0].kind == "summary" else 0
+    tombs = [t.last for t in lines if t.kind == "tomb"]
+    first = summary + 1
     assert tombs == list(range(first, first + len(tombs)))
     compacted = set(range(1, first))
     assert not compacted & set(alive)

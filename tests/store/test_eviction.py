@@ -10,9 +10,9 @@ import pytest
 from qubes_logvm.store.compress import compress_segment
 from qubes_logvm.store.eviction import apply_plan, plan_deletions, qube_report
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.tombstones import TOMB_COMPACT_LINES, read_tomb_file
 from qubes_logvm.store.usage import qube_usage, segment_cost, usage
-from qubes_logvm.store.writer import TOMB_COMPACT_LINES, Store
+from qubes_logvm.store.writer import Store
 from support.segments import (
     check_qube,
     config,
@@ -234,7 +234,7 @@ def test_deletion_cut_short_is_planned_and_finished_without_a_second_tomb(tmp_pa
     restarted = Store(root)  # a new collector: the chain is loaded from disk
     assert restarted.chain("work").delete_oldest(restarted.keys, keep_newest=0) == 1
     restarted.close()
-    assert [t.seq for t in read_seal_file(layout.tombstones("work")).seals] == [1]
+    assert [t.last for _, t in read_tomb_file(layout.tombstones("work")).tombs] == [1]
     assert check_qube(root, key0, "work") == [2, 3]
 
 
@@ -285,6 +285,6 @@ def test_stats_count_evictions_after_tombstone_compaction(store: Store) -> None:
     chain = store.chain("work")
     for _ in range(TOMB_COMPACT_LINES + 1):
         assert chain.delete_oldest(store.keys, keep_newest=0) is not None
-    assert len(read_seal_file(store.layout.tombstones("work")).seals) < TOMB_COMPACT_LINES
+    assert len(read_tomb_file(store.layout.tombstones("work")).tombs) < TOMB_COMPACT_LINES
     report = qube_report(store.layout, config(NO_FLOOR), "work")
     assert report["evictions"] == TOMB_COMPACT_LINES + 1

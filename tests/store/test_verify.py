@@ -34,7 +34,7 @@ def test_untouched_store_verifies(store: Built) -> None:
     report = verify_store(store.root, store.key)
     assert [f for f in report.findings if f.severity != "info"] == []
     assert [str(d) for d in report.deletions] == [
-        "segment 1 deleted, reason unknown, 15 records, 1001 bytes, in epoch 25"
+        "segment 1 deleted, reason quota, 15 records, 1001 bytes, in epoch 25"
     ]
     assert report.ok
     assert (report.qubes, report.segments) == (3, 7)

@@ -11,6 +11,7 @@ from qubes_logvm.core.seal import chain_step, genesis, parse_verification_key
 from qubes_logvm.store.keystate import KeyState, setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.writer import Store
 from support.keys import key_for_epoch
 
@@ -127,9 +128,15 @@ def test_delete_oldest_writes_tombstone_first(store_root: tuple[Path, bytes]) ->
     store.close()
     layout = StoreLayout(root)
     assert [s.seq for s in layout.segments("work")] == [3]
-    tombs = read_seal_file(layout.tombstones("work")).seals
-    assert [(t.kind, t.seq) for t in tombs] == [("tomb", 1), ("tomb", 2)]
+    tombs = [t for _, t in read_tomb_file(layout.tombstones("work")).tombs]
+    assert [(t.kind, t.last, t.reason) for t in tombs] == [
+        ("tomb", 1, "quota"),
+        ("tomb", 2, "quota"),
+    ]
     assert tombs[0].head == final_of_first.head
+    assert (tombs[0].records, tombs[0].nbytes) == (final_of_first.lines, final_of_first.nbytes)
+    assert tombs[0].close_epoch == final_of_first.epoch <= tombs[0].epoch
+    assert tombs[0].size > final_of_first.nbytes  # text and seal file
     assert tombs[1].prev == tombs[0].mac
     assert all(t.mac_ok(key_for_epoch(key0, t.epoch)) for t in tombs)
 
@@ -172,8 +179,8 @@ def test_torn_seal_line_is_cut_before_recovery(store_root: tuple[Path, bytes]) -
 
 def test_tombstones_are_compacted_and_still_verify(store_root: tuple[Path, bytes]) -> None:
     from qubes_logvm.core.seal import format_verification_key
+    from qubes_logvm.store.tombstones import TOMB_COMPACT_LINES, read_tomb_file
     from qubes_logvm.store.verify import ERROR, verify_store
-    from qubes_logvm.store.writer import TOMB_COMPACT_LINES
 
     root, key0 = store_root
     store = Store(root)
@@ -187,9 +194,11 @@ def test_tombstones_are_compacted_and_still_verify(store_root: tuple[Path, bytes
     chain.open_segment(store.keys)  # the writer reloads its state from disk fine
     store.close()
     layout = StoreLayout(root)
-    tombs = read_seal_file(layout.tombstones("flood")).seals
+    tombs = [tomb for _, tomb in read_tomb_file(layout.tombstones("flood")).tombs]
     assert 1 <= len(tombs) < TOMB_COMPACT_LINES  # bounded, whatever the evictions
-    assert tombs[-1].seq == rounds - 1
+    assert tombs[0].kind == "summary" and tombs[0].first == 1
+    assert tombs[-1].last == rounds - 1
+    assert {t.reason for t in tombs[1:]} == {"quota"}
     assert chain.tomb_bytes == layout.tombstones("flood").stat().st_size
     vkey = format_verification_key(KeyState(layout).store_id, key0)
     report = verify_store(root, vkey)

@@ -13,6 +13,7 @@ from qubes_logvm.core.seal import EpochKeys, genesis, parse_verification_key
 from qubes_logvm.store.keystate import read_store_info, setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify.chain import ChainCheck
 from qubes_logvm.store.writer import Store
 
@@ -104,9 +105,10 @@ def check_qube(root: Path, key0: bytes, qube: str) -> list[int]:
     ladder = EpochKeys(key0)
     head = genesis(read_store_info(layout).store_id, qube)
     tomb_path = layout.tombstones(qube)
-    tombs = {t.seq: t for t in read_seal_file(tomb_path).seals} if tomb_path.exists() else {}
-    for tomb in tombs.values():
-        assert tomb.mac_ok(ladder.key(tomb.epoch)), f"{qube}: bad tomb MAC {tomb.seq}"
+    tombs = {}  # every deleted seq -> the tomb (or compaction summary) covering it
+    for _, tomb in read_tomb_file(tomb_path).tombs:
+        assert tomb.mac_ok(ladder.key(tomb.epoch)), f"{qube}: bad tomb MAC {tomb.last}"
+        tombs.update(dict.fromkeys(range(tomb.first, tomb.last + 1), tomb))
     segments = {s.seq: s for s in layout.segments(qube)}
     top = max([*segments, *tombs, 0])
     for seq in range(1, top + 1):

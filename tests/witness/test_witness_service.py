@@ -21,7 +21,8 @@ from witness.conftest import (
     register_line,
 )
 
-from qubes_logvm.core.seal import format_verification_key
+from qubes_logvm.core.seal import format_verification_key, key_for_epoch
+from qubes_logvm.core.tomb import Tomb
 
 pytestmark = pytest.mark.timeout(60)
 Open = Callable[..., WitnessCall]
@@ -211,3 +212,39 @@ def test_not_a_qrexec_call(witness_dir: Path) -> None:
     )
     assert done.returncode == 1
     assert b"QREXEC_REMOTE_DOMAIN" in done.stderr
+
+
+def _tomb(seq: int, epoch: int, kind: str = "tomb", key0: bytes = KEY0) -> bytes:
+    tomb = Tomb(
+        kind,
+        "work",
+        1 if kind == "summary" else seq,
+        seq,
+        epoch,
+        epoch,
+        5,
+        50,
+        90,
+        "quota" if kind == "tomb" else "compacted",
+        bytes(32),
+        bytes(32),
+    )
+    return tomb.signed(key_for_epoch(key0, epoch)).to_line().rstrip(b"\n")
+
+
+def test_deletions_are_held_in_order_and_exported(open_call: Open, witness_dir: Path) -> None:
+    call = registered(open_call)
+    assert call.send(_tomb(1, 3)) == "ok stored"
+    assert call.send(_tomb(1, 3)) == "ok seen"
+    assert call.send(_tomb(2, 4)) == "ok stored"
+    assert call.send(_tomb(1, 5)) == "err stale"  # deletions go oldest first, never back
+    assert call.send(_tomb(3, 2)) == "err stale"  # nor back in epochs
+    assert call.send(_tomb(4, 5, key0=bytes(32))) == "err bad-mac"
+    assert call.send(_tomb(9, 6, kind="summary")) == "err kind"  # compaction is local
+    call.close()
+    export = admin(witness_dir, "export", LOGVM).stdout
+    dels = [line for line in export.splitlines() if line.startswith("del ")]
+    assert [line.split(" ")[2:6] for line in dels] == [
+        ["t1", "tomb", "work", "1"],
+        ["t1", "tomb", "work", "2"],
+    ]

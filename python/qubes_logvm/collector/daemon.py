@@ -29,6 +29,7 @@ from ..config.collector import CollectorConfig, load_collector_config
 from ..config.storage_policy import quota_for
 from ..core.errors import LogvmError
 from ..core.seal import Seal
+from ..core.tomb import Tomb
 from ..store.eviction import plan_deletions
 from ..store.keystate import setup_keys
 from ..store.layout import DEFAULT_STORE, StoreLayout
@@ -105,15 +106,15 @@ class Daemon:
     def __init__(self, store_root: Path, config: CollectorConfig, config_paths: list[Path]):
         self.store_root = store_root
         self.config_paths = config_paths
-        self.store = Store(store_root, on_seal=self._on_seal)
+        self.store = Store(store_root, on_seal=self._on_seal, on_tomb=self._on_seal)
         self.shared = StoreAccess(self.store, config)
         self.server = Server(self.shared)
         self.sender: CheckpointSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
 
-    def _on_seal(self, seal: Seal) -> None:
-        # Called from worker threads after the seal is durable.
+    def _on_seal(self, seal: Seal | Tomb) -> None:
+        # Called from worker threads after the seal (or tombstone) is durable.
         if self.sender is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.sender.submit, seal)
 
@@ -254,22 +255,24 @@ class Daemon:
                 usage_out=scanned,
             ),
         )
-        for qube, seq in plan:
-            await self.shared.run_on_chain(qube, functools.partial(self._delete, qube, seq))
+        for planned in plan:
+            qube, seq = planned
+            delete = functools.partial(self._delete, qube, seq, planned.reason)
+            await self.shared.run_on_chain(qube, delete)
         for qube in {q for q, _ in plan}:
             current = self.server.writers.get(qube)
             if current is not None:
                 await self.shared.run_on_chain(qube, current.refresh_sizes)
         self._resync(scanned)
 
-    def _delete(self, qube: str, seq: int) -> None:
+    def _delete(self, qube: str, seq: int, reason: str) -> None:
         """Delete one planned segment if it is still the qube's oldest closed one."""
         chain = self.store.chain(qube)
         segments = self.store.layout.segments(qube)
         if not segments or segments[0].seq != seq or (chain.is_open and chain.seq == seq):
             return
-        if chain.delete_oldest(self.store.keys, keep_newest=0) == seq:
-            log.info("%s: deleted segment %d (retention)", qube, seq)
+        if chain.delete_oldest(self.store.keys, keep_newest=0, reason=reason) == seq:
+            log.info("%s: deleted segment %d (%s)", qube, seq, reason)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

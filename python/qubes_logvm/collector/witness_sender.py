@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..core.errors import ProtocolError, SealError
 from ..core.seal import Seal
+from ..core.tomb import Tomb
 from ..core.warnings import RepeatedWarning
 from ..store.witness_pending import (
     erase_registration,
@@ -123,15 +124,22 @@ class CheckpointSender:
         self._wake: asyncio.Event | None = None
         self._proc: asyncio.subprocess.Process | None = None
 
-    def submit(self, seal: Seal | bytes) -> None:
-        """Offer the newest seal of a qube (never blocks, no I/O)."""
-        line = seal.to_line() if isinstance(seal, Seal) else seal
+    def submit(self, seal: Seal | Tomb | bytes) -> None:
+        """Offer the newest seal, or the newest deletion, of a qube (never blocks, no I/O).
+
+        Deletions take a qube's oldest segment first, so the newest tomb
+        stands for all before it: one queued per qube, like checkpoints.
+        """
+        line = seal if isinstance(seal, bytes) else seal.to_line()
         line = line.rstrip(b"\n")
         parts = line.split(b" ", 3)
-        if len(parts) < 4 or parts[1] == b"tomb":
-            return
+        deletion = parts[0] == b"t1"
+        if len(parts) < 4 or (parts[1] == b"tomb") != deletion:
+            return  # v1 tomb lines and compaction summaries are not sent
         qube = parts[2].decode("ascii", "replace")
-        if qube not in self.queue and len(self.queue) >= self.max_qubes:
+        if deletion:
+            qube += " deletion"  # its own queue slot (a space is never in a qube name)
+        if qube not in self.queue and len(self.queue) >= 2 * self.max_qubes:
             self.stats["dropped"] += 1
             return
         self.queue[qube] = line

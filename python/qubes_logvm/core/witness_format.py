@@ -7,11 +7,15 @@ line from the LogVM and answers each with one line. Messages:
   on first use;
 - a seal line exactly as in docs/store-format.md (``v1 <kind> <qube> <seq>
   <epoch> <lines> <nbytes> <head> <prev> <mac>``, not ``tomb``): a
-  checkpoint, the newest seal of one qube.
+  checkpoint, the newest seal of one qube;
+- a tombstone line (``t1 tomb ...``, :mod:`.tomb`): a deletion, reported as
+  it happens (deletions take a qube's oldest segment first, so the newest
+  tomb of a qube stands for every deletion before it).
 
 Answers: ``ok <word>`` or ``err <word>`` (the words are listed in
 :data:`REPLIES`). The witness stores accepted checkpoints as
-``cp <witness time> <seal line>`` lines; an export file is a header line
+``cp <witness time> <seal line>`` lines and deletions as ``del <witness
+time> <tomb line>`` lines; an export file is a header line
 ``logvm-witness-export-v1 <logvm> <store_id>`` followed by such lines.
 
 Trust side: everything parsed here comes from the LogVM, which may be
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 from .errors import ProtocolError, StoreError
 from .seal import Seal, parse_seal
+from .tomb import Tomb, parse_tomb
 
 #: Longest message line, newline included; a seal line is at most ~330 bytes.
 MAX_LINE_BYTES = 512
@@ -36,7 +41,7 @@ REPLIES = {
     "ok seen": "identical to the newest checkpoint of that qube (heartbeat): nothing stored",
     "err too-long": "the line exceeded the byte limit (the rest up to the newline is skipped)",
     "err malformed": "not a message of the grammar (binary, wrong field, wrong length)",
-    "err kind": "tomb lines are not checkpoints",
+    "err kind": "v1 tomb and summary lines are not messages",
     "err key-mismatch": "a different key is registered: refused and reported",
     "err not-registered": "no key yet: checkpoints cannot be checked",
     "err bad-mac": "the MAC is wrong under the registered key for that epoch",
@@ -52,6 +57,7 @@ REPLIES = {
 
 _REGISTER = re.compile(rb"register ([0-9a-f]{32}) ([0-9a-f]{64})")
 _CP_LINE = re.compile(rb"cp (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v1 .*)")
+_DEL_LINE = re.compile(rb"del (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (t1 .*)")
 _EXPORT_HEADER = re.compile(
     rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
 )
@@ -67,13 +73,21 @@ class Register:
     key0: bytes
 
 
-def parse_message(untrusted_line: bytes) -> Register | Seal:
+def parse_message(untrusted_line: bytes) -> Register | Seal | Tomb:
     """Parse one message (without its newline); raise ProtocolError(reason word)."""
     if len(untrusted_line) >= MAX_LINE_BYTES:
         raise ProtocolError("too-long")
     match = _REGISTER.fullmatch(untrusted_line)
     if match is not None:
         return Register(match.group(1).decode("ascii"), bytes.fromhex(match.group(2).decode()))
+    if untrusted_line.startswith(b"t1 "):
+        try:
+            tomb = parse_tomb(untrusted_line)
+        except StoreError as err:
+            raise ProtocolError("malformed") from err
+        if tomb.kind != "tomb":
+            raise ProtocolError("kind")
+        return tomb
     try:
         seal = parse_seal(untrusted_line)
     except StoreError as err:
@@ -108,6 +122,32 @@ def judge_checkpoint(held: Seal | None, new: Seal) -> str | None:
         (not same_bytes and new.head == held.head, "fork"),
     )
     return next((verdict for broken, verdict in rules if broken), None)
+
+
+def judge_deletion(held: Tomb | None, new: Tomb) -> str | None:
+    """Compare a MAC-checked deletion with the newest one held for its qube.
+
+    None to store it, ``"seen"`` for the same one again, else an ``err`` word:
+    deletions only move forward (oldest segment first).
+    """
+    if held is None or new.last > held.last:
+        return None if held is None or new.epoch >= held.epoch else "stale"
+    return "seen" if new == held else "stale"
+
+
+def format_del_line(stamp: bytes, tomb: Tomb) -> bytes:
+    """A stored deletion: ``del <witness time> <tomb line>\n``."""
+    return b"del " + stamp + b" " + tomb.to_line()
+
+
+def parse_held_line(line: bytes) -> tuple[bytes, Seal | Tomb]:
+    """A stored checkpoint or deletion line (without newline); StoreError if bad."""
+    if line.startswith(b"del "):
+        match = _DEL_LINE.fullmatch(line)
+        if match is None:
+            raise StoreError("malformed deletion line")
+        return match.group(1), parse_tomb(match.group(2))
+    return parse_cp_line(line)
 
 
 def format_cp_line(stamp: bytes, seal: Seal) -> bytes:

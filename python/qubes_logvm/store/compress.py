@@ -36,6 +36,7 @@ from .files import open_regular
 from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
 from .reader import last_stamp, stamp_trailer
 from .sealfile import read_seal_file
+from .tombstones import read_tomb_file
 from .verify.chain import ChainCheck, ChainMismatch
 
 log = logging.getLogger(__name__)
@@ -177,10 +178,8 @@ def _finish_half_done(layout: StoreLayout, files: SegmentFiles, zst: Path) -> No
 
 
 def _tombstoned(layout: StoreLayout, qube: str) -> set[int]:
-    path = layout.tombstones(qube)
-    if not path.exists():
-        return set()
-    return {seal.seq for seal in read_seal_file(path).seals if seal.kind == "tomb"}
+    tombs = read_tomb_file(layout.tombstones(qube)).tombs
+    return {seq for _, tomb in tombs for seq in range(tomb.first, tomb.last + 1)}
 
 
 def tidy(layout: StoreLayout, qube: str) -> None:

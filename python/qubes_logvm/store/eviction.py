@@ -32,7 +32,7 @@ disk are validated by :class:`~.layout.StoreLayout`.
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
@@ -50,6 +50,7 @@ from ..core.errors import StoreError
 from ..core.seal import Seal, parse_seal
 from ..core.warnings import RepeatedWarning
 from .layout import SegmentFiles, StoreLayout
+from .tombstones import read_tomb_file
 from .usage import ZERO_COST, Cost, qube_usage, segment_cost, usage
 from .writer import FINAL_KINDS, Store
 
@@ -63,6 +64,17 @@ _SEAL_TAIL = 1024
 _HEAD_BYTES = 4096
 
 StatVfs = Callable[[str], os.statvfs_result]
+
+
+class Planned(tuple[str, int]):
+    """One planned deletion, ``(qube, seq)``, and the rule that chose it (``reason``)."""
+
+    reason: str
+
+    def __new__(cls, qube: str, seq: int, reason: str) -> "Planned":
+        self = super().__new__(cls, (qube, seq))
+        self.reason = reason
+        return self
 
 
 @dataclass
@@ -82,6 +94,7 @@ class _Qube:
     segments: list[_Segment]  # deletable ones, oldest first (the open one excluded)
     doomed: int = 0  # how many of ``segments`` the plan deletes, from the front
     freed: Cost = ZERO_COST
+    reasons: list[str] = field(default_factory=list)  # why, for each doomed segment
 
     @property
     def remaining(self) -> Cost:
@@ -92,11 +105,12 @@ class _Qube:
         left = self.remaining
         return left.disk > self.quota or left.plain > self.plain_quota
 
-    def take(self, count: int) -> None:
+    def take(self, count: int, reason: str) -> None:
         """Plan the deletion of the ``count`` oldest segments (at least)."""
         while self.doomed < min(count, len(self.segments)):
             self.freed += self.segments[self.doomed].cost
             self.doomed += 1
+            self.reasons.append(reason)
 
 
 def _size(path: os.PathLike[str] | None) -> int:
@@ -225,18 +239,20 @@ def _scan_qube(
         name, quota_for(cfg, name), plain_quota_for(cfg, name), qube_usage(layout, name), segments
     )
     # A deletion a crash cut short (tombstone written, files left) is finished first.
-    last_tomb = _last_line(layout.tombstones(name))
-    if last_tomb is not None:
-        qube.take(sum(1 for s in segments if s.seq <= last_tomb.seq))
+    tombs = read_tomb_file(layout.tombstones(name)).tombs
+    if tombs:
+        # (its tomb exists already and keeps the reason it was written with)
+        last_deleted = tombs[-1][1].last
+        qube.take(sum(1 for s in segments if s.seq <= last_deleted), "unknown")
     while qube.over_quota and qube.doomed < len(segments):
-        qube.take(qube.doomed + 1)
+        qube.take(qube.doomed + 1, "quota")
     max_age = max_age_for(cfg, name)
     if max_age > 0:
-        qube.take(_age_count(segments, now - max_age))
+        qube.take(_age_count(segments, now - max_age), "age")
     after = cfg.dispvm_delete_after_close
     if after is not None and class_of(cfg, name) == DISPVM_CLASS:
         open_files = next((f for f in all_files if f.seq == open_seq), None)
-        qube.take(_dispvm_count(segments, open_files, now - after))
+        qube.take(_dispvm_count(segments, open_files, now - after), "dispvm")
     return qube
 
 
@@ -279,7 +295,7 @@ def _evict_globally(qubes: list[_Qube], need: Cost, capacity: int) -> None:
             key=lambda q: (q.over_quota, q.remaining.disk - share[q.name], q.name),
         )
         before = victim.freed
-        victim.take(victim.doomed + 1)
+        victim.take(victim.doomed + 1, "global")
         freed += victim.freed - before
 
 
@@ -291,8 +307,8 @@ def plan_deletions(
     *,
     statvfs: StatVfs = os.statvfs,
     usage_out: dict[str, Cost] | None = None,
-) -> list[tuple[str, int]]:
-    """The (qube, seq) pairs to delete, oldest first per qube.
+) -> list[Planned]:
+    """The (qube, seq) pairs to delete, oldest first per qube, each with its reason.
 
     ``open_segments`` maps each qube with an open segment to that segment's
     number; it and anything newer are never chosen. Each qube's entries
@@ -310,14 +326,14 @@ def plan_deletions(
         usage_out.update((q.name, q.remaining) for q in qubes)
     plan = []
     for qube in qubes:
-        for segment in qube.segments[: qube.doomed]:
+        for segment, reason in zip(qube.segments[: qube.doomed], qube.reasons, strict=True):
             if not is_closed(segment.files):
                 break  # a crash left it open: the collector recovers it first
-            plan.append((qube.name, segment.seq))
+            plan.append(Planned(qube.name, segment.seq, reason))
     return plan
 
 
-def apply_plan(store: Store, plan: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+def apply_plan(store: Store, plan: Iterable[Planned]) -> list[tuple[str, int]]:
     """Carry out a plan with sealed tombstones (for the collector, the key holder).
 
     A qube whose oldest segment is no longer the planned one (the plan is
@@ -325,7 +341,8 @@ def apply_plan(store: Store, plan: Iterable[tuple[str, int]]) -> list[tuple[str,
     """
     done: list[tuple[str, int]] = []
     skipped: set[str] = set()
-    for qube, seq in plan:
+    for planned in plan:
+        qube, seq = planned
         if qube in skipped:
             continue
         chain = store.chain(qube)
@@ -333,7 +350,7 @@ def apply_plan(store: Store, plan: Iterable[tuple[str, int]]) -> list[tuple[str,
         if oldest is None or oldest.seq != seq:
             skipped.add(qube)
             continue
-        if chain.delete_oldest(store.keys, keep_newest=0) == seq:
+        if chain.delete_oldest(store.keys, keep_newest=0, reason=planned.reason) == seq:
             done.append((qube, seq))
         else:
             skipped.add(qube)
@@ -342,9 +359,9 @@ def apply_plan(store: Store, plan: Iterable[tuple[str, int]]) -> list[tuple[str,
 
 def _evictions(layout: StoreLayout, qube: str) -> int:
     """Segments deleted so far: deletions take the oldest, so every segment up
-    to the newest tombstone's (compaction keeps only that line)."""
-    newest = _last_line(layout.tombstones(qube))
-    return newest.seq if newest is not None else 0
+    to the newest tombstone's (compaction sums the older ones up)."""
+    tombs = read_tomb_file(layout.tombstones(qube)).tombs
+    return tombs[-1][1].last if tombs else 0
 
 
 class QubeReport(TypedDict):

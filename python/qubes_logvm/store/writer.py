@@ -28,20 +28,23 @@ from ..core.errors import StoreError
 from ..core.faults import fail_point
 from ..core.records import format_timestamp, note_record
 from ..core.seal import ZERO, ChainHasher, Seal, genesis
+from ..core.tomb import Tomb
 from .keystate import KeyState
 from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
 from .remnant import is_opening_remnant, seal_covers_log
 from .sealfile import read_seal_file
+from .tombstones import TombstoneFile
 
 log = logging.getLogger(__name__)
 
 FINAL_KINDS = ("close", "recover")
 
-#: Deletions always take a qube's oldest segments, so only the newest
-#: tombstone is needed to link the chain to the oldest segment left. Past
-#: this many lines the file is compacted to that newest line, so a flooding
-#: qube's evictions cannot grow it without bound (docs/store-format.md).
-TOMB_COMPACT_LINES = 32
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -60,12 +63,14 @@ class QubeChain:
         store_id: str,
         qube: str,
         on_seal: Callable[[Seal], None] | None = None,
+        on_tomb: Callable[[Tomb], None] | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.layout = layout
         self.clock = clock  # wall clock for note stamps (tests inject one)
         self.on_seal = on_seal  # e.g. the witness's checkpoint queue
+        self._on_tomb = on_tomb  # every deletion, reported to the witness too
         self.qube = qube
         self.dir = layout.qube_dir(qube)
         self.seq = 0
@@ -78,10 +83,6 @@ class QubeChain:
         self.needs_recovery = False
         self.last_seal: Seal | None = None
         self._prev_mac = ZERO
-        self._tomb_prev = ZERO
-        self._tomb_seq = 0  # seq of the newest tombstone (0: none)
-        self._tomb_lines = 0
-        self.tomb_bytes = 0  # size of tombstones.seal (counted in the qube's quota)
         self._hasher = ChainHasher(self.head)
         self._log_fd = -1
         self._seal_fd = -1
@@ -97,16 +98,9 @@ class QubeChain:
     # -- loading -----------------------------------------------------------
 
     def _load(self) -> None:
-        tomb_path = self.layout.tombstones(self.qube)
-        # A compaction a crash cut short: the old file is still whole.
-        tomb_path.with_name(tomb_path.name + ".tmp").unlink(missing_ok=True)
-        tombs = read_seal_file(tomb_path).seals if tomb_path.exists() else []
-        if tombs:
-            self._tomb_prev, self._tomb_seq = tombs[-1].mac, tombs[-1].seq
-            self._tomb_lines = len(tombs)
-            self.tomb_bytes = tomb_path.stat().st_size
+        self.tombstones = TombstoneFile(self.layout, self.qube, self._on_tomb)
         segments = self.layout.segments(self.qube)
-        last_tomb = tombs[-1] if tombs else None
+        last_tomb = self.tombstones.newest
         if segments and segments[-1].seal is not None:
             parsed = read_seal_file(segments[-1].seal)
             if parsed.seals:
@@ -123,9 +117,9 @@ class QubeChain:
         if segments:
             raise StoreError(f"{segments[-1].name}: segment without seal file")
         if last_tomb is not None:
-            self.seq, self.head = last_tomb.seq, last_tomb.head
+            self.seq, self.head = last_tomb.last, last_tomb.head
 
-    def _load_half_open(self, segments: list[SegmentFiles], last_tomb: Seal | None) -> None:
+    def _load_half_open(self, segments: list[SegmentFiles], last_tomb: Tomb | None) -> None:
         """A crash inside open_segment (see :mod:`.remnant`): recovery removes
         the remnant and the chain continues from the closed segment before it,
         the newest tombstone, or the genesis head (the qube's first segment)."""
@@ -136,7 +130,7 @@ class QubeChain:
                 raise StoreError(f"{half_open.name}: opened while {before[-1].name} is not closed")
             self._adopt(previous[-1])
         elif last_tomb is not None:
-            self.seq, self.head = last_tomb.seq, last_tomb.head
+            self.seq, self.head = last_tomb.last, last_tomb.head
         if half_open.seq != self.seq + 1:
             raise StoreError(f"{half_open.name}: not the segment after {self.seq:08d}")
         self._half_open = half_open
@@ -320,9 +314,17 @@ class QubeChain:
         self._log_fd = self._seal_fd = -1
         self.is_open = False
 
-    def delete_oldest(self, keys: KeyState, *, keep_newest: int = 1) -> int | None:
+    @property
+    def tomb_bytes(self) -> int:
+        """Size of tombstones.seal (counted in the qube's quota)."""
+        return self.tombstones.size
+
+    def delete_oldest(
+        self, keys: KeyState, *, keep_newest: int = 1, reason: str = "quota"
+    ) -> int | None:
         """Delete the qube's oldest closed segment with a sealed tombstone.
 
+        ``reason`` is the rule that chose it (:data:`~..core.tomb.REASONS`).
         Returns the deleted segment's number, or None when nothing may go (the
         open segment and the newest ``keep_newest`` closed ones stay).
         """
@@ -337,59 +339,18 @@ class QubeChain:
             final = read_seal_file(victim.seal).seals
             if not final or final[-1].kind not in FINAL_KINDS:
                 raise StoreError(f"{victim.name}: refusing to delete a segment that is not closed")
-            if self._tomb_seq != victim.seq:  # else a crash cut this deletion short
-                self._write_tomb(keys, victim.seq, final[-1])
             # The seal goes last: until then the chain stays loadable. A
             # compressed copy left by an interrupted rotation goes too.
             zst = self.layout.segment_log(self.qube, victim.seq, compressed=True)
-            for path in (victim.log, zst, victim.seal):
-                if path is not None:
-                    path.unlink(missing_ok=True)
+            paths = [p for p in (victim.log, zst, victim.seal) if p is not None]
+            if self.tombstones.last_seq != victim.seq:  # else a crash cut this one short
+                size = sum(_size(p) for p in dict.fromkeys(paths))
+                self.tombstones.append(keys, victim.seq, final[-1], reason, size)
+            for path in paths:
+                path.unlink(missing_ok=True)
             fsync_dir(self.dir)
-            if self._tomb_lines >= TOMB_COMPACT_LINES:
-                self._compact_tombs()
+            self.tombstones.compact_if_due(keys)
             return victim.seq
-
-    def _write_tomb(self, keys: KeyState, seq: int, last: Seal) -> None:
-        tomb = Seal(
-            "tomb",
-            self.qube,
-            seq,
-            keys.epoch,
-            last.lines,
-            last.nbytes,
-            last.head,
-            self._tomb_prev,
-        ).signed(keys.key)
-        fd = os.open(
-            self.layout.tombstones(self.qube),
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-            0o640,
-        )
-        try:
-            _write_all(fd, tomb.to_line())
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        self._tomb_prev, self._tomb_seq = tomb.mac, seq
-        self._tomb_lines += 1
-        self.tomb_bytes += len(tomb.to_line())
-
-    def _compact_tombs(self) -> None:
-        # Called after the segments the tombstones stand for are gone: keep
-        # the newest line (which links the chain on), replace atomically.
-        path = self.layout.tombstones(self.qube)
-        newest = read_seal_file(path).seals[-1].to_line()
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            _write_all(fd, newest)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.rename(path)
-        fsync_dir(self.dir)
-        self._tomb_lines, self.tomb_bytes = 1, len(newest)
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the qube's flock (rotation takes it too)."""
@@ -404,12 +365,14 @@ class Store:
         root: Path | str,
         *,
         on_seal: Callable[[Seal], None] | None = None,
+        on_tomb: Callable[[Tomb], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.layout = StoreLayout(root)
         self.keys = KeyState(self.layout)
         self.chains: dict[str, QubeChain] = {}
         self.on_seal = on_seal  # e.g. the witness's checkpoint queue
+        self.on_tomb = on_tomb  # every deletion, as it happens (the witness's queue too)
         self.clock = clock
         #: Qubes whose files could not be loaded, with the reason.
         self.quarantined: dict[str, str] = {}
@@ -432,7 +395,7 @@ class Store:
     def _load(self, qube: str) -> tuple[QubeChain, int | None]:
         try:
             chain = QubeChain(
-                self.layout, self.keys.store_id, qube, self.on_seal, clock=self.clock
+                self.layout, self.keys.store_id, qube, self.on_seal, self.on_tomb, clock=self.clock
             )
             recovered = chain.recover(self.keys) if chain.needs_recovery else None
         except (StoreError, OSError) as err:

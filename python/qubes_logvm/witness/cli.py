@@ -33,6 +33,7 @@ from ..core.witness_format import (
     MAX_LINE_BYTES,
     TokenBucket,
     format_cp_line,
+    format_del_line,
     format_export_header,
 )
 from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
@@ -150,7 +151,8 @@ def cmd_list(args: argparse.Namespace, out: BinaryIO) -> int:
         out.write(f"  last verification: {_last_verify(path)}\n".encode())
         latest: dict[str, tuple[bytes, Seal]] = {}
         for stamp, seal in read_checkpoints(path):
-            latest[seal.qube] = (stamp, seal)
+            if isinstance(seal, Seal):
+                latest[seal.qube] = (stamp, seal)
         out.write(
             b"  %-31s %9s %12s %10s  %s\n"
             % (b"QUBE", b"SEGMENT", b"RECORDS", b"EPOCH", b"LAST CHECKPOINT")
@@ -180,8 +182,11 @@ def export_records(path: Path) -> bytes:
         raise LogvmError(f"{path.name} has not registered a key")
     data = [format_export_header(path.name, key[0])]
     seen: set[bytes] = set()
-    for stamp, seal in read_checkpoints(path):
-        line = format_cp_line(stamp, seal)
+    for stamp, held in read_checkpoints(path):
+        if isinstance(held, Seal):
+            line = format_cp_line(stamp, held)
+        else:
+            line = format_del_line(stamp, held)
         if line not in seen:
             seen.add(line)
             data.append(line)

@@ -3,9 +3,10 @@
 Runs in dom0. Directory ``<root>/<logvm>/``:
 
 - ``key``: ``logvm-vk1:<store id>:<K0>``, written once (trust on first use);
-- ``checkpoints.<gen>``: accepted checkpoints (``cp <time> <seal line>``),
-  appended and fsynced; when one passes ``max_log_bytes`` a new generation
-  starts with the newest checkpoint of each qube, and generations older than
+- ``checkpoints.<gen>``: accepted checkpoints (``cp <time> <seal line>``)
+  and deletions (``del <time> <tomb line>``), appended and fsynced; when one
+  passes ``max_log_bytes`` a new generation starts with the newest
+  checkpoint and the newest deletion of each qube, and generations older than
   the previous one are removed, so the directory stays within
   :meth:`Limits.storage_bound` whatever the LogVM sends;
 - ``events``/``events.1``: registrations and refusals (bounded, rotated);
@@ -28,12 +29,15 @@ from pathlib import Path
 from ..core.errors import LogvmError, ProtocolError, StoreError
 from ..core.records import format_timestamp
 from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
+from ..core.tomb import Tomb
 from ..core.witness_format import (
     Register,
     TokenBucket,
     format_cp_line,
+    format_del_line,
     judge_checkpoint,
-    parse_cp_line,
+    judge_deletion,
+    parse_held_line,
     parse_message,
 )
 
@@ -42,8 +46,8 @@ logger = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 10.0
 _GEN = re.compile(r"checkpoints\.([1-9][0-9]{0,8})")
 _MAX_KEY_FILE = 256
-#: Bytes one stored checkpoint line can take (for the storage bound).
-CP_LINE_MAX = 400
+#: Bytes one stored checkpoint or deletion line can take (for the storage bound).
+CP_LINE_MAX = 440
 
 Clock = Callable[[], float]
 
@@ -64,12 +68,13 @@ class Limits:
 
     def check(self) -> None:
         """Refuse settings under which the storage bound would not hold."""
+        # A new generation starts with a checkpoint and a deletion per qube.
         if self.max_log_bytes < 2 * self.max_qubes * CP_LINE_MAX:
-            raise LogvmError("max-log-bytes must be at least 2 * max-qubes * 400")
+            raise LogvmError(f"max-log-bytes must be at least 2 * max-qubes * {CP_LINE_MAX}")
 
     def storage_bound(self) -> int:
         """The most bytes one LogVM's directory can hold."""
-        return 2 * self.max_log_bytes + self.max_qubes * CP_LINE_MAX + 2 * self.max_event_bytes
+        return 2 * self.max_log_bytes + 2 * self.max_qubes * CP_LINE_MAX + 2 * self.max_event_bytes
 
 
 def fsync_dir(path: Path) -> None:
@@ -120,16 +125,16 @@ def read_key(path: Path) -> tuple[str, bytes] | None:
     return parse_verification_key(data.decode("ascii", "replace"))
 
 
-def read_checkpoints(path: Path) -> list[tuple[bytes, Seal]]:
-    """Every checkpoint held (older generation first), torn or bad lines skipped."""
-    held: list[tuple[bytes, Seal]] = []
+def read_checkpoints(path: Path) -> list[tuple[bytes, Seal | Tomb]]:
+    """Every checkpoint and deletion held (older generation first), torn or bad lines skipped."""
+    held: list[tuple[bytes, Seal | Tomb]] = []
     for gen in _generations(path)[-2:]:
         with open(path / f"checkpoints.{gen}", "rb") as f:
             for line in f:
                 if not line.endswith(b"\n"):
                     break  # torn by a crash mid-append: never acknowledged
                 try:
-                    held.append(parse_cp_line(line[:-1]))
+                    held.append(parse_held_line(line[:-1]))
                 except StoreError:
                     logger.warning("%s: skipping a malformed checkpoint line", path)
     return held
@@ -148,8 +153,12 @@ class WitnessState:
         self.key = read_key(path)
         self.keys = EpochKeys(self.key[1]) if self.key else None
         self.latest: dict[str, tuple[bytes, Seal]] = {}
-        for stamp, seal in read_checkpoints(path):
-            self.latest[seal.qube] = (stamp, seal)
+        self.deleted: dict[str, tuple[bytes, Tomb]] = {}
+        for stamp, held in read_checkpoints(path):
+            if isinstance(held, Tomb):
+                self.deleted[held.qube] = (stamp, held)
+            else:
+                self.latest[held.qube] = (stamp, held)
         gens = _generations(path)
         self.gen = gens[-1] if gens else 1
         self._repair_tail()
@@ -229,6 +238,8 @@ class WitnessState:
             return f"err {err}"
         if isinstance(message, Register):
             return self.register(message)
+        if isinstance(message, Tomb):
+            return self.deletion(message)
         return self.checkpoint(message)
 
     def register(self, message: Register) -> str:
@@ -260,14 +271,37 @@ class WitnessState:
         if refusal is not None:
             return refusal
         stamp = self.stamp()
-        line = format_cp_line(stamp, seal)
+        self._store(format_cp_line(stamp, seal))
+        self.latest[seal.qube] = (stamp, seal)
+        return "ok stored"
+
+    def deletion(self, tomb: Tomb) -> str:
+        """Check a deletion's MAC and order; store it if it is newer than the one held."""
+        bad_mac = self._mac_refusal(tomb)
+        if bad_mac is not None:
+            return bad_mac
+        held = self.deleted.get(tomb.qube)
+        verdict = judge_deletion(held[1] if held else None, tomb)
+        if verdict == "seen":
+            return "ok seen"
+        if verdict is not None:
+            self.event(verdict, qube=tomb.qube, deleted=tomb.last, epoch=tomb.epoch)
+            return f"err {verdict}"
+        known = tomb.qube in self.latest or held is not None
+        if not known and len(self.latest) >= self.limits.max_qubes:
+            self.event("too-many-qubes", qube=tomb.qube)
+            return "err too-many-qubes"
+        stamp = self.stamp()
+        self._store(format_del_line(stamp, tomb))
+        self.deleted[tomb.qube] = (stamp, tomb)
+        return "ok stored"
+
+    def _store(self, line: bytes) -> None:
         if self.cp_size + len(line) > self.limits.max_log_bytes:
             self._next_generation()
         _append(self.cp_path, line)
         self.cp_size += len(line)
-        self.latest[seal.qube] = (stamp, seal)
         self.counts["stored"] += 1
-        return "ok stored"
 
     def _refusal(self, seal: Seal) -> str | None:
         """The answer when the checkpoint is not to be stored, else None."""
@@ -286,7 +320,7 @@ class WitnessState:
             return "err too-many-qubes"
         return None
 
-    def _mac_refusal(self, seal: Seal) -> str | None:
+    def _mac_refusal(self, seal: Seal | Tomb) -> str | None:
         if self.keys is None:
             return "err not-registered"
         cost = self.keys.cost(seal.epoch)
@@ -294,13 +328,15 @@ class WitnessState:
         if cost and not self.hash_budget.take(cost, self.clock()):
             return "err busy"
         if not seal.mac_ok(self.keys.key(seal.epoch)):
-            self.event("bad-mac", qube=seal.qube, seq=seal.seq, epoch=seal.epoch)
+            seq = seal.last if isinstance(seal, Tomb) else seal.seq
+            self.event("bad-mac", qube=seal.qube, seq=seq, epoch=seal.epoch)
             return "err bad-mac"
         return None
 
     def _next_generation(self) -> None:
         """Start a new file with the newest checkpoint of each qube; drop the oldest."""
         snapshot = b"".join(format_cp_line(s, seal) for s, seal in self.latest.values())
+        snapshot += b"".join(format_del_line(s, tomb) for s, tomb in self.deleted.values())
         new = self.path / f"checkpoints.{self.gen + 1}"
         tmp = self.path / f"checkpoints.{self.gen + 1}.tmp"
         write_file(tmp, snapshot, exclusive=False)

@@ -6,10 +6,11 @@ for hours) and is read again while the run goes on, so seals a running
 collector makes meanwhile are never taken for forgeries (issue 18).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...core.errors import SealError, StoreError
 from ...core.seal import EpochKeys, evolve
+from ...core.tomb import Tomb
 from ..files import read_regular
 from ..keystate import _RECORD_LEN, StoreInfo, _decode
 from ..layout import StoreLayout
@@ -37,6 +38,8 @@ class Ctx:
     key_epoch: int | None = None  # the key file's epoch when the run started
     cursor: tuple[int, bytes] = (-1, b"")
     rereads: int = 0
+    tomb_lines: dict[str, list[Tomb]] = field(default_factory=dict)  # valid, per qube
+    newest_segment: dict[str, int] = field(default_factory=dict)  # per qube (0: none)
 
     def add(
         self,

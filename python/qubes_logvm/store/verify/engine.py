@@ -242,6 +242,7 @@ def _verify_qube(ctx: Ctx, qube: str) -> None:
     segments = listing.segments
     tombs = check_tombs(ctx, qube) if listing.tombstones else Tombs()
     newest = max(segments, default=0)
+    ctx.tomb_lines[qube], ctx.newest_segment[qube] = tombs.lines, newest
     head: bytes | None = tombs.head if tombs.last else genesis(ctx.store_id, qube)
     _below_tombs(ctx, qube, segments, tombs)
     epoch = tombs.close_epoch

@@ -100,6 +100,10 @@ class Report:
         """True when nothing is wrong (warnings allowed)."""
         return not self.errors
 
+    def deletions_for(self, qube: str) -> list[Deletion]:
+        """The deletions reported for one qube."""
+        return [d for d in self.deletions if d.qube == qube]
+
     def add(
         self,
         severity: str,

@@ -24,18 +24,23 @@ from pathlib import Path
 
 from ...core.errors import StoreError
 from ...core.seal import ZERO, Seal
-from ...core.witness_format import parse_cp_line, parse_export_header
+from ...core.tomb import Tomb
+from ...core.witness_format import parse_export_header, parse_held_line
 from ..files import read_regular
 from ..sealfile import read_seal_file
 from .context import MAX_EPOCH, Ctx
+from .deletions import check_deletions
 from .findings import ERROR, INFO
 
 #: The witness keeps at most two generations of 16 MiB by default.
 MAX_WITNESS_FILE = 256 << 20
 
 
-def read_witness_file(path: Path) -> tuple[str, str, list[tuple[bytes, Seal]]]:
-    """(LogVM name, store id, checkpoints) from an export; StoreError if unreadable."""
+Held = list[tuple[bytes, Seal | Tomb]]
+
+
+def read_witness_file(path: Path) -> tuple[str, str, Held]:
+    """(LogVM name, store id, checkpoints and deletions) from an export; StoreError if bad."""
     try:
         data = read_regular(path, MAX_WITNESS_FILE)
     except FileNotFoundError as err:
@@ -47,7 +52,7 @@ def read_witness_file(path: Path) -> tuple[str, str, list[tuple[bytes, Seal]]]:
         if not line:
             continue
         try:
-            checkpoints.append(parse_cp_line(line))
+            checkpoints.append(parse_held_line(line))
         except StoreError as err:
             raise StoreError(f"{path}: line {number}: {err}") from err
     return logvm, store_id, checkpoints
@@ -67,7 +72,7 @@ def witness_vouches(ctx: Ctx, path: Path) -> bool:
 
 def check_witness(ctx: Ctx, path: Path, qubes: list[str] | None) -> None:
     """Add every problem of the store against the witness's records to the report."""
-    logvm, file_store_id, checkpoints = read_witness_file(path)
+    logvm, file_store_id, held = read_witness_file(path)
     if file_store_id != ctx.store_id:
         ctx.add(
             ERROR,
@@ -78,16 +83,20 @@ def check_witness(ctx: Ctx, path: Path, qubes: list[str] | None) -> None:
         return
     cap = ctx.key_epoch if ctx.key_epoch is not None else MAX_EPOCH
     by_qube: dict[str, dict[int, list[Seal]]] = {}
-    for stamp, seal in sorted(checkpoints, key=lambda item: item[1].epoch):
+    heard: dict[str, tuple[bytes, Tomb]] = {}
+    newest_epoch = 0
+    for stamp, seal in sorted(held, key=lambda item: item[1].epoch):
         if qubes and seal.qube not in qubes:
             continue
+        what = "deletion" if isinstance(seal, Tomb) else "checkpoint"
+        seq = seal.last if isinstance(seal, Tomb) else seal.seq
         if seal.epoch > cap and ctx.key(seal.epoch) is None:
             ctx.add(
                 ERROR,
                 seal.qube,
-                f"witness: checkpoint of {stamp.decode()} claims epoch {seal.epoch}, beyond "
+                f"witness: {what} of {stamp.decode()} claims epoch {seal.epoch}, beyond "
                 f"the store's epoch {cap}: store rolled back (or the witness file forged)",
-                seal.seq,
+                seq,
             )
             continue
         key = ctx.key(seal.epoch)
@@ -95,15 +104,19 @@ def check_witness(ctx: Ctx, path: Path, qubes: list[str] | None) -> None:
             ctx.add(
                 ERROR,
                 seal.qube,
-                f"witness: checkpoint of {stamp.decode()} (record {seal.lines}) is not "
-                "sealed with this key",
-                seal.seq,
+                f"witness: {what} of {stamp.decode()} is not sealed with this key",
+                seq,
             )
             continue
-        by_qube.setdefault(seal.qube, {}).setdefault(seal.seq, []).append(seal)
+        newest_epoch = max(newest_epoch, seal.epoch)
+        if isinstance(seal, Tomb):
+            heard[seal.qube] = (stamp, seal)
+        else:
+            by_qube.setdefault(seal.qube, {}).setdefault(seal.seq, []).append(seal)
     for qube in sorted(by_qube):
         _check_qube(ctx, qube, by_qube[qube])
-    ctx.add(INFO, None, f"witness: {len(checkpoints)} checkpoints of {logvm} checked")
+    check_deletions(ctx, heard, newest_epoch)
+    ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 
 
 def _check_qube(ctx: Ctx, qube: str, by_seq: dict[int, list[Seal]]) -> None:
@@ -138,25 +151,23 @@ def _check_qube(ctx: Ctx, qube: str, by_seq: dict[int, list[Seal]]) -> None:
                 break
 
 
-def _valid_tombs(ctx: Ctx, qube: str) -> tuple[dict[int, Seal], int]:
-    path = ctx.layout.tombstones(qube)
-    try:
-        parsed = read_seal_file(path)
-    except StoreError:
-        return {}, 0
-    tombs: dict[int, Seal] = {}
-    for tomb in parsed.seals:
-        key = ctx.key(tomb.epoch)
-        if tomb.kind == "tomb" and tomb.qube == qube and key is not None and tomb.mac_ok(key):
-            tombs[tomb.seq] = tomb
-    first = parsed.seals[0] if parsed.seals else None
-    compacted = first is not None and first.seq in tombs and first.prev != ZERO
-    compacted_to = first.seq - 1 if first is not None and compacted else 0
+def _valid_tombs(ctx: Ctx, qube: str) -> tuple[dict[int, Tomb], int]:
+    """The qube's valid tombs by segment, and how far compaction summed them up."""
+    tombs: dict[int, Tomb] = {}
+    compacted_to = 0
+    for tomb in ctx.tomb_lines.get(qube, []):
+        if tomb.kind == "summary":
+            compacted_to = tomb.last
+        elif tomb.version == 1 and tomb.prev != ZERO and not tombs:
+            compacted_to = tomb.last - 1
+            tombs[tomb.last] = tomb
+        else:
+            tombs[tomb.last] = tomb
     return tombs, compacted_to
 
 
 def _check_segment(
-    ctx: Ctx, qube: str, cp: Seal, seals: set[Seal] | None, tomb: Seal | None
+    ctx: Ctx, qube: str, cp: Seal, seals: set[Seal] | None, tomb: Tomb | None
 ) -> str | None:
     """Why the store does not hold checkpoint ``cp`` (None: a tombstone covers it)."""
     if tomb is not None:
@@ -180,9 +191,9 @@ def _check_segment(
     return "the chain forks from the checkpoint (its seal is not in the store)"
 
 
-def _check_tomb(cp: Seal, tomb: Seal) -> str | None:
-    if tomb.lines < cp.lines or tomb.nbytes < cp.nbytes:
-        return f"tombstone claims {tomb.lines} records, fewer than checkpointed"
+def _check_tomb(cp: Seal, tomb: Tomb) -> str | None:
+    if tomb.records < cp.lines or tomb.nbytes < cp.nbytes:
+        return f"tombstone claims {tomb.records} records, fewer than checkpointed"
     if tomb.epoch < cp.epoch:
         return "tombstone is older than the checkpoint"
     return None
