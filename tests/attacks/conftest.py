@@ -86,7 +86,7 @@ def _build(workdir: Path) -> tuple[Path, Path, Path]:
         "witness": {"command": [*command, "serve"], "interval_seconds": 0.2},
         "housekeeping_seconds": 0.2,
         "segment": {"max_bytes": "4K"},
-        "quota": {"qubes": {"work": "8K"}},
+        "quota": {"qubes": {"work": "200K"}},
         "global": {"keep_free": 0},
     }
     (workdir / "c").mkdir()
