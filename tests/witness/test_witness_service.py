@@ -21,8 +21,9 @@ from witness.conftest import (
     register_line,
 )
 
-from qubes_logvm.core.seal import format_verification_key, key_for_epoch
+from qubes_logvm.core.seal import format_verification_key
 from qubes_logvm.core.tomb import Tomb
+from support.keys import key_for_epoch
 
 pytestmark = pytest.mark.timeout(60)
 Open = Callable[..., WitnessCall]
