@@ -53,7 +53,7 @@ def test_untouched_store_verifies_exit_0(store: Built, keyfile: Path, runner: st
     code, out, _ = RUNNERS[runner](["verify", "--store", str(store.root), "--key", str(keyfile)])
     assert code == 0, out
     assert "OK: intact, 0 warning(s); 3 qubes, 7 segments" in out
-    assert "info: work/00000001: deleted by rotation in epoch" in out
+    assert "info: work/00000001: segment 1 deleted, reason quota, 15 records" in out
 
 
 @pytest.mark.timeout(60)
