@@ -85,6 +85,7 @@ def _build(workdir: Path) -> tuple[Path, Path, Path]:
     config = {
         "witness": {"command": [*command, "serve"], "interval_seconds": 0.2},
         "housekeeping_seconds": 0.2,
+        "session_linger": 0,  # every call its own segment, as the cases expect
         "segment": {"max_bytes": "4K"},
         "quota": {"qubes": {"work": "200K"}},
         "global": {"keep_free": 0},
