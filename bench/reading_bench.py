@@ -37,7 +37,7 @@ from qubes_logvm.exporter.record import format_record
 from qubes_logvm.store.compress import compress_segment
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.timeline import newest, resolve_qubes
+from qubes_logvm.store.timeline import Query, merged, newest, resolve_qubes
 from qubes_logvm.store.writer import Store
 
 QUBES = ("work", "personal", "sys-net", "disp1234")
@@ -208,9 +208,12 @@ def run(ctx: Any = None) -> list[dict[str, Any]]:
         qubes = resolve_qubes(layout, [], every=True)
         in_process = _best(3, lambda: newest(layout, qubes, 10))
         show_n = _best(3, _process([*base, "-n", "10"]))
+        startup = _best(3, _process([logvm, "--help"]))
         since_moment = datetime.fromtimestamp(start + (count - 1000) * 0.001, UTC)
         since = since_moment.strftime("%Y-%m-%d %H:%M:%S")
         show_since = _best(3, _process([*base, "--utc", "--since", since]))
+        window = Query(since=format_timestamp(int(since_moment.timestamp())))
+        in_since = _best(3, lambda: list(merged(layout, qubes, window)))
         journal_n = journal_since = None
         journal_note = "systemd-journal-remote not installed: no journal baseline"
         if JOURNAL_REMOTE.exists() and shutil.which("journalctl"):
@@ -227,6 +230,7 @@ def run(ctx: Any = None) -> list[dict[str, Any]]:
         )
         rows[-1]["notes"] = f"{note}; {journal_note}"
         rows.append(_row("store.timeline.newest(10) (in process)", in_process, None, "", False))
+        rows.append(_row("logvm --help (Python start and imports)", startup, None, "", False))
         rows.append(
             _row(
                 "logvm show --all --since T (last 1000)",
@@ -236,6 +240,7 @@ def run(ctx: Any = None) -> list[dict[str, Any]]:
                 True,
             )
         )
+        rows.append(_row("store.timeline.merged(since=T) (in process)", in_since, None, "", False))
         rows.append(_grep_row(work, layout, logvm, root))
         return rows
     finally:
