@@ -59,3 +59,14 @@
     - unless: test "$(qvm-volume info {{ vm.name }}:private size)" -ge {{ disk_bytes }}
     - require:
       - qvm: {{ id }}-qube
+
+{#- logvm-browser (owned by gui, docs/browser.md) in the LogVM's app menu:
+    dom0's app menu lists the .desktop names of the `menu-items` feature
+    (space-separated), from the template's /usr/share/applications. #}
+{{ id }}-menu-items:
+  qvm.features:
+    - name: {{ vm.name }}
+    - set:
+      - menu-items: "logvm-browser.desktop"
+    - require:
+      - qvm: {{ id }}-qube

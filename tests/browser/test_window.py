@@ -168,3 +168,18 @@ def test_open_stand_in_refuses_what_the_real_tool_refuses(tmp_path: Path) -> Non
     run = [str(FAKE_OPEN)]
     assert subprocess.run([*run, "--dispvm=x", "f"], env=env, check=False).returncode == 2
     assert subprocess.run([*run, "--view-only"], env=env, check=False).returncode == 1
+
+
+def test_storage_chart(browser: object, tmp_path: Path) -> None:
+    win = browser
+    win.builder.get_object("storage_button").clicked()  # type: ignore[attr-defined]
+    pump()
+    [dialog] = [w for w in win.window.list_toplevels() if w.get_title() == "Storage"]  # type: ignore[attr-defined]
+    pump(lambda: dialog.get_window() is not None and dialog.get_window().is_viewable())
+    chart = dialog.get_content_area().get_children()[0].get_child().get_child()
+    assert [f.name for f in chart.facts] == sorted(
+        (f.name for f in chart.facts),
+        key=lambda n: -win.facts[n].size,  # type: ignore[attr-defined]
+    )
+    screenshot(dialog, tmp_path / "browser-storage.png")
+    dialog.destroy()
