@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Connections still sending their descriptor, beyond max_connections.
 DESCRIPTOR_SLACK = 64
+#: Seconds a final ack may stay unread (the sender half-closed and stopped
+#: reading) before the connection is aborted, so it cannot hold its slot.
+FINAL_ACK_GRACE = 10.0
 
 
 def bind_socket(path: Path, gid: int | None) -> socket.socket:
@@ -146,6 +149,8 @@ class Connection(asyncio.Protocol, Feed):
     def send_ack(self, handled: int, *, final: bool) -> None:
         if self.transport is None:
             return
+        if final:
+            asyncio.get_running_loop().call_later(FINAL_ACK_GRACE, self._give_up)
         if self._write_paused:
             # A sender that does not read acks fills its socket: keep only
             # the newest count (acks are cumulative).
@@ -157,6 +162,12 @@ class Connection(asyncio.Protocol, Feed):
             self._sent_any = True
         if final:
             self.transport.close()
+
+    def _give_up(self) -> None:
+        """The final ack is still unread after the grace: drop the connection."""
+        if self.transport is not None:
+            log.info("connection aborted: its final ack was not read in %ss", FINAL_ACK_GRACE)
+            self.transport.abort()
 
     def set_reading(self, reading: bool) -> None:
         if self.transport is None:
