@@ -7,7 +7,6 @@ run by the ``qvm-run`` stand-in in their simulated qubes' roots.
 
 import json
 import os
-import resource
 import signal
 import stat
 import subprocess
@@ -58,14 +57,20 @@ class Outside:
         )
         fake.chmod(0o755)
 
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self, *args: str, timeout: float = 300, prefix: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[bytes]:
         env = self.world.client_env("dom0")
         env["PATH"] = f"{self.tools}:{env['PATH']}"
-        cmd = [str(WITNESS), "--dir", str(self.witness), *args]
+        cmd = [*prefix, str(WITNESS), "--dir", str(self.witness), *args]
         return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, check=False)
 
-    def verify(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
-        return self.run("verify", LOGVM, *args, "--dispvm-template", DVM, timeout=timeout)
+    def verify(
+        self, *args: str, timeout: float = 300, prefix: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[bytes]:
+        return self.run(
+            "verify", LOGVM, *args, "--dispvm-template", DVM, timeout=timeout, prefix=prefix
+        )
 
     def notifications(self) -> list[list[str]]:
         if not self.notes.exists():
@@ -134,11 +139,22 @@ def test_named_qubes_only(outside: Outside) -> None:
     assert call["service"] == "logvm.Export+personal"
 
 
+# Runs the command as its child and reports the largest RSS of any process
+# below it: a fresh process, so earlier tests' children (salt, rpmbuild) of
+# the pytest process do not count.
+_PEAK = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:], check=False).returncode
+with open(sys.argv[1], "w") as out:
+    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def _peak_rss_kib(outside: Outside, *args: str) -> tuple[subprocess.CompletedProcess[bytes], int]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = outside.verify(*args)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return result, max(before, after)
+    report = outside.witness.parent / "peak-rss"
+    result = outside.verify(*args, prefix=(sys.executable, "-c", _PEAK, str(report)))
+    return result, int(report.read_text())
 
 
 _TEN_GIB_ONE_FILE = """
