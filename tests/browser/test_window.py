@@ -71,6 +71,9 @@ def test_qube_list_and_records(browser: object, tmp_path: Path) -> None:
     text = win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
     assert "qube:          work" in text and "receive time:" in text
     screenshot(win.window, tmp_path / "browser-records.png")  # type: ignore[attr-defined]
+    assert (
+        win.window.get_window().get_width() <= 1280
+    )  # fits 1280x800  # type: ignore[attr-defined]
 
 
 def test_filter_box(browser: object) -> None:
@@ -119,6 +122,7 @@ def test_search_next_previous_and_regex(browser: object, tmp_path: Path) -> None
     assert pump(lambda: win.records.selection()[0] > first)  # type: ignore[attr-defined]
     assert "work error 1" in win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
     screenshot(win.window, tmp_path / "browser-search.png")  # type: ignore[attr-defined]
+    assert win.window.get_window().get_width() <= 1280  # type: ignore[attr-defined]
     get("prev_button").clicked()
     assert pump(lambda: win.records.selection()[0] == first)  # type: ignore[attr-defined]
     get("case_check").set_active(True)
