@@ -329,11 +329,13 @@ def test_open_missing_or_refused_viewer(store: Built, tmp_path: Path) -> None:
 @pytest.mark.timeout(30)
 def test_setup_keys_prints_key_once_and_it_verifies(tmp_path: Path) -> None:
     root = tmp_path / "new"
-    code, out, _ = run_process(["setup-keys", "--store", str(root), "--epoch-seconds", "5"])
+    code, out, err = run_process(["setup-keys", "--store", str(root), "--epoch-seconds", "5"])
     assert code == 0
+    # stdout is no terminal: the key alone there (`> vk.txt`), the rest on stderr
     [key] = re.findall(r"logvm-vk1:[0-9a-f]{32}:[0-9a-f]{64}", out)
-    assert "OUTSIDE" in out
-    assert "No witness configured" in out
+    assert out == key + "\n"
+    assert "OUTSIDE" in err
+    assert "No witness configured" in err
     assert read_store_info(StoreLayout(root)).epoch_seconds == 5
     assert key.split(":")[2] not in "".join(p.read_text() for p in root.rglob("*") if p.is_file())
     writer = Store(root)
@@ -353,7 +355,7 @@ def test_setup_keys_queues_for_a_configured_witness(tmp_path: Path) -> None:
     config = tmp_path / "collector.yaml"
     config.write_text("witness:\n  target: dom0\n")
     root = tmp_path / "store"
-    code, out, _ = run(["setup-keys", "--store", str(root), "--config", str(config)])
+    code, _, out = run(["setup-keys", "--store", str(root), "--config", str(config)])
     assert code == 0
     assert "Queued for the witness (dom0)" in out
     assert (root / "state" / "witness-register").read_text().startswith("register ")

@@ -15,12 +15,14 @@ to this store").
 import argparse
 import logging
 import os
+import pwd
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from .. import __version__
 from ..core.errors import LogvmError
 from ..core.escape import terminal_safe
 from ..store.layout import DEFAULT_STORE, StoreLayout
@@ -42,27 +44,51 @@ log = logging.getLogger(__name__)
 EXIT_TAMPERED, EXIT_USAGE = 1, 2
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
-    parser.add_argument("--config", type=Path, help="collector.yaml (default: the system one)")
+EXAMPLES = """\
+examples:
+  sudo logvm list                         qubes in the store, sizes, times
+  sudo logvm show work -n 50              the last 50 records of qube work
+  sudo logvm --store /mnt/copy verify --key vk.txt
+  sudo -u qubes-logvm logvm setup-keys > vk.txt   (without a witness)
+
+Who can read: the store belongs to the collector's user (qubes-logvm) and
+is readable by it and root only; run logvm with sudo (the LogVM's default
+user has passwordless sudo in Qubes templates)."""
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """--store and --config, before the subcommand (``top``) or after it."""
+    # After the subcommand the default is SUPPRESS, so it never hides a value
+    # given before it (`logvm --store DIR list` as `git -C`, `journalctl -D`).
+    store = DEFAULT_STORE if top else argparse.SUPPRESS
+    parser.add_argument("--store", type=Path, default=store,
+                        help=f"store directory (default: {DEFAULT_STORE})")  # fmt: skip
+    parser.add_argument("--config", type=Path, default=None if top else argparse.SUPPRESS,
+                        help="collector.yaml (default: the system one)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="logvm", description="Read and verify the LogVM's log store."
+        prog="logvm",
+        description="Read and verify the LogVM's log store.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"logvm {__version__}")
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
     keys = sub.add_parser("setup-keys", help="create the sealing state, show the key once")
-    keys.add_argument("--epoch-seconds", type=float, default=10.0)
+    keys.add_argument("--epoch-seconds", type=float, default=10.0,
+                      help="how often the sealing key evolves (default: 10)")  # fmt: skip
     listing = sub.add_parser("list", help="qubes, segments, sizes, record counts, times")
-    listing.add_argument("qubes", nargs="*")
+    listing.add_argument("qubes", nargs="*", metavar="QUBE", help="qubes or globs (default: all)")
     listing.add_argument("--json", action="store_true", help="one JSON object per qube")
     listing.add_argument("--utc", action="store_true", help="times in UTC (default: local)")
     add_show_args(sub.add_parser("show", help="records of qubes, one timeline"), follow=False)
     add_show_args(sub.add_parser("follow", help="show -f"), follow=True)
     verify = sub.add_parser("verify", help="check seals and hash chains")
-    verify.add_argument("qubes", nargs="*")
+    verify.add_argument("qubes", nargs="*", metavar="QUBE", help="qubes (default: all)")
     verify.add_argument("--key", required=True, help="file with logvm-vk1:... ('-': stdin)")
     verify.add_argument("--witness", help="checkpoints exported by the witness")
     verify.add_argument(
@@ -72,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "RSYSLOG_SyslogProtocol23Format) instead of the store",
     )
     stats = sub.add_parser("stats", help="usage, quota, compression, drops, evictions")
-    stats.add_argument("qubes", nargs="*")
+    stats.add_argument("qubes", nargs="*", metavar="QUBE", help="qubes (default: all)")
     opener = sub.add_parser("open", help="view a copy in a disposable qube")
     opener.add_argument("qube")
     opener.add_argument("segment", nargs="?")
@@ -140,7 +166,11 @@ def main(
     env = Env(
         StoreLayout(args.store),
         args.config,
-        Output(out_stream, colour=stdout is None and stdout_is_terminal()),
+        Output(
+            out_stream,
+            colour=stdout is None and stdout_is_terminal(),
+            terminal=stdout is None and stdout_is_terminal(),
+        ),
         err,
         stdin if stdin is not None else sys.stdin,
     )
@@ -159,3 +189,21 @@ def main(
         if stdout is None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), out_stream.fileno())
         return 0
+    except OSError as error:  # one line, never a traceback
+        err.write(f"logvm {args.command}: {_os_error(error, args.store)}\n")
+        return EXIT_USAGE
+
+
+def _os_error(error: OSError, store: Path) -> str:
+    """One line for a failed file operation; who may read the store, if denied."""
+    path = error.filename or store
+    if not isinstance(error, PermissionError):
+        return f"{path}: {error.strerror or error}"
+    try:
+        owner = pwd.getpwuid(Path(store).stat().st_uid).pw_name
+    except (OSError, KeyError):
+        owner = "the collector's user"
+    return (
+        f"{path}: permission denied: the store is readable by {owner} and root only; "
+        'run it with sudo (docs/install.md, "Who can read the logs")'
+    )

@@ -21,8 +21,9 @@ class UsageError(LogvmError):
 class Output:
     """The terminal-safe writer every command prints through."""
 
-    def __init__(self, stream: BinaryIO, *, colour: bool = False) -> None:
+    def __init__(self, stream: BinaryIO, *, colour: bool = False, terminal: bool = False) -> None:
         self.stream = stream
+        self.terminal = terminal  # stdout is a terminal (not a file or a pipe)
         self.colour = colour  # SGR colours of ours, added after the text is made safe
 
     def line(self, text: str | bytes = b"") -> None:

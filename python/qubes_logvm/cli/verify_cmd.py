@@ -7,6 +7,8 @@ any is an error.
 """
 
 import logging
+import os
+import pwd
 import tempfile
 from pathlib import Path
 
@@ -34,8 +36,12 @@ def read_key(env: Env, source: str) -> str:
                 text = stream.read(_MAX_KEY_FILE)
     except OSError as err:
         raise UsageError(f"--key {source}: cannot read: {err.strerror}") from err
-    parse_verification_key(text)  # a clear error now rather than later
-    return text.strip()
+    # A file saved from `logvm setup-keys` on a terminal holds explanations
+    # too: the key is the one logvm-vk1: word in it.
+    words = [w for w in text.split() if w.startswith("logvm-vk1:")]
+    key = words[0] if len(words) == 1 else text.strip()
+    parse_verification_key(key)  # a clear error now rather than later
+    return key
 
 
 def run_verify(
@@ -98,8 +104,18 @@ def run_setup_keys(env: Env, epoch_seconds: float) -> int:
     """Create the sealing state and show the verification key once."""
     if epoch_seconds <= 0:
         raise UsageError("--epoch-seconds must be more than 0")
+    _refuse_foreign_owner(env.layout.root)
     key = setup_keys(env.layout, epoch_seconds=epoch_seconds)
     store_id, _ = parse_verification_key(key)
+    if not env.out.terminal:
+        # As `journalctl --setup-keys`: only the key on stdout (`> vk.txt`),
+        # the explanations on stderr.
+        env.out.line(key)
+        env.out.flush()
+        env.err.write(f"logvm setup-keys: store {store_id} created in {env.layout.root}; ")
+        env.err.write("the verification key went to stdout: keep it OUTSIDE this qube.\n")
+        env.err.write(f"logvm setup-keys: {_register(env, key)}\n")
+        return 0
     out = env.out
     out.line(f"Sealing state created in {env.layout.root} (store {store_id}).")
     out.line(f"Seals evolve their key every {epoch_seconds:g} seconds.")
@@ -111,8 +127,29 @@ def run_setup_keys(env: Env, epoch_seconds: float) -> int:
     out.line("Keep it OUTSIDE this qube (a vault qube, a password manager, on paper):")
     out.line("anyone who controls this qube later must not have it. Verify with")
     out.line("    logvm verify --key FILE      (or --key - to paste it)")
+    out.line("The key now sits in this terminal's scrollback, inside the LogVM: once you")
+    out.line("have copied it, clear it (`clear && printf '\\e[3J'`) or close the terminal.")
     out.line(_register(env, key))
     return 0
+
+
+def _refuse_foreign_owner(root: Path) -> None:
+    """Root must not create key files the collector's user cannot read."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = root.stat().st_uid
+    except FileNotFoundError:
+        return
+    if owner != 0:
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        raise UsageError(
+            f"{root} belongs to {name}: files created by root here would be unreadable "
+            f"for the collector; run: sudo -u {name} logvm setup-keys"
+        )
 
 
 def _register(env: Env, key: str) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import __version__
 from ..core.errors import LogvmError
 from ..core.names import validate_qube_name
 from ..core.records import format_timestamp
@@ -301,6 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_ROOT,
         help=f"witness state root (default {DEFAULT_ROOT})",
     )
+    parser.add_argument("--version", action="version", version=f"logvm-witness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="the logvm.Witness service (run by qrexec)")
     defaults = Limits()
@@ -336,6 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--notify", action="store_true", help="desktop notification when it fails or cannot run"
     )
+    for command in sub.choices.values():  # also after the subcommand (as `logvm`)
+        command.add_argument("--dir", type=Path, default=argparse.SUPPRESS,
+                             help=f"witness state root (default {DEFAULT_ROOT})")  # fmt: skip
     return parser
 
 
