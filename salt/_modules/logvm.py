@@ -55,6 +55,7 @@ LEAVES = {
     "exporter:sources:syslog:udp": "port_or_null", "exporter:sources:syslog:tcp": "port_or_null",
     "exporter:sources:stdin": "bool",
     "exporter:backoff:initial": "duration", "exporter:backoff:max": "duration",
+    "exporter:ack_timeout": "duration",
     "exporter:shutdown_drain": "duration",
     "collector:max_line_bytes": "size", "collector:max_connections": "count",
     "collector:max_connections_per_qube": "count",

@@ -219,3 +219,25 @@ def test_full_disk_drops_lines_whole_and_logging_resumes(tmp_path: Path, small_f
     assert any(n.fields().get("reason") == "disk-full" for n in drops)
     assert "dropped" in collector.stderr()
     assert verify_errors(collector.store, collector.vkey) == []
+
+
+def test_a_config_that_deletes_at_once_is_reported_at_start(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    collector = Collector(tmp_path, {"global": {"keep_free": 0}})
+    collector.store = small_fs / "store"
+    collector.vkey = make_store(collector.store)
+    collector.start()
+    try:
+        for _ in range(2):
+            assert send(collector.socket, "alpha", lines("alpha", 5)) == [5]
+        assert collector.stop() == 0
+        assert "delete" not in collector.stderr()
+        collector.write_config({"global": {"keep_free": "8M"}})  # more than the filesystem
+        collector.start()
+        assert collector.stop() == 0
+    finally:
+        collector.kill()
+    err = collector.stderr()
+    assert "the retention settings delete 2 closed segment(s) of 1 qube(s)" in err
+    assert "below global.keep_free (8 MiB)" in err

@@ -39,7 +39,7 @@ def test_defaults() -> None:
     cfg = config("{}")
     assert cfg == RetentionConfig()
     assert (cfg.segment_max_bytes, cfg.quota_default) == (32 << 20, 1 << 30)
-    assert (cfg.global_max_bytes, cfg.global_keep_free) == (0, 1 << 30)
+    assert (cfg.global_max_bytes, cfg.global_keep_free) == (0, 256 << 20)
     assert (cfg.compress_after, cfg.compress_level) == (3600.0, 3)
     assert cfg.max_age_default == 0 and cfg.dispvm_delete_after_close is None
     assert class_of(cfg, "disp1234") == "dispvm"

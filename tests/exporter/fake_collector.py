@@ -9,6 +9,8 @@ steered by files in DIR, so a test can change it between connections:
 - ``DIR/down``: exit 1 at once (the LogVM is absent);
 - ``DIR/slow``: sleep that many seconds before each ack;
 - ``DIR/noack``: store but never acknowledge;
+- ``DIR/hang``: read nothing, never acknowledge, never end (a paused LogVM
+  or a hung qrexec-client-vm) until killed;
 - ``DIR/crash``: once this connection has stored that many lines, remove
   the file and die at once without acknowledging them (the LogVM crashes).
 
@@ -32,6 +34,8 @@ def main() -> int:
     if (state / "down").exists():
         return 1
     (state / "pid").write_text(str(os.getpid()))
+    if (state / "hang").exists():
+        time.sleep(3600)
     received = os.open(state / "received", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     stdin = sys.stdin.buffer
     total = 0

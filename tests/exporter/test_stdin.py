@@ -3,7 +3,7 @@
 import subprocess
 
 import pytest
-from exporter.helpers import REPO, FakeCollector, write_config
+from exporter.helpers import REPO, FakeCollector, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,3 +42,23 @@ def test_send_fails_when_the_logvm_never_acknowledges(tmp_path, collector: FakeC
     )  # fmt: skip
     assert result.returncode == 1
     assert b"logvm-send: not every line reached the LogVM" in result.stderr
+
+
+def test_a_hung_call_is_abandoned_and_nothing_is_lost(tmp_path, collector: FakeCollector):
+    collector.set("hang")
+    config = write_config(
+        tmp_path / "e.yaml", collector.command, tmp_path / "state", ack_timeout="300ms"
+    )
+    send = subprocess.Popen(
+        [str(REPO / ".venv/bin/logvm-send"), "--config", str(config), "-t", "hung"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert send.stdin is not None
+    send.stdin.write(b"".join(b"line %d\n" % i for i in range(50)))
+    send.stdin.close()
+    wait_for(lambda: collector.connections() >= 2, what="a second call after the hung one")
+    collector.clear("hang")  # the LogVM is back
+    assert send.wait(30) == 0
+    assert send.stderr is not None
+    assert b"abandoning the call" in send.stderr.read()
+    assert [r.message for r in collector.records()] == [b"line %d" % i for i in range(50)]

@@ -121,6 +121,10 @@ class Daemon:
     async def run(self, sock: socket.socket) -> None:
         """Serve until SIGTERM, then drain, seal and close."""
         self._loop = asyncio.get_running_loop()
+        # First: a SIGTERM during recovery stops the collector right after it.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
         # Few chain threads: the disk is one, and each thread's malloc arena
         # keeps batch-sized buffers resident (RSS).
         self._loop.set_default_executor(
@@ -143,9 +147,7 @@ class Daemon:
             )
         scanned = await self._loop.run_in_executor(None, self._scan_usage)
         self._resync(scanned)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(signum, self._stop.set)
-        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self._loop.run_in_executor(None, self._report_start_deletions)
         await self.server.start(sock)
         tasks = [
             self._loop.create_task(self._epochs(), name="epochs"),
@@ -169,6 +171,32 @@ class Daemon:
         if self.sender is not None:
             await self.sender.flush(5.0)
             await self.sender.stop()
+
+    def _report_start_deletions(self) -> None:
+        """Say at start when the configuration deletes logs at once (worker thread)."""
+        retention = self.shared.config.retention
+        try:
+            plan = plan_deletions(self.store.layout, retention, time.time(), {})
+            stats = os.statvfs(self.store.layout.root)
+        except (LogvmError, OSError) as err:
+            log.warning("cannot check the retention settings at start: %s", err)
+            return
+        if not plan:
+            return
+        free = stats.f_bavail * stats.f_frsize
+        floor = ""
+        if free < retention.global_keep_free:
+            floor = (
+                f"; the filesystem has {free >> 20} MiB free, below global.keep_free "
+                f"({retention.global_keep_free >> 20} MiB)"
+            )
+        log.warning(
+            "the retention settings delete %d closed segment(s) of %d qube(s) at the first "
+            "housekeeping pass (quota, retention, global.max_bytes or global.keep_free)%s",
+            len(plan),
+            len({q for q, _ in plan}),
+            floor,
+        )
 
     def reload(self) -> None:
         """SIGHUP: read the configuration again; keep the old one if it is wrong."""

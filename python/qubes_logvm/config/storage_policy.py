@@ -50,7 +50,11 @@ class RetentionConfig:
     plain_ratio: float = 8.0  # plain (uncompressed) text a qube keeps: this times its quota
     classes: tuple[tuple[str, tuple[str, ...]], ...] = tuple(BUILTIN_CLASSES.items())
     global_max_bytes: int = 0  # 0: no cap
-    global_keep_free: int = GB
+    #: 256 MiB: room for the journal and a few segments' worth of writes, yet
+    #: small beside the 16 GiB global cap on a stock 20 GiB private volume
+    #: (Salt) or on Qubes' default 2 GiB one; a larger floor on a nearly full
+    #: volume would delete every closed segment (reported at start).
+    global_keep_free: int = 256 * MB
     global_keep_free_inodes: int = 10000
     max_age_default: float = 0.0  # 0: forever
     max_age_classes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
@@ -220,7 +224,7 @@ def parse_retention(section: Section) -> RetentionConfig:
     grace = retention.duration("dispvm_grace", "1d")
     retention.done()
     cap = section.section("global")
-    global_max, keep_free = cap.size("max_bytes", 0), cap.size("keep_free", "1G")
+    global_max, keep_free = cap.size("max_bytes", 0), cap.size("keep_free", "256M")
     keep_free_inodes = cap.integer("keep_free_inodes", 10000, minimum=0)
     cap.done()
     compress_after, level = _compress(section.section("compress"))

@@ -69,6 +69,7 @@ class ExporterConfig:
     stdin: bool = False
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    ack_timeout: float = 60.0
     shutdown_drain: float = 10.0
 
 
@@ -161,12 +162,15 @@ def parse_exporter_config(data: object) -> ExporterConfig:
         stdin=sources.boolean("stdin", False),
         backoff_initial=backoff.duration("initial", "1s"),
         backoff_max=backoff.duration("max", "60s"),
+        ack_timeout=top.duration("ack_timeout", "60s"),
         shutdown_drain=top.duration("shutdown_drain", "10s"),
     )
     for section in (batch, backoff, sources, top):
         section.done()
     if config.backoff_initial <= 0 or config.backoff_max < config.backoff_initial:
         raise ConfigError("backoff: need 0 < initial <= max")
+    if config.ack_timeout <= 0:
+        raise ConfigError("ack_timeout: must be more than 0")
     return config
 
 

@@ -137,6 +137,7 @@ async def run_exporter(
         max_delay=config.batch_max_delay,
         backoff_initial=config.backoff_initial,
         backoff_max=config.backoff_max,
+        ack_timeout=config.ack_timeout,
         spawn=spawn,
     )
     for source in sources:

@@ -5,7 +5,9 @@ short flush delay; maps the collector's ``ack <N>`` lines back to source
 positions (only acknowledged positions are ever committed); keeps a bounded
 window of unacknowledged lines, resent in order on the next connection;
 reconnects with exponential backoff and jitter, slowly when dom0's policy
-denies the call (exit 126).
+denies the call (exit 126). A call that owes acks and neither acks nor ends
+within ``ack_timeout`` (the LogVM paused, the collector stuck, qrexec hung)
+is abandoned: killed, and its unacknowledged lines go again on the next one.
 
 Trust side: what comes back on the stream's stdout is from the LogVM (or
 whatever dom0 connected us to): read with a byte limit and parsed strictly;
@@ -94,6 +96,7 @@ class Transport:
         backoff_max: float = 60.0,
         window_lines: int = 20000,
         window_bytes: int = 512 << 10,
+        ack_timeout: float = 60.0,
         spawn: Spawn = asyncio.create_subprocess_exec,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -104,6 +107,7 @@ class Transport:
         self._backoff_max = backoff_max
         self._window_lines = window_lines
         self._window_bytes = window_bytes
+        self._ack_timeout = ack_timeout
         self._spawn = spawn
         self._rng = rng
         self._unsent: deque[Chunk] = deque()
@@ -262,9 +266,25 @@ class Transport:
             return False
         acked_here = 0
         got_ack = False
+        loop = asyncio.get_running_loop()
+        since = loop.time()  # the last ack, or a moment nothing was owed
         while True:
             try:
-                untrusted_line = await stdout.readline()
+                untrusted_line = await asyncio.wait_for(stdout.readline(), self._ack_timeout)
+            except TimeoutError:
+                # readline is cancel-safe: a partial line stays buffered.
+                if not self._sent_lines():
+                    since = loop.time()
+                    continue
+                if loop.time() - since < self._ack_timeout:
+                    continue
+                log.error(  # noqa: TRY400 (one line)
+                    "no ack for %d lines within %.0fs (ack_timeout): abandoning the call, "
+                    "they are sent again",
+                    self._sent_lines(),
+                    self._ack_timeout,
+                )
+                return got_ack
             except ValueError:
                 log.error("the LogVM sent an overlong reply line; reconnecting")  # noqa: TRY400
                 return got_ack
@@ -280,6 +300,7 @@ class Transport:
                 return got_ack
             acked_here += count
             got_ack = True
+            since = loop.time()
             self._release(count)
 
     def _sent_lines(self) -> int:
