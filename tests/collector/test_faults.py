@@ -20,6 +20,7 @@ from collector.helpers import (
     connect,
     make_store,
     notes,
+    records,
     send,
     sent_lines,
     verify_errors,
@@ -241,3 +242,45 @@ def test_a_config_that_deletes_at_once_is_reported_at_start(
     err = collector.stderr()
     assert "the retention settings delete 2 closed segment(s) of 1 qube(s)" in err
     assert "below global.keep_free (8 MiB)" in err
+
+
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+
+def test_clock_stepped_back_keeps_receive_times_monotonic(
+    start_collector: Callable[..., Collector], tmp_path: Path
+) -> None:
+    if not FAKETIME_LIB.exists():
+        pytest.skip("libfaketime is not installed")
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    clock_env = {
+        "LD_PRELOAD": str(FAKETIME_LIB),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    collector = start_collector()
+    collector.kill()
+    collector.start(env=clock_env)
+    sock = _open_session(collector, "alpha", 5)
+    offset.write_text("-1h\n")  # the LogVM's clock goes back an hour
+    got = b""
+    sock.sendall(lines("back", 5))
+    while b"ack 10\n" not in got:
+        got += sock.recv(4096)
+    offset.write_text("+0\n")
+    sock.sendall(lines("again", 5))
+    sock.shutdown(socket.SHUT_WR)
+    while chunk := sock.recv(4096):
+        got += chunk
+    assert got.endswith(b"ack 15\n")
+    sock.close()
+    assert send(collector.socket, "alpha", lines("next", 2)) == [2]
+    assert collector.stop() == 0
+    stamps = [r.stamp for r in records(collector.store, "alpha")]
+    assert stamps == sorted(stamps)  # segment notes included
+    steps = notes(collector.store, "alpha", "clock-step")
+    assert len(steps) == 1
+    assert 3590_000 < int(steps[0].fields()["back_ms"]) < 3610_000
+    assert verify_errors(collector.store, collector.vkey) == []

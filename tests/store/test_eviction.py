@@ -185,7 +185,7 @@ def test_keep_free_floor_uses_statvfs(store: Store) -> None:
 
     class Low:
         f_frsize = 4096
-        f_bavail = (1 << 30) // 4096 - 25  # 100 KiB short of the 1G floor
+        f_bavail = (256 << 20) // 4096 - 25  # 100 KiB short of the default 256M floor
         f_files = 1 << 20
         f_favail = 1 << 19  # plenty of inodes
 

@@ -36,6 +36,8 @@ _T = TypeVar("_T")
 
 #: Drop and refusal notes are coalesced to at most one per this many seconds.
 NOTE_INTERVAL = 1.0
+#: A step back of the wall clock this large (seconds) is noted (``clock-step``).
+CLOCK_STEP = 1.0
 #: The smallest segment a small quota rolls at.
 MIN_ROLL_BYTES = 64 * 1024
 #: Room kept for one seal line when charging a batch (seal lines are ~230 bytes).
@@ -99,17 +101,54 @@ class TickLock:
                 self._cond.notify_all()
 
 
-class StoreAccess:
-    """The store as every qube writer reaches it: config, per-qube locks, the tick lock."""
+class ReceiveClock:
+    """One qube's receive times: never below the last one handed out.
 
-    def __init__(self, store: Store, config: CollectorConfig) -> None:
+    When the wall clock steps back, stamps stay at the last one until it
+    catches up, and the step (the largest gap seen, once per step of at
+    least :data:`CLOCK_STEP`) waits in :attr:`stepped_back` for a note.
+    """
+
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self._wall = wall
+        self.last = 0.0
+        self.stepped_back = 0.0  # seconds, to be noted (0: nothing)
+        self._noted = 0.0
+
+    def now(self) -> float:
+        """The receive time to use now."""
+        wall = self._wall()
+        if wall >= self.last:
+            self.last, self._noted = wall, 0.0
+            return wall
+        behind = self.last - wall
+        if behind >= self._noted + CLOCK_STEP:
+            self.stepped_back = self._noted = behind
+        return self.last
+
+
+class StoreAccess:
+    """The store as every qube writer reaches it: config, per-qube locks, the tick lock.
+
+    ``clock`` is the wall clock of receive times and notes (tests inject one).
+    """
+
+    def __init__(
+        self, store: Store, config: CollectorConfig, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.config = config
+        self.clock = clock
         self.tick_lock = TickLock()
         self.locks: dict[str, asyncio.Lock] = {}
         self.stopping = False  # shutting down: segments close without lingering
         self.usage = StoreLedger()  # the whole store's cost, kept as writes happen
         self.pressure = asyncio.Event()  # wakes housekeeping: the global cap is exceeded
+        self.clocks: dict[str, ReceiveClock] = {}  # per qube, kept across sessions
+
+    def receive_clock(self, qube: str) -> ReceiveClock:
+        """The qube's receive clock."""
+        return self.clocks.setdefault(qube, ReceiveClock(self.clock))
 
     def lock(self, qube: str) -> asyncio.Lock:
         """Serialises everything done to one qube's chain."""
@@ -128,6 +167,7 @@ class _Batch:
         self.chunks: list[bytes] = []
         self.lines = 0
         self.nbytes = 0
+        self.first_stamp: float | None = None  # receive time of the first record
 
 
 class QubeWriter:
@@ -142,6 +182,8 @@ class QubeWriter:
         self.chain: QubeChain | None = None
         self._on_idle = on_idle
         self._pending = _Batch()
+        self.clock = shared.receive_clock(qube)
+        self._stamps = (0.0, 0.0)  # this step's notes: before its records, after them
         limit = shared.config.rate_for(qube)
         self._bucket = TokenBucket(limit.lines_per_second, limit.burst, time.monotonic())
         self._drops = {"rate-limit": 0, "quota": 0, "disk-full": 0}
@@ -184,6 +226,8 @@ class QubeWriter:
             records = first_lines(records, allowed) if allowed else b""
         feed.handled += nlines
         if records:
+            if self._pending.first_stamp is None:
+                self._pending.first_stamp = self.clock.last  # these records' stamp
             self._pending.chunks.append(records)
             self._pending.lines += allowed
             self._pending.nbytes += len(records)
@@ -286,12 +330,21 @@ class QubeWriter:
         self._wake.set()
 
     def _has_notes(self) -> bool:
-        return bool(self._refused or any(self._drops.values()))
+        return bool(self._refused or any(self._drops.values()) or self.clock.stepped_back)
+
+    def receive_time(self) -> bytes:
+        """The stamp for lines received now (connections call it)."""
+        return format_timestamp(self.clock.now())
 
     async def _step(self) -> None:
         batch, self._pending = self._pending, _Batch()
         acks = [(feed, feed.handled, feed.eof) for feed in self.feeds]
         want_open = bool(self.feeds) or self._lingers()
+        end = self.clock.now()
+        start = batch.first_stamp if batch.first_stamp is not None else end
+        # Notes before the batch's records are stamped no later than the
+        # first of them (segment-start too), the segment-end note after.
+        self._stamps = (start, end)
         notes = self._take_notes(force=not want_open or any(eof for _, _, eof in acks))
         roll, self._roll_requested = self._roll_requested, False
 
@@ -329,8 +382,12 @@ class QubeWriter:
                 )
             return []
         self._last_note = now
-        stamp = format_timestamp(time.time())
+        stamp = format_timestamp(self._stamps[0])
         notes = []
+        if self.clock.stepped_back:
+            back, self.clock.stepped_back = self.clock.stepped_back, 0.0
+            # Receive times stay at the last one until the clock catches up.
+            notes.append(note_record(stamp, "clock-step", back_ms=round(back * 1000)))
         for reason, count in self._drops.items():
             if count:
                 notes.append(note_record(stamp, "dropped", count=count, reason=reason))
@@ -397,12 +454,15 @@ class QubeWriter:
     def _open(self, chain: QubeChain, reason: str) -> None:
         if reason != "roll":
             self._session = secrets.token_hex(8)
-        chain.open_segment(self.shared.store.keys, session=self._session, reason=reason)
+        chain.open_segment(
+            self.shared.store.keys, stamp=self._stamps[0], session=self._session, reason=reason
+        )
         self._open_since = time.monotonic()
         self.ledger.open_seal_bytes = len(chain.last_seal.to_line()) if chain.last_seal else 0
 
     def _close(self, chain: QubeChain, reason: str) -> None:
-        seal = chain.close(self.shared.store.keys, reason=reason)
+        stamp = self._stamps[0] if reason == "roll" else self._stamps[1]
+        seal = chain.close(self.shared.store.keys, stamp=stamp, reason=reason)
         self.ledger.open_seal_bytes += len(seal.to_line())
         self.ledger.closed_segment(chain, self._session)
 

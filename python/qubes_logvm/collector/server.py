@@ -12,13 +12,11 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..core.errors import LogvmError, ProtocolError
 from ..core.names import MAX_DESCRIPTOR_BYTES, parse_service_descriptor
-from ..core.records import format_timestamp
 from .lines import LineSplitter
 from .peers import peer_of, peer_policy
 from .qubewriter import Feed, QubeWriter, StoreAccess
@@ -109,7 +107,7 @@ class Connection(asyncio.Protocol, Feed):
         if self.writer is None:
             self._read_descriptor(data)
             return
-        records, nlines = self.splitter.feed(data, format_timestamp(time.time()))
+        records, nlines = self.splitter.feed(data, self.writer.receive_time())
         if nlines:
             self.writer.submit(self, records, nlines)
 
@@ -117,7 +115,7 @@ class Connection(asyncio.Protocol, Feed):
         if self.writer is None:
             log.warning("connection closed before a complete service descriptor")
             return False
-        records, nlines = self.splitter.finish(format_timestamp(time.time()))
+        records, nlines = self.splitter.finish(self.writer.receive_time())
         if nlines:
             self.writer.submit(self, records, nlines)
         self.writer.finish(self)
@@ -279,7 +277,7 @@ class Server:
                 if isinstance(feed, Connection) and feed.transport is not None:
                     feed.set_reading(False)
                     if not feed.eof:
-                        records, nlines = feed.splitter.finish(format_timestamp(time.time()))
+                        records, nlines = feed.splitter.finish(writer.receive_time())
                         if nlines:
                             # Stored, but not counted: the sender never
                             # finished that line and sends it again.

@@ -90,9 +90,7 @@ class QubeChain:
         self._half_open: SegmentFiles | None = None
         self._torn_seal = 0  # bytes of a seal line a crash cut short
         self._seal_size = 0  # bytes of the open segment's seal file, all whole lines
-        #: A write failed and could not be cut back: the chain must be loaded
-        #: again from what is durable (:meth:`Store.chain` does).
-        self.broken = False
+        self.broken = False  # a write could not be cut back: Store.chain reloads it
         self._load()
 
     # -- loading -----------------------------------------------------------
@@ -120,9 +118,8 @@ class QubeChain:
             self.seq, self.head = last_tomb.last, last_tomb.head
 
     def _load_half_open(self, segments: list[SegmentFiles], last_tomb: Tomb | None) -> None:
-        """A crash inside open_segment (see :mod:`.remnant`): recovery removes
-        the remnant and the chain continues from the closed segment before it,
-        the newest tombstone, or the genesis head (the qube's first segment)."""
+        """An opening remnant (:mod:`.remnant`): recovery removes it; the chain goes
+        on from the segment before, the newest tombstone, or the genesis head."""
         half_open, before = segments[-1], segments[:-1]
         if before:
             previous = read_seal_file(before[-1].seal).seals if before[-1].seal else []
@@ -200,8 +197,11 @@ class QubeChain:
             raise
         return recovered
 
-    def open_segment(self, keys: KeyState, **session: str | int) -> None:
-        """Start a new segment (a session, or a roll-over) and note it."""
+    def open_segment(
+        self, keys: KeyState, *, stamp: float | None = None, **session: str | int
+    ) -> None:
+        """Start a new segment (a session, or a roll-over) and note it (at ``stamp``,
+        default now: no later than the first record that follows)."""
         if self.is_open:
             raise StoreError(f"{self.qube}: a segment is open already")
         if self.needs_recovery:
@@ -224,8 +224,8 @@ class QubeChain:
                 # the chain again removes it (see .remnant).
                 self._break()
                 raise
-        stamp = format_timestamp(self.clock())
-        self.append(note_record(stamp, "segment-start", seq=self.seq, **session), 1)
+        when = format_timestamp(self.clock() if stamp is None else stamp)
+        self.append(note_record(when, "segment-start", seq=self.seq, **session), 1)
 
     def _open_fds(self, *, create: bool) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
@@ -241,9 +241,8 @@ class QubeChain:
         self.broken = True
 
     def _rollback(self) -> None:
-        """Cut the open segment back to its last seal, so that nothing torn or
-        unsealed stays under a later seal (all-or-nothing); when even that
-        fails, the chain is broken and is loaded again from what is durable."""
+        """Cut the open segment back to its last seal (all-or-nothing); when even
+        that fails the chain is broken, to be loaded again from what is durable."""
         try:
             os.ftruncate(self._log_fd, self.sealed_nbytes)
             os.ftruncate(self._seal_fd, self._seal_size)
@@ -300,10 +299,10 @@ class QubeChain:
             self.on_seal(seal)
         return seal
 
-    def close(self, keys: KeyState, **fields: str | int) -> Seal:
-        """End the open segment with a note and a ``close`` seal."""
-        stamp = format_timestamp(self.clock())
-        self.append(note_record(stamp, "segment-end", seq=self.seq, **fields), 1)
+    def close(self, keys: KeyState, *, stamp: float | None = None, **fields: str | int) -> Seal:
+        """End the open segment with a note (at ``stamp``, default now) and a ``close`` seal."""
+        when = format_timestamp(self.clock() if stamp is None else stamp)
+        self.append(note_record(when, "segment-end", seq=self.seq, **fields), 1)
         with self.locked():
             return self.seal(keys, "close")
 
