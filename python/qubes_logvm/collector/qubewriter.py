@@ -27,6 +27,7 @@ from ..core.errors import LogvmError
 from ..core.records import format_timestamp, note_record
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
+from .clock import ReceiveClock
 from .ledger import QubeLedger, StoreLedger, over
 from .lines import first_lines
 from .ratelimit import TokenBucket
@@ -36,8 +37,6 @@ _T = TypeVar("_T")
 
 #: Drop and refusal notes are coalesced to at most one per this many seconds.
 NOTE_INTERVAL = 1.0
-#: A step back of the wall clock this large (seconds) is noted (``clock-step``).
-CLOCK_STEP = 1.0
 #: The smallest segment a small quota rolls at.
 MIN_ROLL_BYTES = 64 * 1024
 #: Room kept for one seal line when charging a batch (seal lines are ~230 bytes).
@@ -99,32 +98,6 @@ class TickLock:
             async with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
-
-
-class ReceiveClock:
-    """One qube's receive times: never below the last one handed out.
-
-    When the wall clock steps back, stamps stay at the last one until it
-    catches up, and the step (the largest gap seen, once per step of at
-    least :data:`CLOCK_STEP`) waits in :attr:`stepped_back` for a note.
-    """
-
-    def __init__(self, wall: Callable[[], float]) -> None:
-        self._wall = wall
-        self.last = 0.0
-        self.stepped_back = 0.0  # seconds, to be noted (0: nothing)
-        self._noted = 0.0
-
-    def now(self) -> float:
-        """The receive time to use now."""
-        wall = self._wall()
-        if wall >= self.last:
-            self.last, self._noted = wall, 0.0
-            return wall
-        behind = self.last - wall
-        if behind >= self._noted + CLOCK_STEP:
-            self.stepped_back = self._noted = behind
-        return self.last
 
 
 class StoreAccess:
