@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +69,13 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+def _drain(sock: socket.socket) -> None:
+    """Read a notify socket's datagrams until it is closed."""
+    with contextlib.suppress(OSError):
+        while sock.recv(4096):
+            pass
+
+
 class Demo:
     """The demo's state: work directory, processes started, the simulated world."""
 
@@ -81,6 +89,7 @@ class Demo:
         self.collector: subprocess.Popen[bytes] | None = None
         self.exporters: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         self._world: World | None = None
+        self._notify: list[socket.socket] = []
 
     @property
     def journald(self) -> Journald:
@@ -111,17 +120,25 @@ class Demo:
                     raise DemoFailed(f"{what} exited with {proc.returncode} before it was ready")
             raise DemoFailed(f"{what} did not report READY=1 within 20 s")
         finally:
-            Path(notify.getsockname()).unlink(missing_ok=True)
+            # Keep listening: the programs notify systemd later too (STATUS,
+            # STOPPING); a vanished socket would make them warn.
+            notify.settimeout(None)
+            threading.Thread(target=_drain, args=(notify,), daemon=True).start()
 
     def notify_socket(self, name: str) -> tuple[socket.socket, dict[str, str]]:
         path = self.work / f"notify-{name}.sock"
         path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(path))
+        self._notify.append(sock)
         return sock, {"NOTIFY_SOCKET": str(path)}
 
     def cleanup(self) -> None:
         """Kill whatever is still running (normal stops happen in the steps)."""
+        for sock in self._notify:
+            with contextlib.suppress(OSError):
+                Path(sock.getsockname()).unlink(missing_ok=True)
+            sock.close()
         for _qube, (proc, inner) in self.exporters.items():
             if proc.poll() is None:
                 if inner:
@@ -195,7 +212,7 @@ class Demo:
         notify, env = self.notify_socket("collector")
         argv = [str(BIN / "logvm-collector"), "--socket", str(self.socket)]
         argv += ["--store", str(self.store), "--config", str(self.config)]
-        with notify, (self.work / "collector.log").open("ab") as log:
+        with (self.work / "collector.log").open("ab") as log:
             self.collector = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stderr=log,
                 env={**os.environ, **env}, start_new_session=True,
@@ -248,7 +265,7 @@ class Demo:
             config = self.exporter_config(qube, command)
             notify, notify_env = self.notify_socket(f"exporter-{qube}")
             argv = [str(BIN / "logvm-exporter"), "--config", str(config)]
-            with notify, (self.work / f"exporter-{qube}.log").open("ab") as log:
+            with (self.work / f"exporter-{qube}.log").open("ab") as log:
                 proc = self.journald.popen(
                     argv, stdin=subprocess.DEVNULL, stderr=log,
                     env={**env, **notify_env}, start_new_session=True,

@@ -42,6 +42,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
+    # A newcomer's first run: no Python warning or traceback anywhere, in
+    # the demo's output or in the logs of the programs it started.
+    logs = "".join(p.read_text(errors="replace") for p in workdir.glob("*.log"))
+    for text in (out, logs):
+        assert "Traceback" not in text and "Warning:" not in text, text[-3000:]
+    assert not re.search(r"^WARNING ", logs, re.M), logs[-3000:]
     for qube in ("work", "personal", "disp4711"):
         assert re.search(rf"^    {qube}: \d+ segments", out, re.M), out
     assert len(re.findall(r"^\$ logvm verify --key ", out, re.M)) == 2, out
