@@ -180,9 +180,7 @@ install-dom0:
 	install -d $(D)$(PYTHON_SITELIB)/qubes_logvm $(D)$(BINDIR) $(D)$(QUBESRPCDIR) \
 	    $(D)$(POLICYDIR) $(D)$(FORMULADIR) $(D)$(SALTMINIONDIR)
 	cd $(PKGBUILD)/dom0root$(PYTHON_SITELIB)/qubes_logvm && \
-	    cp -r __init__.py VERSION py.typed core \
-	        $(if $(wildcard python/qubes_logvm/witness.py),witness.py) \
-	        $(if $(wildcard python/qubes_logvm/witness/__init__.py),witness) \
+	    cp -r __init__.py VERSION py.typed core witness \
 	        $(abspath $(D)$(PYTHON_SITELIB))/qubes_logvm/
 	install -m 0755 $(PKGBUILD)/dom0root$(BINDIR)/logvm-witness $(D)$(BINDIR)/logvm-witness
 	install -D -m 0644 man/logvm-witness.8 $(D)$(MANDIR)/man8/logvm-witness.8
@@ -194,7 +192,7 @@ install-dom0:
 	    systemd/user/logvm-witness-verify.timer $(D)$(USERUNITDIR)/
 	# dom0's qrexec services run as the dom0 user, a member of group qubes.
 	install -d -m 0770 $(D)$(WITNESSDIR)
-	$(if $(wildcard qubes-rpc-policy/*.policy),install -m 0664 $(wildcard qubes-rpc-policy/*.policy) $(D)$(POLICYDIR)/)
+	install -m 0664 qubes-rpc-policy/*.policy $(D)$(POLICYDIR)/
 	cd salt && find . -type d -name __pycache__ -prune -o -type f -print | while read -r f; do \
 	    install -D -m 0644 "$$f" "$(abspath $(D)$(FORMULADIR))/$${f#./}"; done
 	printf '%s\n' '# qubes-logvm: makes the logvm formula visible to qubesctl.' \

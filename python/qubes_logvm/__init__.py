@@ -13,6 +13,8 @@ checks the programs' side at run time)::
   folder      runs in                       may import
   ----------  ----------------------------  ---------------------------------
   core/       everywhere                    stdlib
+  daemon_support.py  the daemons, the store stdlib (logging for journald,
+                                            readiness, socket activation)
   config/     LogVM (schema.py: every qube  core; yaml
               too, for exporter.yaml)
   store/      LogVM, the verifying DispVM   core, config; zstandard

@@ -28,6 +28,7 @@ from types import FrameType
 from .config.collector import load_collector_config
 from .config.storage_policy import RetentionConfig
 from .core.errors import LogvmError, StoreError
+from .daemon_support import fatal, setup_logging
 from .store.compress import CompressError, Interrupted, candidates, compress_segment, tidy
 from .store.layout import DEFAULT_STORE, StoreLayout
 
@@ -174,10 +175,9 @@ def main(
 ) -> int:
     """Entry point of ``logvm-rotate``."""
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="logvm-rotate: %(levelname)s: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        logging.INFO if args.verbose else logging.WARNING,
+        "logvm-rotate: %(levelname)s: %(message)s",
     )
     signals = _Signals()
     if install_signals:
@@ -192,8 +192,7 @@ def main(
         finally:
             os.close(lock_fd)
     except LogvmError as err:
-        print(f"logvm-rotate: {err}", file=sys.stderr)
-        return 1
+        return fatal("logvm-rotate", str(err))
 
 
 if __name__ == "__main__":

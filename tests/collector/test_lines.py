@@ -4,8 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qubes_logvm.collector.lines import LineSplitter, first_lines
-from qubes_logvm.collector.ratelimit import TokenBucket
 from qubes_logvm.core.escape import escape, escape_block, unescape
+from qubes_logvm.core.ratelimit import TokenBucket
 from qubes_logvm.core.records import parse_record
 
 STAMP = b"2026-11-28T17:58:34.123456Z"
@@ -46,8 +46,8 @@ def test_first_lines() -> None:
 
 def test_token_bucket() -> None:
     bucket = TokenBucket(10, 20, now=0.0)
-    assert bucket.take(50, now=0.0) == 20
-    assert bucket.take(50, now=1.0) == 10
-    assert bucket.take(5, now=1.0) == 0
+    assert bucket.take_up_to(50, now=0.0) == 20
+    assert bucket.take_up_to(50, now=1.0) == 10
+    assert bucket.take_up_to(5, now=1.0) == 0
     bucket.configure(0, 1)
-    assert bucket.take(1000, now=1.0) == 1000
+    assert bucket.take_up_to(1000, now=1.0) == 1000

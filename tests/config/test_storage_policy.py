@@ -1,7 +1,5 @@
 """Rotation keys of collector.yaml: defaults, lookups, and errors that name the key."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -9,7 +7,6 @@ from qubes_logvm.config.collector import parse_collector_config
 from qubes_logvm.config.storage_policy import (
     RetentionConfig,
     class_of,
-    load_retention,
     max_age_for,
     quota_for,
 )
@@ -118,9 +115,3 @@ def test_collector_loader_reads_rotation_keys_once_and_still_refuses_unknown() -
         parse_collector_config({**data, "quotas": {"default": "1G"}})
     with pytest.raises(ConfigError, match="^quota.qubes.work: quota"):
         parse_collector_config({**data, "quota": {"qubes": {"work": "1M"}}})
-
-
-def test_load_retention_ignores_collector_keys(tmp_path: Path) -> None:
-    path = tmp_path / "collector.yaml"
-    path.write_text("max_line_bytes: 4K\nquota: {default: 2G}\n")
-    assert load_retention(path).quota_default == 2 << 30

@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 from witness.conftest import KEY0, STORE_ID, line_of, make_seal, register_line
 
 from qubes_logvm.core.errors import ProtocolError, StoreError
+from qubes_logvm.core.ratelimit import TokenBucket
 from qubes_logvm.core.seal import EpochKeys
 from qubes_logvm.core.witness_format import (
     MAX_LINE_BYTES,
     REPLIES,
     Register,
-    TokenBucket,
     format_cp_line,
     judge_checkpoint,
     parse_cp_line,

@@ -181,12 +181,8 @@ def test_deb_installed_default_configs_are_valid(installed: Path) -> None:
         "from pathlib import Path\n"
         "from qubes_logvm.exporter.config import load_exporter_config\n"
         "load_exporter_config(Path('/etc/qubes-logvm/exporter.yaml'))\n"
-        "try:\n"
-        "    from qubes_logvm.config.collector import load_collector_config\n"
-        "except ImportError:\n"
-        "    pass\n"
-        "else:\n"
-        "    load_collector_config(Path('/etc/qubes-logvm/collector.yaml'))\n"
+        "from qubes_logvm.config.collector import load_collector_config\n"
+        "load_collector_config(Path('/etc/qubes-logvm/collector.yaml'))\n"
     )
     run(["/usr/bin/python3", "-I", "-c", code], cwd="/")
 

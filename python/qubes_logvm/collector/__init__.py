@@ -3,5 +3,5 @@
 Modules: :mod:`.daemon` (entry point, timers, signals), :mod:`.server`
 (socket, descriptor, connections), :mod:`.lines` (splitting, capping,
 escaping, stamping), :mod:`.qubewriter` (per-qube batching, sealing, acks,
-rate limit, quota), :mod:`.ratelimit` (token bucket).
+rate limit, quota).
 """

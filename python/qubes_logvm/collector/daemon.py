@@ -17,7 +17,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import os
 import signal
 import socket
 import sys
@@ -30,6 +29,7 @@ from ..config.storage_policy import quota_for
 from ..core.errors import LogvmError
 from ..core.seal import Seal
 from ..core.tomb import Tomb
+from ..daemon_support import EXIT_OK, fatal, listen_fds, sd_notify, setup_logging
 from ..store.eviction import plan_deletions
 from ..store.keystate import setup_keys
 from ..store.layout import DEFAULT_STORE, StoreLayout
@@ -44,43 +44,13 @@ from .witness_sender import CheckpointSender
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path("/run/qubes-logvm/logvm.Send.sock")
-SD_LISTEN_FDS_START = 3
 SHUTDOWN_TIMEOUT = 30.0
 #: Housekeeping waits at most this many intervals after repeated failures.
 HOUSEKEEPING_BACKOFF = 8
 
 
-def sd_listen_fds(environ: dict[str, str] | None = None) -> list[int]:
-    """File descriptors passed by systemd socket activation (and forget the variables)."""
-    env = os.environ if environ is None else environ
-    try:
-        pid = int(env.get("LISTEN_PID", "0"))
-        count = int(env.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return []
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        env.pop(name, None)
-    if pid != os.getpid() or count < 1:
-        return []
-    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd our state (READY=1...) when it asked (NOTIFY_SOCKET)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(message.encode("ascii"), address)
-        except OSError as err:
-            log.warning("cannot notify systemd: %s", err)
-
-
 def _listening_socket(path: Path, config: CollectorConfig) -> socket.socket:
-    fds = sd_listen_fds()
+    fds = listen_fds()
     if fds:
         sock = socket.socket(fileno=fds[0])
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
@@ -349,10 +319,8 @@ def first_start(store_root: Path, config: CollectorConfig) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``logvm-collector``."""
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s"
     )
     try:
         config = load_collector_config(*args.config)
@@ -361,9 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock = _listening_socket(args.socket, config)
         asyncio.run(daemon.run(sock))
     except LogvmError as err:
-        print(f"logvm-collector: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return fatal("logvm-collector", f"error: {err}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ from typing import TypeVar
 from ..config.collector import CollectorConfig
 from ..config.storage_policy import DISPVM_CLASS, class_of, quota_for
 from ..core.errors import LogvmError
+from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp, note_record
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
 from .clock import ReceiveClock
 from .ledger import QubeLedger, StoreLedger, over
 from .lines import first_lines
-from .ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -193,7 +193,7 @@ class QubeWriter:
 
     def submit(self, feed: Feed, records: bytes, nlines: int) -> None:
         """Queue whole record lines of one connection (after the rate limit)."""
-        allowed = self._bucket.take(nlines, time.monotonic())
+        allowed = self._bucket.take_up_to(nlines, time.monotonic())
         if allowed < nlines:
             self._drops["rate-limit"] += nlines - allowed
             records = first_lines(records, allowed) if allowed else b""

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.errors import ProtocolError, SealError
+from ..core.names import WITNESS_SERVICE
 from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..core.warnings import RepeatedWarning
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 _REFUSED = RepeatedWarning(log)
 _UNREACHABLE = RepeatedWarning(log)
 
-DEFAULT_COMMAND = ("qrexec-client-vm", "dom0", "logvm.Witness")
+DEFAULT_COMMAND = ("qrexec-client-vm", "dom0", WITNESS_SERVICE)
 _REPLY = re.compile(rb"(ok|err) [a-z-]{1,32}\n")
 _RETRY_LATER = (b"err rate-limit", b"err busy")
 _RECONNECT = (b"err reset", b"err locked")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.names import WITNESS_SERVICE
 from .schema import Section, load_yaml_files
 from .storage_policy import RetentionConfig, parse_retention
 
@@ -46,7 +47,7 @@ class WitnessConfig:
         """The command that reaches the witness's ``logvm.Witness`` service."""
         if self.command:
             return self.command
-        return ("qrexec-client-vm", self.target or "dom0", "logvm.Witness")
+        return ("qrexec-client-vm", self.target or "dom0", WITNESS_SERVICE)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The collector's loader (:mod:`.collector`) hands the top-level
 :class:`~.schema.Section` to :func:`parse_retention`, which reads exactly the
 keys in :data:`RETENTION_KEYS` (and nothing else), checks each of them and
 every key below them, and leaves the top-level unknown-key check to the
-loader. ``logvm-rotate`` reads the same file with :func:`load_retention`.
+loader. ``logvm-rotate`` reads the same file with that loader.
 
 Trust side: admin-written (or rendered by Salt from pillar); trusted but may
 be wrong, so every value is checked and an error names its dotted key.
@@ -13,13 +13,12 @@ be wrong, so every value is checked and an error names its dotted key.
 import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
 from ..core.errors import ConfigError, InvalidQubeName
 from ..core.names import validate_qube_name
-from .schema import Section, load_yaml_files
+from .schema import Section
 
 _T = TypeVar("_T", int, float)
 
@@ -247,11 +246,3 @@ def parse_retention(section: Section) -> RetentionConfig:
         compress_after=compress_after,
         compress_level=level,
     )
-
-
-def load_retention(*paths: Path) -> RetentionConfig:
-    """Parse only the rotation keys of collector.yaml (for ``logvm-rotate``).
-
-    The other keys belong to the collector, whose loader checks them.
-    """
-    return parse_retention(Section(load_yaml_files(*paths), ""))

@@ -29,8 +29,8 @@ SEAL_DOMAIN = b"logvm-seal-v1\0"
 HASH_LEN = 32
 ZERO = bytes(HASH_LEN)
 
-#: What a seal line says about its segment.
-SEAL_KINDS = ("open", "batch", "tick", "close", "recover", "tomb")
+#: The seal kinds that end a segment: nothing may be sealed after them.
+FINAL_KINDS = frozenset({"close", "recover"})
 
 _SEAL_LINE = re.compile(
     r"v1 (open|batch|tick|close|recover|tomb) ([A-Za-z][A-Za-z0-9_.-]{0,30}) "
@@ -150,6 +150,11 @@ class Seal:
     def signed(self, key: bytes) -> "Seal":
         """This seal with its MAC computed under ``key``."""
         return replace(self, mac=seal_mac(key, self.body()))
+
+    @property
+    def is_final(self) -> bool:
+        """True for a seal that ends its segment (:data:`FINAL_KINDS`)."""
+        return self.kind in FINAL_KINDS
 
     def mac_ok(self, key: bytes) -> bool:
         """Constant-time check of the MAC under ``key``."""

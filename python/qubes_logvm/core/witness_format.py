@@ -62,7 +62,6 @@ _EXPORT_HEADER = re.compile(
     rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
 )
 EXPORT_MAGIC = b"logvm-witness-export-v1"
-_CLOSING_KINDS = ("close", "recover")
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def judge_checkpoint(held: Seal | None, new: Seal) -> str | None:
     same_bytes = new.nbytes == held.nbytes
     # Checked in order; the first that holds is the verdict.
     rules = (
-        (held.kind in _CLOSING_KINDS, "closed"),
+        (held.is_final, "closed"),
         (new.kind == "open", "fork"),
         (new.lines < held.lines or new.nbytes < held.nbytes, "stale"),
         # Every seal advances the head, even over no new bytes (a tick), so
@@ -174,26 +173,3 @@ def parse_export_header(line: bytes) -> tuple[str, str]:
     if match is None:
         raise StoreError("not a logvm-witness export (bad first line)")
     return match.group(1).decode("ascii"), match.group(2).decode("ascii")
-
-
-class TokenBucket:
-    """A rate limit: ``rate`` tokens per second, at most ``burst`` saved up.
-
-    The clock is passed in on every call, so this stays pure and testable.
-    """
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._last = now
-
-    def take(self, amount: float, now: float) -> bool:
-        """Spend ``amount`` tokens if available; False (nothing spent) if not."""
-        elapsed = max(0.0, now - self._last)
-        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        self._last = now
-        if amount > self._tokens:
-            return False
-        self._tokens -= amount
-        return True

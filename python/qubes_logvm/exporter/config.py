@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config.schema import Section, load_yaml_files
 from ..core.errors import ConfigError
+from ..core.names import SEND_SERVICE
 
 DEFAULT_PATHS = (
     Path("/etc/qubes-logvm/exporter.yaml"),
@@ -59,7 +60,7 @@ class SyslogConfig:
 class ExporterConfig:
     """Everything ``logvm-exporter`` needs."""
 
-    qrexec_command: tuple[str, ...] = ("qrexec-client-vm", "@default", "logvm.Send")
+    qrexec_command: tuple[str, ...] = ("qrexec-client-vm", "@default", SEND_SERVICE)
     state_dir: Path = Path("/var/lib/qubes-logvm-exporter")
     batch_max_lines: int = 1000
     batch_max_delay: float = 0.05

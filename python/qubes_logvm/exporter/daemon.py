@@ -20,6 +20,7 @@ from typing import Any
 
 from ..core.errors import LogvmError
 from ..core.sender_record import SEVERITIES
+from ..daemon_support import EXIT_OK, fatal, setup_logging
 from .config import load_exporter_config
 
 
@@ -61,10 +62,8 @@ def main(
 
     from . import runner
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        logging.DEBUG if args.verbose else logging.INFO, "%(levelname)s %(name)s: %(message)s"
     )
     try:
         config = load_exporter_config(*(args.config or ()))
@@ -82,12 +81,10 @@ def main(
 
         delivered = asyncio.run(go())
     except LogvmError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 1
+        return fatal(prog, str(err))
     if args.stdin and not delivered:
-        print(f"{prog}: not every line reached the LogVM", file=sys.stderr)
-        return 1
-    return 0
+        return fatal(prog, "not every line reached the LogVM")
+    return EXIT_OK
 
 
 def send_main(argv: Sequence[str] | None = None, **edges: Any) -> int:

@@ -13,11 +13,11 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..core.errors import LogvmError
+from ..daemon_support import sd_notify
 from .config import ExporterConfig
 from .state import StateDir
 from .stdin import StdinSource
@@ -36,19 +36,6 @@ class Source(Protocol):
     async def run(self, transport: Transport, stop: asyncio.Event) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
-
-
-def sd_notify(message: bytes, environ: Mapping[str, str]) -> None:
-    """Tell systemd (Type=notify) about our state, if it is listening."""
-    address = environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    target = "\0" + address[1:] if address.startswith("@") else address
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        try:
-            sock.sendto(message, target)
-        except OSError as err:
-            log.warning("cannot notify systemd at %s: %s", address, err.strerror)
 
 
 def build_sources(
@@ -147,7 +134,7 @@ async def run_exporter(
     link = asyncio.create_task(transport.run())
     tasks = [asyncio.create_task(source.run(transport, stop)) for source in sources]
     flusher = asyncio.create_task(_flusher(sources))
-    sd_notify(b"READY=1", environ)
+    sd_notify("READY=1", environ)
     log.info("exporter ready: %s", ", ".join(source.name for source in sources))
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -155,7 +142,7 @@ async def run_exporter(
         if link.done():
             link.result()  # a crash of the transport is a bug: surface it
         stop.set()
-        sd_notify(b"STOPPING=1", environ)
+        sd_notify("STOPPING=1", environ)
         return await _drain(sources, tasks, transport, link, config.shutdown_drain)
     finally:
         for task in (stopper, flusher, link, *tasks):

@@ -32,8 +32,9 @@ from .. import __version__
 from ..config.forward import ForwardConfig, load_forward_config
 from ..core.errors import LogvmError, StoreError
 from ..core.syslog5424 import Message, encode
+from ..daemon_support import EXIT_OK, fatal, fsync_dir, setup_logging
 from ..store.keystate import read_store_info
-from ..store.layout import DEFAULT_STORE, StoreLayout, fsync_dir
+from ..store.layout import DEFAULT_STORE, StoreLayout
 from .source import Cursor, StoreSource, load_cursors
 from .stream import StreamError, TlsStream, tls_context
 
@@ -220,10 +221,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, *, install_signals: bool = True) -> int:
     """Entry point of ``logvm-forward``."""
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="logvm-forward: %(levelname)s: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        logging.INFO if args.verbose else logging.WARNING,
+        "logvm-forward: %(levelname)s: %(message)s",
     )
     stop = threading.Event()
     if install_signals:
@@ -237,9 +237,8 @@ def main(argv: Sequence[str] | None = None, *, install_signals: bool = True) -> 
         config = load_forward_config(*(args.config or ()))
         Forwarder(config, StoreLayout(args.store), stop=stop).run()
     except LogvmError as err:
-        print(f"logvm-forward: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return fatal("logvm-forward", str(err))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from ..store.reader import MAX_LINE, open_plain
 from ..store.sealfile import MAX_SEAL_FILE
 
 log = logging.getLogger(__name__)
-FINAL_KINDS = ("close", "recover")
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ class StoreSource:
             except StoreError:
                 continue
             covered, covered_bytes = seal.lines, seal.nbytes
-            final = seal.kind in FINAL_KINDS
+            final = seal.is_final
         if cursor.line < covered and files.log is not None:
             cursor = self._records(qube, files, cursor, covered, covered_bytes, budget, out)
         if cursor.line < covered:

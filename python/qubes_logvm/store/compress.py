@@ -31,11 +31,11 @@ import zstandard
 
 from ..core.errors import LogvmError, StoreError
 from ..core.seal import Seal
-from .eviction import is_closed
+from ..daemon_support import fsync_dir
 from .files import open_regular
-from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
+from .layout import SegmentFiles, StoreLayout, qube_locked
 from .reader import last_stamp, stamp_trailer
-from .sealfile import read_seal_file
+from .sealfile import is_closed, read_seal_file
 from .tombstones import read_tomb_file
 from .verify.chain import ChainCheck, ChainMismatch
 
@@ -59,7 +59,7 @@ def _closed_seals(files: SegmentFiles) -> list[Seal]:
     parsed = read_seal_file(files.seal)
     if parsed.bad_lines or parsed.torn_tail or not parsed.seals:
         raise CompressError(f"{files.name}: seal file is damaged; leaving it for verify")
-    if parsed.seals[-1].kind not in ("close", "recover"):
+    if not parsed.seals[-1].is_final:
         raise CompressError(f"{files.name}: segment is not closed")
     return parsed.seals
 

@@ -33,7 +33,6 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypedDict
 
 import zstandard
@@ -46,20 +45,18 @@ from ..config.storage_policy import (
     plain_quota_for,
     quota_for,
 )
-from ..core.errors import StoreError
-from ..core.seal import Seal, parse_seal
 from ..core.warnings import RepeatedWarning
 from .layout import SegmentFiles, StoreLayout
+from .sealfile import is_closed, last_seal
 from .tombstones import read_tomb_file
 from .usage import ZERO_COST, Cost, qube_usage, segment_cost, usage
-from .writer import FINAL_KINDS, Store
+from .writer import Store
 
 log = logging.getLogger(__name__)
 #: Pressure nothing can relieve lasts: said once per interval, not every pass.
 _PRESSURE = RepeatedWarning(log)
 
 #: Bytes read from the end of a seal file to find its last line.
-_SEAL_TAIL = 1024
 #: Bytes read from the start of a segment to find its ``segment-start`` note.
 _HEAD_BYTES = 4096
 
@@ -135,36 +132,6 @@ def _segments(all_files: list[SegmentFiles], open_seq: int | None) -> list[_Segm
             break
         result.append(_Segment(files.seq, segment_cost(files), closed_at, files))
     return result
-
-
-def _last_line(path: Path | None) -> Seal | None:
-    """The last complete seal line of a seal file (read from the file's end)."""
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(max(0, os.fstat(stream.fileno()).st_size - _SEAL_TAIL))
-            tail = stream.read(_SEAL_TAIL)
-    except FileNotFoundError:
-        return None
-    lines = tail.split(b"\n")
-    if len(lines) < 2:
-        return None  # no complete line in the tail
-    try:
-        return parse_seal(lines[-2])
-    except StoreError:
-        return None
-
-
-def last_seal(files: SegmentFiles) -> Seal | None:
-    """The last complete seal line of a segment."""
-    return _last_line(files.seal)
-
-
-def is_closed(files: SegmentFiles) -> bool:
-    """True when the segment's seal file ends with a ``close``/``recover`` seal."""
-    seal = last_seal(files)
-    return seal is not None and seal.kind in FINAL_KINDS
 
 
 def start_fields(files: SegmentFiles) -> dict[str, str]:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..core.errors import SealError, StoreError
 from ..core.seal import evolve, format_verification_key, valid_store_id
-from .layout import STORE_FORMAT, StoreLayout, fsync_dir
+from ..daemon_support import fsync_dir
+from .layout import STORE_FORMAT, StoreLayout
 
 _RECORD_LEN = 160
 _MAGIC = "logvm-sealkey-v1"

@@ -123,15 +123,6 @@ class StoreLayout:
         ]
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory entry change (create, rename, unlink) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def qube_locked(layout: StoreLayout, qube: str) -> Iterator[None]:
     """Hold a qube's flock: the collector (opening, closing, deleting

@@ -4,15 +4,19 @@ Trust side: seal files may have been edited by an intruder or cut short by a
 crash; parsing is strict and a torn last line is reported as such.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import StoreError
 from ..core.seal import Seal, parse_seal
 from .files import read_regular
+from .layout import SegmentFiles
 
 #: A seal file larger than this is not one the collector wrote.
 MAX_SEAL_FILE = 256 << 20
+#: How much of a seal file's end :func:`last_seal_line` reads.
+SEAL_TAIL = 1024
 
 
 @dataclass
@@ -48,3 +52,33 @@ def parse_seal_data(data: bytes) -> SealFile:
         except StoreError as err:
             result.bad_lines.append((number, str(err)))
     return result
+
+
+def last_seal_line(path: Path | None) -> Seal | None:
+    """The last complete seal line of a seal file (read from the file's end)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(max(0, os.fstat(stream.fileno()).st_size - SEAL_TAIL))
+            tail = stream.read(SEAL_TAIL)
+    except FileNotFoundError:
+        return None
+    lines = tail.split(b"\n")
+    if len(lines) < 2:
+        return None  # no complete line in the tail
+    try:
+        return parse_seal(lines[-2])
+    except StoreError:
+        return None
+
+
+def last_seal(files: SegmentFiles) -> Seal | None:
+    """The last complete seal line of a segment."""
+    return last_seal_line(files.seal)
+
+
+def is_closed(files: SegmentFiles) -> bool:
+    """True when the segment's seal file ends with a ``close``/``recover`` seal."""
+    seal = last_seal(files)
+    return seal is not None and seal.is_final

@@ -15,7 +15,6 @@ from .layout import SegmentFiles
 from .reader import count_lines, first_stamp, last_stamp, open_plain
 from .sealfile import read_seal_file
 
-FINAL_KINDS = ("close", "recover")
 _DROPPED = re.compile(
     rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z C dropped count=([0-9]{1,18})[ \n]", re.M
 )
@@ -49,7 +48,7 @@ def segment_records(files: SegmentFiles) -> tuple[str, int]:
     seals = read_seal_file(files.seal).seals
     last = seals[-1] if seals else None
     sealed = last.lines if last is not None else 0
-    closed = last is not None and last.kind in FINAL_KINDS
+    closed = last is not None and last.is_final
     if files.compressed:
         return "compressed", sealed
     tail = 0

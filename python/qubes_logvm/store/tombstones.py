@@ -21,9 +21,10 @@ from pathlib import Path
 from ..core.errors import StoreError
 from ..core.seal import ZERO, Seal
 from ..core.tomb import Tomb, parse_tomb
+from ..daemon_support import fsync_dir
 from .files import read_regular
 from .keystate import KeyState
-from .layout import StoreLayout, fsync_dir
+from .layout import StoreLayout
 
 #: Lines after which the file is compacted to one summary line.
 TOMB_COMPACT_LINES = 32

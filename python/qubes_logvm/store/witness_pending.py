@@ -21,7 +21,8 @@ from pathlib import Path
 from ..core.errors import ProtocolError, SealError
 from ..core.seal import parse_verification_key
 from ..core.witness_format import Register, parse_message
-from .layout import StoreLayout, fsync_dir
+from ..daemon_support import fsync_dir
+from .layout import StoreLayout
 
 PENDING_NAME = "witness-register"
 

@@ -27,17 +27,16 @@ from pathlib import Path
 from ..core.errors import StoreError
 from ..core.faults import fail_point
 from ..core.records import format_timestamp, note_record
-from ..core.seal import ZERO, ChainHasher, Seal, genesis
+from ..core.seal import FINAL_KINDS, ZERO, ChainHasher, Seal, genesis
 from ..core.tomb import Tomb
+from ..daemon_support import fsync_dir
 from .keystate import KeyState
-from .layout import SegmentFiles, StoreLayout, fsync_dir, qube_locked
+from .layout import SegmentFiles, StoreLayout, qube_locked
 from .remnant import is_opening_remnant, seal_covers_log
 from .sealfile import read_seal_file
 from .tombstones import TombstoneFile
 
 log = logging.getLogger(__name__)
-
-FINAL_KINDS = ("close", "recover")
 
 
 def _size(path: Path) -> int:

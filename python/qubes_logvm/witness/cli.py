@@ -28,11 +28,11 @@ from typing import BinaryIO
 from .. import __version__
 from ..core.errors import LogvmError
 from ..core.names import validate_qube_name
+from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp
 from ..core.seal import Seal, format_verification_key
 from ..core.witness_format import (
     MAX_LINE_BYTES,
-    TokenBucket,
     format_cp_line,
     format_del_line,
     format_export_header,

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import LogvmError, ProtocolError, StoreError
+from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp
 from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
 from ..core.tomb import Tomb
 from ..core.witness_format import (
     Register,
-    TokenBucket,
     format_cp_line,
     format_del_line,
     judge_checkpoint,
@@ -78,6 +78,11 @@ class Limits:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a directory entry change durable.
+
+    A copy of :func:`qubes_logvm.daemon_support.fsync_dir`: the witness imports
+    only the core and the stdlib (it runs in dom0), so it keeps its own.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -11,7 +11,7 @@ import itertools
 from pathlib import Path
 
 from ...core.errors import StoreError
-from ...core.seal import ZERO, Seal
+from ...core.seal import FINAL_KINDS, ZERO, Seal
 from ..layout import SegmentFiles
 from ..reader import count_lines, open_plain
 from ..sealfile import SealFile, read_seal_file
@@ -20,8 +20,6 @@ from .context import Ctx
 from .data import DataResult, Interval, check_data
 from .findings import ERROR, WARNING
 from .remnant import opening_remnant
-
-FINAL_KINDS = ("close", "recover")
 
 
 def numbered(parsed: SealFile) -> list[tuple[int, Seal]]:
