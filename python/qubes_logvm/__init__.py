@@ -4,8 +4,7 @@ Floors (a module imports only from its own floor or below):
   1. ``core``: pure code, stdlib only, no I/O.
   2. ``store``, ``config``: files on disk, sealing state, verification.
   3. programs: ``collector``, ``exporter``, ``rotate``, ``cli``, ``snapshot``,
-     ``witness``;
-     a program never imports another program.
+     ``witness``; a program never imports another program.
 
 Which folder runs where, and what it may import (tests/test_layering.py
 checks the programs' side at run time)::
@@ -13,8 +12,9 @@ checks the programs' side at run time)::
   folder      runs in                       may import
   ----------  ----------------------------  ---------------------------------
   core/       everywhere                    stdlib
-  daemon_support.py  the daemons, the store stdlib (logging for journald,
-                                            readiness, socket activation)
+  daemon_support.py                         stdlib (journald logging,
+              the daemons and the store     readiness, socket activation,
+                                            fsync_dir, exit codes)
   config/     LogVM (schema.py: every qube  core; yaml
               too, for exporter.yaml)
   store/      LogVM, the verifying DispVM   core, config; zstandard

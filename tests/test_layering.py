@@ -1,0 +1,81 @@
+"""The floors at run time: each program, imported in a fresh interpreter, loads only its floors.
+
+Every module of a program's package is imported (lazy imports inside
+functions included, e.g. the exporter's runner), then ``sys.modules`` is
+read. The table of what may import what is in ``qubes_logvm/__init__.py``.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "python"
+PROGRAMS = ("collector", "exporter", "rotate", "cli", "snapshot", "witness")
+
+_IMPORT_ALL = r"""
+import importlib, json, pkgutil, sys
+for name in sys.argv[1:]:
+    module = importlib.import_module(name)
+    for info in pkgutil.walk_packages(getattr(module, "__path__", []), name + "."):
+        importlib.import_module(info.name)
+print(json.dumps({n: getattr(m, "__file__", None) for n, m in sys.modules.items()}))
+"""
+
+
+def loaded(*modules: str) -> dict[str, str | None]:
+    """Module name -> file, after importing ``modules`` (and their submodules) afresh."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL, *modules],
+        cwd="/",
+        env={"PYTHONPATH": str(PACKAGE), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, str | None] = json.loads(done.stdout)
+    return result
+
+
+def project(modules: dict[str, str | None]) -> set[str]:
+    return {name for name in modules if name.split(".")[0] == "qubes_logvm"}
+
+
+def program_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PROGRAMS else None
+
+
+def test_exporter_loads_no_store_collector_or_zstandard() -> None:
+    modules = loaded("qubes_logvm.exporter")
+    assert "zstandard" not in modules
+    assert not {n for n in project(modules) if n.startswith("qubes_logvm.store")}
+    assert {program_of(n) for n in project(modules)} <= {None, "exporter"}
+
+
+def test_witness_loads_only_the_core_and_the_stdlib() -> None:
+    modules = loaded("qubes_logvm.witness")
+    ours = project(modules)
+    allowed = ("qubes_logvm.core", "qubes_logvm.witness")
+    assert {n for n in ours if n != "qubes_logvm" and not n.startswith(allowed)} == set()
+    startup = loaded()  # what the interpreter itself loads (site, the venv's hooks)
+    others = {n.split(".")[0] for n in set(modules) - set(startup)} - {"qubes_logvm"}
+    assert others - set(sys.stdlib_module_names) - set(sys.builtin_module_names) == set()
+
+
+def test_store_loads_no_program() -> None:
+    modules = loaded("qubes_logvm.store", "qubes_logvm.config", "qubes_logvm.core")
+    assert {n for n in project(modules) if program_of(n)} == set()
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_no_program_loads_another_or_the_tests(program: str) -> None:
+    modules = loaded(f"qubes_logvm.{program}")
+    assert {program_of(n) for n in project(modules)} <= {None, program}
+    tests = str(REPO / "tests")
+    assert [n for n, path in modules.items() if path and path.startswith(tests)] == []
