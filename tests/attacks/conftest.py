@@ -12,7 +12,6 @@ copy and runs the real ``logvm verify``.
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ from witness.conftest import open_call, witness_dir  # noqa: F401 (test_witness_
 
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.witness_pending import pending_path, queue_registration
+from support.programs import program
 
-BIN = Path(sys.executable).parent
-WITNESS = BIN / "logvm-witness"
-LOGVM = BIN / "logvm"
+WITNESS = program("logvm-witness")
+LOGVM = program("logvm")
 
 
 @dataclass

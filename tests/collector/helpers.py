@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from qubes_logvm.core.records import Record, parse_record
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.verify import verify_store
+from support.programs import program
 from support.qrexec import QUBES_GID
 
-COLLECTOR = Path(sys.executable).parent / "logvm-collector"
+COLLECTOR = program("logvm-collector")
 
 
 def make_store(root: Path, epoch_seconds: float = 1.0) -> str:

@@ -1,15 +1,15 @@
 """First start in a new LogVM: sealing state created, K[0] handed to the witness only."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from collector.helpers import Collector, send, verify_errors, wait_for
 
 from qubes_logvm.store.witness_pending import pending_path
+from support.programs import program
 
-WITNESS = Path(sys.executable).parent / "logvm-witness"
+WITNESS = program("logvm-witness")
 
 
 def _witness_config(tmp_path: Path) -> dict[str, object]:

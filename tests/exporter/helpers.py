@@ -14,9 +14,10 @@ import yaml
 
 from qubes_logvm.core.sender_record import ParsedRecord, parse_sender_record
 from support.journald import Journald
+from support.programs import program
 
 REPO = Path(__file__).resolve().parents[2]
-EXPORTER = REPO / ".venv/bin/logvm-exporter"
+EXPORTER = program("logvm-exporter")
 #: The exporter as an installed package runs it: the distribution's Python,
 #: the package on the plain path (the venv's editable-install finder imports
 #: importlib.resources, zipfile and more, which a qube never loads). For

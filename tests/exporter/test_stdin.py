@@ -3,7 +3,9 @@
 import subprocess
 
 import pytest
-from exporter.helpers import REPO, FakeCollector, wait_for, write_config
+from exporter.helpers import FakeCollector, wait_for, write_config
+
+from support.programs import program
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,7 +21,7 @@ def test_pipe_is_shipped_and_acknowledged(tmp_path, collector: FakeCollector, co
     config = write_config(tmp_path / "e.yaml", collector.command, tmp_path / "state")
     lines = b"".join(b"line %d \x1b[1m\n" % i for i in range(500)) + b"no newline"
     result = subprocess.run(
-        [str(REPO / ".venv/bin" / command[0]), *command[1:], "--config", str(config),
+        [str(program(command[0])), *command[1:], "--config", str(config),
          "-t", "backup", "-p", "warning"],
         input=lines, capture_output=True, timeout=30, check=False,
     )  # fmt: skip
@@ -37,7 +39,7 @@ def test_send_fails_when_the_logvm_never_acknowledges(tmp_path, collector: FakeC
         tmp_path / "e.yaml", collector.command, tmp_path / "state", shutdown_drain="1s"
     )
     result = subprocess.run(
-        [str(REPO / ".venv/bin/logvm-send"), "--config", str(config)],
+        [str(program("logvm-send")), "--config", str(config)],
         input=b"lost?\n", capture_output=True, timeout=30, check=False,
     )  # fmt: skip
     assert result.returncode == 1
@@ -50,7 +52,7 @@ def test_a_hung_call_is_abandoned_and_nothing_is_lost(tmp_path, collector: FakeC
         tmp_path / "e.yaml", collector.command, tmp_path / "state", ack_timeout="300ms"
     )
     send = subprocess.Popen(
-        [str(REPO / ".venv/bin/logvm-send"), "--config", str(config), "-t", "hung"],
+        [str(program("logvm-send")), "--config", str(config), "-t", "hung"],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert send.stdin is not None

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from qubes_logvm import rotate
 from qubes_logvm.store.compress import TMP_SUFFIX
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
+from support.programs import program
 from support.segments import (
     as_records,
     check_qube,
@@ -23,7 +23,7 @@ from support.segments import (
     write_segment,
 )
 
-ROTATE = Path(sys.executable).with_name("logvm-rotate")
+ROTATE = program("logvm-rotate")
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -5,7 +5,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
+from support.programs import program
 from support.segments import (
     as_records,
     check_qube,
@@ -40,7 +40,7 @@ from support.segments import (
     write_segment,
 )
 
-ROTATE = Path(sys.executable).with_name("logvm-rotate")
+ROTATE = program("logvm-rotate")
 
 
 def _store_with(root: Path, segments: list[bytes], qube: str = "work") -> bytes:

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import pytest
 
 from qubes_logvm.core.seal import ZERO, Seal, genesis
 from support.keys import key_for_epoch
+from support.programs import program
 
-WITNESS = Path(sys.executable).with_name("logvm-witness")
+WITNESS = program("logvm-witness")
 LOGVM = "sys-log"
 STORE_ID = "0123456789abcdef0123456789abcdef"
 KEY0 = bytes(range(32))

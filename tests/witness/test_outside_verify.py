@@ -18,10 +18,11 @@ import pytest
 
 from qubes_logvm.core.seal import parse_verification_key
 from support import tamper
+from support.programs import program
 from support.qrexec import REPO_ROOT, World
 from support.storebuilder import Built
 
-WITNESS = Path(sys.executable).with_name("logvm-witness")
+WITNESS = program("logvm-witness")
 LOGVM, DVM = "sys-log", "sys-log-dvm"
 
 
