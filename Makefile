@@ -1,6 +1,7 @@
 # qubes-logvm: the one place that knows commands and install paths.
 #
 #   make test    every test (installs what it needs: Debian packages, .venv)
+#   make test-fast  the in-process tests only (seconds)
 #   make demo    the main job, end to end
 #   make bench   the benchmark (figures next to baselines from the same run)
 
@@ -23,7 +24,7 @@ APT_TEST += rsyslog-gnutls openssl
 APT_BUILD := build-essential rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST) $(APT_BUILD)
 
-.PHONY: all deps venv lint typecheck pytest test demo bench clean
+.PHONY: all deps venv lint typecheck pytest test test-fast demo bench clean
 
 all: test
 
@@ -53,6 +54,11 @@ pytest: venv
 	$(VENV)/bin/pytest --basetemp=$(BASETEMP) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The in-process tier (pytest -m inprocess): no subprocess, no namespace,
+# done in seconds. `make test` still runs everything.
+test-fast: venv
+	$(VENV)/bin/pytest --basetemp=$(BASETEMP) -q -m inprocess $(PYTEST_ARGS)
 
 demo: venv
 	$(VPY) -m demo.run

@@ -1,6 +1,7 @@
 """Fixtures shared across test folders."""
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,17 @@ def journald(tmp_path: Path) -> Iterator[Journald]:
         pytest.skip(reason)
     with Journald(tmp_path / "journald") as jd:
         yield jd
+
+
+@pytest.fixture(autouse=True)
+def _inprocess_means_no_subprocess(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests marked ``inprocess`` (make test-fast) fail if they start a process."""
+    if request.node.get_closest_marker("inprocess") is None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an inprocess test started a subprocess: drop the marker")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

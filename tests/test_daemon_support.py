@@ -5,6 +5,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from qubes_logvm.daemon_support import (
     SD_LISTEN_FDS_START,
     JournalFormatter,
@@ -13,6 +15,8 @@ from qubes_logvm.daemon_support import (
     sd_notify,
     syslog_priority,
 )
+
+pytestmark = pytest.mark.inprocess
 
 
 def test_priorities_follow_syslog() -> None:

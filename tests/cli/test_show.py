@@ -19,6 +19,8 @@ from qubes_logvm.cli import main
 from qubes_logvm.core.records import parse_timestamp
 from support.collected import HOSTILE, ROUNDS, Collected, build_collected
 
+pytestmark = pytest.mark.inprocess
+
 LOGVM = Path(sys.executable).with_name("logvm")
 
 

@@ -1,5 +1,6 @@
 """The hot path's pieces against simple reference models."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -7,6 +8,8 @@ from qubes_logvm.collector.lines import LineSplitter, first_lines
 from qubes_logvm.core.escape import escape, escape_block, unescape
 from qubes_logvm.core.ratelimit import TokenBucket
 from qubes_logvm.core.records import parse_record
+
+pytestmark = pytest.mark.inprocess
 
 STAMP = b"2026-11-28T17:58:34.123456Z"
 

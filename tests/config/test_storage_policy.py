@@ -13,6 +13,8 @@ from qubes_logvm.config.storage_policy import (
 from qubes_logvm.core.errors import ConfigError
 from support.segments import config
 
+pytestmark = pytest.mark.inprocess
+
 FULL = """
 segment: {max_bytes: 8M, max_age: 12h}
 quota:

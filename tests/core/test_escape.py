@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from qubes_logvm.core.escape import cap, escape, needs_escaping, terminal_safe, unescape
 
+pytestmark = pytest.mark.inprocess
+
 _RAW_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 

@@ -12,6 +12,8 @@ from qubes_logvm.core.records import (
     parse_timestamp,
 )
 
+pytestmark = pytest.mark.inprocess
+
 
 @pytest.mark.parametrize("name", ["work", "sys-net", "disp1234", "a", "A_b.c-d", "x" * 31])
 def test_valid_names(name: str) -> None:

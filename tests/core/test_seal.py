@@ -18,6 +18,8 @@ from qubes_logvm.core.seal import (
 )
 from support.keys import key_for_epoch
 
+pytestmark = pytest.mark.inprocess
+
 STORE_ID = "00112233445566778899aabbccddeeff"
 
 

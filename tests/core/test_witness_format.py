@@ -21,6 +21,8 @@ from qubes_logvm.core.witness_format import (
 )
 from support.keys import key_for_epoch
 
+pytestmark = pytest.mark.inprocess
+
 
 def test_register_and_seal_parse() -> None:
     assert parse_message(register_line()) == Register(STORE_ID, KEY0)

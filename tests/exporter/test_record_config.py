@@ -9,6 +9,8 @@ from qubes_logvm.core.sender_record import parse_sender_record
 from qubes_logvm.exporter.config import parse_exporter_config
 from qubes_logvm.exporter.record import TimeFormatter, format_record, token
 
+pytestmark = pytest.mark.inprocess
+
 texts = st.binary(max_size=200)
 
 

@@ -22,7 +22,7 @@ from support.segments import (
     write_segment,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.inprocess, pytest.mark.timeout(60)]
 
 NOW = time.time()
 HOUR = 3600.0

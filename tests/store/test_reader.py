@@ -20,6 +20,8 @@ from qubes_logvm.store.reader import (
 from qubes_logvm.store.timeline import Query, entries
 from support.storebuilder import build_store
 
+pytestmark = pytest.mark.inprocess
+
 T1 = b"2026-11-28T10:00:00.000000Z"
 T2 = b"2026-11-28T11:00:00.000000Z"
 T3 = b"2026-11-28T12:00:00.000000Z"

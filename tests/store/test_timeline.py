@@ -11,6 +11,8 @@ from qubes_logvm.store import timeline
 from qubes_logvm.store.timeline import Query
 from support.collected import ROUNDS, Collected, build_collected
 
+pytestmark = pytest.mark.inprocess
+
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory: pytest.TempPathFactory) -> Collected:

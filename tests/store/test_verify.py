@@ -11,6 +11,8 @@ from qubes_logvm.store.writer import Store
 from support.storebuilder import Built
 from support.tamper import ATTACKS, Expect, open_segment_truncated_seals, other_key
 
+pytestmark = pytest.mark.inprocess
+
 
 def pointed_at(findings: list[Finding], expect: Expect) -> bool:
     """Some error names the expected qube, segment and a line range holding the line."""

@@ -15,6 +15,8 @@ from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.writer import Store
 from support.keys import key_for_epoch
 
+pytestmark = pytest.mark.inprocess
+
 
 def _lines(n: int, tag: str = "x") -> bytes:
     stamp = format_timestamp(1_700_000_000.0)
