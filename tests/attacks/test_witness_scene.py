@@ -22,10 +22,11 @@ from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
 from qubes_logvm.store.verify import Finding, verify_store
 from qubes_logvm.store.writer import Store
+from support.programs import program
 
 pytestmark = pytest.mark.timeout(60)
 Open = Callable[..., WitnessCall]
-LOGVM_CLI = WITNESS.with_name("logvm")
+LOGVM_CLI = program("logvm")
 
 
 def witness_errors(root: Path, export: Path, key: str) -> list[Finding]:

@@ -4,7 +4,6 @@ import io
 import json
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,10 +15,11 @@ from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.reader import iter_segment
 from qubes_logvm.store.writer import Store
+from support.programs import program
 from support.storebuilder import Built
 from support.tamper import ATTACKS, hostile_escape, other_key
 
-LOGVM = Path(sys.executable).with_name("logvm")
+LOGVM = program("logvm")
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ escape sequences and an overlong line; work's first session compressed.
 import io
 import json
 import re
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +18,6 @@ from qubes_logvm.core.records import parse_timestamp
 from support.collected import HOSTILE, ROUNDS, Collected, build_collected
 
 pytestmark = pytest.mark.inprocess
-
-LOGVM = Path(sys.executable).with_name("logvm")
 
 
 @pytest.fixture(scope="module")

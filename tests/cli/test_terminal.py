@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from support.collected import Collected, build_collected
+from support.programs import program
 
-LOGVM = Path(sys.executable).with_name("logvm")
+LOGVM = program("logvm")
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 
 
