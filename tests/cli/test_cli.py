@@ -4,6 +4,7 @@ import io
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def run_process(args: list[str], *, stdin: str = "") -> tuple[int, str, str]:
     return done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
 
 
-RUNNERS = {"process": run_process, "main": run}
+Runner = Callable[..., tuple[int, str, str]]
+RUNNERS: dict[str, Runner] = {"process": run_process, "main": run}
 
 
 @pytest.mark.timeout(60)

@@ -2,7 +2,7 @@
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,14 +41,14 @@ HOSTILE = [
 
 
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Collector]:
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
     from collector.helpers import make_store
 
     workdir = tmp_path_factory.mktemp("hostile")
     instance = Collector(workdir, {"max_line_bytes": CAP, "descriptor_timeout": 2})
     instance.vkey = make_store(instance.store)
     instance.start()
-    yield instance  # type: ignore[misc]
+    yield instance
     instance.kill()
 
 

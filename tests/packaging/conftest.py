@@ -6,17 +6,12 @@ so they never write into the checkout.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import testinfra
 
-# The tests' helper module sits next to this file; the directory's name
-# ("packaging") is taken by the Python library of that name.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pkgtest_support import VERSION, copy_tree, run
+from support.packages import VERSION, copy_tree, run
 
 
 @pytest.fixture(scope="session")

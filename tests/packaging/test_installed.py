@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from pkgtest_support import (
+
+from support.packages import (
     COMMANDS,
     DEB_SITELIB,
     SOCKET_PATH,
@@ -250,7 +251,7 @@ def test_deb_end_to_end_through_installed_files(
     rpm_roots: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    from support.qrexec import CLIENT_SCRIPT, Qube, World  # type: ignore[import-not-found]
+    from support.qrexec import CLIENT_SCRIPT, Qube, World
 
     # The LogVM's one-time key setup, as its docs say: as the system user.
     out = _as_logvm_user("/usr/bin/logvm", "setup-keys")

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pkgtest_support import COMMANDS, MAN_PAGES, REPO
+
+from support.packages import COMMANDS, MAN_PAGES, REPO
 
 _OPTION = re.compile(r"(?<![\w\\-])(--?[A-Za-z][\w-]*)")
 _SUBCOMMANDS = re.compile(r"\{([a-z,-]+)\} \.\.\.")  # not an option's {choices}

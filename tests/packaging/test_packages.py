@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from pkgtest_support import (
+
+from support.packages import (
     DEBIAN_INSTALL_ARGS,
     REPO,
     RPM_SITELIB,

@@ -38,8 +38,16 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened.keys.close()
 
 
-def _fill(store: Store, qube: str, count: int, *, age: float = 0.0, **kw: str) -> list[int]:
-    seqs = [write_segment(store, qube, SEG, **kw) for _ in range(count)]
+def _fill(
+    store: Store,
+    qube: str,
+    count: int,
+    *,
+    age: float = 0.0,
+    session: str = "s1",
+    reason: str = "connect",
+) -> list[int]:
+    seqs = [write_segment(store, qube, SEG, session=session, reason=reason) for _ in range(count)]
     for seq in seqs:
         set_closed_at(store.layout, qube, seq, NOW - age)
     return seqs

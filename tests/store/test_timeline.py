@@ -8,6 +8,7 @@ import pytest
 from qubes_logvm.core.entries import classify
 from qubes_logvm.core.records import line_record, note_record
 from qubes_logvm.store import timeline
+from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.timeline import Query
 from support.collected import ROUNDS, Collected, build_collected
 
@@ -110,7 +111,7 @@ def test_follower_sees_appends_and_new_segments(collected: Collected, tmp_path: 
 
     root = tmp_path / "store"
     shutil.copytree(collected.root, root)
-    layout = timeline.StoreLayout(root)
+    layout = StoreLayout(root)
     follower = timeline.Follower(layout, ["disp7", "newqube"])
     follower.start()
     assert follower.poll() == []

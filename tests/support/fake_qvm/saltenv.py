@@ -152,7 +152,9 @@ class SaltEnv:
 
     def pillar_file(self, name: str) -> dict[str, Any]:
         """Load a test pillar from tests/salt/pillars/NAME.yaml and install it."""
-        data = yaml.safe_load((PILLARS / f"{name}.yaml").read_text(encoding="utf-8"))
+        data: dict[str, Any] = yaml.safe_load(
+            (PILLARS / f"{name}.yaml").read_text(encoding="utf-8")
+        )
         self.pillar(data)
         return data
 

@@ -132,7 +132,8 @@ def _qube(data: dict[str, Any], name: str) -> dict[str, Any]:
 def _check_int(what: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise Reject(f"{what}: expected an unquoted integer, got {value!r} (quoted numbers flap)")
-    return value
+    number: int = value
+    return number
 
 
 def _run(name: str, impl: Any, kw: dict[str, Any]) -> dict[str, Any]:
