@@ -18,6 +18,7 @@ Every start appends one line to ``DIR/connections``; its pid goes to
 ``DIR/pid`` so a test can kill it mid-stream.
 """
 
+import io
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ def main() -> int:
         time.sleep(3600)
     received = os.open(state / "received", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     stdin = sys.stdin.buffer
+    assert isinstance(stdin, io.BufferedReader)
     total = 0
     partial = b""
     while True:

@@ -199,3 +199,7 @@ class ExporterProcess:
             self.send_signal(signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+#: The ``make_exporter`` fixture: an exporter process for a config file.
+MakeExporter = Callable[..., ExporterProcess]

@@ -2,19 +2,22 @@
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
-from exporter.helpers import wait_for, write_config
+from exporter.helpers import ExporterProcess, FakeCollector, MakeExporter, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _append(path, *lines):
+def _append(path: Path, *lines: str) -> None:
     with open(path, "a") as handle:
         handle.writelines(line + "\n" for line in lines)
 
 
-def _start(tmp_path, collector, make_exporter, pattern):
+def _start(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter, pattern: str
+) -> ExporterProcess:
     sources = {"journal": {"enabled": False}, "files": [{"path": pattern, "tag": "app"}]}
     config = write_config(
         tmp_path / "exporter.yaml", collector.command, tmp_path / "state", sources=sources
@@ -22,13 +25,15 @@ def _start(tmp_path, collector, make_exporter, pattern):
     return make_exporter(config).start()
 
 
-def _got(collector, count):
+def _got(collector: FakeCollector, count: int) -> list[str]:
     wait_for(lambda: len(collector.lines()) >= count, what=f"{count} lines")
     return collector.messages()
 
 
 @pytest.mark.parametrize("style", ["rename", "copytruncate", "delete"])
-def test_rotation_styles(tmp_path, collector, make_exporter, style):
+def test_rotation_styles(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter, style: str
+) -> None:
     log = tmp_path / "app.log"
     _append(log, "one", "two")
     exporter = _start(tmp_path, collector, make_exporter, str(log))
@@ -57,7 +62,9 @@ def test_rotation_styles(tmp_path, collector, make_exporter, style):
     assert all(r.ident == "app" for r in collector.records())
 
 
-def test_glob_restart_resumes_at_saved_offsets(tmp_path, collector, make_exporter):
+def test_glob_restart_resumes_at_saved_offsets(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     (tmp_path / "logs").mkdir()
     a, b = tmp_path / "logs/a.log", tmp_path / "logs/b.log"
     _append(a, "a1")
@@ -76,7 +83,9 @@ def test_glob_restart_resumes_at_saved_offsets(tmp_path, collector, make_exporte
     assert got.index("a1") < got.index("a2") and got.index("b1") < got.index("b2")
 
 
-def test_partial_and_overlong_lines(tmp_path, collector, make_exporter):
+def test_partial_and_overlong_lines(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     log = tmp_path / "app.log"
     exporter = _start(tmp_path, collector, make_exporter, str(log))
     with open(log, "ab") as handle:
@@ -91,7 +100,9 @@ def test_partial_and_overlong_lines(tmp_path, collector, make_exporter):
     assert collector.records()[2].message == b"after\x00nul"
 
 
-def test_sighup_does_not_kill_the_exporter(tmp_path, collector, make_exporter):
+def test_sighup_does_not_kill_the_exporter(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     # The unit has no reload; a stray SIGHUP is logged and ignored.
     log = tmp_path / "app.log"
     _append(log, "before")

@@ -4,7 +4,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from exporter.helpers import FakeCollector, deployed_program, wait_for, write_config
+from exporter.helpers import FakeCollector, MakeExporter, deployed_program, wait_for, write_config
+
+from support.journald import Journald
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -25,8 +27,8 @@ def _config(tmp_path: Path, collector: FakeCollector, **extra: object) -> Path:
 
 
 def test_every_entry_arrives_once_in_order_with_fields(
-    tmp_path, journald, collector, make_exporter
-):
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     exporter = make_exporter(_config(tmp_path, collector), journald).start()
     odd = "two\nlines, a tab\tand \x1b[31mescape\x07 and ünïcödé \\ backslash"
     journald.send(
@@ -48,7 +50,9 @@ def test_every_entry_arrives_once_in_order_with_fields(
     assert all(b"\n" not in line for line in collector.lines())
 
 
-def test_filters_priority_and_identifiers(tmp_path, journald, collector, make_exporter):
+def test_filters_priority_and_identifiers(
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     sources = {
         "journal": {
             "min_priority": "warning",
@@ -72,7 +76,9 @@ def test_filters_priority_and_identifiers(tmp_path, journald, collector, make_ex
     assert collector.messages() == ["a kept", "e kept by glob", "z end"]
 
 
-def test_restart_resumes_at_cursor(tmp_path, journald, collector, make_exporter):
+def test_restart_resumes_at_cursor(
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     config = _config(tmp_path, collector)
     exporter = make_exporter(config, journald).start()
     journald.send(_entries("r", 100))
@@ -85,7 +91,9 @@ def test_restart_resumes_at_cursor(tmp_path, journald, collector, make_exporter)
     assert _mine(collector, "r") == [f"r {i}" for i in range(200)]
 
 
-def test_kill_9_loses_nothing(tmp_path, journald, collector, make_exporter):
+def test_kill_9_loses_nothing(
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     config = _config(tmp_path, collector)
     exporter = make_exporter(config, journald).start()
     journald.send(_entries("k", 2000))
@@ -101,7 +109,9 @@ def test_kill_9_loses_nothing(tmp_path, journald, collector, make_exporter):
     assert len(got) - len(deduped) <= 20000  # never more than the unacked window
 
 
-def test_collector_killed_mid_stream_loses_nothing(tmp_path, journald, collector, make_exporter):
+def test_collector_killed_mid_stream_loses_nothing(
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     config = _config(tmp_path, collector)
     exporter = make_exporter(config, journald).start()
     collector.crash_after(500)
@@ -116,7 +126,9 @@ def test_collector_killed_mid_stream_loses_nothing(tmp_path, journald, collector
     assert collector.connections() >= 5
 
 
-def test_rotation_and_vacuum(tmp_path, journald, collector, make_exporter):
+def test_rotation_and_vacuum(
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     config = _config(tmp_path, collector)
     exporter = make_exporter(config, journald).start()
     journald.send(_entries("v", 100))
@@ -141,7 +153,9 @@ def test_rotation_and_vacuum(tmp_path, journald, collector, make_exporter):
     assert _mine(collector, "v") == [f"v {i}" for i in range(500)]
 
 
-def test_denied_backs_off_then_catches_up(tmp_path, journald, collector, make_exporter):
+def test_denied_backs_off_then_catches_up(
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     collector.set("deny")
     config = _config(tmp_path, collector)
     exporter = make_exporter(config, journald).start()
@@ -158,7 +172,9 @@ def test_denied_backs_off_then_catches_up(tmp_path, journald, collector, make_ex
     assert "denied by dom0's qrexec policy" in exporter.log.read_text()
 
 
-def test_sigterm_drains_what_is_in_the_journal(tmp_path, journald, collector, make_exporter):
+def test_sigterm_drains_what_is_in_the_journal(
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     config = _config(tmp_path, collector)
     exporter = make_exporter(config, journald).start()
     collector.set("down")  # the LogVM is away while the entries are written
@@ -171,8 +187,8 @@ def test_sigterm_drains_what_is_in_the_journal(tmp_path, journald, collector, ma
 
 @pytest.mark.slow
 def test_memory_bounded_with_backlog_and_slow_collector(
-    tmp_path, journald, collector, make_exporter
-):
+    tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     collector.set("down")
     config = _config(tmp_path, collector)
     exporter = make_exporter(config, journald)

@@ -1,6 +1,7 @@
 """The journal source in-process, on a real journald's files (private namespace)."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ from qubes_logvm.exporter import journal as journal_module
 from qubes_logvm.exporter.config import Filter, JournalConfig
 from qubes_logvm.exporter.journal import JournalSource
 from qubes_logvm.exporter.state import StateDir
+from support.journald import Journald
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -30,8 +32,8 @@ class Collecting:
         return [parse_sender_record(line).message.decode() for line in self.lines]
 
 
-def _source(journald, tmp_path, **config: object) -> JournalSource:
-    from systemd import _reader
+def _source(journald: Journald, tmp_path: Path, **config: object) -> JournalSource:
+    from systemd import _reader  # type: ignore[attr-defined]
 
     path = str(journald.journal_dir)
     return JournalSource(
@@ -47,7 +49,9 @@ async def _wait_for(sink: Collecting, message: str) -> None:
         await sink.arrived.wait()
 
 
-def test_wakes_up_after_reopening_the_journal(tmp_path, journald, monkeypatch):
+def test_wakes_up_after_reopening_the_journal(
+    tmp_path: Path, journald: Journald, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Regression: after a reopen the new descriptor often has the old number;
     it must be registered again, or new entries wait for the safety-net timer
     (an hour here; the bench hung at 5 s per entry)."""
@@ -76,7 +80,7 @@ def test_wakes_up_after_reopening_the_journal(tmp_path, journald, monkeypatch):
     assert sink.messages() == [f"m {i}" for i in range(5)]
 
 
-def test_chunks_keep_order_fields_and_newlines(tmp_path, journald):
+def test_chunks_keep_order_fields_and_newlines(tmp_path: Path, journald: Journald) -> None:
     source = _source(journald, tmp_path, identifiers=Filter(include=("tester",)))
     entries = [{"MESSAGE": f"plain {i}", "SYSLOG_IDENTIFIER": "tester"} for i in range(3000)]
     entries[7]["MESSAGE"] = "two\nlines \\ and \x1b[1m"

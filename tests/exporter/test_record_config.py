@@ -16,7 +16,9 @@ texts = st.binary(max_size=200)
 
 @given(texts, texts, texts, texts, st.one_of(st.none(), st.integers(0, 7)),
        st.one_of(st.none(), st.integers(0, 99999)))  # fmt: skip
-def test_any_fields_make_one_line_that_parses_back(host, unit, ident, message, prio, pid):
+def test_any_fields_make_one_line_that_parses_back(
+    host: bytes, unit: bytes, ident: bytes, message: bytes, prio: int | None, pid: int | None
+) -> None:
     stamp = TimeFormatter().format(1_795_885_200_123_456)
     line = format_record(stamp, token(host), prio, unit, ident, pid, message)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -28,7 +30,7 @@ def test_any_fields_make_one_line_that_parses_back(host, unit, ident, message, p
     assert parsed.time == stamp.decode()
 
 
-def test_example_line():
+def test_example_line() -> None:
     line = format_record(b"2026-11-28T18:05:26.123456+01:00", b"work", 6, "sshd.service",
                          "sshd", 812, b"Accepted\nkey")  # fmt: skip
     assert line == (
@@ -36,14 +38,14 @@ def test_example_line():
     )
 
 
-def test_config_defaults():
+def test_config_defaults() -> None:
     config = parse_exporter_config({})
     assert config.qrexec_command == ("qrexec-client-vm", "@default", "logvm.Send")
     assert str(config.state_dir) == "/var/lib/qubes-logvm-exporter"
     assert config.journal.enabled and not config.syslog.enabled
 
 
-def test_config_full():
+def test_config_full() -> None:
     config = parse_exporter_config(
         {
             "batch": {"max_lines": 10, "max_delay": "200ms"},
@@ -72,6 +74,6 @@ def test_config_full():
         ({"qrexec_command": "qrexec-client-vm"}, "qrexec_command"),
     ],
 )
-def test_config_errors_name_the_key(doc, key):
+def test_config_errors_name_the_key(doc: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_exporter_config(doc)

@@ -1,6 +1,7 @@
 """``logvm-send`` / ``logvm-exporter --stdin``: a pipe's lines, acknowledged, then exit."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from exporter.helpers import FakeCollector, wait_for, write_config
@@ -17,7 +18,9 @@ pytestmark = pytest.mark.timeout(60)
         ["logvm-exporter", "--stdin"],  # the same through the daemon's flag
     ],
 )
-def test_pipe_is_shipped_and_acknowledged(tmp_path, collector: FakeCollector, command):
+def test_pipe_is_shipped_and_acknowledged(
+    tmp_path: Path, collector: FakeCollector, command: list[str]
+) -> None:
     config = write_config(tmp_path / "e.yaml", collector.command, tmp_path / "state")
     lines = b"".join(b"line %d \x1b[1m\n" % i for i in range(500)) + b"no newline"
     result = subprocess.run(
@@ -33,7 +36,9 @@ def test_pipe_is_shipped_and_acknowledged(tmp_path, collector: FakeCollector, co
     assert {(r.ident, r.priority) for r in records} == {("backup", "warning")}
 
 
-def test_send_fails_when_the_logvm_never_acknowledges(tmp_path, collector: FakeCollector):
+def test_send_fails_when_the_logvm_never_acknowledges(
+    tmp_path: Path, collector: FakeCollector
+) -> None:
     collector.set("noack")
     config = write_config(
         tmp_path / "e.yaml", collector.command, tmp_path / "state", shutdown_drain="1s"

@@ -4,9 +4,10 @@ import calendar
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from exporter.helpers import wait_for, write_config
+from exporter.helpers import ExporterProcess, FakeCollector, MakeExporter, wait_for, write_config
 
 from qubes_logvm.exporter.syslog import parse_syslog
 
@@ -32,19 +33,28 @@ NOW = time.mktime((2026, 11, 28, 17, 0, 0, 0, 0, -1))
         (b"just text", b"here", None, None, None, b"just text"),
     ],
 )  # fmt: skip
-def test_parse(raw, host, priority, ident, pid, message):
+def test_parse(
+    raw: bytes,
+    host: bytes,
+    priority: int | None,
+    ident: bytes | None,
+    pid: int | None,
+    message: bytes,
+) -> None:
     _, got_host, got_priority, got_ident, got_pid, got_message = parse_syslog(raw, NOW, b"here")
     assert (got_host, got_priority, got_ident, got_pid, got_message) == (
         host, priority, ident, pid, message,
     )  # fmt: skip
 
 
-def test_5424_time_is_kept_as_an_instant():
+def test_5424_time_is_kept_as_an_instant() -> None:
     usec, *_ = parse_syslog(b"<14>1 2026-11-28T16:00:00.25+01:00 h a - - - m", NOW, b"x")
     assert usec == (calendar.timegm((2026, 11, 28, 15, 0, 0)) * 1_000_000) + 250_000
 
 
-def _start(tmp_path, collector, make_exporter):
+def _start(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter
+) -> tuple[ExporterProcess, Path]:
     sock = tmp_path / "syslog.sock"
     sources = {"journal": {"enabled": False}, "syslog": {"enabled": True, "socket": str(sock)}}
     config = write_config(
@@ -53,7 +63,9 @@ def _start(tmp_path, collector, make_exporter):
     return make_exporter(config).start(), sock
 
 
-def test_logger_to_socket(tmp_path, collector, make_exporter):
+def test_logger_to_socket(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     exporter, sock = _start(tmp_path, collector, make_exporter)
     subprocess.run(["logger", "-u", str(sock), "-t", "plain", "-p", "user.err", "m1"], check=True)
     subprocess.run(
@@ -67,7 +79,9 @@ def test_logger_to_socket(tmp_path, collector, make_exporter):
 
 
 @pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog is not installed")
-def test_real_rsyslog_forwards(tmp_path, collector, make_exporter):
+def test_real_rsyslog_forwards(
+    tmp_path: Path, collector: FakeCollector, make_exporter: MakeExporter
+) -> None:
     exporter, sock = _start(tmp_path, collector, make_exporter)
     inbox = tmp_path / "rsyslog-in.sock"
     work = tmp_path / "rsyslog-work"

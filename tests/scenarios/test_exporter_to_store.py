@@ -1,17 +1,24 @@
 """Real journald -> real exporter -> qrexec stand-in (policy) -> real collector -> store."""
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 from collector.helpers import Collector, make_store, sent_lines, verify_errors
-from exporter.helpers import wait_for, write_config
+from exporter.helpers import ExporterProcess, MakeExporter, wait_for, write_config
 
-from qubes_logvm.core.sender_record import parse_sender_record
+from qubes_logvm.core.sender_record import ParsedRecord, parse_sender_record
+from support.journald import Journald
 from support.qrexec import SOCKET_PEERS, World
+
+SocketPeer = dict[str, Any] | None
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def logvm(tmp_path):
+def logvm(tmp_path: Path) -> Iterator[Collector]:
     vkey = make_store(tmp_path / "logvm" / "store")
     collector = Collector(tmp_path / "logvm")
     collector.vkey = vkey
@@ -21,12 +28,12 @@ def logvm(tmp_path):
 
 
 @pytest.fixture(params=sorted(SOCKET_PEERS))
-def socket_peer(request):
+def socket_peer(request: pytest.FixtureRequest) -> SocketPeer:
     """qrexec reaches the collector as root or as the LogVM's default user."""
     return SOCKET_PEERS[request.param]
 
 
-def _world(tmp_path, logvm, peer=None):
+def _world(tmp_path: Path, logvm: Collector, peer: SocketPeer = None) -> World:
     world = World(tmp_path / "world")
     world.add_qube("sys-log", socket_peer=peer)
     world.add_qube("work")
@@ -34,7 +41,7 @@ def _world(tmp_path, logvm, peer=None):
     return world
 
 
-def _stored(logvm, qube):
+def _stored(logvm: Collector, qube: str) -> list[ParsedRecord]:
     out = []
     for kind, payload, _cut in sent_lines(logvm.store, qube):
         if kind == "L":
@@ -42,7 +49,13 @@ def _stored(logvm, qube):
     return out
 
 
-def _exporter(tmp_path, world, journald, make_exporter, qube="work"):
+def _exporter(
+    tmp_path: Path,
+    world: World,
+    journald: Journald,
+    make_exporter: MakeExporter,
+    qube: str = "work",
+) -> ExporterProcess:
     command, env = world.client_command(qube)
     sources = {"journal": {"identifiers": {"include": ["e2e"]}}}
     config = write_config(
@@ -54,8 +67,12 @@ def _exporter(tmp_path, world, journald, make_exporter, qube="work"):
 
 
 def test_journal_to_sealed_store_through_policy(
-    tmp_path, journald, logvm, make_exporter, socket_peer
-):
+    tmp_path: Path,
+    journald: Journald,
+    logvm: Collector,
+    make_exporter: MakeExporter,
+    socket_peer: SocketPeer,
+) -> None:
     world = _world(tmp_path, logvm, socket_peer)
     exporter = _exporter(tmp_path, world, journald, make_exporter).start()
     entries = [{"MESSAGE": f"e {i}\nsecond line", "SYSLOG_IDENTIFIER": "e2e", "PRIORITY": 5}
@@ -75,7 +92,9 @@ def test_journal_to_sealed_store_through_policy(
     assert verify_errors(logvm.store, logvm.vkey) == []
 
 
-def test_denied_by_the_projects_policy(tmp_path, journald, logvm, make_exporter):
+def test_denied_by_the_projects_policy(
+    tmp_path: Path, journald: Journald, logvm: Collector, make_exporter: MakeExporter
+) -> None:
     world = _world(tmp_path, logvm)
     world.add_qube("sys-other")
     # The LogVM calling logvm.Send on itself is denied by the shipped policy.
