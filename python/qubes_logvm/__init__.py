@@ -4,7 +4,7 @@ Floors (a module imports only from its own floor or below):
   1. ``core``: pure code, stdlib only, no I/O.
   2. ``store``, ``config``: files on disk, sealing state, verification.
   3. programs: ``collector``, ``exporter``, ``rotate``, ``cli``, ``snapshot``,
-     ``witness``; a program never imports another program.
+     ``forward``, ``witness``; a program never imports another program.
 
 Which folder runs where, and what it may import (tests/test_layering.py
 checks the programs' side at run time)::
@@ -13,7 +13,7 @@ checks the programs' side at run time)::
   ----------  ----------------------------  ---------------------------------
   core/       everywhere                    stdlib
   daemon_support.py                         stdlib (journald logging,
-              the daemons and the store     readiness, socket activation,
+  (the daemons and the store)               readiness, socket activation,
                                             fsync_dir, exit codes)
   config/     LogVM (schema.py: every qube  core; yaml
               too, for exporter.yaml)
@@ -26,7 +26,12 @@ checks the programs' side at run time)::
   cli/        LogVM (logvm)                 core, config, store
   snapshot/   LogVM (logvm.Export), fresh   core, store
               DispVM (logvm.VerifySnapshot)
+  forward/    LogVM (logvm-forward)         core, config, store
+  browser/    LogVM (logvm-browser)         core, config, store, cli's
+                                            reading helpers; gi (GTK 3)
   witness/    dom0 or a witness qube        core and stdlib only
+
+Every program but the witness also uses ``daemon_support``.
 """
 
 import os

@@ -37,7 +37,7 @@ def browser(display: str, collected: Collected) -> Iterator[object]:
 
 def qube_names(win: object) -> list[str]:
     names: list[str] = []
-    win.filter.foreach(lambda m, p, it: names.append(m.get_value(it, 0)) and False)  # type: ignore[attr-defined]
+    win.filter.foreach(lambda m, p, it: names.append(m.get_value(it, 0)) and False)  # type: ignore[attr-defined, func-returns-value]
     return names
 
 

@@ -2,15 +2,16 @@
 
 import os
 import shutil
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.central import RSYSLOGD, Rsyslog, make_pki
+from support.programs import program
 from support.qrexec import World
 
-FORWARD_BIN = Path(sys.executable).parent / "logvm-forward"
+FORWARD_BIN = program("logvm-forward")
 __all__ = ["FORWARD_BIN", "Rsyslog", "forward_world"]
 
 
@@ -22,7 +23,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def rsyslog(tmp_path: Path, pki: Path):
+def rsyslog(tmp_path: Path, pki: Path) -> Iterator[Rsyslog]:
     if not os.path.exists(RSYSLOGD):
         pytest.skip("rsyslogd is not installed (make test installs rsyslog)")
     server = Rsyslog(tmp_path / "central", pki).start()

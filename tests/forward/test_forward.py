@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,16 @@ from qubes_logvm.core.syslog5424 import decode_line
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
 from support.central import SERVER_NAME, Rsyslog
+from support.qrexec import World
 from support.segments import product_env
 from support.storebuilder import Built, Clock, build_store, fill_segment
 
 pytestmark = [pytest.mark.timeout(240)]
 
 
-def _config(path: Path, pki: Path, state: Path, *, client: str = "client", records: int = 500):
+def _config(
+    path: Path, pki: Path, state: Path, *, client: str = "client", records: int = 500
+) -> Path:
     config = {
         "server": {"name": SERVER_NAME},
         "connect": {"qube": "@default"},
@@ -49,7 +53,7 @@ def _config(path: Path, pki: Path, state: Path, *, client: str = "client", recor
 class Forward:
     """The forwarder as a real process in the qube sys-log."""
 
-    def __init__(self, tmp: Path, store: Path, world, config: Path) -> None:
+    def __init__(self, tmp: Path, store: Path, world: World, config: Path) -> None:
         self.store, self.config = store, config
         self.env = world.client_env("sys-log", product_env())
         self.err = tmp / "forward.err"
@@ -74,9 +78,9 @@ class Forward:
         return self.err.read_text(errors="replace") if self.err.exists() else ""
 
 
-def _sealed_records(built: Built) -> Counter:
+def _sealed_records(built: Built) -> Counter[tuple[str, int, int]]:
     """Every record line the seals cover: (qube, seq, line)."""
-    out: Counter = Counter()
+    out: Counter[tuple[str, int, int]] = Counter()
     layout = built.layout
     for qube in layout.qubes():
         for files in layout.segments(qube):
@@ -88,8 +92,8 @@ def _sealed_records(built: Built) -> Counter:
     return out
 
 
-def _received(server: Rsyslog) -> Counter:
-    out: Counter = Counter()
+def _received(server: Rsyslog) -> Counter[tuple[str, int, int]]:
+    out: Counter[tuple[str, int, int]] = Counter()
     for raw in server.lines():
         message = decode_line(raw)
         if message is not None and message.msgid == "rec":
@@ -98,7 +102,7 @@ def _received(server: Rsyslog) -> Counter:
     return out
 
 
-def _wait(predicate, what: str, timeout: float = 60.0) -> None:
+def _wait(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -107,7 +111,9 @@ def _wait(predicate, what: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _verify(tmp: Path, built: Built, central: Path, capsys) -> tuple[int, str]:
+def _verify(
+    tmp: Path, built: Built, central: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
     key = tmp / "vk.txt"
     key.write_text(built.key, encoding="ascii")
     code = logvm_main(["verify", "--store", str(built.root), "--key", str(key),
@@ -120,7 +126,9 @@ def built(tmp_path: Path) -> Built:
     return build_store(tmp_path / "store", leave_open=False)
 
 
-def test_every_record_arrives_once_and_the_copy_verifies(tmp_path, built, rsyslog, pki, capsys):
+def test_every_record_arrives_once_and_the_copy_verifies(
+    tmp_path: Path, built: Built, rsyslog: Rsyslog, pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     world = forward_world(tmp_path / "world", rsyslog.port)
     config = _config(tmp_path / "forward.yaml", pki, tmp_path / "state")
     forward = Forward(tmp_path, built.root, world, config).start()
@@ -142,7 +150,9 @@ def test_every_record_arrives_once_and_the_copy_verifies(tmp_path, built, rsyslo
     assert {c["resolved_target"] for c in calls if c["result"] == "allow"} == {"sys-logfwd"}
 
 
-def test_a_line_edited_or_dropped_at_the_server_is_caught(tmp_path, built, rsyslog, pki, capsys):
+def test_a_line_edited_or_dropped_at_the_server_is_caught(
+    tmp_path: Path, built: Built, rsyslog: Rsyslog, pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     world = forward_world(tmp_path / "world", rsyslog.port)
     config = _config(tmp_path / "forward.yaml", pki, tmp_path / "state")
     forward = Forward(tmp_path, built.root, world, config).start()
@@ -176,7 +186,9 @@ def test_a_line_edited_or_dropped_at_the_server_is_caught(tmp_path, built, rsysl
         ("client", "rogue"),  # a server whose certificate our pinned CA did not sign
     ],
 )
-def test_mutual_tls_refusals(tmp_path, built, pki, client, server_cert):
+def test_mutual_tls_refusals(
+    tmp_path: Path, built: Built, pki: Path, client: str, server_cert: str
+) -> None:
     server = Rsyslog(tmp_path / "central", pki, server_cert=server_cert).start()
     try:
         world = forward_world(tmp_path / "world", server.port)
@@ -219,8 +231,13 @@ def _grow(built: Built, segments: int, per_batch: int, pause: float) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["kill-forwarder", "restart-rsyslog", "drop-connection"])
 def test_faults_lose_nothing_and_duplicate_at_most_one_window(
-    tmp_path, built, rsyslog, pki, capsys, fault
-):
+    tmp_path: Path,
+    built: Built,
+    rsyslog: Rsyslog,
+    pki: Path,
+    capsys: pytest.CaptureFixture[str],
+    fault: str,
+) -> None:
     window = 300
     world = forward_world(tmp_path / "world", rsyslog.port)
     config = _config(tmp_path / "forward.yaml", pki, tmp_path / "state", records=window)
@@ -263,8 +280,8 @@ def test_faults_lose_nothing_and_duplicate_at_most_one_window(
 
 
 def test_segment_deleted_before_it_was_forwarded_is_reported(
-    tmp_path, built, rsyslog, pki, capsys
-):
+    tmp_path: Path, built: Built, rsyslog: Rsyslog, pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # 'work' lost its first segment before forwarding ever started (rotation).
     world = forward_world(tmp_path / "world", rsyslog.port)
     store = Store(built.root)
@@ -283,7 +300,9 @@ def test_segment_deleted_before_it_was_forwarded_is_reported(
     assert code == 0, out
 
 
-def test_new_records_follow_and_the_cursor_resumes(tmp_path, built, rsyslog, pki):
+def test_new_records_follow_and_the_cursor_resumes(
+    tmp_path: Path, built: Built, rsyslog: Rsyslog, pki: Path
+) -> None:
     world = forward_world(tmp_path / "world", rsyslog.port)
     config = _config(tmp_path / "forward.yaml", pki, tmp_path / "state")
     forward = Forward(tmp_path, built.root, world, config).start()

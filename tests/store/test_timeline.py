@@ -133,7 +133,7 @@ def test_follower_sees_appends_and_new_segments(collected: Collected, tmp_path: 
 
 @pytest.mark.timeout(60)
 def test_until_keeps_records_after_a_late_segment_start_note(tmp_path: Path) -> None:
-    layout = timeline.StoreLayout(tmp_path / "store")
+    layout = StoreLayout(tmp_path / "store")
     layout.qube_dir("work").mkdir(parents=True)
     early, late = b"2026-11-28T10:00:00.000000Z", b"2026-11-28T10:00:00.000900Z"
     layout.segment_log("work", 1).write_bytes(
