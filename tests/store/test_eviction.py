@@ -2,13 +2,13 @@
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from qubes_logvm.store.compress import compress_segment
-from qubes_logvm.store.eviction import apply_plan, plan_deletions, qube_report
+from qubes_logvm.store.eviction import Planned, apply_plan, plan_deletions, qube_report
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.tombstones import TOMB_COMPACT_LINES, read_tomb_file
 from qubes_logvm.store.usage import qube_usage, segment_cost, usage
@@ -53,9 +53,7 @@ def _fill(
     return seqs
 
 
-def _plan(
-    store: Store, text: str, open_segments: dict[str, int] | None = None
-) -> list[tuple[str, int]]:
+def _plan(store: Store, text: str, open_segments: dict[str, int] | None = None) -> list[Planned]:
     return plan_deletions(store.layout, config(text), NOW, open_segments or {})
 
 
@@ -64,7 +62,7 @@ def usage_of(layout: StoreLayout, qube: str, seq: int) -> int:
     return next(segment_cost(s).disk for s in layout.segments(qube) if s.seq == seq)
 
 
-def _of(plan: list[tuple[str, int]], qube: str) -> list[int]:
+def _of(plan: Sequence[tuple[str, int]], qube: str) -> list[int]:
     return [seq for q, seq in plan if q == qube]
 
 
