@@ -71,9 +71,8 @@ def test_qube_list_and_records(browser: object, tmp_path: Path) -> None:
     text = win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
     assert "qube:          work" in text and "receive time:" in text
     screenshot(win.window, tmp_path / "browser-records.png")  # type: ignore[attr-defined]
-    assert (
-        win.window.get_window().get_width() <= 1280
-    )  # fits 1280x800  # type: ignore[attr-defined]
+    width = win.window.get_window().get_width()  # type: ignore[attr-defined]
+    assert width <= 1280  # fits 1280x800
 
 
 def test_filter_box(browser: object) -> None:
