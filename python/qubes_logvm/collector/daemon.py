@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
 import signal
 import socket
 import sys
