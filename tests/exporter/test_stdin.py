@@ -51,7 +51,9 @@ def test_send_fails_when_the_logvm_never_acknowledges(
     assert b"logvm-send: not every line reached the LogVM" in result.stderr
 
 
-def test_a_hung_call_is_abandoned_and_nothing_is_lost(tmp_path, collector: FakeCollector):
+def test_a_hung_call_is_abandoned_and_nothing_is_lost(
+    tmp_path: Path, collector: FakeCollector
+) -> None:
     collector.set("hang")
     config = write_config(
         tmp_path / "e.yaml", collector.command, tmp_path / "state", ack_timeout="300ms"
