@@ -128,13 +128,17 @@ class QubeRows:
 
     def rows(self, first: int, last: int) -> list[Entry]:
         """Rows ``[first, last)`` (fewer when the files hold fewer lines)."""
+        return [self._entry(seg, stored) for seg, stored in self.stored(first, last)]
+
+    def stored(self, first: int, last: int) -> list[tuple[SegmentRows, StoredLine]]:
+        """Rows ``[first, last)`` as stored lines, not yet understood (what search scans)."""
         with self._lock:
-            found: list[Entry] = []
+            found: list[tuple[SegmentRows, StoredLine]] = []
             row = max(0, first)
             while row < min(last, self._total):
                 seg, index = self.locate(row)
                 want = min(last - row, seg.count - index)
-                got = list(self._read(seg, index, want))
+                got = [(seg, line) for line in self._read(seg, index, want)]
                 found.extend(got)
                 row += want
             return found
@@ -152,7 +156,7 @@ class QubeRows:
                 self._cached = (seg.files.seq, stream.read())
         yield io.BytesIO(self._cached[1])
 
-    def _read(self, seg: SegmentRows, index: int, want: int) -> Iterator[Entry]:
+    def _read(self, seg: SegmentRows, index: int, want: int) -> Iterator[StoredLine]:
         point_row, offset = seg.point_before(index)
         for stream in self._stream(seg):
             stream.seek(offset)
@@ -162,11 +166,15 @@ class QubeRows:
                 if number >= index + want:
                     return
                 if number >= index:
-                    yield self._entry(seg, stored)
+                    yield stored
                 position += len(stored.data) + stored.overlong + (1 if stored.complete else 0)
                 number += 1
                 if number % _STEP == 0:
                     seg.add_point(number, position)
+
+    def entry(self, seg: SegmentRows, stored: StoredLine) -> Entry:
+        """A stored line understood (:func:`core.entries.classify`)."""
+        return self._entry(seg, stored)
 
     def _entry(self, seg: SegmentRows, stored: StoredLine) -> Entry:
         what = classify(stored.data)

@@ -61,13 +61,14 @@ def find(
         first, last = (
             (row, min(high, row + _BLOCK)) if forward else (max(low, row - _BLOCK + 1), row + 1)
         )
-        entries = rows.rows(first, last)
+        entries = rows.stored(first, last)
         order = range(len(entries)) if forward else range(len(entries) - 1, -1, -1)
         for index in order:
-            entry = entries[index]
-            if cheap is not None and cheap.search(entry.stored.data) is None:
+            seg, stored = entries[index]
+            if cheap is not None and cheap.search(stored.data) is None:
                 continue
-            if wanted.search(entry.what.message.decode("utf-8", "replace")):
+            message = rows.entry(seg, stored).what.message
+            if wanted.search(message.decode("utf-8", "replace")):
                 return first + index
         done += last - first
         progress(min(1.0, done / total))
