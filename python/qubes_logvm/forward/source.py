@@ -23,6 +23,7 @@ from ..core.errors import StoreError
 from ..core.records import TIMESTAMP_LEN
 from ..core.seal import parse_seal
 from ..core.syslog5424 import Message, record_header
+from ..core.tomb import parse_tomb
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.reader import MAX_LINE, open_plain
 from ..store.sealfile import MAX_SEAL_FILE
@@ -39,6 +40,7 @@ class Cursor:
     offset: int = 0  # byte offset after them (plain segments)
     seals: int = 0  # its seal lines sent
     tomb: int = 0  # highest tombstoned segment whose tomb line was sent
+    summary: int = 0  # newest segment a forwarded compaction summary covers
     session: str = ""
 
     def to_json(self) -> dict[str, object]:
@@ -50,7 +52,7 @@ class Cursor:
         """From the cursor file (written by us; still checked)."""
         if not isinstance(data, dict):
             raise StoreError("cursor entry is not a mapping")
-        ints = {k: data.get(k, 0) for k in ("seq", "line", "offset", "seals", "tomb")}
+        ints = {k: data.get(k, 0) for k in ("seq", "line", "offset", "seals", "tomb", "summary")}
         if not all(isinstance(v, int) and v >= 0 for v in ints.values()):
             raise StoreError("cursor entry has a bad number")
         session = data.get("session", "")
@@ -117,21 +119,26 @@ class StoreSource:
         return Cursor(seq=seq, tomb=cursor.tomb)
 
     def _tombs(self, qube: str, cursor: Cursor, out: list[Message]) -> Cursor:
-        path = self.layout.tombstones(qube)
+        """Tomb lines past the cursor; a compaction's summary line once per compaction."""
         try:
-            data = path.read_bytes()[:MAX_SEAL_FILE]
+            data = self.layout.tombstones(qube).read_bytes()[:MAX_SEAL_FILE]
         except FileNotFoundError:
             return cursor
-        newest = cursor.tomb
+        tomb, summary = cursor.tomb, cursor.summary
         for raw in data.split(b"\n")[:-1]:
             try:
-                seq = parse_seal(raw).seq
+                line = parse_tomb(raw)
             except StoreError:
                 continue  # not ours to judge: the verifier reports it
-            if seq > cursor.tomb:
-                out.append(Message("tomb", self._fields(qube, seq), raw, severity=5))
-                newest = max(newest, seq)
-        return replace(cursor, tomb=newest)
+            is_summary = line.kind == "summary"
+            if line.last > (summary if is_summary else tomb):
+                fields = self._fields(qube, line.first, last=line.last, kind=line.kind)
+                out.append(Message("tomb", fields, raw, severity=5))
+                if is_summary:
+                    summary = line.last
+                else:
+                    tomb = line.last
+        return replace(cursor, tomb=max(tomb, summary), summary=summary)
 
     def _segment(
         self, qube: str, files: SegmentFiles, cursor: Cursor, budget: int, out: list[Message]

@@ -101,7 +101,7 @@ def rebuild(lines: Iterable[tuple[int, bytes]], store_id: str, dest: Path) -> Re
     layout = StoreLayout(dest)
     result = Rebuilt()
     files: dict[tuple[str, int, str], _File] = {}
-    tombs: dict[str, dict[int, bytes]] = {}
+    tombs: dict[str, dict[tuple[int, int, str], bytes]] = {}
     for number, untrusted_line in lines:
         try:
             message = decode_line(untrusted_line)
@@ -120,10 +120,10 @@ def rebuild(lines: Iterable[tuple[int, bytes]], store_id: str, dest: Path) -> Re
     for file in files.values():
         if file.stream is not None:
             file.stream.close()
-    for qube, lines_by_seq in tombs.items():
+    for qube, lines in tombs.items():
         path = layout.tombstones(qube)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"".join(lines_by_seq[s] + b"\n" for s in sorted(lines_by_seq)))
+        path.write_bytes(b"".join(line + b"\n" for line in _tomb_file(lines)))
     if not layout.store_json.exists():
         result.problems.append(f"no store message for store {store_id} in the central copy")
     return result
@@ -133,7 +133,7 @@ def _place(
     message: Message,
     layout: StoreLayout,
     files: dict[tuple[str, int, str], _File],
-    tombs: dict[str, dict[int, bytes]],
+    tombs: dict[str, dict[tuple[int, int, str], bytes]],
     result: Rebuilt,
 ) -> None:
     fields = message.fields
@@ -147,7 +147,8 @@ def _place(
         return
     qube, seq = fields.get("qube", ""), int(fields.get("seg", "0"))
     if message.msgid == "tomb":
-        tombs.setdefault(qube, {})[seq] = message.text
+        last = int(fields.get("last", str(seq)))
+        tombs.setdefault(qube, {})[(seq, last, fields.get("kind", "tomb"))] = message.text
         return
     if message.msgid == "gap":
         result.notes.append(f"{qube}: {message.text.decode('ascii', 'replace')}")
@@ -172,6 +173,19 @@ def _place(
     file.put(line, text, result.problems, where)
     if len(files) > 4096:
         _close_idle(files)
+
+
+def _tomb_file(lines: dict[tuple[int, int, str], bytes]) -> list[bytes]:
+    """The tombstone file as the LogVM had it: the newest compaction summary,
+    then the tombs written after it (those it covers were replaced by it)."""
+    summaries = [key for key in lines if key[2] == "summary"]
+    newest = max(summaries, key=lambda key: key[1]) if summaries else None
+    keep = [newest] if newest is not None else []
+    keep += sorted(
+        (key for key in lines if key[2] != "summary" and (newest is None or key[0] > newest[1])),
+        key=lambda key: key[0],
+    )
+    return [lines[key] for key in keep]
 
 
 def _close_idle(files: dict[tuple[str, int, str], _File]) -> None:
