@@ -120,10 +120,10 @@ def rebuild(lines: Iterable[tuple[int, bytes]], store_id: str, dest: Path) -> Re
     for file in files.values():
         if file.stream is not None:
             file.stream.close()
-    for qube, lines in tombs.items():
+    for qube, tomb_lines in tombs.items():
         path = layout.tombstones(qube)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"".join(line + b"\n" for line in _tomb_file(lines)))
+        path.write_bytes(b"".join(line + b"\n" for line in _tomb_file(tomb_lines)))
     if not layout.store_json.exists():
         result.problems.append(f"no store message for store {store_id} in the central copy")
     return result
