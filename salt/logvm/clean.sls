@@ -26,18 +26,23 @@
     - name: {{ logvm_paths.policy }}
 
 {#- Keep the qube (its private volume holds the logs); stop it running the
-    collector and starting at boot, and drop the formula's tag. #}
+    collector and starting at boot, drop the browser's menu entry and the
+    formula's tag. #}
 {{ id }}-logvm:
   qvm.vm:
     - name: {{ logvm.vm.name }}
     - actions:
       - exists: pass
       - prefs
+      - features
       - service
       - tags
     - exists: []
     - prefs:
       - autostart: false
+    - features:
+      - default:
+        - menu-items
     - service:
       - default:
         - logvm-collector
