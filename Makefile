@@ -21,6 +21,8 @@ APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstanda
 APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh systemd-journal-remote xvfb xauth
 # logvm-forward's tests: a central rsyslog with TLS, certificates made by openssl.
 APT_TEST += rsyslog-gnutls openssl
+# Fault tests: a wall clock stepped under a real collector.
+APT_TEST += faketime
 APT_BUILD := build-essential rpm debhelper dpkg-dev fakeroot lintian rpmlint dh-python python3-pip python3-setuptools python3-wheel
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST) $(APT_BUILD)
 

@@ -12,6 +12,7 @@ import re
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from collector.helpers import (
 
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.remnant import OPENING_REMNANT
+from qubes_logvm.store.sealfile import is_closed
+from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import verify_store
 
 KILL_IN_OPEN = {"LOGVM_FAIL_POINT": "open-segment"}
@@ -248,19 +251,25 @@ def test_a_config_that_deletes_at_once_is_reported_at_start(
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 
 
+def _faketime(offset: Path) -> dict[str, str]:
+    """The environment stepping a process's wall clock by the offset in ``offset``
+    (the monotonic clock stays real, as when an admin or NTP steps the clock)."""
+    offset.write_text("+0\n")
+    return {
+        "LD_PRELOAD": str(FAKETIME_LIB),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
 def test_clock_stepped_back_keeps_receive_times_monotonic(
     start_collector: Callable[..., Collector], tmp_path: Path
 ) -> None:
     if not FAKETIME_LIB.exists():
         pytest.skip("libfaketime is not installed")
     offset = tmp_path / "faketime"
-    offset.write_text("+0\n")
-    clock_env = {
-        "LD_PRELOAD": str(FAKETIME_LIB),
-        "FAKETIME_TIMESTAMP_FILE": str(offset),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
+    clock_env = _faketime(offset)
     collector = start_collector()
     collector.kill()
     collector.start(env=clock_env)
@@ -284,4 +293,39 @@ def test_clock_stepped_back_keeps_receive_times_monotonic(
     steps = notes(collector.store, "alpha", "clock-step")
     assert len(steps) == 1
     assert 3590_000 < int(steps[0].fields()["back_ms"]) < 3610_000
+    assert verify_errors(collector.store, collector.vkey) == []
+
+
+def test_clock_jumped_forward_eight_days_deletes_nothing_epochs_passing_do(
+    tmp_path: Path,
+) -> None:
+    """Retention ages count sealed epochs: a wall-clock jump ages nothing."""
+    if not FAKETIME_LIB.exists():
+        pytest.skip("libfaketime is not installed")
+    # 0.2 s epochs: max_age 10s is 50 epochs, at least 10 s of the monotonic clock.
+    config = {"global": {"keep_free": 0}, "housekeeping_seconds": 0.2, "session_linger": 0}
+    config["retention"] = {"max_age": {"default": "10s"}}
+    collector = Collector(tmp_path, config)
+    collector.vkey = make_store(collector.store, epoch_seconds=0.2)
+    offset = tmp_path / "faketime"
+    collector.start(env=_faketime(offset))
+    try:
+        for _ in range(2):
+            assert send(collector.socket, "alpha", lines("alpha", 5)) == [5]
+        layout = StoreLayout(collector.store)
+        assert wait_for(lambda: sum(map(is_closed, layout.segments("alpha"))) == 2)
+        closed = time.monotonic()
+        offset.write_text("+8d\n")  # a transient jump, e.g. a bad NTP answer
+        time.sleep(1.5)  # several housekeeping passes on the jumped clock
+        tombs = layout.tombstones("alpha")
+        assert time.monotonic() - closed < 10  # (no real age reached yet)
+        assert not tombs.exists(), "a clock jump deleted segments"
+        offset.write_text("+0\n")
+        # Real time passing (50 epochs sealed) does delete, with reason `age`.
+        assert wait_for(tombs.exists, timeout=25), collector.stderr()
+        assert collector.stop() == 0
+    finally:
+        collector.kill()
+    reasons = [t.reason for _, t in read_tomb_file(tombs).tombs]
+    assert reasons and set(reasons) == {"age"}
     assert verify_errors(collector.store, collector.vkey) == []

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from qubes_logvm.store.compress import compress_segment
-from qubes_logvm.store.eviction import Planned, apply_plan, plan_deletions, qube_report
+from qubes_logvm.store.eviction import EpochClock, Planned, apply_plan, plan_deletions, qube_report
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.tombstones import TOMB_COMPACT_LINES, read_tomb_file
 from qubes_logvm.store.usage import qube_usage, segment_cost, usage
 from qubes_logvm.store.writer import Store
 from support.segments import (
+    MtimeClock,
     check_qube,
     config,
     new_store,
@@ -54,7 +55,7 @@ def _fill(
 
 
 def _plan(store: Store, text: str, open_segments: dict[str, int] | None = None) -> list[Planned]:
-    return plan_deletions(store.layout, config(text), NOW, open_segments or {})
+    return plan_deletions(store.layout, config(text), MtimeClock(NOW), open_segments or {})
 
 
 def usage_of(layout: StoreLayout, qube: str, seq: int) -> int:
@@ -134,6 +135,34 @@ def test_retention_ages(store: Store, text: str, expected: dict[str, list[int]])
     assert {q: _of(plan, q) for q in expected} == expected
 
 
+DAY = 86400.0
+
+
+def test_ages_count_sealed_epochs_not_the_wall_clock(store: Store) -> None:
+    """A segment's age is (current epoch - its close epoch) x epoch length."""
+    old = write_segment(store, "work", SEG)
+    for _ in range(3):
+        store.tick()  # three epochs (of a day, for this clock) pass
+    new = write_segment(store, "work", SEG)
+    # The wall clock says both closed long ago (a clock stepped forward 8 days):
+    set_closed_at(store.layout, "work", old, NOW - 8 * DAY)
+    set_closed_at(store.layout, "work", new, NOW - 8 * DAY)
+    cfg = config(NO_FLOOR + "retention: {max_age: {default: 2d}}")
+    clock = EpochClock(store.keys.epoch, DAY)
+    assert plan_deletions(store.layout, cfg, clock, {}) == [("work", old)]
+    assert [p.reason for p in plan_deletions(store.layout, cfg, clock, {})] == ["age"]
+    # Without epochs passing nothing ages, whatever the wall clock says.
+    assert plan_deletions(store.layout, cfg, EpochClock(store.keys.epoch, 1.0), {}) == []
+    store.tick()
+    store.tick()
+    assert _of(
+        plan_deletions(store.layout, cfg, EpochClock(store.keys.epoch, DAY), {}), "work"
+    ) == [
+        old,
+        new,
+    ]
+
+
 def test_dispvm_delete_after_close(store: Store) -> None:
     _fill(store, "disp12", 1, age=2 * HOUR, session="a")  # 1: session a
     _fill(store, "disp12", 1, age=2 * HOUR, session="b")  # 2-3: session b, rolled once,
@@ -198,7 +227,7 @@ def test_keep_free_floor_uses_statvfs(store: Store) -> None:
     def low(_: str) -> os.statvfs_result:
         return Low()  # type: ignore[return-value]
 
-    plan = plan_deletions(store.layout, config("{}"), NOW, {}, statvfs=low)
+    plan = plan_deletions(store.layout, config("{}"), MtimeClock(NOW), {}, statvfs=low)
     sizes = [usage_of(store.layout, "big", seq) for seq in (1, 2, 3)]
     assert sizes[0] + sizes[1] < 100 * 1024 <= sum(sizes)
     assert plan == [("big", 1), ("big", 2), ("big", 3)]
@@ -282,7 +311,7 @@ def test_inode_floor_evicts_by_cost_from_the_qube_over_its_share(store: Store) -
         return FewInodes()  # type: ignore[return-value]
 
     cfg = config("global: {keep_free: 0, keep_free_inodes: 1000}")
-    plan = plan_deletions(store.layout, cfg, NOW, {}, statvfs=stats)
+    plan = plan_deletions(store.layout, cfg, MtimeClock(NOW), {}, statvfs=stats)
     assert plan == [("many", 1), ("many", 2), ("many", 3)]
 
 

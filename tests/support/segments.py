@@ -1,6 +1,7 @@
 """Segments and stores for the rotation, eviction and quota tests: build stores, check chains."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -11,7 +12,7 @@ from qubes_logvm.config.storage_policy import RetentionConfig, parse_retention
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import EpochKeys, genesis, parse_verification_key
 from qubes_logvm.store.keystate import read_store_info, setup_keys
-from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.layout import SegmentFiles, StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify.chain import ChainCheck
@@ -84,8 +85,33 @@ def write_segment(
 
 
 def set_closed_at(layout: StoreLayout, qube: str, seq: int, when: float) -> None:
-    """Pretend a segment closed at ``when`` (its seal file's mtime)."""
+    """Pretend a segment closed at ``when`` (its seal file's mtime).
+
+    Compression goes by this; deletion ages go by the sealed epoch count
+    (``EpochClock``), which the eviction rule tests stand in for with
+    :class:`MtimeClock`.
+    """
     os.utime(layout.segment_seal(qube, seq), (when, when))
+
+
+@dataclass(frozen=True)
+class MtimeClock:
+    """A ``SegmentClock`` for the eviction rule tests: close time = seal file mtime.
+
+    The rules (retention, DispVM sessions) are tested with ages set per
+    segment; how ages are measured in the product (epochs) is tested apart.
+    """
+
+    now: float
+
+    def closed_at(self, files: SegmentFiles) -> float | None:
+        """The seal file's mtime."""
+        if files.seal is None:
+            return None
+        try:
+            return os.stat(files.seal).st_mtime
+        except FileNotFoundError:
+            return None
 
 
 def segment_bytes(path: Path) -> bytes:

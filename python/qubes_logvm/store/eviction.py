@@ -22,8 +22,13 @@ segments first, and never an open one):
    (the capacity split in proportion to quotas). Qubes still over quota go
    first, so a qube within its quota never loses data while another is over.
 
-A segment's age is the modification time of its seal file: the ``close``
-seal is its last write, and compression never touches it.
+A segment's age is measured on the sealed epoch count, not the wall clock
+(:class:`EpochClock`): a segment whose final seal was made in epoch ``e`` is
+``(current epoch - e) * epoch_seconds`` old. The collector's epoch timer runs
+on the monotonic clock and ticks at most once per period whatever the wall
+clock does, so a clock stepped forward (by an hour or by eight days) makes no
+segment older and deletes nothing; time the collector was not running does
+not count either (nothing was sealed then).
 
 Trust side: runs in the LogVM over the store's own files; names found on
 disk are validated by :class:`~.layout.StoreLayout`.
@@ -33,7 +38,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 import zstandard
 
@@ -63,6 +68,41 @@ _HEAD_BYTES = 4096
 StatVfs = Callable[[str], os.statvfs_result]
 
 
+class SegmentClock(Protocol):
+    """Where ages are measured: a current time and each closed segment's close time."""
+
+    @property
+    def now(self) -> float:
+        """The current time on this clock (seconds)."""
+        ...
+
+    def closed_at(self, files: SegmentFiles) -> float | None:
+        """When a segment closed on this clock; None when it has no complete seal."""
+        ...
+
+
+@dataclass(frozen=True)
+class EpochClock:
+    """Ages on the sealed epoch count: epoch ``e`` is at ``e * epoch_seconds``.
+
+    ``epoch`` is the key state's current epoch; a segment's close time is
+    the epoch of its last seal (its ``close`` or ``recover`` seal).
+    """
+
+    epoch: int
+    epoch_seconds: float
+
+    @property
+    def now(self) -> float:
+        """The current epoch's start on this clock."""
+        return self.epoch * self.epoch_seconds
+
+    def closed_at(self, files: SegmentFiles) -> float | None:
+        """The epoch of the segment's last seal, in seconds."""
+        seal = last_seal(files)
+        return None if seal is None else seal.epoch * self.epoch_seconds
+
+
 class Planned(tuple[str, int]):
     """One planned deletion, ``(qube, seq)``, and the rule that chose it (``reason``)."""
 
@@ -78,7 +118,7 @@ class Planned(tuple[str, int]):
 class _Segment:
     seq: int
     cost: Cost  # text (plain or compressed) plus seal file
-    closed_at: float  # seal file mtime
+    closed_at: float  # on the planning's SegmentClock (the sealed epoch count)
     files: SegmentFiles
 
 
@@ -119,16 +159,17 @@ def _size(path: os.PathLike[str] | None) -> int:
         return 0
 
 
-def _segments(all_files: list[SegmentFiles], open_seq: int | None) -> list[_Segment]:
+def _segments(
+    all_files: list[SegmentFiles], open_seq: int | None, clock: SegmentClock
+) -> list[_Segment]:
     result = []
     for files in all_files:
         if open_seq is not None and files.seq >= open_seq:
             break  # the open segment (and anything after it) is never a candidate
         if files.seal is None:
             break  # not a whole segment: leave it to the verifier
-        try:
-            closed_at = os.stat(files.seal).st_mtime
-        except FileNotFoundError:
+        closed_at = clock.closed_at(files)
+        if closed_at is None:
             break
         result.append(_Segment(files.seq, segment_cost(files), closed_at, files))
     return result
@@ -198,10 +239,11 @@ def _age_count(segments: list[_Segment], cutoff: float) -> int:
 
 
 def _scan_qube(
-    layout: StoreLayout, cfg: RetentionConfig, name: str, now: float, open_seq: int | None
+    layout: StoreLayout, cfg: RetentionConfig, name: str, clock: SegmentClock, open_seq: int | None
 ) -> _Qube:
     all_files = layout.segments(name)
-    segments = _segments(all_files, open_seq)
+    segments = _segments(all_files, open_seq, clock)
+    now = clock.now
     qube = _Qube(
         name, quota_for(cfg, name), plain_quota_for(cfg, name), qube_usage(layout, name), segments
     )
@@ -269,7 +311,7 @@ def _evict_globally(qubes: list[_Qube], need: Cost, capacity: int) -> None:
 def plan_deletions(
     layout: StoreLayout,
     cfg: RetentionConfig,
-    now: float,
+    clock: SegmentClock,
     open_segments: dict[str, int],
     *,
     statvfs: StatVfs = os.statvfs,
@@ -280,10 +322,12 @@ def plan_deletions(
     ``open_segments`` maps each qube with an open segment to that segment's
     number; it and anything newer are never chosen. Each qube's entries
     are its oldest segments, so deleting them with ``delete_oldest`` in
-    list order removes exactly these. ``usage_out``, when given, receives
-    every qube's cost once the plan is carried out.
+    list order removes exactly these. Ages (retention, DispVM deletion) are
+    measured on ``clock``: the collector passes its :class:`EpochClock`.
+    ``usage_out``, when given, receives every qube's cost once the plan is
+    carried out.
     """
-    qubes = [_scan_qube(layout, cfg, q, now, open_segments.get(q)) for q in layout.qubes()]
+    qubes = [_scan_qube(layout, cfg, q, clock, open_segments.get(q)) for q in layout.qubes()]
     total = sum((q.remaining for q in qubes), ZERO_COST)
     need_bytes, need_files = _pressure(layout, cfg, total, statvfs)
     if need_bytes > 0 or need_files > 0:
