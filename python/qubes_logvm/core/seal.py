@@ -163,7 +163,7 @@ class Seal:
 
 def seal_mac(key: bytes, body: bytes) -> bytes:
     """HMAC-SHA256 of a seal body under an epoch key."""
-    return hmac.new(key, SEAL_DOMAIN + body, hashlib.sha256).digest()
+    return hmac.digest(key, SEAL_DOMAIN + body, "sha256")
 
 
 def parse_seal(line: bytes) -> Seal:

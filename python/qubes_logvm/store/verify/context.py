@@ -40,6 +40,7 @@ class Ctx:
     rereads: int = 0
     tomb_lines: dict[str, list[Tomb]] = field(default_factory=dict)  # valid, per qube
     newest_segment: dict[str, int] = field(default_factory=dict)  # per qube (0: none)
+    epoch_jumps: bool = False  # format 2: a seal's epoch may jump (no tick seals)
 
     def add(
         self,

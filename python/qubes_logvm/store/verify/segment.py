@@ -18,6 +18,7 @@ from ..sealfile import SealFile, read_seal_file
 from .chain import ChainCheck, ChainMismatch
 from .context import Ctx
 from .data import DataResult, Interval, check_data
+from .fast import fast_segment
 from .findings import ERROR, WARNING
 from .remnant import opening_remnant
 
@@ -47,6 +48,10 @@ def verify_segment(
         lines = count_lines(files.log)[0] if files.log is not None else 0
         ctx.add(ERROR, qube, f"no seal file: lines 1-{lines} are not sealed", seq, 1, lines)
         return None, min_epoch
+    if doubled is None:
+        fast = fast_segment(ctx, files, head, min_epoch, newest)
+        if fast is not None:
+            return fast
     parsed = read_seal_file(files.seal)
     if not parsed.seals and not parsed.bad_lines:
         remnant = opening_remnant(files, parsed, newest)

@@ -1,0 +1,53 @@
+"""The verifier's fast path: taken for intact segments, left for the general one on damage."""
+
+from pathlib import Path
+
+import pytest
+
+from qubes_logvm.core.seal import EpochKeys, parse_verification_key
+from qubes_logvm.store.layout import SegmentFiles, StoreLayout
+from qubes_logvm.store.verify import verify_store
+from qubes_logvm.store.verify.context import Ctx
+from qubes_logvm.store.verify.fast import fast_segment
+from qubes_logvm.store.verify.findings import Report
+from support.storebuilder import Built
+
+pytestmark = pytest.mark.inprocess
+
+
+def _ctx(store: Built) -> Ctx:
+    store_id, key0 = parse_verification_key(store.key)
+    return Ctx(StoreLayout(store.root), store_id, EpochKeys(key0), Report())
+
+
+def _closed(store: Built) -> SegmentFiles:
+    return next(s for s in store.layout.segments("work") if s.log is not None)
+
+
+@pytest.mark.timeout(30)
+def test_intact_segment_takes_the_fast_path(store: Built) -> None:
+    ctx = _ctx(store)
+    files = _closed(store)
+    result = fast_segment(ctx, files, None, 0, newest=False)
+    assert result is not None
+    assert files.log is not None
+    assert ctx.report.bytes_hashed == files.log.stat().st_size
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("what", ["log", "seal"])
+def test_damage_leaves_the_fast_path_and_is_reported(store: Built, what: str) -> None:
+    files = _closed(store)
+    assert files.log is not None and files.seal is not None
+    path = files.log if what == "log" else files.seal
+    _flip(path, path.stat().st_size - 10)
+    assert fast_segment(_ctx(store), files, None, 0, newest=False) is None
+    report = verify_store(store.root, store.key)
+    assert not report.ok
+    assert any(f.qube == "work" and f.segment == files.seq for f in report.errors)
