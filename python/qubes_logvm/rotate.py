@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from . import __version__
 from .config.collector import load_collector_config
 from .config.storage_policy import RetentionConfig
 from .core.errors import LogvmError, StoreError
@@ -116,9 +117,16 @@ def run_pass(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="logvm-rotate", description="Compress closed log segments as they age."
+        prog="logvm-rotate",
+        description="Compress closed log segments as they age (no key, no deletion).",
+        epilog="Example: logvm-rotate --once -v   (one pass now, each segment logged)",
     )
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=DEFAULT_STORE,
+        help=f"store directory (default {DEFAULT_STORE})",
+    )
     parser.add_argument(
         "--config", type=Path, default=None, help="collector.yaml (default: /etc and /rw files)"
     )
@@ -127,6 +135,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each segment")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

@@ -1,7 +1,8 @@
 {#- logvm.clean: undoes the formula, in reverse order, wherever it runs:
     `qubesctl --skip-dom0 --targets=TEMPLATES,LOGVM state.apply logvm.clean`
-    first, then `qubesctl state.apply logvm.clean` in dom0. Stored logs are
-    never deleted: the LogVM and its private volume stay (remove it yourself
+    first, then `qubesctl state.apply logvm.clean` in dom0. The offline
+    disposable template the formula made and the verification timer go.
+    Stored logs are never deleted: the LogVM and its private volume stay (remove it yourself
     with qvm-remove once you no longer need the logs), and so do the
     witness's checkpoints. -#}
 {%- from tpldir ~ '/map.jinja' import logvm, logvm_paths with context %}
@@ -24,6 +25,16 @@
 {{ id }}-policy:
   file.absent:
     - name: {{ logvm_paths.policy }}
+{%-   set timer = 'logvm-witness-verify.timer' %}
+{#- The outside verification's timer and the files logvm.witness wrote. #}
+{%-   for path in ['/etc/systemd/user/timers.target.wants/' ~ timer,
+                   '/etc/systemd/user/' ~ timer ~ '.d/50-logvm-schedule.conf',
+                   '/etc/qubes-logvm/witness-verify.conf'] %}
+
+{{ id }}-verify-{{ loop.index }}:
+  file.absent:
+    - name: {{ path }}
+{%-   endfor %}
 
 {#- Keep the qube (its private volume holds the logs); stop it running the
     collector and starting at boot, drop the browser's menu entry and the
@@ -40,6 +51,7 @@
     - exists: []
     - prefs:
       - autostart: false
+      - default-dispvm: '*default*'
     - features:
       - default:
         - menu-items
@@ -49,6 +61,14 @@
     - tags:
       - del:
         - {{ logvm.vm.tag | yaml_dquote }}
+
+{#- The offline disposable template the formula made for the LogVM holds no
+    logs; once the LogVM no longer names it, it goes. #}
+{{ id }}-dispvm-template:
+  qvm.absent:
+    - name: {{ logvm.vm.dispvm.name }}
+    - require:
+      - qvm: {{ id }}-logvm
 {%- elif grains['id'] == logvm.vm.name %}
 
 {{ id }}-limits:

@@ -11,6 +11,7 @@ import pytest
 
 from qubes_logvm import __version__
 from qubes_logvm.cli import main
+from support.programs import program
 
 LOGVM = Path(sys.executable).parent / "logvm"
 WITNESS = Path(sys.executable).parent / "logvm-witness"
@@ -89,3 +90,26 @@ def test_setup_keys_as_root_on_a_store_of_another_user_refuses(tmp_path: Path) -
     assert main(["--store", str(store), "setup-keys"], stdout=io.BytesIO(), stderr=err) == 2
     assert "run: sudo -u 61000 logvm setup-keys" in err.getvalue()
     assert list(store.iterdir()) == []
+
+
+# Every program of the product: --version prints "<prog> <version>" and exits
+# 0; --help states defaults and gives an example (issue 12, "first contact").
+PROGRAMS = [
+    "logvm-collector", "logvm-exporter", "logvm-send", "logvm-rotate",
+    "logvm-forward", "logvm-browser", "logvm-witness", "logvm",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_every_program_has_version_and_a_help_with_defaults_and_an_example(name: str) -> None:
+    path = program(name)
+    version = subprocess.run([str(path), "--version"], capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"{name} {__version__}"
+    helped = subprocess.run([str(path), "--help"], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.split())
+    assert "--version" in text and "default" in text.lower(), text
+    assert "example" in text.lower(), text

@@ -176,6 +176,11 @@ def test_clean_in_dom0_keeps_the_logvm_and_its_logs(salt_env: SaltEnv) -> None:
     assert logvm["prefs"]["autostart"] is False
     assert logvm["tags"] == ["created-by-dom0"]
     assert logvm["volumes"]["private"] == 20 << 30  # the store's volume stays
+    assert logvm["prefs"].get("default_dispvm") in (None, "*default*")
+    assert "sys-log-dvm" not in qubes  # the formula's offline DVM template is gone
+    for wrote in ("etc/systemd/user/timers.target.wants/logvm-witness-verify.timer",
+                  "etc/qubes-logvm/witness-verify.conf"):  # fmt: skip
+        assert not HOST.file(str(salt_env.root / wrote)).exists
     assert not HOST.file(str(salt_env.root / "etc/qubes/policy.d/50-logvm.policy")).exists
     witness = HOST.file(str(salt_env.root / "var/lib/qubes-logvm-witness"))
     assert witness.is_directory and witness.mode == 0o770  # checkpoints are kept

@@ -9,6 +9,7 @@ import gi
 gi.require_version("Gtk", "3.0")
 from gi.repository import Gio, Gtk  # noqa: E402
 
+from .. import __version__  # noqa: E402
 from ..core.errors import LogvmError  # noqa: E402
 from ..store.layout import DEFAULT_STORE, StoreLayout  # noqa: E402
 from .window import BrowserWindow, load_css  # noqa: E402
@@ -36,9 +37,23 @@ class BrowserApp(Gtk.Application):
 
 def main(argv: list[str] | None = None) -> int:
     """Start the browser; one clear line and exit 2 when it cannot."""
-    parser = argparse.ArgumentParser(prog="logvm-browser", description="Browse the LogVM's store.")
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
-    parser.add_argument("--config", type=Path, help="collector configuration file")
+    parser = argparse.ArgumentParser(
+        prog="logvm-browser",
+        description="Browse the LogVM's store (GTK).",
+        epilog="Example: sudo logvm-browser   (or from the LogVM's app menu)",
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=DEFAULT_STORE,
+        help=f"store directory (default {DEFAULT_STORE})",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="collector.yaml for quotas (default: /etc and /rw/config/qubes-logvm files)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     if not args.store.is_dir():
         print(f"logvm-browser: no store at {args.store}", file=sys.stderr)

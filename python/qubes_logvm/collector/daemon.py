@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import __version__
 from ..config.collector import CollectorConfig, load_collector_config
 from ..config.storage_policy import quota_for
 from ..core.errors import LogvmError
@@ -282,9 +283,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="logvm-collector",
         description="Store the logs other qubes send over qrexec (logvm.Send).",
+        epilog="Example: logvm-collector -v   (as the unit logvm-collector.service runs it)",
     )
-    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="listening socket")
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="store directory")
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help=f"listening socket, unless systemd passes one (default {DEFAULT_SOCKET})",
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=DEFAULT_STORE,
+        help=f"store directory (default {DEFAULT_STORE})",
+    )
     parser.add_argument(
         "--config",
         type=Path,
@@ -294,6 +306,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(default: /etc/qubes-logvm/collector.yaml merged with /rw/config/qubes-logvm/)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections too")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..core.errors import LogvmError
 from ..core.sender_record import SEVERITIES
 from ..daemon_support import EXIT_OK, fatal, setup_logging
@@ -26,7 +27,10 @@ from .config import load_exporter_config
 
 def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Ship this qube's logs to the LogVM over qrexec."
+        prog=prog,
+        description="Ship this qube's logs to the LogVM over qrexec.",
+        epilog=f"Examples: {prog} -v   (as the unit runs it);  "
+        f"make 2>&1 | {prog} --stdin -t build -p notice",
     )
     parser.add_argument(
         "--config",
@@ -36,9 +40,18 @@ def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
         "/etc/qubes-logvm/exporter.yaml then /rw/config/qubes-logvm/exporter.yaml)",
     )
     parser.add_argument("--stdin", action="store_true", help="ship standard input, then exit")
-    parser.add_argument("-t", "--tag", default="stdin", help="identifier for --stdin lines")
-    parser.add_argument("-p", "--priority", default="info", choices=SEVERITIES)
+    parser.add_argument(
+        "-t", "--tag", default="stdin", help="identifier for --stdin lines (default stdin)"
+    )
+    parser.add_argument(
+        "-p",
+        "--priority",
+        default="info",
+        choices=SEVERITIES,
+        help="priority of --stdin lines (default info)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

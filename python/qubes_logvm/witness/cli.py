@@ -295,7 +295,12 @@ def cmd_reset_key(args: argparse.Namespace, clock: Clock, out: BinaryIO) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="logvm-witness", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="logvm-witness",
+        description="The logvm.Witness qrexec service (dom0) and its admin commands.",
+        epilog="Examples: logvm-witness list;  logvm-witness verify sys-log;  "
+        "logvm-witness export sys-log -o /tmp/sys-log.witness",
+    )
     parser.add_argument(
         "--dir",
         type=Path,
