@@ -71,7 +71,7 @@ class Connection(asyncio.Protocol, Feed):
         self.writer: QubeWriter | None = None
         self.transport: asyncio.Transport | None = None
         self.splitter = LineSplitter(server.shared.config.max_line_bytes)
-        self._descriptor = bytearray()
+        self._untrusted_descriptor = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self._acked = 0
         self._sent_any = False
@@ -103,11 +103,11 @@ class Connection(asyncio.Protocol, Feed):
             self.server.shared.config.descriptor_timeout, self._descriptor_timeout
         )
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, untrusted_data: bytes) -> None:
         if self.writer is None:
-            self._read_descriptor(data)
+            self._read_descriptor(untrusted_data)
             return
-        records, nlines = self.splitter.feed(data, self.writer.receive_time())
+        records, nlines = self.splitter.feed(untrusted_data, self.writer.receive_time())
         if nlines:
             self.writer.submit(self, records, nlines)
 
@@ -189,19 +189,19 @@ class Connection(asyncio.Protocol, Feed):
     def _read_descriptor(self, untrusted_data: bytes) -> None:
         assert self.transport is not None  # noqa: S101 (set in connection_made)
         end = untrusted_data.find(b"\0")
-        room = MAX_DESCRIPTOR_BYTES - len(self._descriptor)
+        room = MAX_DESCRIPTOR_BYTES - len(self._untrusted_descriptor)
         if end < 0:
             if len(untrusted_data) > room:
                 log.warning("service descriptor too long; closing")
                 self.transport.abort()
                 return
-            self._descriptor += untrusted_data
+            self._untrusted_descriptor += untrusted_data
             return
         if end > room:
             log.warning("service descriptor too long; closing")
             self.transport.abort()
             return
-        untrusted_descriptor = bytes(self._descriptor) + untrusted_data[:end]
+        untrusted_descriptor = bytes(self._untrusted_descriptor) + untrusted_data[:end]
         try:
             qube = parse_service_descriptor(untrusted_descriptor)
         except ProtocolError as err:
@@ -213,9 +213,9 @@ class Connection(asyncio.Protocol, Feed):
         if not self.server.admit(self, qube):
             self.transport.abort()
             return
-        rest = untrusted_data[end + 1 :]
-        if rest:
-            self.data_received(rest)
+        untrusted_rest = untrusted_data[end + 1 :]
+        if untrusted_rest:
+            self.data_received(untrusted_rest)
 
 
 class Server:
