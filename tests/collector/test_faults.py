@@ -9,6 +9,7 @@ lost, and verify passes (or reports exactly the crash remnant, a warning).
 import contextlib
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -328,4 +329,73 @@ def test_clock_jumped_forward_eight_days_deletes_nothing_epochs_passing_do(
         collector.kill()
     reasons = [t.reason for _, t in read_tomb_file(tombs).tombs]
     assert reasons and set(reasons) == {"age"}
+    assert verify_errors(collector.store, collector.vkey) == []
+
+
+def _flood(collector: Collector, until: Callable[[], bool], limit: int = 60) -> None:
+    """Send 1000-line batches on one connection (rolled at 256K) until ``until()``."""
+    sock = connect(collector.socket, "alpha")
+    sent = 0
+    try:
+        for batch in range(limit):
+            if until():
+                break
+            sock.sendall(b"".join(b"flood %d %s\n" % (batch, b"x" * 200) for _ in range(1000)))
+            sent += 1000
+            got = b""
+            while b"ack %d\n" % sent not in got:
+                chunk = sock.recv(4096)
+                assert chunk, collector.stderr()
+                got += chunk
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    finally:
+        sock.close()
+
+
+def _free(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+@pytest.mark.parametrize("filler", [False, True], ids=["full-of-logs", "full-of-another-file"])
+def test_a_full_store_frees_itself_when_the_cap_is_lowered(
+    tmp_path: Path, small_fs: Path, filler: bool
+) -> None:
+    """Deleting needs room for the tombstone: the reserve gives it on a full disk."""
+    floors: dict[str, object] = {"keep_free": 0, "keep_free_inodes": 0}
+    base: dict[str, object] = {
+        "global": floors,
+        "segment": {"max_bytes": "256K"},
+        "housekeeping_seconds": 0.2,
+        "session_linger": 0,
+    }
+    collector = Collector(tmp_path, base)
+    collector.store = small_fs / "store"
+    collector.vkey = make_store(collector.store, epoch_seconds=120)
+    collector.start()
+    try:
+        layout = StoreLayout(collector.store)
+        if filler:
+            _flood(collector, lambda: len(layout.segments("alpha")) >= 4)
+            _fill(small_fs / "filler")
+        else:
+            _flood(collector, lambda: "dropped" in collector.stderr())  # filled by the logs
+        full = _free(small_fs)
+        assert full < 256 * 1024
+        segments = len(layout.segments("alpha"))
+        collector.write_config({**base, "global": {**floors, "max_bytes": "600K"}})
+        collector.signal(signal.SIGHUP)
+        tombs = layout.tombstones("alpha")
+        assert wait_for(lambda: len(layout.segments("alpha")) <= 3), collector.stderr()
+        assert _free(small_fs) > full + 256 * 1024
+        assert send(collector.socket, "alpha", lines("after", 5)) == [5]  # logging goes on
+        assert collector.stop() == 0
+    finally:
+        collector.kill()
+    deleted = [t for _, t in read_tomb_file(tombs).tombs]
+    assert deleted and {t.reason for t in deleted} <= {"global", "compacted"}
+    assert deleted[-1].last >= segments - 3
+    assert (layout.state_dir / "tomb-reserve").exists()  # made again after freeing
     assert verify_errors(collector.store, collector.vkey) == []

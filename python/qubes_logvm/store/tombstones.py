@@ -13,6 +13,9 @@ Trust side: the collector (the key holder) writes; everyone reads back
 strictly, through :func:`~.files.read_regular` (never a link or FIFO).
 """
 
+import contextlib
+import errno
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +28,9 @@ from ..daemon_support import fsync_dir
 from .files import read_regular
 from .keystate import KeyState
 from .layout import StoreLayout
+from .tombreserve import TombReserve
+
+log = logging.getLogger(__name__)
 
 #: Lines after which the file is compacted to one summary line.
 TOMB_COMPACT_LINES = 32
@@ -79,6 +85,7 @@ class TombstoneFile:
         self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
         parsed = read_tomb_file(self.path)
         self.tombs = [tomb for _, tomb in parsed.tombs]
+        self.reserve = TombReserve(layout)
         self.size = parsed.size  # counted in the qube's quota
 
     @property
@@ -107,17 +114,34 @@ class TombstoneFile:
             final.head,
             self.tombs[-1].mac if self.tombs else ZERO,
         ).signed(keys.key)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
-            _write_all(fd, tomb.to_line())
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+            self._append_line(tomb.to_line())
+        except OSError as err:
+            # A full disk: the reserve gives the room (released, then re-made
+            # by the caller once the segment is gone).
+            if err.errno != errno.ENOSPC or not self.reserve.release():
+                raise
+            self._append_line(tomb.to_line())
         self.tombs.append(tomb)
         self.size += len(tomb.to_line())
         if self.on_tomb is not None:
             self.on_tomb(tomb)
         return tomb
+
+    def _append_line(self, line: bytes) -> None:
+        """Append one whole line, durably; a failed write is cut back (no torn line)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            before = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+                os.fdatasync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before)
+                raise
+        finally:
+            os.close(fd)
 
     def compact_if_due(self, keys: KeyState) -> None:
         """Replace the file by one summary line once it holds enough lines.
@@ -143,12 +167,18 @@ class TombstoneFile:
         ).signed(keys.key)
         line = summary.to_line()
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
-            _write_all(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            # The longer file is as valid: compacted at a later deletion.
+            tmp.unlink(missing_ok=True)
+            log.warning("%s: not compacted now: %s", self.path, err)
+            return
         tmp.rename(self.path)
         fsync_dir(self.path.parent)
         self.tombs, self.size = [summary], len(line)

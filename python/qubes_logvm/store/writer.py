@@ -34,6 +34,7 @@ from .keystate import KeyState
 from .layout import SegmentFiles, StoreLayout, qube_locked
 from .remnant import is_opening_remnant, seal_covers_log
 from .sealfile import read_seal_file
+from .tombreserve import TombReserve
 from .tombstones import TombstoneFile
 
 log = logging.getLogger(__name__)
@@ -348,6 +349,7 @@ class QubeChain:
                 path.unlink(missing_ok=True)
             fsync_dir(self.dir)
             self.tombstones.compact_if_due(keys)
+            self.tombstones.reserve.ensure()  # the room the next tombstone may need
             return victim.seq
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
@@ -418,6 +420,8 @@ class Store:
         A qube that cannot be recovered is quarantined (:attr:`quarantined`,
         an error in the journal) and the others are served.
         """
+        if not TombReserve(self.layout).ensure():
+            log.warning("no room for the tombstone reserve: deleting may wait for free space")
         recovered = {}
         for qube in self.layout.qubes():
             try:
