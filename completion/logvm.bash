@@ -22,7 +22,7 @@ _logvm() {
     local commands="setup-keys list show follow verify stats open"
     local common="--store --config -h --help"
     local filters="--all -S --since -U --until --utc -p --priority -u --unit
-        -t --identifier --session -g --grep -i --ignore-case -n --lines
+        -t --identifier --console --session -g --grep -i --ignore-case -n --lines
         -r --reverse -o --output --raw --no-pager"
     local command="" i
     for ((i = 1; i < COMP_CWORD; i++)); do

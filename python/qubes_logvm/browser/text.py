@@ -49,15 +49,20 @@ def columns(entry: Entry) -> tuple[str, str, str, str, str]:
         message = what.message
         if what.kind == "malformed":
             message = b"[malformed line] " + message
-        return (local_time(what.stamp), "-", prio, "-", visible(message, ROW_CHARS))
-    name = sender.ident or sender.unit or "-"
+        who = "[dom0]" if what.delivered else "-"
+        return (local_time(what.stamp), "-", prio, who, visible(message, ROW_CHARS))
+    # A "[" of the sender's own shows escaped: "[logvm]" and "[dom0]" are ours alone.
+    name = visible((sender.ident or sender.unit or "-").encode("utf-8", "replace"), 128)
+    name = name.replace("[", "\\x5b")
     if sender.pid is not None:
         name += f"[{sender.pid}]"
+    if what.delivered:
+        name = "[dom0] " + name
     return (
         local_time(what.stamp),
         visible(sender.time.encode("utf-8", "replace"), 64),
         prio,
-        visible(name.encode("utf-8", "replace"), 128),
+        name,
         visible(what.message, ROW_CHARS),
     )
 
@@ -76,6 +81,7 @@ def details(entry: Entry) -> str:
         f"segment:       {entry.segment:08d}  line {entry.line}",
         f"session:       {entry.session or '-'}",
         f"kind:          {what.kind}",
+        f"origin:        {what.origin}  (dom0: delivered by dom0 for this qube)",
         f"priority:      {what.priority or '-'}",
     ]
     sender = what.sender

@@ -77,6 +77,8 @@ class Renderer:
         qube = entry.qube.encode("ascii", "replace")
         if what.is_note:
             return [(head, None), (b"[logvm] " + qube + b": " + what.message, OURS)]
+        if what.delivered:
+            head += b"[dom0] "
         parts: Parts = [(head + qube + b" ", None)]
         sender = what.sender
         if sender is not None:
@@ -146,6 +148,7 @@ def json_object(entry: Entry, zone: tzinfo = UTC) -> dict[str, object]:
         "line": entry.line,
         "session": entry.session or None,
         "kind": what.kind,
+        "origin": what.origin,
         "priority": what.priority,
         "message": _text(what.message),
         "event": what.event or None,

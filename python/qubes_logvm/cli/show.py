@@ -53,6 +53,11 @@ def add_show_args(parser: argparse.ArgumentParser, *, follow: bool) -> None:
     add("-p", "--priority", metavar="PRIO", help="err, warning..err, 0..3 (sender's claim)")
     add("-u", "--unit", action="append", default=[], metavar="UNIT", help="sender's unit (glob)")
     add("-t", "--identifier", action="append", default=[], metavar="ID", help="syslog ident")
+    add(
+        "--console",
+        action="store_true",
+        help="also what dom0 delivered for the qubes (console, dom0's per-qube logs)",
+    )
     add("--session", metavar="TOKEN", help="one session (a segment-start note's session=)")
     add("-g", "--grep", metavar="RE", help="regular expression on the message (smart case)")
     add("-i", "--ignore-case", action="store_true", help="--grep ignores case")
@@ -143,6 +148,7 @@ def options_from_args(args: argparse.Namespace, now: float) -> ShowOptions:
         identifiers=tuple(args.identifier),
         session=args.session,
         pattern=compile_pattern(args.grep, ignore_case=args.ignore_case),
+        delivered=args.console,
     )
     return ShowOptions(
         tuple(args.qubes),

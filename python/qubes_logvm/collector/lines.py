@@ -49,6 +49,7 @@ class LineSplitter:
 
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
+        self.delivered = False  # dom0's delivery for another qube: kind ``D``
         self._carry = bytearray()  # start of the unfinished line, at most the cap
         self._cut = 0  # bytes of the unfinished line discarded beyond the cap
 
@@ -73,7 +74,7 @@ class LineSplitter:
         untrusted_lines = untrusted_block.split(b"\n")
         if first_cut or max(map(len, untrusted_lines)) > self.max_line_bytes:
             return self._slow(untrusted_lines, first_cut, stamp), len(untrusted_lines)
-        prefix = stamp + b" L "
+        prefix = stamp + (b" D " if self.delivered else b" L ")
         if len(untrusted_block) > ESCAPE_SLICE and not untrusted_block.isascii():
             escaped = b"".join(escape_block(part) for part in _slices(untrusted_block))
         else:
@@ -81,10 +82,16 @@ class LineSplitter:
         return prefix + escaped.replace(b"\n", b"\n" + prefix) + b"\n", len(untrusted_lines)
 
     def finish(self, stamp: bytes) -> tuple[bytes, int]:
-        """At end of stream: the last line without newline as a ``P`` record."""
+        """At end of stream: the last line without newline as a ``P`` (or ``D``) record."""
         if not self._carry and not self._cut:
             return b"", 0
-        record = line_record(stamp, escape(bytes(self._carry)), cut=self._cut, partial=True)
+        record = line_record(
+            stamp,
+            escape(bytes(self._carry)),
+            cut=self._cut,
+            partial=True,
+            delivered=self.delivered,
+        )
         self._carry = bytearray()
         self._cut = 0
         return record, 1
@@ -103,5 +110,5 @@ class LineSplitter:
             kept, cut = cap(untrusted_line, self.max_line_bytes)
             if index == 0:
                 cut += first_cut
-            out.append(line_record(stamp, escape(kept), cut=cut))
+            out.append(line_record(stamp, escape(kept), cut=cut, delivered=self.delivered))
         return b"".join(out)

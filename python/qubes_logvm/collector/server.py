@@ -5,7 +5,9 @@ Trust side: the peer is the qrexec agent, as root or as the default user
 descriptor ``logvm.Send <source>\\0``; everything after it is the qube's
 untrusted data. A connection from any other user is refused before a byte is
 read (otherwise any local process could pose as any qube). The descriptor is
-read with a byte limit and a timeout.
+read with a byte limit and a timeout. Only dom0 may add the argument
+``for.<qube>`` (``logvm.Send+for.work``): its lines go to that qube's chain
+as dom0's deliveries (kind ``D``, :func:`..core.names.delivery_chain`).
 """
 
 import asyncio
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.errors import LogvmError, ProtocolError
-from ..core.names import MAX_DESCRIPTOR_BYTES, parse_service_descriptor
+from ..core.names import MAX_DESCRIPTOR_BYTES, delivery_chain, parse_send_call
 from .lines import LineSplitter
 from .peers import peer_of, peer_policy
 from .qubewriter import Feed, QubeWriter, StoreAccess
@@ -203,16 +205,20 @@ class Connection(asyncio.Protocol, Feed):
             return
         untrusted_descriptor = bytes(self._untrusted_descriptor) + untrusted_data[:end]
         try:
-            qube = parse_service_descriptor(untrusted_descriptor)
+            source, untrusted_argument = parse_send_call(untrusted_descriptor)
+            qube, delivered = delivery_chain(source, untrusted_argument)
         except ProtocolError as err:
             log.warning("bad service descriptor: %s; closing", err)
             self.transport.abort()
             return
         if self._timer is not None:
             self._timer.cancel()
+        self.splitter.delivered = delivered
         if not self.server.admit(self, qube):
             self.transport.abort()
             return
+        if delivered:
+            log.info("%s: dom0 delivers this qube's console and per-qube logs", qube)
         untrusted_rest = untrusted_data[end + 1 :]
         if untrusted_rest:
             self.data_received(untrusted_rest)

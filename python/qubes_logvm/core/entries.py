@@ -9,6 +9,10 @@
   the *sender's claims*, shown as such;
 - ``line``: any other line the qube sent, a plain message; a leading syslog
   ``<PRI>`` gives it a priority (also a claim);
+- either of the two with ``delivered`` set: a ``D`` line, which dom0
+  delivered for the qube (its console, dom0's per-qube logs): the record's
+  time, host and identifier (``console``, ``qrexec``...) are dom0's word,
+  its message is the qube's text (docs/store-format.md);
 - ``malformed``: not a line the collector writes (the disk was edited, or it
   is damaged: ``logvm verify`` says which).
 
@@ -44,6 +48,14 @@ class Understood:
     severity: int | None = None  # 0..7, None when unknown
     cut: int = 0  # bytes the collector cut from the line
     partial: bool = False  # the sender's stream ended without a newline
+    delivered: bool = False  # dom0 delivered this line for the qube (kind D)
+
+    @property
+    def origin(self) -> str:
+        """Who wrote the line: ``logvm`` (a note), ``dom0`` (a delivery) or ``qube``."""
+        if self.is_note:
+            return "logvm"
+        return "dom0" if self.delivered else "qube"
 
     @property
     def priority(self) -> str | None:
@@ -79,14 +91,23 @@ def classify(stored: bytes) -> Understood:
         return Understood("note", record.stamp, record.payload, severity=severity)
     text = unescape(record.payload)
     partial = record.kind == "P"
+    delivered = record.kind == "D"
     try:
         sender = parse_sender_record(text)
     except ValueError:
+        claimed = _syslog_severity(text)
         return Understood(
-            "line", record.stamp, text, None, _syslog_severity(text), record.cut, partial
+            "line", record.stamp, text, None, claimed, record.cut, partial, delivered
         )
     return Understood(
-        "record", record.stamp, sender.message, sender, sender.severity, record.cut, partial
+        "record",
+        record.stamp,
+        sender.message,
+        sender,
+        sender.severity,
+        record.cut,
+        partial,
+        delivered,
     )
 
 

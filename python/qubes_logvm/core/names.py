@@ -15,6 +15,10 @@ _QUBE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,30}")
 _DISPVM_NAME = re.compile(r"disp[0-9]{1,4}")
 
 SEND_SERVICE = "logvm.Send"
+#: The one source that may deliver another qube's logs (``logvm.Send+for.X``).
+ADMIN_QUBE = "dom0"
+#: Service argument prefix of dom0's deliveries: ``logvm.Send+for.<qube>``.
+DELIVERY_PREFIX = "for."
 WITNESS_SERVICE = "logvm.Witness"
 
 #: The longest descriptor we accept: service (+argument) and source name.
@@ -52,3 +56,34 @@ def parse_service_descriptor(untrusted_descriptor: bytes, service: str = SEND_SE
     if untrusted_service != service and not untrusted_service.startswith(service + "+"):
         raise ProtocolError(f"descriptor names another service: {untrusted_service!r:.80}")
     return validate_qube_name(untrusted_parts[1])
+
+
+def parse_send_call(untrusted_descriptor: bytes) -> tuple[str, str]:
+    """Parse a ``logvm.Send`` descriptor into (source, argument); ``""`` for none.
+
+    Current qrexec writes ``logvm.Send+ work`` for a call without argument,
+    older ``logvm.Send work``: both mean no argument.
+    """
+    source = parse_service_descriptor(untrusted_descriptor)
+    untrusted_service = untrusted_descriptor.split(b" ", 1)[0].decode("ascii")
+    return source, untrusted_service.partition("+")[2]
+
+
+def delivery_chain(source: str, untrusted_argument: str) -> tuple[str, bool]:
+    """The chain a ``logvm.Send`` call writes to, and whether dom0 delivers it.
+
+    No argument: the caller's own chain. ``for.<qube>``: only from dom0 (the
+    qrexec-vouched source), into ``<qube>``'s chain, marked as dom0's
+    delivery (docs/store-format.md, "Deliveries by dom0"). Anything else is
+    refused, so no qube can write into another's chain or pose as dom0.
+    """
+    if not untrusted_argument:
+        return source, False
+    if source != ADMIN_QUBE:
+        raise ProtocolError(f"{source}: only dom0 may call logvm.Send with an argument")
+    if not untrusted_argument.startswith(DELIVERY_PREFIX):
+        raise ProtocolError(f"unknown logvm.Send argument {untrusted_argument!r:.80}")
+    qube = validate_qube_name(untrusted_argument[len(DELIVERY_PREFIX) :])
+    if qube == ADMIN_QUBE:
+        raise ProtocolError("dom0 sends its own logs without an argument")
+    return qube, True

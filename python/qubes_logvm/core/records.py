@@ -7,9 +7,11 @@ One record is one line of a segment file::
 - receive time: the LogVM's clock, UTC, microseconds, fixed width
   (``2026-11-28T17:58:34.123456Z``, 27 bytes);
 - kind: ``L`` a line the qube sent, ``P`` its last line at EOF without a
-  newline, ``C`` a note written by the collector (session start/end, drops);
-  ``L`` and ``P`` take a suffix ``t<N>`` when N bytes were cut from the line
-  (``Lt70000``): truncation is explicit, never a silent split;
+  newline, ``D`` a line dom0 delivered for the qube (its console or dom0's
+  per-qube logs: ``logvm.Send+for.<qube>``), ``C`` a note written by the
+  collector (session start/end, drops); ``L``, ``P`` and ``D`` take a suffix
+  ``t<N>`` when N bytes were cut from the line (``Lt70000``): truncation is
+  explicit, never a silent split;
 - payload: the escaped line (see :mod:`.escape`); for ``C`` an event word
   followed by ``key=value`` pairs.
 
@@ -28,9 +30,10 @@ TIMESTAMP_LEN = 27
 KIND_LINE = b"L"
 KIND_PARTIAL = b"P"
 KIND_NOTE = b"C"
+KIND_DELIVERED = b"D"
 
 _RECORD = re.compile(
-    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) ([LP])(?:t([1-9][0-9]{0,18}))? (.*)"
+    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) ([LPD])(?:t([1-9][0-9]{0,18}))? (.*)"
     rb"|(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (C) ([a-z][a-z-]*)((?: [a-z][a-z_-]*=\S*)*)",
     re.DOTALL,
 )
@@ -49,9 +52,15 @@ def parse_timestamp(stamp: bytes) -> float:
     return moment.replace(tzinfo=UTC).timestamp()
 
 
-def line_record(stamp: bytes, escaped: bytes, *, cut: int = 0, partial: bool = False) -> bytes:
-    """One stored line for an (already escaped) line the qube sent."""
-    kind = KIND_PARTIAL if partial else KIND_LINE
+def line_record(
+    stamp: bytes, escaped: bytes, *, cut: int = 0, partial: bool = False, delivered: bool = False
+) -> bytes:
+    """One stored line for an (already escaped) line the qube sent (or dom0 delivered).
+
+    A delivered stream's unfinished last line is stored as ``D`` too: the
+    origin is what the kind must say; dom0's exporter only sends whole lines.
+    """
+    kind = KIND_DELIVERED if delivered else KIND_PARTIAL if partial else KIND_LINE
     if cut:
         kind += b"t%d" % cut
     return b"%s %s %s\n" % (stamp, kind, escaped)
@@ -73,7 +82,7 @@ class Record:
     """A parsed stored line."""
 
     stamp: bytes
-    kind: str  # "L", "P" or "C"
+    kind: str  # "L", "P", "D" or "C"
     cut: int  # bytes cut from the line (0: not truncated)
     payload: bytes  # escaped line; for "C": b"event key=value ..."
 

@@ -61,11 +61,12 @@ class Query:
     identifiers: tuple[str, ...] = ()  # exact syslog identifiers
     session: str | None = None
     pattern: "re.Pattern[str] | None" = None  # on the unescaped message
+    delivered: bool = True  # include dom0's deliveries (console...; ``show --console``)
 
     def matches(self, entry: Entry) -> bool:
         """True when the entry passes every filter."""
         what = entry.what
-        if not self._in_window(entry.when):
+        if not self._in_window(entry.when) or (what.delivered and not self.delivered):
             return False
         if self.severities is not None and what.severity not in self.severities:
             return False
