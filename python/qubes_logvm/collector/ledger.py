@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from ..config.storage_policy import RetentionConfig, plain_quota_for, quota_for
 from ..store.eviction import start_fields
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 class QubeLedger:
     """One qube's usage between scans."""
 
-    def __init__(self, qube: str) -> None:
+    def __init__(self, qube: str, clock: Callable[[], float] = time.time) -> None:
         self.qube = qube
+        self.clock = clock  # the wall clock of session close times (tests inject one)
         self.closed: dict[int, Cost] = {}  # closed segments: seq -> cost, oldest first
         self.other = ZERO_COST  # the lock file, leftovers (tombstones: from the chain)
         self.open_seal_bytes = 0  # seal lines of the open segment
@@ -69,7 +71,7 @@ class QubeLedger:
     def closed_segment(self, chain: QubeChain, session: str) -> None:
         """The open segment (of ``session``) was just closed: keep its cost."""
         self.closed[chain.seq] = written_cost(chain.nbytes, self.open_seal_bytes)
-        self.sessions[chain.seq] = (session, time.time())
+        self.sessions[chain.seq] = (session, self.clock())
         self.open_seal_bytes = 0
 
     def deleted(self, seq: int) -> None:
@@ -90,7 +92,7 @@ class QubeLedger:
         if owner == session:
             return True
         ended = max((t for s, t in self.sessions.values() if s == owner), default=0.0)
-        return time.time() - ended > grace
+        return self.clock() - ended > grace
 
 
 def _session_of(segment: SegmentFiles) -> tuple[str, float]:

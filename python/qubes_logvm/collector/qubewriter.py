@@ -163,7 +163,7 @@ class QubeWriter:
         self._carried: list[bytes] = []  # notes a failed write could not store
         self._refused = 0
         self._last_note = 0.0
-        self.ledger = QubeLedger(qube)
+        self.ledger = QubeLedger(qube, shared.clock)
         self._reported = Cost()  # this qube's cost as charged to the store's total
         self._open_since = time.monotonic()
         self._roll_requested = False

@@ -35,7 +35,7 @@ import logging
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..core.errors import ProtocolError, SealError
@@ -108,8 +108,10 @@ class CheckpointSender:
         max_qubes: int = 4096,
         backoff: tuple[float, float] = (1.0, 60.0),
         reply_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.command = list(command)
+        self.clock = clock  # heartbeat and flush deadlines (tests inject one)
         self.pending = pending_path(store_root)
         self.interval = interval
         self.heartbeat = heartbeat
@@ -153,8 +155,8 @@ class CheckpointSender:
 
     async def flush(self, timeout: float) -> bool:
         """Send what is queued now; True if the queue emptied within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while (self.queue or self.pending.exists()) and time.monotonic() < deadline:
+        deadline = self.clock() + timeout
+        while (self.queue or self.pending.exists()) and self.clock() < deadline:
             if self._wake is not None:
                 self._wake.set()
             await asyncio.sleep(0.05)
@@ -208,7 +210,7 @@ class CheckpointSender:
             raise ProtocolError("no call to the witness")
         proc.stdin.write(b"".join(line + b"\n" for line in lines))
         await proc.stdin.drain()
-        self._last_send = time.monotonic()
+        self._last_send = self.clock()
         replies = []
         for _ in lines:
             raw = await asyncio.wait_for(proc.stdout.readline(), self.reply_timeout)
@@ -239,7 +241,7 @@ class CheckpointSender:
         # and a newer submit() meanwhile simply replaces the line in flight.
         batch = list(self.queue.items())
         if not batch:
-            if self._last_line is None or time.monotonic() - self._last_send < self.heartbeat:
+            if self._last_line is None or self.clock() - self._last_send < self.heartbeat:
                 return
             batch = [("", self._last_line)]  # heartbeat: the witness answers "ok seen"
         replies = await self._exchange([line for _, line in batch])
