@@ -164,9 +164,9 @@ def test_show_decorates_and_reads_compressed(store: Built) -> None:
     lines = out.splitlines()
     assert lines[0].endswith(" [logvm] work: segment-start seq=2 session=s2")
     when = datetime.fromtimestamp(1.9e9, UTC).isoformat(timespec="microseconds")
-    assert f"{when} work long [truncated 70000 bytes]" in lines
-    assert f"{when} work last words [partial: the stream ended without a newline]" in lines
-    assert f"{when} work [malformed line] garbage line" in lines
+    assert f"{when} work[truncated 70000 bytes] long" in lines
+    assert f"{when} work[partial] last words" in lines
+    assert f"{when} work[malformed line] garbage line" in lines
     code, out, _ = run(["show", "personal", "--store", str(store.root), "--raw"])
     assert len(out.splitlines()) == 45  # 15 of them from the compressed segment
     assert " C segment-start seq=1 " in out.splitlines()[0]

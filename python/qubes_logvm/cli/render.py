@@ -10,13 +10,18 @@ Every format puts the LogVM's word first and the sender's claims after it:
   names cannot contain ``[``, so no sender can forge that position;
 - ``short-precise``: the same with microseconds; ``short-iso``: ISO 8601
   receive time with offset (``2026-11-28T18:05:26.123456+01:00``);
-- ``cat``: the message only; ``raw``: the stored line as it is on disk;
+- ``cat``: what the qubes sent and nothing else (like ``journalctl -o cat``):
+  no notes of the collector and no markers, so every line of it is sender
+  text; ``raw``: the stored line as it is on disk;
 - ``json``: one object per entry (see :func:`json_object`), ASCII only.
 
-Markers the LogVM adds (truncation, partial, display cut...) follow the
-message in ``[...]``; on a terminal they are coloured as ours. Colours (by
-priority, like journalctl) are added after the text was made terminal-safe,
-so they are the only escape sequences ever written.
+Markers the LogVM adds (truncation, partial, display cut...) stick to the
+qube's name, ``work[truncated 904 bytes] sshd[812]: ...``: like ``[logvm]``
+they sit where the LogVM's word is, before the first space after the qube,
+which no sender text reaches (issue 10: the collector's notes and markers
+cannot be imitated, by construction). On a terminal they are coloured as
+ours. Colours (by priority, like journalctl) are added after the text was
+made terminal-safe, so they are the only escape sequences ever written.
 """
 
 import json
@@ -49,14 +54,14 @@ class Renderer:
     def __init__(self, fmt: str, *, utc: bool) -> None:
         self.fmt = fmt
         self.zone = _local_zone(utc)
-        self._render: Callable[[Entry], Parts] = {
+        self._render: Callable[[Entry], Parts | None] = {
             "cat": self._cat,
             "json": self._json,
             "raw": self._raw,
         }.get(fmt, self._short)
 
-    def parts(self, entry: Entry) -> Parts:
-        """The line for one entry, in pieces with their styles."""
+    def parts(self, entry: Entry) -> Parts | None:
+        """The line for one entry, in pieces with their styles (None: not shown)."""
         return self._render(entry)
 
     def _time(self, entry: Entry) -> bytes:
@@ -79,7 +84,7 @@ class Renderer:
             return [(head, None), (b"[logvm] " + qube + b": " + what.message, OURS)]
         if what.delivered:
             head += b"[dom0] "
-        parts: Parts = [(head + qube + b" ", None)]
+        parts: Parts = [(head + qube, None), *_markers(entry), (b" ", None)]
         sender = what.sender
         if sender is not None:
             name = (sender.ident or sender.unit or "-").encode("utf-8", "backslashreplace")
@@ -89,14 +94,14 @@ class Renderer:
         parts.append(
             (_message(what), _STYLE.get(what.severity if what.severity is not None else 6))
         )
-        return parts + _markers(entry)
+        return parts
 
-    def _cat(self, entry: Entry) -> Parts:
+    def _cat(self, entry: Entry) -> Parts | None:
         what = entry.what
         if what.is_note:
-            return [(b"[logvm] " + what.message, OURS)]
+            return None  # sender text only: see the module's docstring
         style = _STYLE.get(what.severity if what.severity is not None else 6)
-        return [(_message(what), style), *_markers(entry)]
+        return [(_message(what), style)]
 
     def _raw(self, entry: Entry) -> Parts:
         return [(entry.stored.data, None)]
@@ -107,21 +112,23 @@ class Renderer:
 
 
 def _message(what: Understood) -> bytes:
-    return what.message if what.kind != "malformed" else b"[malformed line] " + what.message
+    return what.message
 
 
 def _markers(entry: Entry) -> Parts:
     what, stored = entry.what, entry.stored
     marks = []
+    if what.kind == "malformed":
+        marks.append(b"[malformed line]")
     if what.partial:
-        marks.append(b"[partial: the stream ended without a newline]")
+        marks.append(b"[partial]")
     if what.cut:
         marks.append(b"[truncated %d bytes]" % what.cut)
     if stored.overlong:
         marks.append(b"[display cut: %d more bytes]" % stored.overlong)
     if not stored.complete:
-        marks.append(b"[incomplete: no newline yet]")
-    return [(b" " + m, OURS) for m in marks]
+        marks.append(b"[incomplete]")
+    return [(m, OURS) for m in marks]
 
 
 def _text(value: bytes) -> str | list[int]:

@@ -149,6 +149,7 @@ def options_from_args(args: argparse.Namespace, now: float) -> ShowOptions:
         session=args.session,
         pattern=compile_pattern(args.grep, ignore_case=args.ignore_case),
         delivered=args.console,
+        senders_only=args.output == "cat" and not args.raw,
     )
     return ShowOptions(
         tuple(args.qubes),
@@ -165,7 +166,9 @@ def options_from_args(args: argparse.Namespace, now: float) -> ShowOptions:
 
 def _print(env: Env, renderer: Renderer, entries: Iterable[Entry]) -> None:
     for entry in entries:
-        env.out.parts(renderer.parts(entry))
+        parts = renderer.parts(entry)
+        if parts is not None:
+            env.out.parts(parts)
 
 
 def run_show(env: Env, options: ShowOptions) -> int:

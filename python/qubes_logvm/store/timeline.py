@@ -62,10 +62,13 @@ class Query:
     session: str | None = None
     pattern: "re.Pattern[str] | None" = None  # on the unescaped message
     delivered: bool = True  # include dom0's deliveries (console...; ``show --console``)
+    senders_only: bool = False  # leave out the collector's notes (``-o cat``)
 
     def matches(self, entry: Entry) -> bool:
         """True when the entry passes every filter."""
         what = entry.what
+        if self.senders_only and what.is_note:
+            return False
         if not self._in_window(entry.when) or (what.delivered and not self.delivered):
             return False
         if self.severities is not None and what.severity not in self.severities:
