@@ -67,9 +67,7 @@ class Query:
     def matches(self, entry: Entry) -> bool:
         """True when the entry passes every filter."""
         what = entry.what
-        if self.senders_only and what.is_note:
-            return False
-        if not self._in_window(entry.when) or (what.delivered and not self.delivered):
+        if not self._admits(what) or not self._in_window(entry.when):
             return False
         if self.severities is not None and what.severity not in self.severities:
             return False
@@ -82,6 +80,12 @@ class Query:
             if self.pattern.search(text) is None:
                 return False
         return True
+
+    def _admits(self, what: Understood) -> bool:
+        """Whether the kind of entry is wanted at all (notes; dom0's deliveries)."""
+        if self.senders_only and what.is_note:
+            return False
+        return self.delivered or not what.delivered
 
     @property
     def prefilter(self) -> "re.Pattern[str] | None":
