@@ -30,11 +30,14 @@ from collector.helpers import (
     wait_for,
 )
 
+from qubes_logvm.store.keystate import read_epoch
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.remnant import OPENING_REMNANT
 from qubes_logvm.store.sealfile import is_closed
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import verify_store
+from support.programs import program
+from support.segments import product_env
 
 KILL_IN_OPEN = {"LOGVM_FAIL_POINT": "open-segment"}
 
@@ -398,4 +401,83 @@ def test_a_full_store_frees_itself_when_the_cap_is_lowered(
     assert deleted and {t.reason for t in deleted} <= {"global", "compacted"}
     assert deleted[-1].last >= segments - 3
     assert (layout.state_dir / "tomb-reserve").exists()  # made again after freeing
+    assert verify_errors(collector.store, collector.vkey) == []
+
+
+def test_epochs_go_on_while_seals_cannot_be_written_then_sigterm_exits(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """A full disk fails the epoch seals: the key still evolves every epoch, the
+    tasks survive, and SIGTERM exits 0 within seconds once space is back."""
+    config = {"global": {"keep_free": 0, "keep_free_inodes": 0}, "housekeeping_seconds": 0.2}
+    collector = Collector(tmp_path, config)
+    collector.store = small_fs / "store"
+    collector.vkey = make_store(collector.store, epoch_seconds=0.25)
+    layout = StoreLayout(collector.store)
+    collector.start()
+    try:
+        sock = _open_session(collector, "alpha", 10)
+        filler = small_fs / "filler"
+        _fill(filler)
+        assert wait_for(lambda: "not sealed" in collector.stderr(), timeout=25), collector.stderr()
+        failed_at = read_epoch(layout)
+        assert failed_at is not None
+        # Forward security goes on: the key file is overwritten in place, epoch after epoch.
+        assert wait_for(lambda: (read_epoch(layout) or 0) >= failed_at + 4, timeout=10)
+        assert not died(collector)
+        filler.unlink()
+        sock.sendall(lines("back", 5))
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(4096):
+            got += chunk
+        assert got.endswith(b"ack 15\n")
+        sock.close()
+        assert send(collector.socket, "beta", lines("beta", 3)) == [3]  # others served
+        stopped = time.monotonic()
+        assert collector.stop() == 0
+        assert time.monotonic() - stopped < 10
+    finally:
+        collector.kill()
+    assert [p for _, p, _ in sent_lines(collector.store, "alpha")][-5:] == [
+        b"back line %d" % i for i in range(5)
+    ]
+    # The epochs whose seal could not be written: recording that gap is the
+    # seal format's (issue sealv2); nothing else may be wrong.
+    errors = verify_errors(collector.store, collector.vkey)
+    assert all("epochs without a seal" in e for e in errors), errors
+
+
+def test_verify_on_a_running_store_across_epoch_changes_finds_nothing(
+    tmp_path: Path,
+) -> None:
+    """`logvm verify` while the collector writes and the key evolves every 0.1 s."""
+    collector = Collector(tmp_path, {"global": {"keep_free": 0}})
+    collector.vkey = make_store(collector.store, epoch_seconds=0.1)
+    keyfile = tmp_path / "vkey"
+    keyfile.write_text(collector.vkey + "\n")
+    collector.start()
+    socks = [_open_session(collector, q, 5) for q in ("alpha", "beta", "disp3")]
+    try:
+        results = []
+        for run in range(8):
+            for sock in socks:
+                sock.sendall(lines("run%d" % run, 200))
+            verify = subprocess.run(
+                [str(program("logvm")), "verify", "--store", str(collector.store)]
+                + ["--key", str(keyfile)],
+                capture_output=True, env=product_env(), timeout=60, check=False,
+            )  # fmt: skip
+            results.append((verify.returncode, verify.stdout + verify.stderr))
+        for sock in socks:
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+            sock.close()
+        assert collector.stop() == 0
+    finally:
+        collector.kill()
+    for code, out in results:
+        assert code == 0, out.decode()
+        assert b"forged" not in out
     assert verify_errors(collector.store, collector.vkey) == []
