@@ -464,8 +464,8 @@ def test_verify_on_a_running_store_across_epoch_changes_finds_nothing(
             for sock in socks:
                 sock.sendall(lines("run%d" % run, 200))
             verify = subprocess.run(
-                [str(program("logvm")), "verify", "--store", str(collector.store)]
-                + ["--key", str(keyfile)],
+                [str(program("logvm")), "verify", "--store", str(collector.store),
+                 "--key", str(keyfile)],
                 capture_output=True, env=product_env(), timeout=60, check=False,
             )  # fmt: skip
             results.append((verify.returncode, verify.stdout + verify.stderr))
