@@ -10,6 +10,7 @@ FILES = {
     "W": ROOT / "tests/attacks/test_witness_scene.py",
     "S": ROOT / "tests/witness/test_witness_service.py",
     "T": ROOT / "tests/support/tamper.py",
+    "F": ROOT / "tests/store/test_format2.py",
 }
 
 
@@ -36,7 +37,7 @@ def test_every_row_names_existing_tests() -> None:
     for row in rows:
         cell = row.rstrip("|").rsplit("|", 1)[1]
         named = 0
-        for part in re.split(r",? (?=[MWST] `)", cell.strip()):
+        for part in re.split(r",? (?=[MWSTF] `)", cell.strip()):
             tag, names = part[0], re.findall(r"`([a-z_0-9-]+)`", part)
             for name in names:
                 assert name in known[tag], f"{row}: {tag} {name} does not exist"

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..core.errors import SealError, StoreError
 from ..core.seal import evolve, format_verification_key, valid_store_id
 from ..daemon_support import fsync_dir
-from .layout import STORE_FORMAT, StoreLayout
+from .layout import STORE_FORMAT, STORE_FORMATS, StoreLayout
 
 _RECORD_LEN = 160
 _MAGIC = "logvm-sealkey-v1"
@@ -36,6 +36,7 @@ class StoreInfo:
     store_id: str
     epoch_seconds: float
     created: str
+    format: int = STORE_FORMAT
 
 
 def read_store_info(layout: StoreLayout) -> StoreInfo:
@@ -46,15 +47,17 @@ def read_store_info(layout: StoreLayout) -> StoreInfo:
         raise StoreError(f"{layout.root}: no store here (run `logvm setup-keys`)") from err
     except (OSError, ValueError) as err:
         raise StoreError(f"{layout.store_json}: unreadable: {err}") from err
-    if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
-        raise StoreError(f"{layout.store_json}: not a format-{STORE_FORMAT} store")
+    if not isinstance(data, dict) or data.get("format") not in STORE_FORMATS:
+        raise StoreError(f"{layout.store_json}: not a store of format 1 or 2")
     store_id = data.get("store_id")
     epoch_seconds = data.get("epoch_seconds")
     if not isinstance(store_id, str) or not valid_store_id(store_id):
         raise StoreError(f"{layout.store_json}: bad store_id")
     if not isinstance(epoch_seconds, int | float) or epoch_seconds <= 0:
         raise StoreError(f"{layout.store_json}: bad epoch_seconds")
-    return StoreInfo(store_id, float(epoch_seconds), str(data.get("created", "")))
+    return StoreInfo(
+        store_id, float(epoch_seconds), str(data.get("created", "")), int(data["format"])
+    )
 
 
 def _encode(store_id: str, epoch: int, key: bytes) -> bytes:
@@ -87,12 +90,16 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def setup_keys(layout: StoreLayout, *, epoch_seconds: float = 10.0) -> str:
+def setup_keys(
+    layout: StoreLayout, *, epoch_seconds: float = 10.0, store_format: int = STORE_FORMAT
+) -> str:
     """Create a new store identity and sealing state; return the verification key.
 
     Refuses if the store already has sealing state: replacing a key would
     make every earlier seal unverifiable and is what an intruder would do.
     """
+    if store_format not in STORE_FORMATS:
+        raise SealError(f"no store format {store_format}")
     if layout.sealkey.exists() or layout.store_json.exists():
         raise SealError(f"{layout.root}: sealing state exists already; refusing to replace it")
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +109,7 @@ def setup_keys(layout: StoreLayout, *, epoch_seconds: float = 10.0) -> str:
     key0 = secrets.token_bytes(32)
     _write_new_file(layout.sealkey, _encode(store_id, 1, evolve(key0)), 0o600)
     info = {
-        "format": STORE_FORMAT,
+        "format": store_format,
         "store_id": store_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "epoch_seconds": epoch_seconds,

@@ -16,7 +16,10 @@ from ..core.errors import InvalidQubeName
 from ..core.names import validate_qube_name
 
 DEFAULT_STORE = Path("/var/lib/qubes-logvm")
+#: The format a store is created in (setup_keys); store.json says which.
 STORE_FORMAT = 1
+#: The formats this code reads, writes and verifies (docs/store-format.md).
+STORE_FORMATS = (1, 2)
 
 _SEGMENT_FILE = re.compile(r"([0-9]{8})\.(log|log\.zst|seal)")
 

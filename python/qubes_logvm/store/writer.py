@@ -30,6 +30,7 @@ from ..core.records import format_timestamp, note_record
 from ..core.seal import FINAL_KINDS, ZERO, ChainHasher, Seal, genesis
 from ..core.tomb import Tomb
 from ..daemon_support import fsync_dir
+from .epochfile import EpochFile, leaf_of_seal
 from .keystate import KeyState
 from .layout import SegmentFiles, StoreLayout, qube_locked
 from .remnant import is_opening_remnant, seal_covers_log
@@ -91,6 +92,8 @@ class QubeChain:
         self._torn_seal = 0  # bytes of a seal line a crash cut short
         self._seal_size = 0  # bytes of the open segment's seal file, all whole lines
         self.broken = False  # a write could not be cut back: Store.chain reloads it
+        #: Format 2: told every new seal (the store-wide epoch seal's leaves).
+        self.on_leaf: Callable[[Seal], None] | None = None
         self._load()
 
     # -- loading -----------------------------------------------------------
@@ -295,6 +298,8 @@ class QubeChain:
         if kind in FINAL_KINDS:
             self._close_fds()
             self.needs_recovery = False
+        if self.on_leaf is not None:
+            self.on_leaf(seal)
         if self.on_seal is not None:
             self.on_seal(seal)
         return seal
@@ -376,6 +381,11 @@ class Store:
         self.clock = clock
         #: Qubes whose files could not be loaded, with the reason.
         self.quarantined: dict[str, str] = {}
+        #: Format 2: the store-wide epoch seal (None: format 1, a tick seal per chain).
+        self.epochs: EpochFile | None = None
+        if self.keys.info.format >= 2:
+            self.epochs = EpochFile(self.layout)
+            self.epochs.load_leaves()
 
     def chain(self, qube: str) -> QubeChain:
         """The chain of a qube, loaded (and recovered) on first use.
@@ -397,6 +407,8 @@ class Store:
             chain = QubeChain(
                 self.layout, self.keys.store_id, qube, self.on_seal, self.on_tomb, clock=self.clock
             )
+            if self.epochs is not None:
+                chain.on_leaf = self._sealed
             recovered = chain.recover(self.keys) if chain.needs_recovery else None
         except (StoreError, OSError) as err:
             reason = str(err)
@@ -432,14 +444,24 @@ class Store:
                 recovered[qube] = count
         return recovered
 
-    def tick(self) -> list[Seal]:
-        """End the epoch: seal every open segment (even with nothing new), evolve the key.
+    def _sealed(self, seal: Seal) -> None:
+        if self.epochs is not None:
+            self.epochs.update(leaf_of_seal(seal))
 
+    def tick(self) -> list[Seal]:
+        """End the epoch and evolve the key.
+
+        Format 1: seal every open segment (even with nothing new). Format 2:
+        one store-wide epoch line over every chain's state (store/epochfile.py).
         The key evolves whatever fails: a chain whose seal cannot be written
-        is logged and skipped (its next seal shows the epochs it missed).
+        is logged and skipped (its next seal shows the epochs it missed); an
+        epoch line that cannot be written is recorded as a gap by the next one.
         """
-        seals = []
+        seals: list[Seal] = []
         try:
+            if self.epochs is not None:
+                self._seal_epoch(self.epochs)
+                return seals
             for chain in list(self.chains.values()):
                 if not chain.is_open:
                     continue
@@ -450,6 +472,16 @@ class Store:
         finally:
             self.keys.advance()
         return seals
+
+    def _seal_epoch(self, epochs: EpochFile) -> None:
+        try:
+            epochs.seal(self.keys)
+        except OSError as err:
+            log.error(  # noqa: TRY400 (one line, no traceback)
+                "epoch %d not sealed store-wide (recorded as a gap once writing works): %s",
+                self.keys.epoch,
+                err.strerror or err,
+            )
 
     def close(self) -> None:
         """Close every open segment and release the key (whatever fails)."""

@@ -26,6 +26,7 @@ from ..keystate import read_store_info
 from ..layout import SegmentFiles, StoreLayout
 from ..sealfile import read_seal_file
 from .context import Ctx
+from .epochs import COPY_WITHOUT_EPOCHS, check_epochs
 from .findings import ERROR, INFO, WARNING, Report, WrongKey
 from .segment import verify_segment
 from .tombs import Tombs, check_tombs
@@ -39,6 +40,12 @@ _PROBE_QUBES = 16
 WITHOUT_WITNESS = (
     "without the witness's records (--witness) a qube's newest closed segments, or a "
     "whole qube, can be removed, and the store rolled back, without this check seeing it"
+)
+#: Format 2: the epoch seals see those; what is left for the witness.
+WITHOUT_WITNESS_V2 = (
+    "without the witness's records (--witness) records sealed in the current epoch can be "
+    "cut back, and the whole store (key file, epoch seals and all) rolled back to an older "
+    "copy, without this check seeing it"
 )
 
 COPY_WITHOUT_KEY_FILE = (
@@ -68,6 +75,12 @@ def verify_store(
     _check_store_json(ctx)
     names = _store_qubes(ctx)
     _check_key_file(ctx, names, Path(witness) if witness is not None else None, copy)
+    if ctx.info is not None and ctx.info.format >= 2:
+        ctx.epoch_jumps = True
+        if copy:
+            ctx.report.limits.append(COPY_WITHOUT_EPOCHS)
+        else:
+            check_epochs(ctx, names)
     for qube in qubes or names:
         try:
             validate_qube_name(qube)
@@ -83,6 +96,8 @@ def verify_store(
         from .witness import check_witness
 
         check_witness(ctx, Path(witness), qubes or None)
+    elif ctx.epoch_jumps and not copy:
+        ctx.report.limits.append(WITHOUT_WITNESS_V2)
     else:
         ctx.report.limits.append(WITHOUT_WITNESS)
     return ctx.report

@@ -59,7 +59,8 @@ def fast_segment(
         return None
     if not final and not newest:
         return None
-    if not final and ctx.key_epoch is not None and last_epoch + 1 < ctx.key_epoch:
+    stale = ctx.key_epoch is not None and last_epoch + 1 < ctx.key_epoch
+    if not final and stale and not ctx.epoch_jumps:
         return None
     ctx.report.bytes_hashed += hashed
     return bytes.fromhex(last_head), last_epoch
