@@ -53,6 +53,7 @@ def program_of(name: str) -> str | None:
 
 def test_exporter_loads_no_store_collector_or_zstandard() -> None:
     modules = loaded("qubes_logvm.exporter")
+    assert "qubes_logvm.exporter.dom0" in modules  # dom0's exporter: the same rules
     assert "zstandard" not in modules
     assert not {n for n in project(modules) if n.startswith("qubes_logvm.store")}
     assert {program_of(n) for n in project(modules)} <= {None, "exporter"}

@@ -55,6 +55,7 @@ from support.qrexec_policy import QubeInfo
 SUPPORT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SUPPORT_DIR.parent.parent
 CLIENT_SCRIPT = SUPPORT_DIR / "fake-qrexec-client-vm"
+DOM0_CLIENT_SCRIPT = SUPPORT_DIR / "fake-qrexec-client"
 QVM_RUN_SCRIPT = SUPPORT_DIR / "fake-qvm-run"
 QVM_PREFS_SCRIPT = SUPPORT_DIR / "fake-qvm-prefs"
 DEFAULT_POLICY_DIR = REPO_ROOT / "qubes-rpc-policy"
@@ -236,6 +237,7 @@ class World:
         directory.mkdir(exist_ok=True)
         for name, script in (
             ("qrexec-client-vm", CLIENT_SCRIPT),
+            ("qrexec-client", DOM0_CLIENT_SCRIPT),
             ("qvm-run", QVM_RUN_SCRIPT),
             ("qvm-prefs", QVM_PREFS_SCRIPT),
         ):

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.schema import Section, load_yaml_files
-from ..core.errors import ConfigError
-from ..core.names import SEND_SERVICE
+from ..core.errors import ConfigError, InvalidQubeName
+from ..core.names import SEND_SERVICE, validate_qube_name
 
 DEFAULT_PATHS = (
     Path("/etc/qubes-logvm/exporter.yaml"),
@@ -57,6 +57,24 @@ class SyslogConfig:
 
 
 @dataclass(frozen=True)
+class Dom0Config:
+    """dom0 as a source (docs/dom0.md): whom to call, what to follow for each qube."""
+
+    enabled: bool = False
+    logvm: str = "sys-log"
+    #: qubesadmin.config.QREXEC_CLIENT: dom0's client, outside policy.
+    qrexec_client: str = "/usr/bin/qrexec-client"
+    consoles: bool = True
+    console_dir: str = "/var/log/xen/console"
+    qubes_logs: bool = True
+    qubes_log_dir: str = "/var/log/qubes"
+    remove_dispvm_consoles: bool = False
+    #: Where qrexec-daemon keeps ``qrexec.<qube>`` (a running qube has one).
+    qrexec_socket_dir: str = "/var/run/qubes"
+    idle_close: float = 60.0
+
+
+@dataclass(frozen=True)
 class ExporterConfig:
     """Everything ``logvm-exporter`` needs."""
 
@@ -72,6 +90,7 @@ class ExporterConfig:
     backoff_max: float = 60.0
     ack_timeout: float = 60.0
     shutdown_drain: float = 10.0
+    dom0: Dom0Config = field(default_factory=Dom0Config)
 
 
 def _filter(section: Section) -> Filter:
@@ -143,6 +162,35 @@ def _syslog(section: Section) -> SyslogConfig:
     return result
 
 
+def _absolute(section: Section, name: str, default: str) -> str:
+    value = section.string(name, default)
+    if not value.startswith("/"):
+        raise ConfigError(f"{section.key(name)}: expected an absolute path")
+    return value
+
+
+def _dom0(section: Section) -> Dom0Config:
+    defaults = Dom0Config()
+    result = Dom0Config(
+        enabled=section.boolean("enabled", False),
+        logvm=section.string("logvm", defaults.logvm),
+        qrexec_client=_absolute(section, "qrexec_client", defaults.qrexec_client),
+        consoles=section.boolean("consoles", True),
+        console_dir=_absolute(section, "console_dir", defaults.console_dir),
+        qubes_logs=section.boolean("qubes_logs", True),
+        qubes_log_dir=_absolute(section, "qubes_log_dir", defaults.qubes_log_dir),
+        remove_dispvm_consoles=section.boolean("remove_dispvm_consoles", False),
+        qrexec_socket_dir=_absolute(section, "qrexec_socket_dir", defaults.qrexec_socket_dir),
+        idle_close=section.duration("idle_close", "60s"),
+    )
+    section.done()
+    try:
+        validate_qube_name(result.logvm)
+    except InvalidQubeName as err:
+        raise ConfigError(f"{section.key('logvm')}: {err}") from err
+    return result
+
+
 def parse_exporter_config(data: object) -> ExporterConfig:
     """Validate a merged YAML document into an :class:`ExporterConfig`."""
     top = Section(data, "")
@@ -165,6 +213,7 @@ def parse_exporter_config(data: object) -> ExporterConfig:
         backoff_max=backoff.duration("max", "60s"),
         ack_timeout=top.duration("ack_timeout", "60s"),
         shutdown_drain=top.duration("shutdown_drain", "10s"),
+        dom0=_dom0(top.section("dom0")),
     )
     for section in (batch, backoff, sources, top):
         section.done()

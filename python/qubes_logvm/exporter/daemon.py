@@ -87,6 +87,7 @@ def main(
                 stdin_only=args.stdin,
                 tag=args.tag,
                 priority=SEVERITIES.index(args.priority),
+                spawn=spawn or asyncio.create_subprocess_exec,
             )
             return await runner.run_exporter(
                 config, sources, spawn=spawn or asyncio.create_subprocess_exec, environ=environ

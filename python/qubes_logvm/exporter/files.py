@@ -64,12 +64,13 @@ class FilesSource:
     """All configured file globs."""
 
     name = "files"
+    state_name = STATE_NAME
 
     def __init__(self, files: tuple[FileConfig, ...], state: StateDir) -> None:
         self._files = files
         self._state = state
         self._followers: dict[str, _Follower] = {}
-        saved = state.load(STATE_NAME)
+        saved = state.load(self.state_name)
         self._saved: dict[str, Any] = {k: v for k, v in saved.items() if isinstance(v, dict)}
         self._acked: dict[str, dict[str, int]] = dict(self._saved)
         self._dirty = False
@@ -215,7 +216,7 @@ class FilesSource:
     def flush(self) -> None:
         """Save acknowledged offsets if they moved."""
         if self._dirty:
-            self._state.save(STATE_NAME, self._acked)
+            self._state.save(self.state_name, self._acked)
             self._saved = dict(self._acked)
             self._dirty = False
 

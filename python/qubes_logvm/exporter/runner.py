@@ -39,7 +39,12 @@ class Source(Protocol):
 
 
 def build_sources(
-    config: ExporterConfig, *, stdin_only: bool, tag: str = "stdin", priority: int = 6
+    config: ExporterConfig,
+    *,
+    stdin_only: bool,
+    tag: str = "stdin",
+    priority: int = 6,
+    spawn: Spawn = asyncio.create_subprocess_exec,
 ) -> list[Source]:
     """Build the sources; only ``--stdin`` when asked (no state dir needed)."""
     if stdin_only:
@@ -55,6 +60,10 @@ def build_sources(
         from .files import FilesSource
 
         sources.append(FilesSource(config.files, state))
+    if config.dom0.enabled and (config.dom0.consoles or config.dom0.qubes_logs):
+        from .dom0 import DeliverySource
+
+        sources.append(DeliverySource(config, state, spawn))
     if config.syslog.enabled:
         from .syslog import SyslogSource
 
@@ -64,6 +73,15 @@ def build_sources(
     if not sources:
         raise LogvmError("no source is enabled in the configuration")
     return sources
+
+
+def main_command(config: ExporterConfig) -> Sequence[str]:
+    """The call for this qube's own logs: dom0 calls the LogVM directly."""
+    if config.dom0.enabled:
+        from .dom0 import dom0_command
+
+        return dom0_command(config.dom0)
+    return config.qrexec_command
 
 
 async def _flusher(sources: Sequence[Source]) -> None:
@@ -119,7 +137,7 @@ async def run_exporter(
         signal.SIGHUP, log.warning, "SIGHUP ignored: restart logvm-exporter to apply config"
     )
     transport = Transport(
-        config.qrexec_command,
+        main_command(config),
         max_lines=config.batch_max_lines,
         max_delay=config.batch_max_delay,
         backoff_initial=config.backoff_initial,
