@@ -4,8 +4,9 @@ dom0 calls this service in a new disposable qube and writes into it the
 verifier input of docs/snapshot-format.md: the verification key and the
 witness's records (from dom0), then the LogVM's snapshot as the LogVM sent it.
 This program writes the files into a private temporary directory as a store
-copy, runs the same verifier as ``logvm verify`` (:func:`verify_copy`), and
-writes one bounded verdict to stdout. It always answers with a verdict;
+copy and verifies each qube with the same verifier as ``logvm verify``
+(its streaming entry, :class:`Pipelined`, :func:`verify_copy`) while the
+next qube arrives, then writes one bounded verdict to stdout. It always answers with a verdict;
 whatever is wrong with the input (garbage, truncation, a file over the byte
 limit or over the free disk) is the verdict ``error`` with the reason.
 
@@ -15,10 +16,12 @@ only secret here is the verification key, which dies with the DispVM.
 """
 
 import os
+import queue
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -40,18 +43,19 @@ from ..core.snapshot_format import (
 )
 from ..store.keystate import encode_key_record
 from ..store.layout import StoreLayout
-from ..store.verify import WrongKey, verify_store
+from ..store.verify import Report, WrongKey
 from ..store.verify.context import MAX_EPOCH
+from ..store.verify.stream import QubeStream
 
 CHUNK = 1 << 20
 #: Disk kept free in the DispVM beyond what a file needs.
 DISK_MARGIN = 16 << 20
 
 
-def verify_copy(root: Path, key: str, qubes: list[str] | None, witness: Path | None) -> Verdict:
-    """The one adapter to the verifier's public entry (as ``logvm verify`` calls it)."""
+def verify_copy(run: Callable[[], Report]) -> Verdict:
+    """The one adapter from the verifier's report (as ``logvm verify`` prints it) to a verdict."""
     try:
-        report = verify_store(root, key, qubes, witness)
+        report = run()
     except WrongKey as err:
         return Verdict("error", findings=[f"cannot verify: {err}"])
     lines = [str(f) for f in report.errors] + [str(f) for f in report.warnings]
@@ -65,6 +69,72 @@ def verify_copy(root: Path, key: str, qubes: list[str] | None, witness: Path | N
         hashed=report.bytes_hashed,
         findings=lines,
     )
+
+
+class Pipelined:
+    """The verifier end: each qube of the copy verified in a thread while the next arrives.
+
+    :class:`~qubes_logvm.store.verify.stream.QubeStream` is the engine's
+    streaming entry (the findings ``verify_store`` gives on the finished
+    copy); receiving and verifying overlap, so the copy costs little more
+    than the verification itself.
+    """
+
+    def __init__(self, workdir: Path, requested: list[str] | None) -> None:
+        self.workdir, self.root, self.requested = workdir, workdir / "store", requested
+        self.stream: QubeStream | None = None
+        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.failure: Exception | None = None
+        self.stopping = False
+
+    def begin(self, got: "Received") -> None:
+        """Prefix, store.json and epoch received: the key file, the witness, the engine."""
+        parse_verification_key(got.key)
+        rebuild_key_file(self.root, got.key, got.epoch)
+        witness = None
+        if got.witness:
+            witness = self.workdir / "witness"
+            witness.write_bytes(got.witness)
+        StoreLayout(self.root)  # the copy is laid out as a store
+        self.stream = QubeStream(self.root, got.key, self.requested, witness)
+        self.thread = threading.Thread(
+            target=self._work, args=(self.stream,), name="verify", daemon=True
+        )
+        self.thread.start()
+
+    def qube(self, name: str) -> None:
+        """``qubes/NAME`` is complete."""
+        self.queue.put(name)
+
+    def _work(self, stream: QubeStream) -> None:
+        while (name := self.queue.get()) is not None:
+            if self.stopping or self.failure is not None:
+                continue
+            try:
+                stream.qube(name)
+            except Exception as err:  # noqa: BLE001  (re-raised by finish)
+                self.failure = err
+
+    def _join(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def stop(self) -> None:
+        """The input was refused: the qube being verified is the last."""
+        self.stopping = True
+        self._join()
+
+    def finish(self) -> Report:
+        """Wait for the qubes queued, then the report (the engine's own errors re-raised)."""
+        self._join()
+        if self.failure is not None:
+            raise self.failure
+        if self.stream is None:
+            raise ProtocolError("the snapshot ended before its qubes")
+        return self.stream.finish()
 
 
 @dataclass
@@ -83,10 +153,11 @@ class Received:
 class Receiver:
     """Reads the verifier input into a store copy at ``root``, checking as it goes."""
 
-    def __init__(self, untrusted_in: BinaryIO, root: Path) -> None:
+    def __init__(self, untrusted_in: BinaryIO, root: Path, sink: Pipelined | None = None) -> None:
         self.stream = untrusted_in
         self.root = root
         self.got = Received()
+        self.sink = sink
 
     def line(self, allowed: tuple[bytes, ...]) -> Frame:
         untrusted = self.stream.readline(MAX_HEADER)
@@ -138,7 +209,11 @@ class Receiver:
         if frame.word == b"epoch":
             got.epoch = frame.number(0)
             frame = self.line((b"qube", b"end"))
+        if self.sink is not None:
+            self.sink.begin(got)
         while True:
+            if frame.word in (b"qube", b"end") and qube_dir is not None and self.sink:
+                self.sink.qube(qube_dir.name)  # the previous qube is complete
             if frame.word == b"qube":
                 name = validate_qube_name(frame.fields[0].decode())
                 if name in got.qubes:
@@ -208,20 +283,14 @@ def rebuild_key_file(root: Path, key: str, epoch: int | None) -> None:
 
 
 def check_input(untrusted_in: BinaryIO, workdir: Path, requested: list[str] | None) -> Verdict:
-    """Receive into ``workdir/store`` and verify; every failure becomes a verdict."""
-    root = workdir / "store"
-    receiver = Receiver(untrusted_in, root)
+    """Receive into ``workdir/store``, verifying as qubes arrive; every failure is a verdict."""
+    pipeline = Pipelined(workdir, requested)
+    receiver = Receiver(untrusted_in, pipeline.root, pipeline)
     try:
-        got = receiver.receive()
-        parse_verification_key(got.key)
-        rebuild_key_file(root, got.key, got.epoch)
-        witness = None
-        if got.witness:
-            witness = workdir / "witness"
-            witness.write_bytes(got.witness)
-        StoreLayout(root)  # the copy is laid out as a store
-        return verify_copy(root, got.key, requested, witness)
+        receiver.receive()
+        return verify_copy(pipeline.finish)
     except (LogvmError, OSError) as err:
+        pipeline.stop()
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         return Verdict("error", findings=[f"cannot verify: {detail}"])
 
