@@ -44,9 +44,9 @@ class ForwardConfig:
     key_file: Path = _TLS_DIR / "client.key"
     hostname: str = ""
     qubes: tuple[str, ...] = ("*",)
-    window_records: int = 50000
-    window_bytes: int = 16 << 20
-    window_seconds: float = 10.0
+    window_records: int = 200000
+    window_bytes: int = 64 << 20
+    window_seconds: float = 30.0
     connect_timeout: float = 30.0
     poll_seconds: float = 1.0
     retry_max: float = 60.0
@@ -93,9 +93,9 @@ def parse_forward(data: dict[str, Any]) -> ForwardConfig:
         key_file=Path(tls.string("key", str(_TLS_DIR / "client.key"))),
         hostname=top.string("hostname", "") or socket.gethostname(),
         qubes=tuple(top.strings("qubes", ["*"])),
-        window_records=window.integer("records", 50000, minimum=1),
-        window_bytes=window.size("bytes", "16M"),
-        window_seconds=window.duration("seconds", "10s"),
+        window_records=window.integer("records", 200000, minimum=1),
+        window_bytes=window.size("bytes", "64M"),
+        window_seconds=window.duration("seconds", "30s"),
         connect_timeout=top.duration("connect_timeout", "30s"),
         poll_seconds=top.duration("poll", "1s"),
         retry_max=top.duration("retry_max", "60s"),

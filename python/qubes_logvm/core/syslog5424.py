@@ -27,10 +27,11 @@ bounded and raises :class:`ForwardFormatError` on anything else.
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import StoreError
-from .sender_record import parse_sender_record
+from .records import TIMESTAMP_LEN
+from .sender_record import SEVERITIES, parse_sender_record
 
 #: Our SD-ID: ``qubes-logvm@`` + an IANA private enterprise number; 32473 is
 #: the one RFC 5612 reserves for documentation, replaced by the admin's own.
@@ -86,7 +87,7 @@ def _header_token(value: str, limit: int) -> str:
 
 def encode(message: Message, *, facility: int = 1) -> bytes:
     """The message with its RFC 5425 octet count (``LEN SP MSG``)."""
-    params = "".join([f' {k}="{_sd_value(v)}"' for k, v in message.fields.items()])
+    params = _params(message.fields)
     header = (
         f"<{facility * 8 + message.severity}>1 {_header_token(message.timestamp, 64)} "
         f"{_header_token(message.hostname, 255)} {_header_token(message.app, 48)} "
@@ -144,3 +145,86 @@ def decode_line(untrusted_line: bytes) -> Message | None:
         hostname=hostname,
         pen=int(pen),
     )
+
+
+_SEVERITY = {name.encode("ascii"): n for n, name in enumerate(SEVERITIES)}
+_RECORD_HEAD = re.compile(
+    rb"\S+ \S+ (emerg|alert|crit|err|warning|notice|info|debug|-) \S+ "
+    rb"([^ \[\]:]+)(?:\[([0-9]{1,10})\])?: "
+)
+_PRINTABLE_B = re.compile(rb"[\x21-\x7e]+")
+_STAMP_B = re.compile(rb"[\x21-\x7e]{1,64}")
+
+
+class RecordFramer:
+    """RFC 5425 frames for the stored record lines of one segment, with bytes
+    operations only: the same bytes :func:`encode` makes of the record's
+    :class:`Message` (a test holds the two equal), at a fraction of the cost.
+
+    Everything but line number, kind, receive time and the sender's header
+    fields is constant for a segment (store, qube, seg, session), so it is
+    formatted once; a line the fast path cannot prove plain (an escaped
+    APP-NAME, an odd time or kind) goes through :func:`encode`.
+    """
+
+    def __init__(self, hostname: str, pen: int, facility: int, fields: dict[str, str]) -> None:
+        self.hostname, self.pen, self.facility = hostname, pen, facility
+        self.fields = dict(fields)
+        self._host = _header_token(hostname, 255).encode("ascii")
+        self._pri = [b"<%d>1 " % (facility * 8 + s) for s in range(8)]
+        self._sd = (f"rec [{SD_NAME}@{pen}" + _params(fields) + ' line="').encode("ascii")
+        self._session = b""
+        self.session = ""
+
+    def set_session(self, session: str) -> None:
+        """The session of the lines that follow (from a segment-start note)."""
+        self.session = session
+        self._session = f' session="{_sd_value(session)}"'.encode("ascii") if session else b""
+
+    def frame(self, raw: bytes, line: int) -> bytes:
+        """The frame of one stored line (``TIME KIND PAYLOAD``), line ``line`` of its file."""
+        stamp = raw[:TIMESTAMP_LEN]
+        kind, _, payload = raw[TIMESTAMP_LEN + 1 :].partition(b" ")
+        if _STAMP_B.fullmatch(stamp) is None or _PRINTABLE_B.fullmatch(kind) is None:
+            return self._slow(raw, line)
+        severity, app, procid = 5, b"-", b"-"
+        if kind != b"C":
+            match = _RECORD_HEAD.match(payload)
+            if match is None:
+                severity = 6
+            else:
+                ident, pid = match.group(2), match.group(3)
+                if b"\\" in ident:
+                    return self._slow(raw, line)
+                severity = _SEVERITY.get(match.group(1), 6)
+                app = ident[:48] if _PRINTABLE_B.fullmatch(ident[:48]) else b"-"
+                if pid is not None:
+                    procid = pid if pid[:1] != b"0" or len(pid) == 1 else b"%d" % int(pid)
+        parts = [self._pri[severity], stamp, b" ", self._host, b" ", app, b" ", procid, b" ",
+                 self._sd, b"%d" % line, b'" kind="', kind, b'" rt="', stamp, b'"',
+                 self._session, b"]"]  # fmt: skip
+        if payload:
+            parts += (b" ", payload)
+        body = b"".join(parts)
+        return b"%d %s" % (len(body), body)
+
+    def _slow(self, raw: bytes, line: int) -> bytes:
+        message = record_message(raw, line, self.fields, self.session)
+        message = replace(message, hostname=self.hostname, pen=self.pen)
+        return encode(message, facility=self.facility)
+
+
+def record_message(raw: bytes, line: int, fields: dict[str, str], session: str) -> Message:
+    """The message of one stored line (``TIME KIND PAYLOAD``): MSG is the payload."""
+    stamp = raw[:TIMESTAMP_LEN].decode("ascii", "replace")
+    kind_b, _, payload = raw[TIMESTAMP_LEN + 1 :].partition(b" ")
+    kind = kind_b.decode("ascii", "replace")
+    severity, app, procid = record_header(payload) if kind != "C" else (5, "-", "-")
+    fields = {**fields, "line": str(line), "kind": kind, "rt": stamp}
+    if session:
+        fields["session"] = session
+    return Message("rec", fields, payload, severity, app, procid, stamp)
+
+
+def _params(fields: dict[str, str]) -> str:
+    return "".join([f' {k}="{_sd_value(v)}"' for k, v in fields.items()])

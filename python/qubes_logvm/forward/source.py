@@ -18,17 +18,20 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from ..core.errors import StoreError
 from ..core.records import TIMESTAMP_LEN
 from ..core.seal import parse_seal
-from ..core.syslog5424 import Message, record_header
+from ..core.syslog5424 import DEFAULT_PEN, Message, RecordFramer, encode
 from ..core.tomb import parse_tomb
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.reader import MAX_LINE, open_plain
 from ..store.sealfile import MAX_SEAL_FILE
 
 log = logging.getLogger(__name__)
+_BLOCK = 1 << 20  # bytes of a segment read at once
+_SEGMENT_START = b"C segment-start "
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,22 @@ class Cursor:
 
 
 class StoreSource:
-    """Messages for the sealed content past a set of cursors."""
+    """RFC 5425 frames for the sealed content past a set of cursors."""
 
-    def __init__(self, layout: StoreLayout, patterns: tuple[str, ...], store_id: str) -> None:
+    def __init__(
+        self,
+        layout: StoreLayout,
+        patterns: tuple[str, ...],
+        store_id: str,
+        *,
+        hostname: str = "-",
+        pen: int = DEFAULT_PEN,
+        facility: int = 1,
+    ) -> None:
         self.layout = layout
         self.patterns = patterns
         self.store_id = store_id
+        self.hostname, self.pen, self.facility = hostname, pen, facility
 
     def qubes(self) -> list[str]:
         """The qubes configured for forwarding that have a directory."""
@@ -73,16 +86,21 @@ class StoreSource:
             q for q in self.layout.qubes() if any(fnmatch.fnmatchcase(q, p) for p in self.patterns)
         ]
 
-    def store_message(self) -> Message:
+    def encode(self, message: Message) -> bytes:
+        """One message as a frame, with our HOSTNAME and SD-ID."""
+        message = replace(message, hostname=self.hostname, pen=self.pen)
+        return encode(message, facility=self.facility)
+
+    def store_frame(self) -> bytes:
         """The store's identity, sent first on every connection."""
         raw = self.layout.store_json.read_bytes()[:4096]
         data = json.loads(raw)
         text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("ascii")
-        return Message("store", {"store": self.store_id}, text, severity=5)
+        return self.encode(Message("store", {"store": self.store_id}, text, severity=5))
 
-    def pump(self, qube: str, cursor: Cursor, budget: int) -> tuple[list[Message], Cursor]:
-        """Up to about ``budget`` messages for ``qube`` and the cursor after them."""
-        out: list[Message] = []
+    def pump(self, qube: str, cursor: Cursor, budget: int) -> tuple[list[bytes], Cursor]:
+        """Frames of up to about ``budget`` messages for ``qube`` and the cursor after them."""
+        out: list[bytes] = []
         cursor = self._tombs(qube, cursor, out)
         segments = self.layout.segments(qube)
         for files in segments:
@@ -102,7 +120,7 @@ class StoreSource:
         fields.update((k, str(v)) for k, v in more.items())
         return fields
 
-    def _gap(self, qube: str, cursor: Cursor, seq: int, out: list[Message]) -> Cursor:
+    def _gap(self, qube: str, cursor: Cursor, seq: int, out: list[bytes]) -> Cursor:
         """Segments between the cursor and ``seq`` are gone: say so, move on."""
         first = max(cursor.seq, 1)
         if cursor.seq and (seq > cursor.seq + 1 or cursor.line or cursor.seals):
@@ -112,13 +130,14 @@ class StoreSource:
                 f"they were forwarded ({detail}); their tomb lines say why"
             ).encode("ascii")
             fields = self._fields(qube, first, last=seq - 1, line=cursor.line)
-            out.append(Message("gap", fields, text, severity=4))
+            out.append(self.encode(Message("gap", fields, text, severity=4)))
         elif cursor.seq == 0 and seq > 1:
             text = f"forwarding of {qube} starts at segment {seq}".encode("ascii")
-            out.append(Message("gap", self._fields(qube, 1, last=seq - 1, line=0), text, 5))
+            fields = self._fields(qube, 1, last=seq - 1, line=0)
+            out.append(self.encode(Message("gap", fields, text, 5)))
         return Cursor(seq=seq, tomb=cursor.tomb)
 
-    def _tombs(self, qube: str, cursor: Cursor, out: list[Message]) -> Cursor:
+    def _tombs(self, qube: str, cursor: Cursor, out: list[bytes]) -> Cursor:
         """Tomb lines past the cursor; a compaction's summary line once per compaction."""
         try:
             data = self.layout.tombstones(qube).read_bytes()[:MAX_SEAL_FILE]
@@ -133,7 +152,7 @@ class StoreSource:
             is_summary = line.kind == "summary"
             if line.last > (summary if is_summary else tomb):
                 fields = self._fields(qube, line.first, last=line.last, kind=line.kind)
-                out.append(Message("tomb", fields, raw, severity=5))
+                out.append(self.encode(Message("tomb", fields, raw, severity=5)))
                 if is_summary:
                     summary = line.last
                 else:
@@ -141,7 +160,7 @@ class StoreSource:
         return replace(cursor, tomb=max(tomb, summary), summary=summary)
 
     def _segment(
-        self, qube: str, files: SegmentFiles, cursor: Cursor, budget: int, out: list[Message]
+        self, qube: str, files: SegmentFiles, cursor: Cursor, budget: int, out: list[bytes]
     ) -> tuple[Cursor, bool]:
         """Forward what the seals of one segment cover; True when it is done."""
         if files.seal is None:
@@ -160,65 +179,78 @@ class StoreSource:
             covered, covered_bytes = seal.lines, seal.nbytes
             final = seal.is_final
         if cursor.line < covered and files.log is not None:
-            cursor = self._records(qube, files, cursor, covered, covered_bytes, budget, out)
+            framer = RecordFramer(
+                self.hostname, self.pen, self.facility, self._fields(qube, files.seq)
+            )
+            cursor = _records(framer, files, cursor, (covered, covered_bytes), budget, out)
         if cursor.line < covered:
             return cursor, False
         for number, raw in enumerate(seal_lines[cursor.seals :], start=cursor.seals + 1):
-            out.append(Message("seal", self._fields(qube, files.seq, line=number), raw, 5))
+            message = Message("seal", self._fields(qube, files.seq, line=number), raw, 5)
+            out.append(self.encode(message))
         cursor = replace(cursor, seals=len(seal_lines))
         if final:
             return Cursor(seq=files.seq + 1, tomb=cursor.tomb), True
         return cursor, False
 
-    def _records(
-        self,
-        qube: str,
-        files: SegmentFiles,
-        cursor: Cursor,
-        covered: int,
-        covered_bytes: int,
-        budget: int,
-        out: list[Message],
-    ) -> Cursor:
-        assert files.log is not None  # checked by the caller  # noqa: S101
-        line, offset, session = cursor.line, cursor.offset, cursor.session
-        with open_plain(files.log) as stream:
-            if files.compressed:
-                for _ in _lines(stream, 0, line):
-                    pass
-            else:
-                stream.seek(offset)
-            for raw in _lines(stream, line, min(covered, line + budget)):
+
+def _records(
+    framer: RecordFramer,
+    files: SegmentFiles,
+    cursor: Cursor,
+    cover: tuple[int, int],
+    budget: int,
+    out: list[bytes],
+) -> Cursor:
+    """Frames of the record lines past the cursor that the seals cover (``cover``:
+    lines and bytes), at most ``budget`` of them."""
+    assert files.log is not None  # checked by the caller  # noqa: S101
+    line, offset = cursor.line, cursor.offset
+    framer.set_session(cursor.session)
+    frame, append = framer.frame, out.append
+    with open_plain(files.log) as stream:
+        if files.compressed:
+            for _ in _lines(stream, 0, line):
+                pass
+        else:
+            stream.seek(offset)
+        count = min(cover[0], line + budget) - line
+        for block in _blocks(stream, count, cover[1] - offset):
+            for raw in block:
                 line += 1
                 offset += len(raw) + 1
-                if offset > covered_bytes:
-                    raise StoreError(f"{files.name}: records run past their seals")
-                stamp, kind, payload = _split(raw)
-                if kind == "C" and payload.startswith(b"segment-start "):
-                    session = _session(payload) or session
-                severity, app, procid = record_header(payload) if kind != "C" else (5, "-", "-")
-                fields = self._fields(qube, files.seq, line=line, kind=kind, rt=stamp)
-                if session:
-                    fields["session"] = session
-                out.append(Message("rec", fields, payload, severity, app, procid, stamp))
-        return replace(cursor, line=line, offset=offset, session=session)
+                if raw.startswith(_SEGMENT_START, TIMESTAMP_LEN + 1):
+                    framer.set_session(_session(raw[TIMESTAMP_LEN + 3 :]) or framer.session)
+                append(frame(raw, line))
+    return replace(cursor, line=line, offset=offset, session=framer.session)
 
 
-def _lines(stream: object, start: int, stop: int) -> Iterator[bytes]:
+def _blocks(stream: BinaryIO, count: int, limit: int) -> Iterator[list[bytes]]:
+    """``count`` lines (without newline) from the stream's position, in lists
+    read a block at a time, all within the next ``limit`` bytes."""
+    rest = b""
+    while count > 0:
+        data = stream.read(min(_BLOCK, limit)) if limit > 0 else b""
+        if not data:
+            raise StoreError("sealed record lines are cut short or run past their seals")
+        limit -= len(data)
+        lines = (rest + data if rest else data).split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_LINE * 4:
+            raise StoreError("a sealed record line is too long")
+        if len(lines) > count:
+            del lines[count:]
+        count -= len(lines)
+        yield lines
+
+
+def _lines(stream: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
     """Lines ``start+1..stop`` (without newline) from the stream's position."""
-    readline = stream.readline  # type: ignore[attr-defined]
     for _ in range(stop - start):
-        raw = readline(MAX_LINE * 4 + 1)
+        raw = stream.readline(MAX_LINE * 4 + 1)
         if not raw.endswith(b"\n"):
             raise StoreError("a sealed record line is cut short or too long")
         yield raw[:-1]
-
-
-def _split(raw: bytes) -> tuple[str, str, bytes]:
-    """Receive time, kind and payload of a stored line (sealed: well-formed)."""
-    stamp = raw[:TIMESTAMP_LEN].decode("ascii", "replace")
-    kind, _, payload = raw[TIMESTAMP_LEN + 1 :].partition(b" ")
-    return stamp, kind.decode("ascii", "replace"), payload
 
 
 def _session(note: bytes) -> str:

@@ -20,6 +20,7 @@ sends application data in this protocol, and any is an error.
 """
 
 import contextlib
+import fcntl
 import os
 import select
 import ssl
@@ -31,6 +32,7 @@ from pathlib import Path
 from ..core.errors import LogvmError
 
 _READ = 1 << 16
+_PIPE = 1 << 20  # the default pipe-max-size for unprivileged processes
 
 
 class StreamError(LogvmError):
@@ -75,13 +77,19 @@ class TlsStream:
         assert self._proc.stdin is not None and self._proc.stdout is not None  # noqa: S101
         self._stdin = self._proc.stdin.fileno()
         self._stdout = self._proc.stdout.fileno()
-        os.set_blocking(self._stdin, False)
-        os.set_blocking(self._stdout, False)
+        for fd in (self._stdin, self._stdout):
+            os.set_blocking(fd, False)
+            with contextlib.suppress(OSError):  # larger pipes: fewer writes and wake-ups
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE)
         self._eof = False
         self._ready = False
+        self._server_closed = False  # its close_notify came before ours
+        self._grace_until = 0.0
 
     def handshake(self, server_name: str, grace: float = 0.5) -> None:
-        """TLS handshake; then a short wait in which a refusing server hangs up."""
+        """TLS handshake. A server that refuses our certificate may say so only
+        after it (TLS 1.3): the window is confirmed no sooner than ``grace``
+        after the handshake, so such a hang-up is seen first."""
         deadline = self._clock() + self._timeout
         while True:
             try:
@@ -99,19 +107,14 @@ class TlsStream:
                 raise StreamError(f"TLS handshake failed: {err.reason or err}") from err
         self._ready = True
         self._flush(deadline)
-        self._receive(self._clock() + grace, wait_only=True)
-        if self._eof:
-            raise StreamError(
-                "the server closed the connection right after the handshake "
-                "(is our client certificate accepted there?)"
-            )
+        self._grace_until = self._clock() + grace
 
     def send(self, data: bytes) -> None:
         """Encrypt and write; fails when the server has hung up meanwhile."""
         deadline = self._clock() + self._timeout
         self._receive(deadline, wait_only=True, wait=0.0)
-        if self._eof:
-            raise StreamError("the server closed the connection in the middle of a window")
+        if self._eof or self._server_closed:
+            raise StreamError(self._hung_up("in the middle of a window"))
         try:
             self._tls.write(data)
         except ssl.SSLError as err:
@@ -121,9 +124,14 @@ class TlsStream:
     def confirm(self) -> None:
         """End the window: close_notify, end of stdin, the server's close after ours."""
         deadline = self._clock() + self._timeout
-        self._receive(deadline, wait_only=True, wait=0.0)
-        if self._eof:
-            raise StreamError("the server closed the connection before the window was confirmed")
+        while True:  # the rest of the grace after the handshake, if any
+            self._receive(
+                deadline, wait_only=True, wait=max(0.0, self._grace_until - self._clock())
+            )
+            if self._eof or self._server_closed:
+                raise StreamError(self._hung_up("before the window was confirmed"))
+            if self._clock() >= self._grace_until:
+                break
         with contextlib.suppress(ssl.SSLWantReadError):
             self._tls.unwrap()
         self._flush(deadline)
@@ -139,6 +147,14 @@ class TlsStream:
             except ssl.SSLError as err:
                 raise StreamError(f"TLS error at close: {err.reason or err}") from err
         # The end of the stream after our close_notify: the server read it all.
+
+    def _hung_up(self, when: str) -> str:
+        if self._clock() < self._grace_until:
+            return (
+                "the server closed the connection right after the handshake "
+                "(is our client certificate accepted there?)"
+            )
+        return f"the server closed the connection {when}"
 
     def close(self) -> None:
         """Stop the qrexec call (it is done or abandoned)."""
@@ -201,11 +217,17 @@ class TlsStream:
             self._incoming.write_eof()
             return
         self._incoming.write(chunk)
-        if not self._ready:
-            return
+        if self._ready:
+            self._decrypt()
+
+    def _decrypt(self) -> None:
+        """Process what the server sent: it may close, never send data."""
         try:
             data = self._tls.read(_READ)
-        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLZeroReturnError:
+            self._server_closed = True  # before our close_notify: confirms nothing
             return
         except ssl.SSLError as err:
             raise StreamError(f"TLS error from the server: {err.reason or err}") from err
