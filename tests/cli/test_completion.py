@@ -64,3 +64,25 @@ def test_zsh_file_parses_and_names_every_option() -> None:
     named = set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z-]*)(?=[\[,}'])", text))
     every = set().union(*parser_options().values())
     assert named == every
+
+
+def zsh_complete(line: str, tmp_path: Path) -> list[str]:
+    """The matches real zsh offers for ``line`` + TAB (support/zsh_complete.zsh)."""
+    out = tmp_path / "matches"
+    out.unlink(missing_ok=True)
+    driver = REPO / "tests" / "support" / "zsh_complete.zsh"
+    subprocess.run(["zsh", "-f", str(driver), str(ZSH.parent), line, str(out)],
+                   check=True, timeout=60)  # fmt: skip
+    return out.read_text().split() if out.exists() else []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed")
+def test_zsh_completes_qubes_from_the_store_and_values(store: Built, tmp_path: Path) -> None:
+    root = str(store.root)
+    assert zsh_complete(f"logvm show --store {root} ", tmp_path) == ["disp12", "personal", "work"]
+    assert zsh_complete(f"logvm --store {root} follow p", tmp_path) == ["personal"]
+    assert zsh_complete(f"logvm verify --store={root} --key k w", tmp_path) == ["work"]
+    assert zsh_complete("logvm show -o j", tmp_path) == ["json"]
+    assert zsh_complete("logvm show -p w", tmp_path) == ["warning"]
+    assert zsh_complete("logvm sh", tmp_path) == ["show"]
