@@ -36,6 +36,8 @@ _LINE = re.compile(
     re.ASCII,
 )
 _FINAL = ("close", "recover")
+_LATER = frozenset({"batch", "tick", "close", "recover"})
+_FIELDS = 10
 _ZERO_HEX = "0" * 64
 _READ = 16 << 20
 _SEAL = SEAL_DOMAIN
@@ -88,19 +90,25 @@ class _Data:
         return self.base + len(self.buf) <= end and not self.stream.read(1)
 
 
-class _Keys(dict[str, bytes]):
-    """``K[epoch]`` by the epoch's text, derived once per epoch of a segment."""
+class _Keys(dict[str, "hmac.HMAC"]):
+    """Per epoch of a segment (by the epoch's text): HMAC under ``K[epoch]``, fed the
+    seal domain once; each line's MAC continues a copy of it."""
 
     def __init__(self, ctx: Ctx) -> None:
         super().__init__()
         self.ctx = ctx
 
-    def __missing__(self, epoch: str) -> bytes:
+    def __missing__(self, epoch: str) -> "hmac.HMAC":
         found = self.ctx.key(int(epoch))
         if found is None:
             raise _Amiss
-        self[epoch] = found
-        return found
+        prepared = self[epoch] = hmac.new(found, _SEAL, "sha256")
+        return prepared
+
+
+def _number(text: str, digits: int) -> bool:
+    """A decimal number as the seal grammar has it (no sign, no leading zero)."""
+    return text.isdigit() and len(text) <= digits and (text[0] != "0" or len(text) == 1)
 
 
 def _open_line(
@@ -122,8 +130,9 @@ def _open_line(
         raise _Amiss
     if int(epoch_s) < min_epoch or (head is not None and head_h != head.hex()):
         raise _Amiss
-    mac = hmac.digest(keys[epoch_s], _SEAL + line[:-65].encode("ascii"), "sha256")
-    if not hmac.compare_digest(mac, bytes.fromhex(mac_h)):
+    mac = keys[epoch_s].copy()
+    mac.update(line[:-65].encode("ascii"))
+    if not hmac.compare_digest(mac.hexdigest(), mac_h):
         raise _Amiss
     return head_h, mac_h, int(epoch_s)
 
@@ -144,26 +153,30 @@ def _walk(
     head_h, mac_h, epoch = _open_line(keys, lines_of[0], files, head, min_epoch)
     qube, seq, data = files.qube, str(files.seq), _Data(stream)
     jumps, final, pos, count = ctx.epoch_jumps, False, 0, 0
-    sha256, fullmatch = hashlib.sha256, _LINE.fullmatch
-    mac_of, same, fromhex = hmac.digest, hmac.compare_digest, bytes.fromhex
+    sha256, same, fromhex = hashlib.sha256, hmac.compare_digest, bytes.fromhex
     for line in lines_of[1:]:
-        match = fullmatch(line)
-        if match is None or final:
+        fields = line.split(" ")
+        if len(fields) != _FIELDS or final:
             raise _Amiss
-        kind, name, seg, epoch_s, lines_s, nbytes_s, head1, prev_h, mac1 = match.groups()
-        e1, n1, b1 = int(epoch_s), int(lines_s), int(nbytes_s)
+        v1, kind, name, seg, epoch_s, lines_s, nbytes_s, head1, prev_h, mac1 = fields
         if (
-            name != qube
+            v1 != "v1"
+            or kind not in _LATER
+            or name != qube
             or seg != seq
             or prev_h != mac_h
-            or kind == "open"
-            or n1 < count
+            or not (_number(epoch_s, 18) and _number(lines_s, 18) and _number(nbytes_s, 19))
+        ):
+            raise _Amiss
+        e1, n1, b1 = int(epoch_s), int(lines_s), int(nbytes_s)
+        mac = keys[epoch_s].copy()
+        mac.update(line[:-65].encode())
+        if (
+            n1 < count
             or b1 < pos
             or e1 < epoch
             or (e1 > epoch + 1 and not jumps)
-            or not same(
-                mac_of(keys[epoch_s], _SEAL + line[:-65].encode(), "sha256"), fromhex(mac1)
-            )
+            or not same(mac.hexdigest(), mac1)
         ):
             raise _Amiss
         data.cover(pos, b1)
