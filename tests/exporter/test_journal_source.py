@@ -1,6 +1,7 @@
 """The journal source in-process, on a real journald's files (private namespace)."""
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -88,18 +89,23 @@ def test_chunks_keep_order_fields_and_newlines(tmp_path: Path, journald: Journal
     entries[9].update(PRIORITY="2", SYSLOG_PID="77")
     journald.send(entries)
     journald.sync()
+    expected = [e["MESSAGE"] for e in entries if e["SYSLOG_IDENTIFIER"] == "tester"]
     got: list[bytes] = []
+    # Under load the journal files may show the entries a moment after
+    # sync: read until all are there (or 30 s), never stop at the first
+    # empty read.
+    deadline = time.monotonic() + 30
     try:
-        while True:
+        while len(got) < len(expected) and time.monotonic() < deadline:
             data, lines, read = source.read_chunk()
             if not read:
-                break
+                time.sleep(0.05)
+                continue
             assert data.count(b"\n") == lines
             got += data.splitlines()
     finally:
         source.close()
     records = [parse_sender_record(line) for line in got]
-    expected = [e["MESSAGE"] for e in entries if e["SYSLOG_IDENTIFIER"] == "tester"]
     assert [r.message.decode() for r in records] == expected
     assert (records[8].priority, records[8].pid) == ("crit", 77)
     assert {r.ident for r in records} == {"tester"}
