@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "python"
-PROGRAMS = ("collector", "exporter", "rotate", "cli", "snapshot", "forward", "witness")
+PROGRAMS = ("collector", "exporter", "rotate", "cli", "snapshot", "forward", "witness", "browser")
 
 _IMPORT_ALL = r"""
 import importlib, json, pkgutil, sys

@@ -17,7 +17,7 @@ gi.require_version("Gtk", "3.0")
 gi.require_version("PangoCairo", "1.0")
 from gi.repository import Gtk, Pango, PangoCairo  # noqa: E402
 
-from ..cli.common import human_size  # noqa: E402
+from ..core.sizes import human_size  # noqa: E402
 from ..store.viewcopy import write_view_copy  # noqa: E402
 from .model import QubeRows  # noqa: E402
 from .qubes import QubeFacts  # noqa: E402

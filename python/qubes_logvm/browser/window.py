@@ -19,9 +19,9 @@ import time  # noqa: E402
 
 from gi.repository import Gdk, GLib, Gtk  # noqa: E402
 
-from ..cli.common import human_size  # noqa: E402
 from ..core.errors import LogvmError  # noqa: E402
 from ..core.records import format_timestamp  # noqa: E402
+from ..core.sizes import human_size  # noqa: E402
 from ..core.timespec import parse_timespec  # noqa: E402
 from ..store.layout import StoreLayout  # noqa: E402
 from ..store.timeline import Entry  # noqa: E402

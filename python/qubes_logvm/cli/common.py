@@ -61,13 +61,3 @@ class Env:
     def configs(self) -> tuple[Path, ...]:
         """The collector config files to merge (none: the system's defaults)."""
         return (self.config,) if self.config is not None else ()
-
-
-def human_size(size: int) -> str:
-    """``1.5 MiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"

@@ -13,10 +13,11 @@ from datetime import UTC, datetime, tzinfo
 from ..config.collector import load_collector_config
 from ..core.errors import StoreError
 from ..core.records import parse_timestamp
+from ..core.sizes import human_size
 from ..store.eviction import qube_report
 from ..store.layout import StoreLayout
 from ..store.summary import SegmentInfo, count_drops, qube_summary, segment_info, segment_records
-from .common import Env, human_size
+from .common import Env
 
 
 def _when(stamp: str, zone: tzinfo) -> str:

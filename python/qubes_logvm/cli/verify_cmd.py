@@ -15,12 +15,13 @@ from pathlib import Path
 from ..config.collector import load_collector_config
 from ..core.errors import ConfigError, LogvmError, SealError
 from ..core.seal import parse_verification_key
+from ..core.sizes import human_size
 from ..store.forwarded import read_lines as read_forwarded
 from ..store.forwarded import rebuild
 from ..store.keystate import setup_keys
 from ..store.verify import Report, verify_store
 from ..store.witness_pending import queue_registration
-from .common import Env, UsageError, human_size
+from .common import Env, UsageError
 
 log = logging.getLogger(__name__)
 _MAX_KEY_FILE = 4096
