@@ -15,6 +15,7 @@ anything changes (qubes named in pillar exist, the LogVM's and witness's
 templates get the package, every source's template does).
 """
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -29,10 +30,12 @@ _TAG = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]-]{1,31}")
 LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black")
 PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+#: forward.yaml's facilities (qubes_logvm.config.forward.FACILITIES).
+FACILITIES = ("user", "daemon", "auth", "syslog", *(f"local{n}" for n in range(8)))
 
 #: Leaf kinds by pillar key; every mapping above a leaf is a section.
 LEAVES = {
-    "system:reload_command": "text",
+    "system:reload_command": "text", "system:forward_restart_command": "text",
     "vm:name": "qube", "vm:template": "qube", "vm:label": "label", "vm:memory": "mem",
     "vm:maxmem": "count0", "vm:vcpus": "count", "vm:disk": "size", "vm:autostart": "bool",
     "vm:tag": "tag", "vm:dispvm:name": "qube", "vm:dispvm:label": "label",
@@ -73,6 +76,18 @@ LEAVES = {
     "collector:retention:dispvm_grace": "duration",
     "collector:compress:after": "duration", "collector:compress:level": "zstd_level",
     "collector:witness:interval_seconds": "interval",
+    "forward:enabled": "bool",
+    "forward:server:name": "text_or_empty", "forward:server:address": "address_or_empty",
+    "forward:server:port": "port",
+    "forward:forwarder:name": "qube", "forward:forwarder:create": "bool",
+    "forward:forwarder:template": "qube_or_empty", "forward:forwarder:label": "label",
+    "forward:forwarder:netvm": "qube_or_empty", "forward:forwarder:memory": "mem",
+    "forward:tls:ca": "path", "forward:tls:cert": "path", "forward:tls:key": "path",
+    "forward:hostname": "text_or_empty", "forward:qubes": "globs",
+    "forward:window:records": "count", "forward:window:bytes": "size",
+    "forward:window:seconds": "duration", "forward:facility": "facility", "forward:pen": "count",
+    "forward:connect_timeout": "duration", "forward:poll": "duration",
+    "forward:retry_max": "duration", "forward:state_dir": "path",
 }  # fmt: skip
 SECTIONS = {":".join(k.split(":")[:n]) for k in LEAVES for n in range(1, k.count(":") + 1)}
 
@@ -152,6 +167,14 @@ _CHECKS = {
         "expected 0-7 or one of " + ", ".join(PRIORITIES),
     ),
     "text": (lambda v: isinstance(v, str) and v != "", "expected a non-empty string"),
+    "text_or_empty": (lambda v: isinstance(v, str), "expected a string"),
+    "glob": (_matches(_GLOB), "expected a qube name or glob"),
+    "address_or_empty": (
+        lambda v: v == "" or _is_address(v),
+        "expected a numeric IPv4 or IPv6 address (qrexec's /dev/tcp takes no host names)",
+    ),
+    "port": (lambda v: _is_int(v) and 0 < v < 65536, "expected a port number 1-65535"),
+    "facility": (lambda v: v in FACILITIES, "expected one of " + ", ".join(FACILITIES)),
     "path": (lambda v: isinstance(v, str) and v.startswith("/"), "expected an absolute path"),
 }
 
@@ -211,7 +234,7 @@ def _rates(key, value):
 
 
 def _leaf(key, kind, value, classes):
-    lists = {"qubes": "qube", "tags": "tag", "texts": "text", "command": "text"}
+    lists = {"qubes": "qube", "tags": "tag", "texts": "text", "command": "text", "globs": "glob"}
     if kind in lists:
         _list(key, lists[kind], value)
         if kind == "command" and not value:
@@ -283,6 +306,30 @@ def _across(merged):
         _fail("vm:maxmem", "must be 0 (no balancing) or at least vm:memory", vm["maxmem"])
 
 
+def _is_address(value):
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _across_forward(merged):
+    forward = merged["forward"]
+    if not forward["enabled"]:
+        return
+    for key in ("name", "address"):
+        if not forward["server"][key]:
+            _fail(f"forward:server:{key}", "required when forward:enabled is true", "")
+    name = forward["forwarder"]["name"]
+    if name in ("dom0", merged["vm"]["name"], merged["witness"]):
+        _fail(
+            "forward:forwarder:name",
+            "the forwarder must be its own qube (not dom0, the LogVM or the witness)",
+            name,
+        )
+
+
 def check(defaults, given):
     """The merged settings; raises :class:`Invalid` naming the first wrong key."""
     if not isinstance(given, dict):
@@ -293,6 +340,7 @@ def check(defaults, given):
         classes += sorted(merged["collector"]["classes"])
     _walk(merged, "", classes)
     _across(merged)
+    _across_forward(merged)
     return merged
 
 
@@ -328,6 +376,16 @@ def _template_of(qubes, name):
     return name
 
 
+def _forward_named(forward):
+    """The qubes forwarding names that must exist before anything changes."""
+    if not forward["enabled"]:
+        return []
+    fwd = forward["forwarder"]
+    if not fwd["create"]:
+        return [("forward:forwarder:name", fwd["name"])]
+    return [(f"forward:forwarder:{k}", fwd[k]) for k in ("template", "netvm") if fwd[k]]
+
+
 def problems(merged, sources, qubes=None):
     """What is wrong before anything changes, as one sentence each (dom0)."""
     qubes = _qubes() if qubes is None else qubes
@@ -343,6 +401,7 @@ def problems(merged, sources, qubes=None):
         named.append(("witness", merged["witness"]))
     if merged.get("verify", {}).get("dispvm_template"):
         named.append(("verify:dispvm_template", merged["verify"]["dispvm_template"]))
+    named += _forward_named(merged["forward"])
     for key, name in named:
         if name not in qubes:
             found.append(f"logvm:{key}: no qube named {name!r}")

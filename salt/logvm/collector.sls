@@ -36,3 +36,38 @@
     - name: {{ logvm.system.reload_command | yaml_dquote }}
     - onchanges:
       - file: {{ id }}-limits
+{%- set fwd = logvm.forward %}
+{%- if fwd.enabled %}
+
+{#- logvm-forward's settings (pillar logvm:forward; the forwarder qube and the
+    server's address are dom0's and the forwarder's business, not the
+    LogVM's): /rw/config/qubes-logvm/forward.yaml, merged over the shipped
+    /etc/qubes-logvm/forward.yaml. The call goes to @default: dom0's policy
+    names the forwarder. A change restarts a running forwarder (its windows
+    resume from the committed cursors). #}
+{%- set settings = {'server': {'name': fwd.server.name},
+                    'connect': {'qube': '@default', 'service': 'logvm.Forward'}} %}
+{%- for key in ('tls', 'hostname', 'qubes', 'window', 'facility', 'pen', 'connect_timeout',
+                'poll', 'retry_max', 'state_dir') %}
+{%-   do settings.update({key: fwd[key]}) %}
+{%- endfor %}
+
+{{ id }}-forward:
+  file.managed:
+    - name: {{ logvm_paths.override_dir }}/forward.yaml
+    - source: salt://{{ tpldir }}/files/config.yaml.jinja
+    - template: jinja
+    - mode: '0644'
+    - context:
+        title: logvm-forward settings for this LogVM (merged over /etc/qubes-logvm/forward.yaml)
+        section: forward
+        data: {{ settings | json }}
+    - require:
+      - file: {{ id }}-override-dir
+
+{{ id }}-forward-restart:
+  cmd.run:
+    - name: {{ logvm.system.forward_restart_command | yaml_dquote }}
+    - onchanges:
+      - file: {{ id }}-forward
+{%- endif %}

@@ -70,3 +70,41 @@
       - menu-items: "logvm-browser.desktop"
     - require:
       - qvm: {{ id }}-qube
+
+{#- Forwarding (logvm:forward, docs/forwarding.md): the LogVM's service flag
+    for logvm-forward (back to unset when forwarding is off), and the
+    forwarder qube when the formula creates it: network-attached (the
+    system's default netvm unless forwarder:netvm names one), small, no
+    other role (no services, no disposables); qrexec starts it when the
+    LogVM calls logvm.Forward. Its service link is logvm.forwarder, applied
+    in that qube. #}
+{%- set fwd = logvm.forward %}
+{{ id }}-forward-flag:
+  qvm.service:
+    - name: {{ vm.name }}
+    - {{ 'enable' if fwd.enabled else 'default' }}:
+      - logvm-forward
+    - require:
+      - qvm: {{ id }}-qube
+{%- if fwd.enabled and fwd.forwarder.create %}
+
+{{ id }}-forwarder:
+  qvm.vm:
+    - name: {{ fwd.forwarder.name }}
+    - present:
+      - class: AppVM
+      - template: {{ fwd.forwarder.template or vm.template }}
+      - label: {{ fwd.forwarder.label }}
+      - mem: {{ fwd.forwarder.memory }}
+    - prefs:
+      - label: {{ fwd.forwarder.label }}
+{%- if fwd.forwarder.netvm %}
+      - netvm: {{ fwd.forwarder.netvm }}
+{%- endif %}
+      - memory: {{ fwd.forwarder.memory }}
+      - maxmem: {{ fwd.forwarder.memory }}
+      - default-dispvm: none
+    - tags:
+      - add:
+        - logvm-forwarder
+{%- endif %}

@@ -17,7 +17,7 @@ from support.fake_qvm.saltenv import REPO, SaltEnv, check_golden
 from support.qrexec_eval import AccessDenied, evaluate, make_request
 from support.qrexec_policy import QubeInfo, load_policy
 
-CASES = ["defaults", "custom", "tags", "dispvm", "all"]
+CASES = ["defaults", "custom", "tags", "dispvm", "all", "forward", "forward_existing"]
 
 # (source, service, requested target) -> where the call goes, or "deny".
 EXPECTED: dict[str, dict[tuple[str, str, str], str]] = {
@@ -67,6 +67,20 @@ EXPECTED: dict[str, dict[tuple[str, str, str], str]] = {
         ("vault", "logvm.Send", "@default"): "deny",
         ("sys-log", "logvm.Send", "@default"): "deny",
         ("work", "logvm.Send", "sys-log"): "deny",
+    },
+    # forwarding: only the LogVM may call logvm.Forward, only to the forwarder
+    "forward": {
+        ("sys-log", "logvm.Forward", "@default"): "sys-logfwd",
+        ("sys-log", "logvm.Forward", "sys-net"): "deny",
+        ("sys-log", "logvm.Forward", "sys-logfwd"): "deny",
+        ("work", "logvm.Forward", "@default"): "deny",
+        ("sys-logfwd", "logvm.Forward", "@default"): "deny",
+        ("work", "logvm.Send", "@default"): "sys-log",
+    },
+    "forward_existing": {
+        ("sys-log", "logvm.Forward", "@default"): "sys-firewall",
+        ("sys-firewall", "logvm.Forward", "@default"): "deny",
+        ("work", "logvm.Forward", "@default"): "deny",
     },
 }
 
