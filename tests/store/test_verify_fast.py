@@ -7,7 +7,7 @@ import pytest
 from qubes_logvm.core.seal import EpochKeys, parse_verification_key
 from qubes_logvm.store.layout import SegmentFiles, StoreLayout
 from qubes_logvm.store.verify import verify_store
-from qubes_logvm.store.verify.context import Ctx
+from qubes_logvm.store.verify.context import VerifyRun
 from qubes_logvm.store.verify.fast import fast_segment
 from qubes_logvm.store.verify.findings import Report
 from support.storebuilder import Built
@@ -15,9 +15,9 @@ from support.storebuilder import Built
 pytestmark = pytest.mark.inprocess
 
 
-def _ctx(store: Built) -> Ctx:
+def _ctx(store: Built) -> VerifyRun:
     store_id, key0 = parse_verification_key(store.key)
-    return Ctx(StoreLayout(store.root), store_id, EpochKeys(key0), Report())
+    return VerifyRun(StoreLayout(store.root), store_id, EpochKeys(key0), Report())
 
 
 def _closed(store: Built) -> SegmentFiles:

@@ -26,7 +26,7 @@ _MAX_WALK = 1 << 20
 
 
 @dataclass
-class Ctx:
+class VerifyRun:
     """The state of one run."""
 
     layout: StoreLayout
@@ -42,17 +42,9 @@ class Ctx:
     newest_segment: dict[str, int] = field(default_factory=dict)  # per qube (0: none)
     epoch_jumps: bool = False  # format 2: a seal's epoch may jump (no tick seals)
 
-    def add(
-        self,
-        severity: str,
-        qube: str | None,
-        message: str,
-        segment: int | None = None,
-        first: int | None = None,
-        last: int | None = None,
-    ) -> None:
-        """Record one finding."""
-        self.report.add(severity, qube, message, segment, first, last)
+    def add(self, severity: str, qube: str | None, message: str, *where: int | None) -> None:
+        """Record one finding (``where``: segment, first and last line, as Report.add)."""
+        self.report.add(severity, qube, message, *where)
 
     def key(self, epoch: int) -> bytes | None:
         """``K[epoch]``, walking on from the last lookup; None beyond what may exist."""

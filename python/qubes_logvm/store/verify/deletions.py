@@ -18,11 +18,13 @@ before they get here.
 """
 
 from ...core.tomb import Tomb
-from .context import Ctx
+from .context import VerifyRun
 from .findings import ERROR, WARNING
 
 
-def check_deletions(ctx: Ctx, heard: dict[str, tuple[bytes, Tomb]], newest_epoch: int) -> None:
+def check_deletions(
+    ctx: VerifyRun, heard: dict[str, tuple[bytes, Tomb]], newest_epoch: int
+) -> None:
     """Add every disagreement between the store's deletions and the witness's."""
     for qube, lines in sorted(ctx.tomb_lines.items()):
         stamp, told = heard.get(qube, (b"", None))
@@ -55,7 +57,7 @@ def check_deletions(ctx: Ctx, heard: dict[str, tuple[bytes, Tomb]], newest_epoch
             )
 
 
-def _unheard(ctx: Ctx, qube: str, tomb: Tomb, newest_epoch: int) -> None:
+def _unheard(ctx: VerifyRun, qube: str, tomb: Tomb, newest_epoch: int) -> None:
     segs = (
         f"segment {tomb.last}"
         if tomb.first == tomb.last

@@ -25,7 +25,7 @@ from ..files import describe_mode, irregular
 from ..keystate import read_store_info
 from ..layout import SegmentFiles, StoreLayout
 from ..sealfile import read_seal_file
-from .context import Ctx
+from .context import VerifyRun
 from .epochs import COPY_WITHOUT_EPOCHS, check_epochs
 from .findings import ERROR, INFO, WARNING, Report, WrongKey
 from .segment import verify_segment
@@ -71,7 +71,7 @@ def verify_store(
     """
     store_id, key0 = parse_verification_key(verification_key)
     layout = StoreLayout(root)
-    ctx = Ctx(layout, store_id, EpochKeys(key0), Report())
+    ctx = VerifyRun(layout, store_id, EpochKeys(key0), Report())
     _check_store_json(ctx)
     names = _store_qubes(ctx)
     _check_key_file(ctx, names, Path(witness) if witness is not None else None, copy)
@@ -103,7 +103,7 @@ def verify_store(
     return ctx.report
 
 
-def _check_store_json(ctx: Ctx) -> None:
+def _check_store_json(ctx: VerifyRun) -> None:
     try:
         ctx.info = read_store_info(ctx.layout)
     except StoreError as err:
@@ -120,7 +120,7 @@ def _check_store_json(ctx: Ctx) -> None:
         )
 
 
-def _store_qubes(ctx: Ctx) -> list[str]:
+def _store_qubes(ctx: VerifyRun) -> list[str]:
     """The qube directories, each a real directory (not a link) with a valid name."""
     qubes_dir = ctx.layout.qubes_dir
     try:
@@ -147,7 +147,7 @@ def _store_qubes(ctx: Ctx) -> list[str]:
     return names
 
 
-def _check_key_file(ctx: Ctx, names: list[str], witness: Path | None, copy: bool) -> None:
+def _check_key_file(ctx: VerifyRun, names: list[str], witness: Path | None, copy: bool) -> None:
     """Whose key this is, and the epoch the store is at (seals cannot be newer)."""
     path = ctx.layout.sealkey
     try:
@@ -194,7 +194,7 @@ def _check_key_file(ctx: Ctx, names: list[str], witness: Path | None, copy: bool
         )
 
 
-def _probe_seals(ctx: Ctx, names: list[str]) -> tuple[bool, bool]:
+def _probe_seals(ctx: VerifyRun, names: list[str]) -> tuple[bool, bool]:
     """(the store has seal lines, one of them authenticates under the key)."""
     has_seals = False
     for qube in names[:_PROBE_QUBES]:
@@ -225,7 +225,7 @@ class QubeFiles:
     tombstones: bool = False
 
 
-def _list_qube(ctx: Ctx, qube: str) -> QubeFiles:
+def _list_qube(ctx: VerifyRun, qube: str) -> QubeFiles:
     """Every entry of a qube directory: regular files of known names, or a finding."""
     qube_dir = ctx.layout.qube_dir(qube)
     found: dict[int, dict[str, Path]] = {}
@@ -252,7 +252,7 @@ def _list_qube(ctx: Ctx, qube: str) -> QubeFiles:
     return listing
 
 
-def _verify_qube(ctx: Ctx, qube: str) -> None:
+def _verify_qube(ctx: VerifyRun, qube: str) -> None:
     listing = _list_qube(ctx, qube)
     segments = listing.segments
     tombs = check_tombs(ctx, qube) if listing.tombstones else Tombs()
@@ -276,7 +276,9 @@ def _verify_qube(ctx: Ctx, qube: str) -> None:
         ctx.add(INFO, qube, "no segments")
 
 
-def _below_tombs(ctx: Ctx, qube: str, segments: dict[int, SegmentFiles], tombs: Tombs) -> None:
+def _below_tombs(
+    ctx: VerifyRun, qube: str, segments: dict[int, SegmentFiles], tombs: Tombs
+) -> None:
     """Files of segments that tombstones say are gone.
 
     Deletion always takes the oldest segment and writes its tomb before it

@@ -24,7 +24,7 @@ from ..epochfile import MAX_EPOCH_FILE, epochs_path, leaf_of_seal, leaf_of_tomb,
 from ..files import irregular, read_regular
 from ..sealfile import MAX_SEAL_FILE
 from ..tombstones import read_tomb_file
-from .context import Ctx
+from .context import VerifyRun
 from .findings import ERROR, WARNING
 
 COPY_WITHOUT_EPOCHS = (
@@ -41,7 +41,7 @@ def gap_limit(first: int, last: int) -> str:
     )
 
 
-def check_epochs(ctx: Ctx, names: list[str]) -> None:
+def check_epochs(ctx: VerifyRun, names: list[str]) -> None:
     """All checks of the epoch file (format-2 stores only)."""
     path = epochs_path(ctx.layout)
     kind = _kind(path)
@@ -70,7 +70,7 @@ def _kind(path: Path) -> str | None:
         return "missing"
 
 
-def _authenticated(ctx: Ctx, data: bytes) -> list[EpochLine]:
+def _authenticated(ctx: VerifyRun, data: bytes) -> list[EpochLine]:
     """The MAC-valid lines, in order; links and epochs between them checked."""
     body, _, torn = data.rpartition(b"\n")
     if torn:
@@ -98,7 +98,7 @@ def _authenticated(ctx: Ctx, data: bytes) -> list[EpochLine]:
     return good
 
 
-def _check_step(ctx: Ctx, before: EpochLine | None, line: EpochLine, number: int) -> None:
+def _check_step(ctx: VerifyRun, before: EpochLine | None, line: EpochLine, number: int) -> None:
     if line.kind == "gap":
         ctx.add(WARNING, None, f"store-wide epoch seals missing for epochs {line.a}-{line.b}")
         ctx.report.limits.append(gap_limit(line.a, line.b))
@@ -115,7 +115,7 @@ def _check_step(ctx: Ctx, before: EpochLine | None, line: EpochLine, number: int
         )
 
 
-def _newest(ctx: Ctx, lines: list[EpochLine]) -> EpochLine | None:
+def _newest(ctx: VerifyRun, lines: list[EpochLine]) -> EpochLine | None:
     """The epoch line the root is checked at: the newest below the key file's epoch."""
     limit = ctx.key_epoch - 1 if ctx.key_epoch is not None else None
     epochs = [line for line in lines if line.kind == "epoch"]
@@ -132,7 +132,7 @@ def _newest(ctx: Ctx, lines: list[EpochLine]) -> EpochLine | None:
     return usable[-1] if usable else None
 
 
-def leaf_at(ctx: Ctx, qube: str, epoch: int) -> Leaf | None:
+def leaf_at(ctx: VerifyRun, qube: str, epoch: int) -> Leaf | None:
     """A qube's state as the store holds it at the end of ``epoch``."""
     for files in reversed(ctx.layout.segments(qube)):
         if files.seal is None:
@@ -158,7 +158,7 @@ def leaf_at(ctx: Ctx, qube: str, epoch: int) -> Leaf | None:
     return None
 
 
-def _check_root(ctx: Ctx, line: EpochLine, names: list[str]) -> None:
+def _check_root(ctx: VerifyRun, line: EpochLine, names: list[str]) -> None:
     leaves = [leaf for qube in names if (leaf := leaf_at(ctx, qube, line.epoch)) is not None]
     if root_of(leaves) == line.root and len(leaves) == line.a:
         return
@@ -173,7 +173,7 @@ def _check_root(ctx: Ctx, line: EpochLine, names: list[str]) -> None:
         )
 
 
-def _named(ctx: Ctx, line: EpochLine, found: dict[str, Leaf]) -> bool:
+def _named(ctx: VerifyRun, line: EpochLine, found: dict[str, Leaf]) -> bool:
     """Name the qubes that differ, from the sidecar when its root is the sealed one."""
     try:
         text = read_regular(leaves_path(ctx.layout), MAX_EPOCH_FILE).decode("ascii")

@@ -27,7 +27,7 @@ from ..files import read_regular
 from ..layout import SegmentFiles
 from ..reader import open_plain
 from ..sealfile import MAX_SEAL_FILE
-from .context import Ctx
+from .context import VerifyRun
 
 _LINE = re.compile(
     r"v1 (open|batch|tick|close|recover) ([A-Za-z][A-Za-z0-9_.-]{0,30}) "
@@ -48,7 +48,7 @@ class _Amiss(Exception):
 
 
 def fast_segment(
-    ctx: Ctx, files: SegmentFiles, head: bytes | None, min_epoch: int, newest: bool
+    ctx: VerifyRun, files: SegmentFiles, head: bytes | None, min_epoch: int, newest: bool
 ) -> tuple[bytes, int] | None:
     """(final head, last epoch) of an intact segment; None: use the general path."""
     if files.seal is None or files.log is None:
@@ -94,7 +94,7 @@ class _Keys(dict[str, "hmac.HMAC"]):
     """Per epoch of a segment (by the epoch's text): HMAC under ``K[epoch]``, fed the
     seal domain once; each line's MAC continues a copy of it."""
 
-    def __init__(self, ctx: Ctx) -> None:
+    def __init__(self, ctx: VerifyRun) -> None:
         super().__init__()
         self.ctx = ctx
 
@@ -138,7 +138,7 @@ def _open_line(
 
 
 def _walk(
-    ctx: Ctx,
+    ctx: VerifyRun,
     text: str,
     stream: BinaryIO,
     files: SegmentFiles,

@@ -16,7 +16,7 @@ from ..layout import SegmentFiles
 from ..reader import count_lines, open_plain
 from ..sealfile import SealFile, read_seal_file
 from .chain import ChainCheck, ChainMismatch
-from .context import Ctx
+from .context import VerifyRun
 from .data import DataResult, Interval, check_data
 from .fast import fast_segment
 from .findings import ERROR, WARNING
@@ -32,7 +32,7 @@ def numbered(parsed: SealFile) -> list[tuple[int, Seal]]:
 
 
 def verify_segment(
-    ctx: Ctx,
+    ctx: VerifyRun,
     files: SegmentFiles,
     head: bytes | None,
     min_epoch: int,
@@ -77,7 +77,7 @@ def verify_segment(
     return last.head, last.epoch
 
 
-def _check_doubled(ctx: Ctx, files: SegmentFiles, doubled: Path, seals: list[Seal]) -> None:
+def _check_doubled(ctx: VerifyRun, files: SegmentFiles, doubled: Path, seals: list[Seal]) -> None:
     """A compressed copy next to the plain one (rotation killed before its unlink)."""
     ctx.add(
         WARNING,
@@ -101,7 +101,7 @@ def _check_doubled(ctx: Ctx, files: SegmentFiles, doubled: Path, seals: list[Sea
 class Reporter:
     """Adapter handing :mod:`.data` a way to report errors about one segment."""
 
-    def __init__(self, ctx: Ctx, qube: str, seq: int) -> None:
+    def __init__(self, ctx: VerifyRun, qube: str, seq: int) -> None:
         self._ctx, self._qube, self._seq = ctx, qube, seq
 
     def __call__(self, first: int | None, last: int | None, message: str) -> None:
@@ -109,7 +109,7 @@ class Reporter:
 
 
 def _seal_lines(
-    ctx: Ctx, files: SegmentFiles, parsed: SealFile, newest: bool
+    ctx: VerifyRun, files: SegmentFiles, parsed: SealFile, newest: bool
 ) -> list[tuple[int, Seal]]:
     """Authenticated seal lines (file line number, seal); report the others."""
     qube, seq = files.qube, files.seq
@@ -146,7 +146,11 @@ def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
 
 
 def _check_open(
-    ctx: Ctx, files: SegmentFiles, first: tuple[int, Seal], head: bytes | None, min_epoch: int
+    ctx: VerifyRun,
+    files: SegmentFiles,
+    first: tuple[int, Seal],
+    head: bytes | None,
+    min_epoch: int,
 ) -> None:
     number, seal = first
     qube, seq = files.qube, files.seq
@@ -177,7 +181,9 @@ def _span(a: Seal | None, b: Seal, number: int, checkable: bool) -> Interval:
     return Interval(start, b.nbytes, lines0, b.lines, head0, b.head, number, checkable)
 
 
-def _intervals(ctx: Ctx, files: SegmentFiles, anchors: list[tuple[int, Seal]]) -> list[Interval]:
+def _intervals(
+    ctx: VerifyRun, files: SegmentFiles, anchors: list[tuple[int, Seal]]
+) -> list[Interval]:
     """The byte spans between authenticated seals, with the seal-file rules checked."""
     qube, seq = files.qube, files.seq
     intervals = []
@@ -220,7 +226,7 @@ def _pair_problem(n0: int, a: Seal, n1: int, b: Seal) -> str | None:
     return next((message for broken, message in rules if broken), None)
 
 
-def _missing_log(ctx: Ctx, files: SegmentFiles, last: Seal) -> None:
+def _missing_log(ctx: VerifyRun, files: SegmentFiles, last: Seal) -> None:
     # Never a crash remnant: the collector creates both files before it
     # writes the open seal (writer.QubeChain.open_segment), and deletes the
     # log before the seal only after the tombstone is durable.
@@ -236,7 +242,7 @@ def _missing_log(ctx: Ctx, files: SegmentFiles, last: Seal) -> None:
 
 
 def _check_end(
-    ctx: Ctx, files: SegmentFiles, last: Seal, number: int, result: DataResult, newest: bool
+    ctx: VerifyRun, files: SegmentFiles, last: Seal, number: int, result: DataResult, newest: bool
 ) -> None:
     """Bytes after the last seal, a segment left open, seals that stop early."""
     qube, seq = files.qube, files.seq

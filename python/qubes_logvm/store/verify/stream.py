@@ -25,7 +25,7 @@ from ...core.names import validate_qube_name
 from ...core.seal import EpochKeys, parse_verification_key
 from ..files import irregular
 from ..layout import StoreLayout
-from .context import Ctx
+from .context import VerifyRun
 from .engine import WITHOUT_WITNESS, _check_store_json, _verify_qube, verify_store
 from .findings import ERROR, Report
 
@@ -44,7 +44,7 @@ class QubeStream:
         self.root, self.key = Path(root), verification_key
         self.requested = list(qubes) if qubes else None
         self.witness = Path(witness) if witness is not None else None
-        self.ctx = Ctx(StoreLayout(root), store_id, EpochKeys(key0), Report())
+        self.ctx = VerifyRun(StoreLayout(root), store_id, EpochKeys(key0), Report())
         self.done: list[str] = []  # qubes verified or reported missing, in order
         self.verified: list[str] = []
         self.streaming = self._plain_names() and self._start()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ...core.seal import ZERO
 from ...core.tomb import Tomb
 from ..tombstones import read_tomb_file
-from .context import Ctx
+from .context import VerifyRun
 from .findings import ERROR, INFO, WARNING, Deletion
 
 #: The size at which a version-1 writer compacted (it kept the newest line).
@@ -37,7 +37,7 @@ class Tombs:
     lines: list[Tomb] = field(default_factory=list)
 
 
-def check_tombs(ctx: Ctx, qube: str) -> Tombs:
+def check_tombs(ctx: VerifyRun, qube: str) -> Tombs:
     """Parse and check ``tombstones.seal``; report every deletion."""
     tombs = Tombs()
     parsed = read_tomb_file(ctx.layout.tombstones(qube))
@@ -106,7 +106,7 @@ def _next_problem(prev: Tomb, tomb: Tomb, tombs: Tombs) -> str | None:
     return None
 
 
-def _report(ctx: Ctx, tomb: Tomb) -> None:
+def _report(ctx: VerifyRun, tomb: Tomb) -> None:
     if tomb.version == 1 and tomb.prev != ZERO and not ctx.report.deletions_for(tomb.qube):
         ctx.report.deletions.append(
             Deletion(tomb.qube, 1, tomb.last - 1, None, None, "unknown", None)

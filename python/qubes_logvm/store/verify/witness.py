@@ -28,7 +28,7 @@ from ...core.tomb import Tomb
 from ...core.witness_format import parse_export_header, parse_held_line
 from ..files import read_regular
 from ..sealfile import read_seal_file
-from .context import MAX_EPOCH, Ctx
+from .context import MAX_EPOCH, VerifyRun
 from .deletions import check_deletions
 from .findings import ERROR, INFO
 
@@ -58,7 +58,7 @@ def read_witness_file(path: Path) -> tuple[str, str, Held]:
     return logvm, store_id, checkpoints
 
 
-def witness_vouches(ctx: Ctx, path: Path) -> bool:
+def witness_vouches(ctx: VerifyRun, path: Path) -> bool:
     """True when the witness's records are for this key (a checkpoint MACs under it)."""
     _, store_id, checkpoints = read_witness_file(path)
     if store_id != ctx.store_id:
@@ -70,7 +70,7 @@ def witness_vouches(ctx: Ctx, path: Path) -> bool:
     return False
 
 
-def check_witness(ctx: Ctx, path: Path, qubes: list[str] | None) -> None:
+def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     """Add every problem of the store against the witness's records to the report."""
     logvm, file_store_id, held = read_witness_file(path)
     if file_store_id != ctx.store_id:
@@ -119,7 +119,7 @@ def check_witness(ctx: Ctx, path: Path, qubes: list[str] | None) -> None:
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 
 
-def _check_qube(ctx: Ctx, qube: str, by_seq: dict[int, list[Seal]]) -> None:
+def _check_qube(ctx: VerifyRun, qube: str, by_seq: dict[int, list[Seal]]) -> None:
     layout = ctx.layout
     if not layout.qube_dir(qube).is_dir():
         newest = max(by_seq)
@@ -151,7 +151,7 @@ def _check_qube(ctx: Ctx, qube: str, by_seq: dict[int, list[Seal]]) -> None:
                 break
 
 
-def _valid_tombs(ctx: Ctx, qube: str) -> tuple[dict[int, Tomb], int]:
+def _valid_tombs(ctx: VerifyRun, qube: str) -> tuple[dict[int, Tomb], int]:
     """The qube's valid tombs by segment, and how far compaction summed them up."""
     tombs: dict[int, Tomb] = {}
     compacted_to = 0
@@ -167,7 +167,7 @@ def _valid_tombs(ctx: Ctx, qube: str) -> tuple[dict[int, Tomb], int]:
 
 
 def _check_segment(
-    ctx: Ctx, qube: str, cp: Seal, seals: set[Seal] | None, tomb: Tomb | None
+    ctx: VerifyRun, qube: str, cp: Seal, seals: set[Seal] | None, tomb: Tomb | None
 ) -> str | None:
     """Why the store does not hold checkpoint ``cp`` (None: a tombstone covers it)."""
     if tomb is not None:
