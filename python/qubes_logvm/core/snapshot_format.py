@@ -47,11 +47,15 @@ STATUSES = ("ok", "failed", "error")
 _NAME = rb"[A-Za-z][A-Za-z0-9_.-]{0,30}"
 _COUNT = rb"(0|[1-9][0-9]{0,18})"
 FILE_NAME = re.compile(rb"[0-9]{8}\.(log|log\.zst|seal)|tombstones\.seal")
+#: Store-wide files of state/ a snapshot carries (format 2's epoch seals), and their bound.
+STATE_FILE = re.compile(rb"epochs\.seal|epoch-leaves")
+MAX_STATE_FILE = 1 << 20
 _FRAMES = {
     b"store": re.compile(rb"store " + _COUNT),
     b"qube": re.compile(rb"qube (" + _NAME + rb")"),
     b"file": re.compile(rb"file ([0-9a-z.]{1,20}) " + _COUNT),
     b"epoch": re.compile(rb"epoch " + _COUNT),
+    b"state": re.compile(rb"state (epochs\.seal|epoch-leaves) " + _COUNT),
     b"end": re.compile(rb"end " + _COUNT + rb" " + _COUNT + rb" " + _COUNT),
     b"key": re.compile(rb"key " + _COUNT),
     b"witness": re.compile(rb"witness " + _COUNT),

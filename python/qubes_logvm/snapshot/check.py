@@ -34,6 +34,7 @@ from ..core.snapshot_format import (
     INPUT_MAGIC,
     MAX_HEADER,
     MAX_KEY_TEXT,
+    MAX_STATE_FILE,
     MAX_STORE_JSON,
     MAX_WITNESS_BYTES,
     SNAPSHOT_MAGIC,
@@ -208,7 +209,9 @@ class Receiver:
         frame = self.line((b"epoch", b"qube", b"end"))
         if frame.word == b"epoch":
             got.epoch = frame.number(0)
-            frame = self.line((b"qube", b"end"))
+            frame = self.line((b"state", b"qube", b"end"))
+        while frame.word == b"state":
+            frame = self._state_file(frame, seen)
         if self.sink is not None:
             self.sink.begin(got)
         while True:
@@ -230,6 +233,17 @@ class Receiver:
                 self._check_end(frame)
                 return
             frame = self.line((b"qube", b"file", b"end"))
+
+    def _state_file(self, frame: Frame, seen: set[str]) -> Frame:
+        """One of format 2's store-wide files, into the copy's state/."""
+        name = frame.fields[0].decode()
+        if name in seen:
+            raise ProtocolError(f"state file {name} sent twice")
+        seen.add(name)
+        if frame.number(1) > MAX_STATE_FILE:
+            raise ProtocolError(f"state/{name} larger than {MAX_STATE_FILE} bytes")
+        self._copy(self.root / "state" / name, frame.number(1))
+        return self.line((b"state", b"qube", b"end"))
 
     @staticmethod
     def _file_name(frame: Frame, seen: set[str]) -> str:

@@ -4,8 +4,9 @@ The qrexec service dom0 calls in the LogVM (``qubes-rpc/logvm.Export``; the
 policy lets nothing but dom0 reach it, and this program refuses any other
 caller too). It writes the snapshot framing of docs/snapshot-format.md to
 stdout: store identity, then per qube its segments as stored (plain or
-compressed), their seal files and the tombstones, then the key state's epoch
-number. Key material is never read into the stream.
+compressed), their seal files and the tombstones, after the key state's epoch
+number and a format-2 store's epoch seal files. Key material is never read
+into the stream.
 
 Consistency without stalling the collector: per qube, the qube's lock is
 held only while its files are opened and their sizes taken (seal files
@@ -32,7 +33,13 @@ from typing import BinaryIO
 
 from ..core.errors import InvalidQubeName, LogvmError, ProtocolError, StoreError
 from ..core.names import validate_qube_name
-from ..core.snapshot_format import FILE_NAME, MAX_STORE_JSON, SNAPSHOT_MAGIC, header
+from ..core.snapshot_format import (
+    FILE_NAME,
+    MAX_STATE_FILE,
+    MAX_STORE_JSON,
+    SNAPSHOT_MAGIC,
+    header,
+)
 from ..store.keystate import read_epoch
 from ..store.layout import DEFAULT_STORE, StoreLayout
 
@@ -104,8 +111,36 @@ def capture(layout: StoreLayout, qube: str) -> list[Captured]:
     return opened
 
 
-def _send(out: BinaryIO, item: Captured) -> None:
-    out.write(header("file", item.name, item.size))
+def capture_state(layout: StoreLayout) -> list[Captured]:
+    """Format 2's store-wide epoch seals (``state/epochs.seal``, ``state/epoch-leaves``).
+
+    Taken before any qube: every line captured covers only seals already
+    written, so the qubes captured after hold every seal a line covers.
+    Both files are bounded as the verifier bounds them; the seal file is
+    cut at its last complete line, the leaves file is replaced whole
+    (rename), so the open descriptor holds one version.
+    """
+    opened: list[Captured] = []
+    for name in ("epochs.seal", "epoch-leaves"):
+        try:
+            fd = os.open(layout.state_dir / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        item = Captured(name, fd, 0)
+        opened.append(item)
+        try:
+            item.size = min(os.fstat(fd).st_size, MAX_STATE_FILE)
+            if name == "epochs.seal":
+                item.size = _complete_lines(fd, item.size)
+        except OSError:
+            for done in opened:
+                os.close(done.fd)
+            raise
+    return opened
+
+
+def _send(out: BinaryIO, item: Captured, word: str = "file") -> None:
+    out.write(header(word, item.name, item.size))
     out.flush()
     offset, out_fd = 0, out.fileno()
     while offset < item.size:
@@ -131,16 +166,19 @@ def _close_all(captured: list[tuple[str, list[Captured]]]) -> None:
 def _capture_all(
     layout: StoreLayout, names: list[str]
 ) -> tuple[list[tuple[str, list[Captured]]], int | None]:
-    """Every qube's files, and the epoch, with no epoch change during the capture.
+    """The state files (as qube ``""``), every qube's files, and the epoch, with no
+    epoch change during the capture.
 
-    The collector seals every open segment at each epoch change; when the
-    epoch is the same before and after capturing (milliseconds), each open
-    segment's last seal is at most one epoch behind the epoch reported.
+    The collector seals every open segment (format 2: the epoch file) at each
+    epoch change; when the epoch is the same before and after capturing
+    (milliseconds), each open segment's last seal is at most one epoch
+    behind the epoch reported.
     """
     for _ in range(CAPTURE_ATTEMPTS):
         before = read_epoch(layout)
         captured: list[tuple[str, list[Captured]]] = []
         try:
+            captured.append(("", capture_state(layout)))
             for qube in names:
                 if layout.qube_dir(qube).is_dir():  # a named qube the store lacks: reported
                     captured.append((qube, capture(layout, qube)))
@@ -171,11 +209,12 @@ def write_snapshot(layout: StoreLayout, qubes: list[str] | None, out: BinaryIO) 
         captured, epoch = _capture_all(layout, names)
         if epoch is not None:  # known before any byte is sent: a verifier may stream
             out.write(header("epoch", epoch))
-        counts = [len(captured), 0, 0]
+        counts = [len(captured) - 1, 0, 0]
         for qube, files in captured:
-            out.write(header("qube", qube))
+            if qube:
+                out.write(header("qube", qube))
             for item in files:
-                _send(out, item)
+                _send(out, item, "file" if qube else "state")
                 counts[1] += 1
                 counts[2] += item.size
     finally:

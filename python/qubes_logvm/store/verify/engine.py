@@ -75,8 +75,7 @@ def verify_store(
     _check_store_json(ctx)
     names = _store_qubes(ctx)
     _check_key_file(ctx, names, Path(witness) if witness is not None else None, copy)
-    if ctx.info is not None and ctx.info.format >= 2:
-        ctx.epoch_jumps = True
+    if format2(ctx):
         if copy:
             ctx.report.limits.append(COPY_WITHOUT_EPOCHS)
         else:
@@ -92,15 +91,27 @@ def verify_store(
             continue
         ctx.report.qubes += 1
         _verify_qube(ctx, qube)
+    conclude(ctx, Path(witness) if witness is not None else None, qubes or None, copy)
+    return ctx.report
+
+
+def format2(ctx: VerifyRun) -> bool:
+    """A format-2 store (seal epochs may jump: the store-wide epoch seals check them)."""
+    if ctx.info is not None and ctx.info.format >= 2:
+        ctx.epoch_jumps = True
+    return ctx.epoch_jumps
+
+
+def conclude(ctx: VerifyRun, witness: Path | None, qubes: list[str] | None, copy: bool) -> None:
+    """After the qubes: the witness's records, or the limit of a check without them."""
     if witness is not None:
         from .witness import check_witness
 
-        check_witness(ctx, Path(witness), qubes or None)
+        check_witness(ctx, witness, qubes)
     elif ctx.epoch_jumps and not copy:
         ctx.report.limits.append(WITHOUT_WITNESS_V2)
     else:
         ctx.report.limits.append(WITHOUT_WITNESS)
-    return ctx.report
 
 
 def _check_store_json(ctx: VerifyRun) -> None:

@@ -12,7 +12,9 @@ finished copy: the same store checks, the same per-qube walk
 are verified on arrival only while that is the order ``verify_store`` would
 take (every qube: ascending names; named qubes: the order named) and while
 the key file authenticates under the key (so no seal probing across qubes
-is needed). Anything else, an honest LogVM never sends; it makes
+is needed). A format-2 store's epoch seals span every qube: they are
+checked at the end and their findings put where ``verify_store`` puts them.
+Anything else, an honest LogVM never sends; it makes
 :meth:`finish` verify the whole copy with ``verify_store`` instead, so a
 hostile order can cost time but never change the verdict.
 """
@@ -26,7 +28,8 @@ from ...core.seal import EpochKeys, parse_verification_key
 from ..files import irregular
 from ..layout import StoreLayout
 from .context import VerifyRun
-from .engine import WITHOUT_WITNESS, _check_store_json, _verify_qube, verify_store
+from .engine import _check_store_json, _verify_qube, conclude, format2, verify_store
+from .epochs import check_epochs
 from .findings import ERROR, Report
 
 
@@ -47,6 +50,7 @@ class QubeStream:
         self.ctx = VerifyRun(StoreLayout(root), store_id, EpochKeys(key0), Report())
         self.done: list[str] = []  # qubes verified or reported missing, in order
         self.verified: list[str] = []
+        self.store_checks = (0, 0)  # findings and limits before the first qube's
         self.streaming = self._plain_names() and self._start()
 
     def _plain_names(self) -> bool:
@@ -73,6 +77,8 @@ class QubeStream:
             return False  # the engine's probing and wording apply: verified at the end
         _check_store_json(ctx)
         ctx.key_epoch = ctx.max_epoch = found[0]  # as engine._check_key_file does
+        format2(ctx)
+        self.store_checks = (len(ctx.report.findings), len(ctx.report.limits))
         return True
 
     def qube(self, name: str) -> None:
@@ -116,10 +122,20 @@ class QubeStream:
         if self.requested is not None:
             for missing in self.requested[len(self.done) :]:
                 ctx.add(ERROR, missing, "no such qube in the store")
-        if self.witness is not None:
-            from .witness import check_witness
-
-            check_witness(ctx, self.witness, self.requested)
-        else:
-            ctx.report.limits.append(WITHOUT_WITNESS)
+        if ctx.epoch_jumps:
+            self._epoch_checks()
+        conclude(ctx, self.witness, self.requested, False)
         return ctx.report
+
+    def _epoch_checks(self) -> None:
+        """Format 2: the store-wide epoch seals over every qube, placed where
+        ``verify_store`` puts them (after the store checks, before the qubes)."""
+        ctx, report = self.ctx, self.ctx.report
+        ctx.report = Report()
+        try:
+            check_epochs(ctx, sorted(os.listdir(ctx.layout.qubes_dir)))
+        finally:
+            found, ctx.report = ctx.report, report
+        at_finding, at_limit = self.store_checks
+        report.findings[at_finding:at_finding] = found.findings
+        report.limits[at_limit:at_limit] = found.limits
