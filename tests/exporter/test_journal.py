@@ -109,6 +109,7 @@ def test_kill_9_loses_nothing(
     assert len(got) - len(deduped) <= 20000  # never more than the unacked window
 
 
+@pytest.mark.timeout(300)
 def test_collector_killed_mid_stream_loses_nothing(
     tmp_path: Path, journald: Journald, collector: FakeCollector, make_exporter: MakeExporter
 ) -> None:
@@ -116,11 +117,12 @@ def test_collector_killed_mid_stream_loses_nothing(
     exporter = make_exporter(config, journald).start()
     collector.crash_after(500)
     journald.send(_entries("c", 3000))
+    # Bounds for a loaded 2-core machine: the exporter reconnects with backoff.
     for _ in range(3):
-        wait_for(collector.crashed, what="the collector to crash")
+        wait_for(collector.crashed, timeout=60, what="the collector to crash")
         collector.crash_after(700)
-    wait_for(collector.crashed, what="the collector to crash")
-    wait_for(lambda: "c 2999" in _mine(collector, "c"), what="the last entry")
+    wait_for(collector.crashed, timeout=60, what="the collector to crash")
+    wait_for(lambda: "c 2999" in _mine(collector, "c"), timeout=60, what="the last entry")
     assert exporter.stop() == 0
     assert list(dict.fromkeys(_mine(collector, "c"))) == [f"c {i}" for i in range(3000)]
     assert collector.connections() >= 5
