@@ -36,8 +36,9 @@ from qubes_logvm.store.remnant import OPENING_REMNANT
 from qubes_logvm.store.sealfile import is_closed
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import verify_store
+from qubes_logvm.store.writer import Store
 from support.programs import program
-from support.segments import product_env
+from support.segments import product_env, sample_lines, write_segment
 
 KILL_IN_OPEN = {"LOGVM_FAIL_POINT": "open-segment"}
 
@@ -480,4 +481,48 @@ def test_verify_on_a_running_store_across_epoch_changes_finds_nothing(
     for code, out in results:
         assert code == 0, out.decode()
         assert b"forged" not in out
+    assert verify_errors(collector.store, collector.vkey) == []
+
+
+def _open_with_unsealed_tail_at_a_page_end(root: Path) -> None:
+    """alpha: an open segment whose seal file ends just short of a page boundary
+    (the recover seal needs a new block) and an unsealed tail, as a crash leaves."""
+    store = Store(root)
+    seq = write_segment(store, "alpha", sample_lines(3), close=False)
+    chain = store.chain("alpha")
+    seal_path = store.layout.segment_seal("alpha", seq)
+    while 4096 - seal_path.stat().st_size % 4096 >= 300:
+        chain.append(sample_lines(1), 1)
+        chain.seal(store.keys)
+    with store.layout.segment_log("alpha", seq).open("ab") as stream:
+        stream.write(sample_lines(2, "unsealed"))
+    write_segment(store, "beta", sample_lines(3))
+    store.keys.close()  # a crash: nothing closed
+
+
+def test_recovery_hitting_a_full_disk_sets_that_qube_aside_others_served(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    collector = Collector(tmp_path, {"global": {"keep_free": 0, "keep_free_inodes": 0}})
+    collector.store = small_fs / "store"
+    collector.vkey = make_store(collector.store, epoch_seconds=120)
+    _open_with_unsealed_tail_at_a_page_end(collector.store)
+    filler = small_fs / "filler"
+    _fill(filler)
+    collector.start()
+    try:
+        assert not died(collector), collector.stderr()
+        assert re.search(r"alpha: quarantined: .*No space left", collector.stderr())
+        filler.unlink()
+        assert send(collector.socket, "beta", lines("beta", 3)) == [3]
+        assert collector.stop() == 0
+        collector.start()  # space is back: alpha's tail is recovered now
+        assert send(collector.socket, "alpha", lines("alpha", 2)) == [2]
+        assert collector.stop() == 0
+    finally:
+        collector.kill()
+    assert "torn" not in collector.stderr()  # the failed recover seal was cut back
+    assert "alpha: sealed 2 records a crash had left unsealed" in collector.stderr()
+    alpha = [p for _, p, _ in sent_lines(collector.store, "alpha")]
+    assert alpha[-2:] == [b"alpha line 0", b"alpha line 1"]
     assert verify_errors(collector.store, collector.vkey) == []

@@ -288,6 +288,8 @@ class QubeChain:
             os.fdatasync(self._seal_fd)
         except BaseException:
             if kind in ("open", "recover"):
+                with contextlib.suppress(OSError):  # no torn line left behind
+                    os.ftruncate(self._seal_fd, self._seal_size)
                 raise  # open_segment breaks the chain; recover starts over
             self._rollback()
             raise
