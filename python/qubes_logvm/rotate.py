@@ -31,7 +31,7 @@ from .config.storage_policy import RetentionConfig
 from .core.errors import LogvmError, StoreError
 from .daemon_support import fatal, setup_logging
 from .store.compress import CompressError, Interrupted, candidates, compress_segment, tidy
-from .store.layout import DEFAULT_STORE, StoreLayout
+from .store.layout import StoreLayout, add_store_argument
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Compress closed log segments as they age (no key, no deletion).",
         epilog="Example: logvm-rotate --once -v   (one pass now, each segment logged)",
     )
-    parser.add_argument(
-        "--store",
-        type=Path,
-        default=DEFAULT_STORE,
-        help=f"store directory (default {DEFAULT_STORE})",
-    )
+    add_store_argument(parser)
     parser.add_argument(
         "--config", type=Path, default=None, help="collector.yaml (default: /etc and /rw files)"
     )

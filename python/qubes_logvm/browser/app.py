@@ -11,7 +11,7 @@ from gi.repository import Gio, Gtk  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from ..core.errors import LogvmError  # noqa: E402
-from ..store.layout import DEFAULT_STORE, StoreLayout  # noqa: E402
+from ..store.layout import StoreLayout, add_store_argument  # noqa: E402
 from .window import BrowserWindow, load_css  # noqa: E402
 
 APP_ID = "org.qubes_os.logvm.Browser"
@@ -42,12 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Browse the LogVM's store (GTK).",
         epilog="Example: sudo logvm-browser   (or from the LogVM's app menu)",
     )
-    parser.add_argument(
-        "--store",
-        type=Path,
-        default=DEFAULT_STORE,
-        help=f"store directory (default {DEFAULT_STORE})",
-    )
+    add_store_argument(parser)
     parser.add_argument(
         "--config",
         type=Path,

@@ -33,7 +33,7 @@ from ..core.tomb import Tomb
 from ..daemon_support import EXIT_OK, fatal, listen_fds, sd_notify, setup_logging
 from ..store.eviction import EpochClock, plan_deletions
 from ..store.keystate import setup_keys
-from ..store.layout import DEFAULT_STORE, StoreLayout
+from ..store.layout import StoreLayout, add_store_argument
 from ..store.usage import ZERO_COST, Cost, qube_usage
 from ..store.witness_pending import queue_registration
 from ..store.writer import Store
@@ -291,12 +291,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_SOCKET,
         help=f"listening socket, unless systemd passes one (default {DEFAULT_SOCKET})",
     )
-    parser.add_argument(
-        "--store",
-        type=Path,
-        default=DEFAULT_STORE,
-        help=f"store directory (default {DEFAULT_STORE})",
-    )
+    add_store_argument(parser)
     parser.add_argument(
         "--config",
         type=Path,

@@ -32,7 +32,7 @@ from ..config.forward import ForwardConfig, load_forward_config
 from ..core.errors import LogvmError, StoreError
 from ..daemon_support import EXIT_OK, fatal, fsync_dir, setup_logging
 from ..store.keystate import read_store_info
-from ..store.layout import DEFAULT_STORE, StoreLayout
+from ..store.layout import StoreLayout, add_store_argument
 from .source import Cursor, StoreSource, load_cursors
 from .stream import StreamError, TlsStream, tls_context
 
@@ -197,12 +197,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "mutual TLS, RFC 5425), through a forwarder qube.",
         epilog="Example: logvm-forward --config /etc/qubes-logvm/forward.yaml -v",
     )
-    parser.add_argument(
-        "--store",
-        type=Path,
-        default=DEFAULT_STORE,
-        help=f"store directory (default {DEFAULT_STORE})",
-    )
+    add_store_argument(parser)
     parser.add_argument(
         "--config",
         type=Path,

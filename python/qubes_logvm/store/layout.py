@@ -4,6 +4,7 @@ Trust side: qube names passed in come from qrexec and are validated again
 here, so no path can leave the store.
 """
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -20,6 +21,17 @@ DEFAULT_STORE = Path("/var/lib/qubes-logvm")
 STORE_FORMAT = 1
 #: The formats this code reads, writes and verifies (docs/store-format.md).
 STORE_FORMATS = (1, 2)
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--store DIR`` option every program reading or writing a store takes."""
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=DEFAULT_STORE,
+        help=f"store directory (default {DEFAULT_STORE})",
+    )
+
 
 _SEGMENT_FILE = re.compile(r"([0-9]{8})\.(log|log\.zst|seal)")
 
