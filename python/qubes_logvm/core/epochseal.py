@@ -20,12 +20,12 @@ disk an intruder may have edited).
 """
 
 import hashlib
-import hmac
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .errors import StoreError
-from .seal import ZERO
+from .seal import ZERO, MacLine, ascii_line
 
 EPOCH_DOMAIN = b"logvm-epoch-v2\0"
 _LEAF, _NODE, _EMPTY = b"\x00", b"\x01", b"\x02"
@@ -75,13 +75,14 @@ def root_of(leaves: list[Leaf]) -> bytes:
 
 
 @dataclass(frozen=True)
-class EpochLine:
+class EpochLine(MacLine):
     """One line of the store-wide epoch file.
 
     ``kind`` "epoch": ``a`` = qubes, ``root`` the Merkle root; "gap":
     ``a``..``b`` the epochs not sealed, ``root`` unused (zeros).
     """
 
+    DOMAIN: ClassVar[bytes] = EPOCH_DOMAIN
     kind: str
     epoch: int
     a: int
@@ -98,31 +99,6 @@ class EpochLine:
             fields = f"{self.epoch} {self.a} {self.b}"
         return f"v2 {self.kind} {fields} {self.prev.hex()}".encode("ascii")
 
-    def to_line(self) -> bytes:
-        """The line as stored, newline included."""
-        return self.body() + b" " + self.mac.hex().encode("ascii") + b"\n"
-
-    def signed(self, key: bytes) -> "EpochLine":
-        """This line with its MAC under ``key`` (``K[epoch]``)."""
-        return EpochLine(
-            self.kind,
-            self.epoch,
-            self.a,
-            self.b,
-            self.root,
-            self.prev,
-            epoch_mac(key, self.body()),
-        )
-
-    def mac_ok(self, key: bytes) -> bool:
-        """Constant-time check of the MAC under ``key``."""
-        return hmac.compare_digest(self.mac, epoch_mac(key, self.body()))
-
-
-def epoch_mac(key: bytes, body: bytes) -> bytes:
-    """HMAC-SHA256 of an epoch line's body under an epoch key."""
-    return hmac.digest(key, EPOCH_DOMAIN + body, "sha256")
-
 
 _EPOCH_RE = re.compile(rf"v2 epoch {_NUM} {_NUM} {_HEX} {_HEX} {_HEX}")
 _GAP_RE = re.compile(rf"v2 gap {_NUM} {_NUM} {_NUM} {_HEX} {_HEX}")
@@ -130,10 +106,7 @@ _GAP_RE = re.compile(rf"v2 gap {_NUM} {_NUM} {_NUM} {_HEX} {_HEX}")
 
 def parse_epoch_line(line: bytes) -> EpochLine:
     """Parse one line (without newline); StoreError if malformed."""
-    try:
-        text = line.decode("ascii")
-    except UnicodeDecodeError as err:
-        raise StoreError("epoch line is not ASCII") from err
+    text = ascii_line(line, "epoch line")
     match = _EPOCH_RE.fullmatch(text)
     if match is not None:
         e, n, root, prev, mac = match.groups()

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, replace
+from typing import ClassVar, Self
 
 from .errors import SealError, StoreError
 
@@ -116,8 +117,41 @@ class EpochKeys:
         return key
 
 
+class MacLine:
+    """A sealed text line: ``<body> <mac>``, mac = HMAC-SHA256(key, domain || body).
+
+    The shape of seal lines and of format 2's epoch lines; a subclass (a
+    frozen dataclass with a ``mac`` field) gives its :attr:`DOMAIN` and
+    :meth:`body`.
+    """
+
+    DOMAIN: ClassVar[bytes]
+    mac: bytes
+
+    def body(self) -> bytes:
+        """The MACed part: the line without its final field."""
+        raise NotImplementedError
+
+    def to_line(self) -> bytes:
+        """The line as stored, newline included."""
+        return self.body() + b" " + self.mac.hex().encode("ascii") + b"\n"
+
+    def signed(self, key: bytes) -> Self:
+        """This line with its MAC computed under ``key``."""
+        return replace(self, mac=line_mac(self.DOMAIN, key, self.body()))  # type: ignore[type-var]
+
+    def mac_ok(self, key: bytes) -> bool:
+        """Constant-time check of the MAC under ``key``."""
+        return hmac.compare_digest(self.mac, line_mac(self.DOMAIN, key, self.body()))
+
+
+def line_mac(domain: bytes, key: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256 of a line's body under an epoch key, in ``domain``."""
+    return hmac.digest(key, domain + body, "sha256")
+
+
 @dataclass(frozen=True)
-class Seal:
+class Seal(MacLine):
     """One line of a ``.seal`` file (or of a qube's tombstone file).
 
     ``lines``/``nbytes`` count the records/bytes of the segment covered so far
@@ -126,6 +160,7 @@ class Seal:
     (zeros for the first).
     """
 
+    DOMAIN: ClassVar[bytes] = SEAL_DOMAIN
     kind: str
     qube: str
     seq: int
@@ -143,35 +178,28 @@ class Seal:
             f"{self.head.hex()} {self.prev.hex()}"
         ).encode("ascii")
 
-    def to_line(self) -> bytes:
-        """The seal as stored, newline included."""
-        return self.body() + b" " + self.mac.hex().encode("ascii") + b"\n"
-
-    def signed(self, key: bytes) -> "Seal":
-        """This seal with its MAC computed under ``key``."""
-        return replace(self, mac=seal_mac(key, self.body()))
-
     @property
     def is_final(self) -> bool:
         """True for a seal that ends its segment (:data:`FINAL_KINDS`)."""
         return self.kind in FINAL_KINDS
 
-    def mac_ok(self, key: bytes) -> bool:
-        """Constant-time check of the MAC under ``key``."""
-        return hmac.compare_digest(self.mac, seal_mac(key, self.body()))
-
 
 def seal_mac(key: bytes, body: bytes) -> bytes:
     """HMAC-SHA256 of a seal body under an epoch key."""
-    return hmac.digest(key, SEAL_DOMAIN + body, "sha256")
+    return line_mac(SEAL_DOMAIN, key, body)
+
+
+def ascii_line(line: bytes, what: str) -> str:
+    """A stored line as text; StoreError naming ``what`` when it is not ASCII."""
+    try:
+        return line.decode("ascii")
+    except UnicodeDecodeError as err:
+        raise StoreError(f"{what} is not ASCII") from err
 
 
 def parse_seal(line: bytes) -> Seal:
     """Parse one seal line (without newline); raise StoreError if malformed."""
-    try:
-        text = line.decode("ascii")
-    except UnicodeDecodeError as err:
-        raise StoreError("seal line is not ASCII") from err
+    text = ascii_line(line, "seal line")
     match = _SEAL_LINE.fullmatch(text)
     if match is None:
         raise StoreError("malformed seal line")

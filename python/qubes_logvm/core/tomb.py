@@ -24,13 +24,12 @@ Trust side: parsed strictly; tombstone files are read back from a disk an
 intruder may have edited, and tomb lines reach the witness from the LogVM.
 """
 
-import hashlib
 import hmac
 import re
 from dataclasses import dataclass, replace
 
 from .errors import StoreError
-from .seal import ZERO, Seal, parse_seal, seal_mac
+from .seal import ZERO, Seal, ascii_line, line_mac, parse_seal, seal_mac
 
 TOMB_DOMAIN = b"logvm-tomb-v1\0"
 #: Why a segment was deleted (the rules of store/retention.py and the quota).
@@ -112,7 +111,7 @@ class Tomb:
 
 def tomb_mac(key: bytes, body: bytes) -> bytes:
     """HMAC-SHA256 of a tomb body under an epoch key."""
-    return hmac.new(key, TOMB_DOMAIN + body, hashlib.sha256).digest()
+    return line_mac(TOMB_DOMAIN, key, body)
 
 
 def parse_tomb(line: bytes) -> Tomb:
@@ -137,10 +136,7 @@ def parse_tomb(line: bytes) -> Tomb:
             seal.mac,
             version=1,
         )
-    try:
-        text = line.decode("ascii")
-    except UnicodeDecodeError as err:
-        raise StoreError("tombstone line is not ASCII") from err
+    text = ascii_line(line, "tombstone line")
     match = _TOMB_LINE.fullmatch(text)
     if match is None:
         raise StoreError("malformed tombstone line")
