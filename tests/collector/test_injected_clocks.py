@@ -2,12 +2,17 @@
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from collector.helpers import make_store, notes, sent_lines, verify_errors
 
 from qubes_logvm.collector.ledger import QubeLedger
+from qubes_logvm.collector.lines import LineSplitter
+from qubes_logvm.collector.qubewriter import Feed, QubeWriter, StoreAccess
 from qubes_logvm.collector.witness_sender import CheckpointSender
+from qubes_logvm.config.collector import CollectorConfig, RateLimit
 from qubes_logvm.store.writer import Store
 from support.segments import new_store, sample_lines
 
@@ -54,3 +59,107 @@ def test_checkpoint_sender_flush_deadline_on_the_injected_clock(tmp_path: Path) 
 
     # Not started: nothing sends; the 150 s deadline passes on the test's clock at once.
     assert asyncio.run(asyncio.wait_for(flush(), 5)) is False
+
+
+class Sink(Feed):
+    """A connection as the writer sees it: records the acks it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks: list[tuple[int, bool]] = []
+
+    def send_ack(self, handled: int, *, final: bool) -> None:
+        self.acks.append((handled, final))
+
+    def set_reading(self, reading: bool) -> None:
+        pass
+
+    def abort(self) -> None:
+        raise AssertionError("the writer failed")
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Let the writer's task and its worker thread run until ``done()`` (bounded)."""
+    async with asyncio.timeout(20):
+        while not done():
+            await asyncio.sleep(0.005)
+
+
+def _writer(store: Store, config: CollectorConfig, mono: StepClock) -> QubeWriter:
+    shared = StoreAccess(store, config, clock=StepClock(1_800_000_000.0), monotonic=mono)
+    return QubeWriter("work", shared, on_idle=lambda _: None)
+
+
+def _submit(writer: QubeWriter, feed: Sink, count: int, tag: bytes) -> None:
+    splitter = LineSplitter(writer.shared.config.max_line_bytes)
+    data = b"".join(b"%s %d\n" % (tag, i) for i in range(count))
+    records, nlines = splitter.feed(data, writer.receive_time())
+    writer.submit(feed, records, nlines)
+
+
+def test_writer_rate_limit_refills_on_the_injected_monotonic_clock(tmp_path: Path) -> None:
+    vkey = make_store(tmp_path / "store")
+    store = Store(tmp_path / "store")
+    mono = StepClock(500.0)
+    config = CollectorConfig(rate_limit=RateLimit(lines_per_second=10, burst=10), session_linger=0)
+
+    async def run() -> list[tuple[int, bool]]:
+        writer = _writer(store, config, mono)
+        feed = Sink()
+        assert writer.attach(feed)
+        _submit(writer, feed, 30, b"first")  # the burst: 10 pass
+        _submit(writer, feed, 5, b"same")  # no time passed: no token
+        mono.now += 0.5  # half a second: 5 tokens
+        _submit(writer, feed, 30, b"later")
+        writer.finish(feed)
+        await _until(lambda: bool(feed.acks) and feed.acks[-1][1])
+        await _until(lambda: writer.idle)
+        return feed.acks
+
+    try:
+        acks = asyncio.run(run())
+    finally:
+        store.close()
+    assert acks[-1] == (65, True)  # every line handled: stored or counted as dropped
+    stored = [p for _, p, _ in sent_lines(tmp_path / "store", "work")]
+    assert stored == [b"first %d" % i for i in range(10)] + [b"later %d" % i for i in range(5)]
+    dropped = notes(tmp_path / "store", "work", "dropped")
+    assert [(n.fields()["reason"], n.fields()["count"]) for n in dropped] == [("rate-limit", "50")]
+    assert verify_errors(tmp_path / "store", vkey) == []
+
+
+def test_writer_linger_and_open_age_on_the_injected_monotonic_clock(tmp_path: Path) -> None:
+    make_store(tmp_path / "store")
+    store = Store(tmp_path / "store")
+    mono = StepClock(500.0)
+    config = CollectorConfig(session_linger=5.0)
+
+    async def run() -> list[object]:
+        writer = _writer(store, config, mono)
+        feed = Sink()
+        assert writer.attach(feed)
+        _submit(writer, feed, 3, b"line")
+        await _until(lambda: bool(feed.acks))
+        mono.now += 100.0  # nothing happens on its own: only the clock moved
+        seen: list[object] = [writer.open_age]
+        writer.finish(feed)
+        await _until(lambda: feed.acks[-1][1])
+        seen.append(writer.chain is not None and writer.chain.is_open)
+        mono.now += 4.0  # 4 s after the last connection left: still within the linger
+        writer.wake()
+        await asyncio.sleep(0.05)
+        seen.append(writer.chain is not None and writer.chain.is_open)
+        mono.now += 1.5  # past the linger: the next step closes the session
+        writer.wake()
+        await _until(lambda: writer.idle)
+        return seen
+
+    try:
+        seen = asyncio.run(run())
+    finally:
+        store.close()
+    # The open segment's age is the injected clock's; it stays open after the
+    # last connection left (lingering) and closes once the clock passed the linger.
+    assert seen == [100.0, True, True]
+    closes = [n for n in notes(tmp_path / "store", "work") if n.event == "segment-end"]
+    assert len(closes) == 1

@@ -103,15 +103,22 @@ class TickLock:
 class StoreAccess:
     """The store as every qube writer reaches it: config, per-qube locks, the tick lock.
 
-    ``clock`` is the wall clock of receive times and notes (tests inject one).
+    ``clock`` is the wall clock of receive times and notes; ``monotonic`` the
+    clock of rate limits, lingering, note coalescing and open segments' ages.
+    Tests inject both (no patching of :mod:`time`).
     """
 
     def __init__(
-        self, store: Store, config: CollectorConfig, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        config: CollectorConfig,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.monotonic = monotonic
         self.tick_lock = TickLock()
         self.locks: dict[str, asyncio.Lock] = {}
         self.stopping = False  # shutting down: segments close without lingering
@@ -156,16 +163,17 @@ class QubeWriter:
         self._on_idle = on_idle
         self._pending = _Batch()
         self.clock = shared.receive_clock(qube)
+        self._monotonic = shared.monotonic
         self._stamps = (0.0, 0.0)  # this step's notes: before its records, after them
         limit = shared.config.rate_for(qube)
-        self._bucket = TokenBucket(limit.lines_per_second, limit.burst, time.monotonic())
+        self._bucket = TokenBucket(limit.lines_per_second, limit.burst, self._monotonic())
         self._drops = {"rate-limit": 0, "quota": 0, "disk-full": 0}
         self._carried: list[bytes] = []  # notes a failed write could not store
         self._refused = 0
         self._last_note = 0.0
         self.ledger = QubeLedger(qube, shared.clock)
         self._reported = Cost()  # this qube's cost as charged to the store's total
-        self._open_since = time.monotonic()
+        self._open_since = self._monotonic()
         self._roll_requested = False
         self._session = ""
         self._note_timer: asyncio.TimerHandle | None = None
@@ -193,7 +201,7 @@ class QubeWriter:
 
     def submit(self, feed: Feed, records: bytes, nlines: int) -> None:
         """Queue whole record lines of one connection (after the rate limit)."""
-        allowed = self._bucket.take_up_to(nlines, time.monotonic())
+        allowed = self._bucket.take_up_to(nlines, self._monotonic())
         if allowed < nlines:
             self._drops["rate-limit"] += nlines - allowed
             records = first_lines(records, allowed) if allowed else b""
@@ -234,7 +242,7 @@ class QubeWriter:
         if linger <= 0 or self._dispvm:
             self._linger_until = 0.0
             return
-        self._linger_until = time.monotonic() + linger
+        self._linger_until = self._monotonic() + linger
         asyncio.get_running_loop().call_later(linger, self._wake.set)
 
     @property
@@ -243,7 +251,7 @@ class QubeWriter:
 
     def _lingers(self) -> bool:
         chain_open = self.chain is not None and self.chain.is_open
-        return chain_open and not self.shared.stopping and time.monotonic() < self._linger_until
+        return chain_open and not self.shared.stopping and self._monotonic() < self._linger_until
 
     def reconfigure(self) -> None:
         """Apply a reloaded configuration (rate limit; quotas are read per batch)."""
@@ -264,7 +272,7 @@ class QubeWriter:
     @property
     def open_age(self) -> float:
         """Seconds since the open segment started."""
-        return time.monotonic() - self._open_since
+        return self._monotonic() - self._open_since
 
     @property
     def idle(self) -> bool:
@@ -346,7 +354,7 @@ class QubeWriter:
             self._wake.set()
 
     def _take_notes(self, *, force: bool) -> list[bytes]:
-        now = time.monotonic()
+        now = self._monotonic()
         if not self._has_notes() or (not force and now - self._last_note < NOTE_INTERVAL):
             if self._has_notes() and self._note_timer is None:
                 # Come back when the note is due even if nothing else arrives.
@@ -430,7 +438,7 @@ class QubeWriter:
         chain.open_segment(
             self.shared.store.keys, stamp=self._stamps[0], session=self._session, reason=reason
         )
-        self._open_since = time.monotonic()
+        self._open_since = self._monotonic()
         self.ledger.open_seal_bytes = len(chain.last_seal.to_line()) if chain.last_seal else 0
 
     def _close(self, chain: QubeChain, reason: str) -> None:
