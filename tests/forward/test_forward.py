@@ -54,20 +54,24 @@ def _config(
 class Forward:
     """The forwarder as a real process in the qube sys-log."""
 
-    def __init__(self, tmp: Path, store: Path, world: World, config: Path) -> None:
-        self.store, self.config = store, config
+    def __init__(self, tmp: Path, store: Path, world: World, *configs: Path) -> None:
+        self.store, self.configs = store, configs
         self.env = world.client_env("sys-log", product_env())
         self.err = tmp / "forward.err"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Forward":
         self.proc = subprocess.Popen(
-            [str(FORWARD_BIN), "--store", str(self.store), "--config", str(self.config), "-v"],
+            [str(FORWARD_BIN), "--store", str(self.store), *self._config_args(), "-v"],
             env=self.env,
             stderr=self.err.open("ab"),
             start_new_session=True,
         )
         return self
+
+    def _config_args(self) -> list[str]:
+        """``--config`` for each file, merged in order as the unit's defaults are."""
+        return [arg for path in self.configs for arg in ("--config", str(path))]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM as the unit's KillMode=mixed sends it (to the forwarder only:
