@@ -192,11 +192,16 @@ def _scalar(key, kind, value):
             _fail(key, what, value)
 
 
-def _list(key, kind, value):
+def _items(key, value):
+    """``(key[index], item)`` of a list value; fails when it is not a list."""
     if not isinstance(value, list):
         _fail(key, "expected a list", value)
-    for index, item in enumerate(value):
-        _scalar(f"{key}[{index}]", kind, item)
+    return [(f"{key}[{index}]", item) for index, item in enumerate(value)]
+
+
+def _list(key, kind, value):
+    for at, item in _items(key, value):
+        _scalar(at, kind, item)
 
 
 def _mapping(key, value, what="expected a mapping"):
@@ -206,10 +211,7 @@ def _mapping(key, value, what="expected a mapping"):
 
 
 def _files(key, value):
-    if not isinstance(value, list):
-        _fail(key, "expected a list", value)
-    for index, item in enumerate(value):
-        at = f"{key}[{index}]"
+    for at, item in _items(key, value):
         if not isinstance(item, dict):
             _fail(at, "expected a mapping with path and tag", item)
         for name in item:
