@@ -6,7 +6,6 @@ After each: the collector serves every other qube, nothing acknowledged is
 lost, and verify passes (or reports exactly the crash remnant, a warning).
 """
 
-import contextlib
 import os
 import re
 import signal
@@ -39,6 +38,7 @@ from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 from support.programs import program
 from support.segments import product_env, sample_lines, write_segment
+from support.tmpfs import fill, mounted_tmpfs
 
 KILL_IN_OPEN = {"LOGVM_FAIL_POINT": "open-segment"}
 
@@ -176,22 +176,8 @@ def test_twenty_senders_vanishing_at_once_then_sigterm_exits_promptly(
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs made for the test (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a filesystem needs root")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path, "size=4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(path: Path) -> None:
-    with path.open("wb") as stream, contextlib.suppress(OSError):
-        while True:
-            stream.write(b"\0" * 65536)
-            stream.flush()
 
 
 def test_full_disk_drops_lines_whole_and_logging_resumes(tmp_path: Path, small_fs: Path) -> None:
@@ -204,7 +190,7 @@ def test_full_disk_drops_lines_whole_and_logging_resumes(tmp_path: Path, small_f
     try:
         sock = _open_session(collector, "alpha", 10)
         filler = small_fs / "filler"
-        _fill(filler)
+        fill(filler)
         sock.sendall(lines("full", 2000))
         got = b""
         while b"ack 2010\n" not in got:
@@ -383,7 +369,7 @@ def test_a_full_store_frees_itself_when_the_cap_is_lowered(
         layout = StoreLayout(collector.store)
         if filler:
             _flood(collector, lambda: len(layout.segments("alpha")) >= 4)
-            _fill(small_fs / "filler")
+            fill(small_fs / "filler")
         else:
             _flood(collector, lambda: "dropped" in collector.stderr())  # filled by the logs
         full = _free(small_fs)
@@ -419,7 +405,7 @@ def test_epochs_go_on_while_seals_cannot_be_written_then_sigterm_exits(
     try:
         sock = _open_session(collector, "alpha", 10)
         filler = small_fs / "filler"
-        _fill(filler)
+        fill(filler)
         assert wait_for(lambda: "not sealed" in collector.stderr(), timeout=25), collector.stderr()
         failed_at = read_epoch(layout)
         assert failed_at is not None
@@ -508,7 +494,7 @@ def test_recovery_hitting_a_full_disk_sets_that_qube_aside_others_served(
     collector.vkey = make_store(collector.store, epoch_seconds=120)
     _open_with_unsealed_tail_at_a_page_end(collector.store)
     filler = small_fs / "filler"
-    _fill(filler)
+    fill(filler)
     collector.start()
     try:
         assert not died(collector), collector.stderr()

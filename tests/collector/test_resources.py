@@ -6,7 +6,6 @@ latency percentiles) are measured by ``make bench``.
 
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from collector.helpers import (
 
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.usage import FILE_COST, qube_usage, usage
+from support.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (needs root)")
 
@@ -37,16 +37,8 @@ QUOTA = 4 << 20
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs with only INODES inodes, unmounted at the end."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size=64m,nr_inodes={INODES}", "tmpfs", str(mount)],
-        check=True,
-    )
-    try:
+    with mounted_tmpfs(tmp_path, f"size=64m,nr_inodes={INODES}") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.timeout(240)

@@ -6,9 +6,7 @@ every chain's state).
 """
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.verify import ERROR, Report, verify_store
 from qubes_logvm.store.writer import Store
+from support.tmpfs import fill, mounted_tmpfs
 
 inprocess = pytest.mark.inprocess
 
@@ -162,15 +161,8 @@ def test_epoch_file_stays_bounded(tmp_path: Path) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs made for the test (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a filesystem needs root")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path, "size=4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.timeout(30)
@@ -182,13 +174,7 @@ def test_disk_full_epochs_become_a_gap_not_tampering(small_fs: Path) -> None:
     _batch(store, "work", 3, "a")
     store.tick()
     filler = small_fs / "filler"
-    with filler.open("wb") as out:  # fill the filesystem to the last block
-        try:
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        except OSError:
-            pass
+    fill(filler)
     # tmpfs gives a file whole pages: appends fail once the epoch file needs a new one
     assert store.epochs is not None
     start = None
