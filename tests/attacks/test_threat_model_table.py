@@ -11,6 +11,7 @@ FILES = {
     "S": ROOT / "tests/witness/test_witness_service.py",
     "T": ROOT / "tests/support/tamper.py",
     "F": ROOT / "tests/store/test_format2.py",
+    "B": ROOT / "tests/witness/test_witness_bounds.py",
 }
 
 
@@ -37,7 +38,7 @@ def test_every_row_names_existing_tests() -> None:
     for row in rows:
         cell = row.rstrip("|").rsplit("|", 1)[1]
         named = 0
-        for part in re.split(r",? (?=[MWSTF] `)", cell.strip()):
+        for part in re.split(r",? (?=[BMWSTF] `)", cell.strip()):
             tag, names = part[0], re.findall(r"`([a-z_0-9-]+)`", part)
             for name in names:
                 assert name in known[tag], f"{row}: {tag} {name} does not exist"

@@ -84,3 +84,20 @@ def test_verification_key_round_trip() -> None:
     assert parse_verification_key(text + "\n") == (STORE_ID, b"\xab" * 32)
     with pytest.raises(SealError):
         parse_verification_key("logvm-vk1:nothex:" + "ab" * 32)
+
+
+def test_bounded_key_ladder_doubles_its_stride_and_resumes() -> None:
+    key0 = bytes(range(32))
+    ladder = EpochKeys(key0, max_keys=40)  # 40 - 16 recent - top: 23 marks
+    assert ladder.key(50 * 1024) == key_for_epoch(key0, 50 * 1024)
+    assert ladder.held <= 40
+    assert ladder.ladder().stride == 4096  # 51 marks, halved twice
+    for epoch in (50 * 1024 - 1, 50 * 1024 - 16, 4096 * 3 + 5, 7):
+        assert ladder.key(epoch) == key_for_epoch(key0, epoch)
+    assert ladder.cost(50 * 1024 - 3) == 0  # the recent window below the top
+    assert ladder.cost(4096 * 3 + 5) == 5
+    again = EpochKeys.resume(key0, ladder.ladder(), max_keys=40)
+    assert again.cost(50 * 1024 + 1) == 1
+    assert again.key(50 * 1024 + 1) == key_for_epoch(key0, 50 * 1024 + 1)
+    with pytest.raises(ValueError):
+        EpochKeys.resume(b"\x01" * 32, ladder.ladder(), max_keys=40)  # another K[0]

@@ -167,3 +167,50 @@ def test_witness_down_ingest_goes_on_checkpoints_arrive_later(
         timeout=30,
     )
     assert verify_store(root, vk, witness=export).errors == []
+
+
+def test_epoch_jump_retried_later_and_call_limit_reconnects(tmp_path: Path) -> None:
+    # The witness caps epochs by its clock (epochs of at least 0.05 s here) and ends
+    # each call after 4 messages: the sender keeps what was refused and reconnects.
+    world = World(tmp_path / "world")
+    world.add_qube(LOGVM)
+    script = (
+        f"#!/bin/sh\nexec {WITNESS} --dir {tmp_path / 'witness'} serve "
+        "--min-epoch-seconds 0.05 --max-call-messages 4\n"
+    )
+    world.add_executable_service("dom0", "logvm.Witness", script)
+    world.save()
+    root = tmp_path / "store"
+    vk = setup_keys(StoreLayout(root), epoch_seconds=1)
+    queue_registration(root, vk)
+    sender = CheckpointSender(
+        root, command=witness_command(world), interval=0.05, backoff=(0.05, 0.3)
+    )
+
+    async def scenario() -> Seal | None:
+        sender.start()
+        store = Store(root, on_seal=sender.submit)
+        chain = store.chain("work")
+        chain.open_segment(store.keys, session="s1")
+        assert await sender.flush(30)  # the first record anchors the witness's cap
+        for _ in range(200):  # 200 epochs at once: more than 64 ahead of the witness's clock
+            store.tick()
+        chain.append(records(5), 5)
+        chain.seal(store.keys)
+        assert await sender.flush(60)  # refused as too far for now, then taken
+        for _ in range(6):
+            chain.append(records(5), 5)
+            chain.seal(store.keys)
+            assert await sender.flush(30)
+        newest = chain.last_seal
+        await sender.stop()
+        store.close()
+        return newest
+
+    newest = asyncio.run(scenario())
+    assert sender.stats["later"] >= 1
+    assert sender.stats["refused"] == 0
+    assert sender.stats["connects"] >= 3  # the call ends after every 4 messages
+    events = (tmp_path / "witness" / LOGVM / "events").read_text()
+    assert "epoch-jump" in events and "call-limit" in events
+    assert newest in [seal for _, seal in read_checkpoints(tmp_path / "witness" / LOGVM)]

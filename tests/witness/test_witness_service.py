@@ -155,12 +155,12 @@ def test_too_frequent_refused(open_call: Open, witness_dir: Path) -> None:
 
 
 def test_epoch_jump_budgeted(open_call: Open) -> None:
-    call = open_call("--hash-burst", "5000")
+    call = open_call("--hash-burst", "4050", "--hash-rate", "1e-9")
     assert call.send(register_line()) == "ok registered"
-    assert call.send(line_of(make_seal(epoch=4000))) == "ok stored"
-    # A compromised LogVM picks a far epoch: the witness refuses to hash that far now.
-    assert call.send(line_of(make_seal(seq=2, epoch=4_000_000))) == "err busy"
-    assert call.send(line_of(make_seal(seq=2, epoch=4001))) == "ok stored"
+    assert call.send(line_of(make_seal(epoch=4000))) == "ok stored"  # 4000 hashes
+    # Within the epoch cap (64 past the first epoch) but beyond the 50 hashes left.
+    assert call.send(line_of(make_seal(seq=2, epoch=4060))) == "err busy"
+    assert call.send(line_of(make_seal(seq=2, epoch=4040))) == "ok stored"
 
 
 def test_too_many_qubes(open_call: Open) -> None:

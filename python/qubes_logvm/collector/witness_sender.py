@@ -57,9 +57,16 @@ _UNREACHABLE = RepeatedWarning(log)
 
 DEFAULT_COMMAND = ("qrexec-client-vm", "dom0", WITNESS_SERVICE)
 _REPLY = re.compile(rb"(ok|err) [a-z-]{1,32}\n")
-_RETRY_LATER = (b"err rate-limit", b"err busy")
-_RECONNECT = (b"err reset", b"err locked")
+#: Not processed now, send again later (the epoch cap grows with dom0's clock).
+_RETRY_LATER = (b"err rate-limit", b"err busy", b"err epoch-jump")
+#: The witness ends the call (call-limit: after its last answer, the rest unanswered).
+_CALL_LIMIT = b"err call-limit"
+_RECONNECT = (b"err reset", b"err locked", _CALL_LIMIT)
 _MAX_REPLY = 64
+
+
+class _CallEnded(ProtocolError):
+    """The witness ended the call at its limit: reconnect at once, quietly."""
 
 
 def _check_reply(raw: bytes) -> bytes:
@@ -119,7 +126,14 @@ class CheckpointSender:
         self.backoff = backoff
         self.reply_timeout = reply_timeout
         self.queue: dict[str, bytes] = {}  # qube -> newest seal line not yet answered
-        self.stats = {"submitted": 0, "stored": 0, "refused": 0, "dropped": 0, "connects": 0}
+        self.stats = {
+            "submitted": 0,
+            "stored": 0,
+            "refused": 0,
+            "later": 0,  # not processed now (rate, budget, epoch cap): sent again
+            "dropped": 0,
+            "connects": 0,
+        }
         self.connected = False
         self._last_line: bytes | None = None
         self._last_send = 0.0
@@ -180,6 +194,10 @@ class CheckpointSender:
             try:
                 await self._session()
                 delay = self.backoff[0]
+            except _CallEnded:
+                # Not a fault (a call lasts at most an hour): no warning.
+                log.debug("witness: the call reached its limit; reconnecting")
+                delay = self.backoff[0]
             except (OSError, ProtocolError, TimeoutError, SealError) as err:
                 _UNREACHABLE.warn("", "witness: %s; retrying in %.1fs", err, delay)
             finally:
@@ -211,12 +229,14 @@ class CheckpointSender:
         proc.stdin.write(b"".join(line + b"\n" for line in lines))
         await proc.stdin.drain()
         self._last_send = self.clock()
-        replies = []
-        for _ in lines:
+        replies: list[bytes] = []
+        while len(replies) < len(lines):
             raw = await asyncio.wait_for(proc.stdout.readline(), self.reply_timeout)
             if not raw:
                 raise ProtocolError("the witness ended the call")
             replies.append(_check_reply(raw))
+            if replies[-1] == _CALL_LIMIT:  # the call ends: nothing after it was read
+                replies += [_CALL_LIMIT] * (len(lines) - len(replies))
         return replies
 
     async def _register(self) -> None:
@@ -251,6 +271,8 @@ class CheckpointSender:
                 retry = True
             elif qube and self.queue.get(qube) == line:
                 del self.queue[qube]
+        if _CALL_LIMIT in replies:
+            raise _CallEnded
         if any(reply in _RECONNECT for reply in replies):
             raise ProtocolError("the witness asked to reconnect")
         if retry:
@@ -259,6 +281,7 @@ class CheckpointSender:
     def _judge(self, qube: str, line: bytes, reply: bytes) -> bool:
         """Count an answer; True when the checkpoint should be sent again."""
         if reply in _RETRY_LATER or reply in _RECONNECT:
+            self.stats["later"] += reply in _RETRY_LATER
             return True
         if reply.startswith(b"ok "):
             self.stats["stored"] += reply == b"ok stored"

@@ -76,45 +76,127 @@ def evolve(key: bytes) -> bytes:
     return hashlib.sha256(EVOLVE_DOMAIN + key).digest()
 
 
+@dataclass(frozen=True)
+class KeyLadder:
+    """What :class:`EpochKeys` holds, to keep it across processes (the witness).
+
+    ``marks[i]`` is ``K[i * stride]`` for every multiple up to ``top_epoch``;
+    ``recent`` the keys of up to :attr:`EpochKeys.RECENT` epochs below it.
+    """
+
+    stride: int
+    marks: tuple[bytes, ...]
+    top_epoch: int
+    top_key: bytes
+    recent: tuple[tuple[int, bytes], ...]
+
+
 class EpochKeys:
     """``K[epoch]`` from ``K[0]``: the one key derivation of every verifier.
 
     Any epoch, in any order, with bounded work per lookup after the first walk.
 
-    Keys are remembered every :attr:`STRIDE` epochs, so a lookup below the
-    highest epoch reached costs at most STRIDE-1 hashes; :meth:`cost` says
-    what a lookup would cost before paying it (the witness budgets hashing,
-    since a compromised LogVM chooses the epochs it sends).
+    Keys are remembered every ``stride`` epochs (first :attr:`STRIDE`), and
+    the :attr:`RECENT` epochs below the highest one reached, so a lookup
+    below the top costs at most stride-1 hashes; :meth:`cost` says what a
+    lookup would cost before paying it (the witness budgets hashing, since a
+    compromised LogVM chooses the epochs it sends). With ``max_keys`` (the
+    witness) no more keys than that are held whatever epochs are asked for:
+    past it the stride doubles and every other mark is dropped.
     """
 
     STRIDE = 1024
+    RECENT = 16
 
-    def __init__(self, key0: bytes) -> None:
-        self._marks: list[bytes] = [key0]  # _marks[i] is K[i * STRIDE]
+    def __init__(self, key0: bytes, *, max_keys: int | None = None) -> None:
+        if max_keys is not None and max_keys < self.RECENT + 3:
+            raise ValueError(f"max_keys must be at least {self.RECENT + 3}")
+        self._max_marks = None if max_keys is None else max_keys - self.RECENT - 1
+        self._stride = self.STRIDE
+        self._marks: list[bytes] = [key0]  # _marks[i] is K[i * stride]
+        self._recent: dict[int, bytes] = {}
         self._top_epoch = 0
         self._top_key = key0
+        #: Hashes computed so far (the witness counts what it spent).
+        self.hashes = 0
+
+    @property
+    def held(self) -> int:
+        """Keys held now (marks, recent and the top)."""
+        return len(self._marks) + len(self._recent) + 1
 
     def cost(self, epoch: int) -> int:
         """Hashes :meth:`key` would compute for ``epoch``."""
         if epoch >= self._top_epoch:
             return epoch - self._top_epoch
-        return epoch % self.STRIDE
+        if epoch in self._recent:
+            return 0
+        return epoch % self._stride
 
     def key(self, epoch: int) -> bytes:
         """``K[epoch]``."""
         if epoch < self._top_epoch:
-            key = self._marks[epoch // self.STRIDE]
-            for _ in range(epoch % self.STRIDE):
+            known = self._recent.get(epoch)
+            if known is not None:
+                return known
+            key = self._marks[epoch // self._stride]
+            for _ in range(epoch % self._stride):
                 key = evolve(key)
+            self.hashes += epoch % self._stride
             return key
         key, at = self._top_key, self._top_epoch
+        self.hashes += epoch - at
         while at < epoch:
+            if epoch - at <= self.RECENT:
+                self._recent[at] = key
             key = evolve(key)
             at += 1
-            if at % self.STRIDE == 0:
-                self._marks.append(key)
+            if at % self._stride == 0:
+                self._add_mark(key)
         self._top_epoch, self._top_key = at, key
+        for old in [e for e in self._recent if e < at - self.RECENT]:
+            del self._recent[old]
         return key
+
+    def _add_mark(self, key: bytes) -> None:
+        self._marks.append(key)
+        if self._max_marks is not None and len(self._marks) > self._max_marks:
+            # Invariant kept: marks[i] = K[i * stride] for every multiple up to the top.
+            self._marks = self._marks[::2]
+            self._stride *= 2
+
+    def ladder(self) -> KeyLadder:
+        """What is held, to :meth:`resume` from in another process."""
+        return KeyLadder(
+            self._stride,
+            tuple(self._marks),
+            self._top_epoch,
+            self._top_key,
+            tuple(sorted(self._recent.items())),
+        )
+
+    @classmethod
+    def resume(cls, key0: bytes, ladder: KeyLadder, *, max_keys: int | None) -> "EpochKeys":
+        """Keys as another process left them; ValueError if the ladder cannot be K[0]'s."""
+        keys = cls(key0, max_keys=max_keys)
+        stride = ladder.stride
+        consistent = (
+            stride >= cls.STRIDE
+            and stride % cls.STRIDE == 0
+            and (stride // cls.STRIDE) & (stride // cls.STRIDE - 1) == 0
+            and ladder.marks[:1] == (key0,)
+            and len(ladder.marks) == ladder.top_epoch // stride + 1
+            and (keys._max_marks is None or len(ladder.marks) <= keys._max_marks)
+            and len(ladder.recent) <= cls.RECENT
+            and all(0 < ladder.top_epoch - e <= cls.RECENT for e, _ in ladder.recent)
+        )
+        if not consistent:
+            raise ValueError("the kept keys do not fit K[0]")
+        keys._stride = stride
+        keys._marks = list(ladder.marks)
+        keys._top_epoch, keys._top_key = ladder.top_epoch, ladder.top_key
+        keys._recent = dict(ladder.recent)
+        return keys
 
 
 class MacLine:

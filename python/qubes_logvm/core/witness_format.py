@@ -51,6 +51,8 @@ REPLIES = {
     "err too-many-qubes": "the witness holds its limit of qubes for this LogVM",
     "err rate-limit": "too many messages: not processed, send again later",
     "err busy": "key derivation budget spent (epoch jump too large for now): send again later",
+    "err epoch-jump": "the epoch cannot exist yet by the witness's clock: send again later",
+    "err call-limit": "the call lasted its limit (time or messages): not processed, the call ends",
     "err reset": "an admin reset this LogVM's key meanwhile: the connection ends",
     "err locked": "another connection of this LogVM holds the state: the connection ends",
 }

@@ -37,6 +37,7 @@ from ..core.witness_format import (
     format_del_line,
     format_export_header,
 )
+from .bounds import kept_summary
 from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
 from .verify import format_verdict, last_verify_path, settings_from, verify_outside
 
@@ -64,13 +65,20 @@ _READ_FAULTS = {b"\0too-long": "err too-long", b"\0eof": "err malformed"}
 
 
 def serve_stream(state: WitnessState, untrusted_in: BinaryIO, out: BinaryIO) -> int:
-    """Answer messages until EOF (0) or too many refusals (1)."""
+    """Answer messages until EOF (0), too many refusals (1) or the call's limit (0)."""
     limits = state.limits
     bucket = TokenBucket(limits.rate, limits.burst, state.clock())
-    refusals = 0
+    refusals = messages = 0
+    ends = time.monotonic() + limits.max_call_seconds
     while True:
         untrusted_line = _read_message(untrusted_in)
         if untrusted_line is None:
+            break
+        messages += 1
+        if messages > limits.max_call_messages or time.monotonic() > ends:
+            out.write(b"err call-limit\n")
+            out.flush()
+            state.event("call-limit", always=True, messages=messages - 1)
             break
         if not bucket.take(1, state.clock()):
             reply = "err rate-limit"
@@ -107,7 +115,11 @@ def cmd_serve(
         burst=args.burst,
         max_log_bytes=args.max_log_bytes,
         max_qubes=args.max_qubes,
+        hash_rate=args.hash_rate,
         hash_burst=args.hash_burst,
+        min_epoch_seconds=args.min_epoch_seconds,
+        max_call_seconds=args.max_call_seconds,
+        max_call_messages=args.max_call_messages,
     )
     limits.check()
     args.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -150,6 +162,7 @@ def cmd_list(args: argparse.Namespace, out: BinaryIO) -> int:
                 "see docs/witness.md\n".encode()
             )
         out.write(f"  last verification: {_last_verify(path)}\n".encode())
+        out.write(f"  bounds: {kept_summary(path)}\n".encode())
         latest: dict[str, tuple[bytes, Seal]] = {}
         for stamp, seal in read_checkpoints(path):
             if isinstance(seal, Seal):
@@ -315,7 +328,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--burst", type=float, default=defaults.burst)
     serve.add_argument("--max-log-bytes", type=int, default=defaults.max_log_bytes)
     serve.add_argument("--max-qubes", type=int, default=defaults.max_qubes)
+    serve.add_argument("--hash-rate", type=float, default=defaults.hash_rate)
     serve.add_argument("--hash-burst", type=float, default=defaults.hash_burst)
+    serve.add_argument(
+        "--min-epoch-seconds",
+        type=float,
+        default=defaults.min_epoch_seconds,
+        help="shortest epoch any store uses: caps the epochs a LogVM may claim "
+        f"(default {defaults.min_epoch_seconds:g})",
+    )
+    serve.add_argument("--max-call-seconds", type=float, default=defaults.max_call_seconds)
+    serve.add_argument("--max-call-messages", type=int, default=defaults.max_call_messages)
     sub.add_parser("list", help="what is held per LogVM and qube")
     for name, text in (
         ("export-key", "print the verification key"),

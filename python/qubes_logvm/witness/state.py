@@ -11,6 +11,8 @@ Runs in dom0. Directory ``<root>/<logvm>/``:
   :meth:`Limits.storage_bound` whatever the LogVM sends;
 - ``events``/``events.1``: registrations and refusals (bounded, rotated);
 - ``refused-key``: the last different key offered (shown by ``list``);
+- ``bounds``, ``keys``: the hashing budget, epoch anchor and key cache kept
+  across calls (:mod:`.bounds`);
 - ``lock``: one connection per LogVM at a time.
 
 Trust side: the files are the witness's own; what goes into them is only
@@ -22,12 +24,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import LogvmError, ProtocolError, StoreError
-from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp
 from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
 from ..core.tomb import Tomb
@@ -40,6 +41,7 @@ from ..core.witness_format import (
     parse_held_line,
     parse_message,
 )
+from .bounds import MAX_KEYS, Bounds, load_keys, save_keys
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +67,17 @@ class Limits:
     max_qubes: int = 4096
     max_refusals: int = 10_000  # per connection, then the witness hangs up
     max_events_per_connection: int = 100
+    min_epoch_seconds: float = 1.0  # the epoch cap: no epoch is shorter
+    max_call_seconds: float = 3600.0  # then ``err call-limit`` and the call ends
+    max_call_messages: int = 200_000
 
     def check(self) -> None:
         """Refuse settings under which the storage bound would not hold."""
         # A new generation starts with a checkpoint and a deletion per qube.
         if self.max_log_bytes < 2 * self.max_qubes * CP_LINE_MAX:
             raise LogvmError(f"max-log-bytes must be at least 2 * max-qubes * {CP_LINE_MAX}")
+        if not self.min_epoch_seconds > 0:
+            raise LogvmError("min-epoch-seconds must be positive")
 
     def storage_bound(self) -> int:
         """The most bytes one LogVM's directory can hold."""
@@ -130,19 +137,20 @@ def read_key(path: Path) -> tuple[str, bytes] | None:
     return parse_verification_key(data.decode("ascii", "replace"))
 
 
-def read_checkpoints(path: Path) -> list[tuple[bytes, Seal | Tomb]]:
-    """Every checkpoint and deletion held (older generation first), torn or bad lines skipped."""
-    held: list[tuple[bytes, Seal | Tomb]] = []
+def read_checkpoints(path: Path) -> Iterator[tuple[bytes, Seal | Tomb]]:
+    """Every checkpoint and deletion held (older generation first), torn or bad lines skipped.
+
+    One at a time: a call keeps only the newest per qube (bounded by max_qubes).
+    """
     for gen in _generations(path)[-2:]:
         with open(path / f"checkpoints.{gen}", "rb") as f:
             for line in f:
                 if not line.endswith(b"\n"):
                     break  # torn by a crash mid-append: never acknowledged
                 try:
-                    held.append(parse_held_line(line[:-1]))
+                    yield parse_held_line(line[:-1])
                 except StoreError:
                     logger.warning("%s: skipping a malformed checkpoint line", path)
-    return held
 
 
 class WitnessState:
@@ -156,7 +164,8 @@ class WitnessState:
         self._ino = os.stat(path).st_ino
         self._lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.key = read_key(path)
-        self.keys = EpochKeys(self.key[1]) if self.key else None
+        self.keys = load_keys(path, self.key[1]) if self.key else None
+        self._keys_saved = 0  # self.keys.hashes when the cache was last written
         self.latest: dict[str, tuple[bytes, Seal]] = {}
         self.deleted: dict[str, tuple[bytes, Tomb]] = {}
         for stamp, held in read_checkpoints(path):
@@ -167,7 +176,9 @@ class WitnessState:
         gens = _generations(path)
         self.gen = gens[-1] if gens else 1
         self._repair_tail()
-        self.hash_budget = TokenBucket(limits.hash_rate, limits.hash_burst, clock())
+        self.bounds = Bounds.load(
+            path, limits.hash_rate, limits.hash_burst, limits.min_epoch_seconds, clock()
+        )
         self.counts = {"stored": 0, "refused": 0, "suppressed": 0}
         self._events_written = 0
 
@@ -184,8 +195,17 @@ class WitnessState:
                 time.sleep(0.1)
 
     def close(self) -> None:
-        """Release the lock."""
-        os.close(self._lock_fd)
+        """Keep the key cache, release the lock."""
+        try:
+            if self.keys is not None and self.keys.hashes > self._keys_saved:
+                self._save_keys()
+        finally:
+            os.close(self._lock_fd)
+
+    def _save_keys(self) -> None:
+        if self.keys is not None and not self.was_reset():
+            save_keys(self.path, self.keys)
+            self._keys_saved = self.keys.hashes
 
     @property
     def cp_path(self) -> Path:
@@ -263,7 +283,7 @@ class WitnessState:
             return "err key-mismatch"
         write_file(self.path / "key", offered.encode("ascii") + b"\n", exclusive=True)
         self.key = (message.store_id, message.key0)
-        self.keys = EpochKeys(message.key0)
+        self.keys = EpochKeys(message.key0, max_keys=MAX_KEYS)
         self.event("registered", store=message.store_id)
         logger.info(
             "%s registered its verification key (store %s)", self.path.name, message.store_id
@@ -271,20 +291,20 @@ class WitnessState:
         return "ok registered"
 
     def checkpoint(self, seal: Seal) -> str:
-        """Check a checkpoint's MAC and position; store it if it moves forward."""
+        """Check a checkpoint (:meth:`_refusal`); store it if it moves forward."""
         refusal = self._refusal(seal)
         if refusal is not None:
             return refusal
         stamp = self.stamp()
         self._store(format_cp_line(stamp, seal))
         self.latest[seal.qube] = (stamp, seal)
+        self._accepted(seal.epoch)
         return "ok stored"
 
     def deletion(self, tomb: Tomb) -> str:
-        """Check a deletion's MAC and order; store it if it is newer than the one held."""
-        bad_mac = self._mac_refusal(tomb)
-        if bad_mac is not None:
-            return bad_mac
+        """Check a deletion like a checkpoint; store it if it is newer than the one held."""
+        if self.keys is None:
+            return "err not-registered"
         held = self.deleted.get(tomb.qube)
         verdict = judge_deletion(held[1] if held else None, tomb)
         if verdict == "seen":
@@ -296,10 +316,21 @@ class WitnessState:
         if not known and len(self.latest) >= self.limits.max_qubes:
             self.event("too-many-qubes", qube=tomb.qube)
             return "err too-many-qubes"
+        refusal = self._mac_refusal(tomb)
+        if refusal is not None:
+            return refusal
         stamp = self.stamp()
         self._store(format_del_line(stamp, tomb))
         self.deleted[tomb.qube] = (stamp, tomb)
+        self._accepted(tomb.epoch)
         return "ok stored"
+
+    def _accepted(self, epoch: int) -> None:
+        if self.keys is None:
+            return
+        self.bounds.accepted(epoch, self.clock(), self.keys.hashes)
+        if self.keys.hashes - self._keys_saved >= EpochKeys.STRIDE:
+            self._save_keys()  # a long walk is not repeated by the next call
 
     def _store(self, line: bytes) -> None:
         if self.cp_size + len(line) > self.limits.max_log_bytes:
@@ -309,10 +340,14 @@ class WitnessState:
         self.counts["stored"] += 1
 
     def _refusal(self, seal: Seal) -> str | None:
-        """The answer when the checkpoint is not to be stored, else None."""
-        bad_mac = self._mac_refusal(seal)
-        if bad_mac is not None:
-            return bad_mac
+        """The answer when the checkpoint is not to be stored, else None.
+
+        In order, everything that needs no key first: registered, position,
+        the per-qube limit; then the epoch cap and the hashing budget; the
+        MAC last (:meth:`_mac_refusal`).
+        """
+        if self.keys is None:
+            return "err not-registered"
         held = self.latest.get(seal.qube)
         verdict = judge_checkpoint(held[1] if held else None, seal)
         if verdict == "seen":
@@ -323,14 +358,17 @@ class WitnessState:
         if held is None and len(self.latest) >= self.limits.max_qubes:
             self.event("too-many-qubes", qube=seal.qube)
             return "err too-many-qubes"
-        return None
+        return self._mac_refusal(seal)
 
     def _mac_refusal(self, seal: Seal | Tomb) -> str | None:
+        """Epoch cap, hashing budget, then the MAC (a compromised LogVM chooses epochs)."""
         if self.keys is None:
             return "err not-registered"
-        cost = self.keys.cost(seal.epoch)
-        # A compromised LogVM chooses epochs: key derivation is budgeted.
-        if cost and not self.hash_budget.take(cost, self.clock()):
+        now = self.clock()
+        if self.bounds.too_far(seal.epoch, now):
+            self.event("epoch-jump", qube=seal.qube, epoch=seal.epoch)
+            return "err epoch-jump"
+        if not self.bounds.take(self.keys.cost(seal.epoch), now, self.keys.hashes):
             return "err busy"
         if not seal.mac_ok(self.keys.key(seal.epoch)):
             seq = seal.last if isinstance(seal, Tomb) else seal.seq
