@@ -5,13 +5,13 @@ cat`` prints sender text only. Through the real collector."""
 
 import io
 import re
-import socket
 from pathlib import Path
 
 import pytest
-from collector.helpers import Collector, connect, make_store, read_acks
+from collector.helpers import connect
 
 from qubes_logvm.cli import main
+from support.collected import collecting, end_sender
 
 #: What a hostile qube sends to pass as the collector: a note, a fake session
 #: boundary, and lines ending in the markers the LogVM adds.
@@ -32,19 +32,11 @@ def _show(root: Path, *argv: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    collector = Collector(tmp_path_factory.mktemp("imitation"), {"max_line_bytes": 64})
-    collector.vkey = make_store(collector.store)
-    collector.start()
-    try:
+    with collecting(tmp_path_factory.mktemp("imitation"), {"max_line_bytes": 64}) as collector:
         sock = connect(collector.socket, "mimic")
         sock.sendall(b"".join(line + b"\n" for line in FORGED))
         sock.sendall(b"y" * 100 + b"\n" + b"no newline at the end")  # a real cut and partial
-        sock.shutdown(socket.SHUT_WR)
-        read_acks(sock)
-        sock.close()
-        collector.stop()
-    finally:
-        collector.kill()
+        end_sender(sock)
     return collector.store
 
 

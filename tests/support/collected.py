@@ -8,9 +8,12 @@ so receive times interleave across the qubes deterministically. A first
 session of ``work`` is closed and compressed; the others stay open.
 """
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from collector.helpers import Collector, connect, make_store, read_acks, send, wait_for
 
@@ -67,13 +70,30 @@ def _stored_lines(layout: StoreLayout, qube: str) -> int:
     return total
 
 
-def build_collected(workdir: Path) -> Collected:
-    """Run a collector, send ROUNDS, compress work's first session; stop nothing else."""
-    # No linger: work's first call is a session (and a segment) of its own.
-    collector = Collector(workdir, {"max_line_bytes": 4096, "session_linger": 0})
+@contextlib.contextmanager
+def collecting(workdir: Path, config: dict[str, Any]) -> Iterator[Collector]:
+    """A real collector on a new store; stopped cleanly after the block (killed on error)."""
+    collector = Collector(workdir, config)
     collector.vkey = make_store(collector.store)
     collector.start()
     try:
+        yield collector
+        collector.stop()
+    finally:
+        collector.kill()
+
+
+def end_sender(sock: socket.socket) -> None:
+    """A sender's end: its side closed, every acknowledgement read."""
+    sock.shutdown(socket.SHUT_WR)
+    read_acks(sock)
+    sock.close()
+
+
+def build_collected(workdir: Path) -> Collected:
+    """Run a collector, send ROUNDS, compress work's first session; stop nothing else."""
+    # No linger: work's first call is a session (and a segment) of its own.
+    with collecting(workdir, {"max_line_bytes": 4096, "session_linger": 0}) as collector:
         send(collector.socket, "work", record(5, "early.service", "early", 1, b"first session"))
         layout = StoreLayout(collector.store)
         socks: dict[str, socket.socket] = {}
@@ -86,12 +106,7 @@ def build_collected(workdir: Path) -> Collected:
             if not wait_for(lambda q=qube, b=before: _stored_lines(layout, q) > b):
                 raise RuntimeError(f"collector did not store a line of {qube}")
         for sock in socks.values():
-            sock.shutdown(socket.SHUT_WR)
-            read_acks(sock)
-            sock.close()
-        collector.stop()
-    finally:
-        collector.kill()
+            end_sender(sock)
     [first] = [s for s in layout.segments("work") if s.seq == 1]
     compress_segment(layout, first)
     return Collected(collector.store, collector.vkey, list(ROUNDS))
