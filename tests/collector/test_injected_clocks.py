@@ -13,6 +13,7 @@ from qubes_logvm.collector.lines import LineSplitter
 from qubes_logvm.collector.qubewriter import Feed, QubeWriter, StoreAccess
 from qubes_logvm.collector.witness_sender import CheckpointSender
 from qubes_logvm.config.collector import CollectorConfig, RateLimit
+from qubes_logvm.store.eviction import EpochClock
 from qubes_logvm.store.writer import Store
 from support.segments import new_store, sample_lines
 
@@ -29,22 +30,29 @@ class StepClock:
         return self.now
 
 
-def test_dispvm_grace_is_measured_on_the_injected_clock(tmp_path: Path) -> None:
-    new_store(tmp_path / "store")
+def test_dispvm_grace_is_counted_in_sealed_epochs(tmp_path: Path) -> None:
+    """The grace runs on the epoch clock: epochs sealed, not the wall clock."""
+    new_store(tmp_path / "store")  # 1 s epochs
     store = Store(tmp_path / "store")
     try:
         chain = store.chain("disp1")
         chain.open_segment(store.keys, session="a")
         chain.append(sample_lines(3), 3)
         chain.close(store.keys)
-        clock = StepClock(1000.0)
-        ledger = QubeLedger("disp1", clock)
+        ledger = QubeLedger("disp1", lambda: EpochClock(store.keys.epoch, 1.0))
         ledger.closed_segment(chain, "a")
-        clock.now = 1030.0
-        assert not ledger.may_evict("b", grace=60)  # session a ended 30 s ago
-        assert ledger.may_evict("a", grace=60)  # its own logs
-        clock.now = 1061.0
-        assert ledger.may_evict("b", grace=60)
+        store.tick()
+        assert not ledger.may_evict("b", grace=3)  # session a ended one epoch ago
+        assert ledger.may_evict("a", grace=3)  # its own logs
+        store.tick()
+        assert not ledger.may_evict("b", grace=3)
+        store.tick()  # three epochs sealed since session a's close
+        assert ledger.may_evict("b", grace=3)
+        # Read back from disk (a restarted collector) it is the same count.
+        again = QubeLedger("disp1", lambda: EpochClock(store.keys.epoch, 1.0))
+        again.load(store.layout, store.chain("disp1"), sessions=True)
+        assert again.sessions == ledger.sessions
+        assert again.may_evict("b", grace=3) and not again.may_evict("b", grace=4)
     finally:
         store.close()
 

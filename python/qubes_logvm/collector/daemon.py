@@ -31,7 +31,7 @@ from ..core.errors import LogvmError
 from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..daemon_support import EXIT_OK, fatal, listen_fds, sd_notify, setup_logging
-from ..store.eviction import EpochClock, plan_deletions
+from ..store.eviction import plan_deletions
 from ..store.keystate import setup_keys
 from ..store.layout import StoreLayout, add_store_argument
 from ..store.usage import ZERO_COST, Cost, qube_usage
@@ -143,16 +143,11 @@ class Daemon:
             await self.sender.flush(5.0)
             await self.sender.stop()
 
-    def _age_clock(self) -> EpochClock:
-        """Segment ages for retention: the sealed epoch count, never the wall clock."""
-        keys = self.store.keys
-        return EpochClock(keys.epoch, keys.info.epoch_seconds)
-
     def _report_start_deletions(self) -> None:
         """Say at start when the configuration deletes logs at once (worker thread)."""
         retention = self.shared.config.retention
         try:
-            plan = plan_deletions(self.store.layout, retention, self._age_clock(), {})
+            plan = plan_deletions(self.store.layout, retention, self.shared.age_clock(), {})
             stats = os.statvfs(self.store.layout.root)
         except (LogvmError, OSError) as err:
             log.warning("cannot check the retention settings at start: %s", err)
@@ -254,7 +249,7 @@ class Daemon:
                 plan_deletions,
                 self.store.layout,
                 retention,
-                self._age_clock(),
+                self.shared.age_clock(),
                 open_segments,
                 usage_out=scanned,
             ),

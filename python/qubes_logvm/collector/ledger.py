@@ -11,13 +11,11 @@ from the chain's byte counts, so the hot path never scans a directory.
 """
 
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable
 
 from ..config.storage_policy import RetentionConfig, plain_quota_for, quota_for
-from ..store.eviction import start_fields
+from ..store.eviction import EpochClock, start_fields
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.usage import ZERO_COST, Cost, file_cost, qube_usage, segment_cost, written_cost
 from ..store.writer import QubeChain
@@ -26,16 +24,22 @@ log = logging.getLogger(__name__)
 
 
 class QubeLedger:
-    """One qube's usage between scans."""
+    """One qube's usage between scans.
 
-    def __init__(self, qube: str, clock: Callable[[], float] = time.time) -> None:
+    ``ages`` gives the current :class:`~..store.eviction.EpochClock`: the
+    DispVM grace is counted in sealed epochs, like retention ages, so a
+    stepped wall clock neither shortens nor stretches it.
+    """
+
+    def __init__(self, qube: str, ages: Callable[[], EpochClock]) -> None:
         self.qube = qube
-        self.clock = clock  # the wall clock of session close times (tests inject one)
+        self.ages = ages
         self.closed: dict[int, Cost] = {}  # closed segments: seq -> cost, oldest first
         self.other = ZERO_COST  # the lock file, leftovers (tombstones: from the chain)
         self.open_seal_bytes = 0  # seal lines of the open segment
-        # Closed segments' session token and close time (wall clock), kept
-        # for DispVMs only: whose logs a flood may evict (:meth:`may_evict`).
+        # Closed segments' session token and close time (on the epoch
+        # clock), kept for DispVMs only: whose logs a flood may evict
+        # (:meth:`may_evict`).
         self.sessions: dict[int, tuple[str, float]] = {}
 
     def load(self, layout: StoreLayout, chain: QubeChain, *, sessions: bool = False) -> None:
@@ -52,7 +56,7 @@ class QubeLedger:
             else:
                 closed[segment.seq] = cost
                 if sessions and segment.seq not in self.sessions:
-                    self.sessions[segment.seq] = _session_of(segment)
+                    self.sessions[segment.seq] = self._session_of(segment)
         self.closed = closed
         self.sessions = {seq: v for seq, v in self.sessions.items() if seq in closed}
         total = qube_usage(layout, self.qube)
@@ -71,7 +75,9 @@ class QubeLedger:
     def closed_segment(self, chain: QubeChain, session: str) -> None:
         """The open segment (of ``session``) was just closed: keep its cost."""
         self.closed[chain.seq] = written_cost(chain.nbytes, self.open_seal_bytes)
-        self.sessions[chain.seq] = (session, self.clock())
+        ages = self.ages()
+        closed_at = ages.at(chain.last_seal.epoch) if chain.last_seal else ages.now
+        self.sessions[chain.seq] = (session, closed_at)
         self.open_seal_bytes = 0
 
     def deleted(self, seq: int) -> None:
@@ -83,8 +89,9 @@ class QubeLedger:
         """May ``session``'s flood delete the oldest closed segment?
 
         Only if that segment is the session's own, or its session ended (its
-        last segment closed) more than ``grace`` seconds ago: a DispVM that
-        reuses a name never evicts an earlier DispVM's fresh logs.
+        last segment closed) at least ``grace`` seconds ago, counted in
+        sealed epochs: a DispVM that reuses a name never evicts an earlier
+        DispVM's fresh logs.
         """
         if not self.closed:
             return False
@@ -92,16 +99,12 @@ class QubeLedger:
         if owner == session:
             return True
         ended = max((t for s, t in self.sessions.values() if s == owner), default=0.0)
-        return self.clock() - ended > grace
+        return self.ages().now - ended >= grace
 
-
-def _session_of(segment: SegmentFiles) -> tuple[str, float]:
-    """(session token, close time) of a closed segment on disk."""
-    try:
-        closed_at = os.stat(segment.seal).st_mtime if segment.seal else 0.0
-    except FileNotFoundError:
-        closed_at = 0.0
-    return start_fields(segment).get("session", ""), closed_at
+    def _session_of(self, segment: SegmentFiles) -> tuple[str, float]:
+        """(session token, close time on the epoch clock) of a closed segment on disk."""
+        closed_at = self.ages().closed_at(segment)
+        return start_fields(segment).get("session", ""), 0.0 if closed_at is None else closed_at
 
 
 def _tomb_cost(chain: QubeChain) -> Cost:

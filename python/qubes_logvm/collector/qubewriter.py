@@ -26,6 +26,7 @@ from ..config.storage_policy import DISPVM_CLASS, class_of, quota_for
 from ..core.errors import LogvmError
 from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp, note_record
+from ..store.eviction import EpochClock
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
 from .clock import ReceiveClock
@@ -126,6 +127,11 @@ class StoreAccess:
         self.pressure = asyncio.Event()  # wakes housekeeping: the global cap is exceeded
         self.clocks: dict[str, ReceiveClock] = {}  # per qube, kept across sessions
 
+    def age_clock(self) -> EpochClock:
+        """Ages for retention and the DispVM grace: sealed epochs, never the wall clock."""
+        keys = self.store.keys
+        return EpochClock(keys.epoch, keys.info.epoch_seconds)
+
     def receive_clock(self, qube: str) -> ReceiveClock:
         """The qube's receive clock."""
         return self.clocks.setdefault(qube, ReceiveClock(self.clock))
@@ -171,7 +177,7 @@ class QubeWriter:
         self._carried: list[bytes] = []  # notes a failed write could not store
         self._refused = 0
         self._last_note = 0.0
-        self.ledger = QubeLedger(qube, shared.clock)
+        self.ledger = QubeLedger(qube, shared.age_clock)
         self._reported = Cost()  # this qube's cost as charged to the store's total
         self._open_since = self._monotonic()
         self._roll_requested = False

@@ -95,12 +95,16 @@ class EpochClock:
     @property
     def now(self) -> float:
         """The current epoch's start on this clock."""
-        return self.epoch * self.epoch_seconds
+        return self.at(self.epoch)
+
+    def at(self, epoch: int) -> float:
+        """Epoch ``epoch``'s start on this clock (seconds)."""
+        return epoch * self.epoch_seconds
 
     def closed_at(self, files: SegmentFiles) -> float | None:
         """The epoch of the segment's last seal, in seconds."""
         seal = last_seal(files)
-        return None if seal is None else seal.epoch * self.epoch_seconds
+        return None if seal is None else self.at(seal.epoch)
 
 
 class Planned(tuple[str, int]):
