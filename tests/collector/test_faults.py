@@ -36,6 +36,7 @@ from qubes_logvm.store.sealfile import is_closed
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
+from support.faketime import faketime_env, step
 from support.programs import program
 from support.segments import product_env, sample_lines, write_segment
 from support.tmpfs import fill, mounted_tmpfs
@@ -239,28 +240,11 @@ def test_a_config_that_deletes_at_once_is_reported_at_start(
     assert "below global.keep_free (8 MiB)" in err
 
 
-FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
-
-
-def _faketime(offset: Path) -> dict[str, str]:
-    """The environment stepping a process's wall clock by the offset in ``offset``
-    (the monotonic clock stays real, as when an admin or NTP steps the clock)."""
-    offset.write_text("+0\n")
-    return {
-        "LD_PRELOAD": str(FAKETIME_LIB),
-        "FAKETIME_TIMESTAMP_FILE": str(offset),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
-
-
 def test_clock_stepped_back_keeps_receive_times_monotonic(
     start_collector: Callable[..., Collector], tmp_path: Path
 ) -> None:
-    if not FAKETIME_LIB.exists():
-        pytest.skip("libfaketime is not installed")
     offset = tmp_path / "faketime"
-    clock_env = _faketime(offset)
+    clock_env = faketime_env(offset)
     collector = start_collector()
     collector.kill()
     collector.start(env=clock_env)
@@ -290,35 +274,46 @@ def test_clock_stepped_back_keeps_receive_times_monotonic(
 def test_clock_jumped_forward_eight_days_deletes_nothing_epochs_passing_do(
     tmp_path: Path,
 ) -> None:
-    """Retention ages count sealed epochs: a wall-clock jump ages nothing."""
-    if not FAKETIME_LIB.exists():
-        pytest.skip("libfaketime is not installed")
-    # 0.2 s epochs: max_age 6s is 30 epochs, at least 6 s of the monotonic clock.
-    config = {"global": {"keep_free": 0}, "housekeeping_seconds": 0.2, "session_linger": 0}
-    config["retention"] = {"max_age": {"default": "6s"}}
+    """Retention ages count sealed epochs: a clock jump ages nothing.
+
+    Deterministic: the epochs are an hour long, so none passes in real time;
+    both the wall and the monotonic clock are the test's (libfaketime), and
+    only the test's steps make epochs pass. beta keeps one epoch, alpha four:
+    beta's deletion shows housekeeping ran after the jump.
+    """
+    hour = 3600
+    config: dict[str, object] = {"housekeeping_seconds": 0.2, "session_linger": 0}
+    config["global"] = {"keep_free": 0, "keep_free_inodes": 0}
+    config["retention"] = {"max_age": {"default": "4h", "qubes": {"beta": "1h"}}}
     collector = Collector(tmp_path, config)
-    collector.vkey = make_store(collector.store, epoch_seconds=0.2)
+    collector.vkey = make_store(collector.store, epoch_seconds=hour)
+    layout = StoreLayout(collector.store)
     offset = tmp_path / "faketime"
-    collector.start(env=_faketime(offset))
+    collector.start(env=faketime_env(offset, monotonic=True))
     try:
-        for _ in range(2):
-            assert send(collector.socket, "alpha", lines("alpha", 5)) == [5]
-        layout = StoreLayout(collector.store)
-        assert wait_for(lambda: sum(map(is_closed, layout.segments("alpha"))) == 2, timeout=30)
-        closed = time.monotonic()
-        offset.write_text("+8d\n")  # a transient jump, e.g. a bad NTP answer
-        time.sleep(1.5)  # several housekeeping passes on the jumped clock
+        for qube in ("alpha", "alpha", "beta"):
+            assert send(collector.socket, qube, lines(qube, 5)) == [5]
+        assert wait_for(lambda: sum(map(is_closed, layout.segments("alpha"))) == 2)
+        assert wait_for(lambda: all(map(is_closed, layout.segments("beta"))))
+        start = read_epoch(layout)
+        assert start is not None
+        jump = 8 * 86400
+        step(offset, jump)  # 8 days at once (a bad NTP answer, a paused LogVM)
+        assert wait_for(layout.tombstones("beta").exists), collector.stderr()
+        assert read_epoch(layout) == start + 1  # the jump counted one epoch, not 192
         tombs = layout.tombstones("alpha")
-        assert time.monotonic() - closed < 6  # (no real age reached yet)
         assert not tombs.exists(), "a clock jump deleted segments"
-        offset.write_text("+0\n")
-        # Real time passing (30 epochs sealed) does delete, with reason `age`.
-        assert wait_for(tombs.exists, timeout=60), collector.stderr()
+        for passed in (2, 3, 4):  # real epochs passing: one per hour stepped
+            step(offset, jump + (passed - 1) * hour)
+            assert wait_for(lambda n=passed: read_epoch(layout) == start + n)
+            assert passed == 4 or not tombs.exists()
+        assert wait_for(tombs.exists), collector.stderr()
         assert collector.stop() == 0
     finally:
         collector.kill()
     reasons = [t.reason for _, t in read_tomb_file(tombs).tombs]
     assert reasons and set(reasons) == {"age"}
+    assert [t.reason for _, t in read_tomb_file(layout.tombstones("beta")).tombs] == ["age"]
     assert verify_errors(collector.store, collector.vkey) == []
 
 
@@ -497,8 +492,10 @@ def test_recovery_hitting_a_full_disk_sets_that_qube_aside_others_served(
     fill(filler)
     collector.start()
     try:
+        # The socket listens before recovery ends: wait for its verdict.
+        quarantined = r"alpha: quarantined: .*No space left"
+        assert wait_for(lambda: re.search(quarantined, collector.stderr())), collector.stderr()
         assert not died(collector), collector.stderr()
-        assert re.search(r"alpha: quarantined: .*No space left", collector.stderr())
         filler.unlink()
         assert send(collector.socket, "beta", lines("beta", 3)) == [3]
         assert collector.stop() == 0

@@ -184,6 +184,9 @@ class Daemon:
     async def _epochs(self) -> None:
         # The epoch clock never stops: Store.tick evolves the key whatever
         # fails, and an error here is logged and the next epoch comes anyway.
+        # It runs on the monotonic clock and never catches up: after a pause
+        # or a jump of that clock one epoch passes, then one per period, so
+        # ages counted in epochs (retention, DispVM grace) never leap.
         loop = asyncio.get_running_loop()
         seconds = self.store.keys.info.epoch_seconds
         due = loop.time() + seconds
@@ -194,7 +197,9 @@ class Daemon:
                     await loop.run_in_executor(None, self.store.tick)
             except Exception as err:  # noqa: BLE001 (the task must survive anything)
                 _log_task_error("epoch", err)
-            due = max(due + seconds, loop.time())
+            due += seconds
+            if due <= loop.time():
+                due = loop.time() + seconds
 
     def _scan_usage(self) -> dict[str, Cost]:
         layout = self.store.layout
