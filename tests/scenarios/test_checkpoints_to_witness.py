@@ -214,3 +214,29 @@ def test_epoch_jump_retried_later_and_call_limit_reconnects(tmp_path: Path) -> N
     events = (tmp_path / "witness" / LOGVM / "events").read_text()
     assert "epoch-jump" in events and "call-limit" in events
     assert newest in [seal for _, seal in read_checkpoints(tmp_path / "witness" / LOGVM)]
+
+
+def test_format2_epoch_seals_reach_the_witness(world: World, tmp_path: Path) -> None:
+    (tmp_path / "witness-up").touch()
+    root = tmp_path / "store"
+    vk = setup_keys(StoreLayout(root), epoch_seconds=1, store_format=2)
+    queue_registration(root, vk)
+    sender = CheckpointSender(root, command=witness_command(world), interval=0.05)
+
+    async def scenario() -> None:
+        sender.start()
+        store = Store(root, on_seal=sender.submit, on_epoch=sender.submit)
+        chain = store.chain("work")
+        chain.open_segment(store.keys, session="s1")
+        chain.append(records(3), 3)
+        chain.seal(store.keys)
+        for _ in range(3):
+            store.tick()
+            assert await sender.flush(30)
+        await sender.stop()
+        store.close()
+
+    asyncio.run(scenario())
+    held = list(read_checkpoints(tmp_path / "witness" / LOGVM))
+    epochs = [line.epoch for _, line in held if not isinstance(line, Seal)]
+    assert epochs == [1, 2, 3]  # every epoch line, as the store sealed it, stamped by dom0

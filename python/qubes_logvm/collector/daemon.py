@@ -27,6 +27,7 @@ from pathlib import Path
 from .. import __version__
 from ..config.collector import CollectorConfig, load_collector_config
 from ..config.storage_policy import quota_for
+from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError
 from ..core.seal import Seal
 from ..core.tomb import Tomb
@@ -77,15 +78,17 @@ class Daemon:
     def __init__(self, store_root: Path, config: CollectorConfig, config_paths: list[Path]):
         self.store_root = store_root
         self.config_paths = config_paths
-        self.store = Store(store_root, on_seal=self._on_seal, on_tomb=self._on_seal)
+        self.store = Store(
+            store_root, on_seal=self._on_seal, on_tomb=self._on_seal, on_epoch=self._on_seal
+        )
         self.shared = StoreAccess(self.store, config)
         self.server = Server(self.shared)
         self.sender: CheckpointSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
 
-    def _on_seal(self, seal: Seal | Tomb) -> None:
-        # Called from worker threads after the seal (or tombstone) is durable.
+    def _on_seal(self, seal: Seal | Tomb | EpochLine) -> None:
+        # Called from worker threads after the seal (tombstone, epoch line) is durable.
         if self.sender is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.sender.submit, seal)
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..core.epochseal import EpochLine
 from ..core.errors import ProtocolError, SealError
 from ..core.names import WITNESS_SERVICE
 from ..core.seal import Seal
@@ -141,14 +142,21 @@ class CheckpointSender:
         self._wake: asyncio.Event | None = None
         self._proc: asyncio.subprocess.Process | None = None
 
-    def submit(self, seal: Seal | Tomb | bytes) -> None:
+    def submit(self, seal: Seal | Tomb | EpochLine | bytes) -> None:
         """Offer the newest seal, or the newest deletion, of a qube (never blocks, no I/O).
 
         Deletions take a qube's oldest segment first, so the newest tomb
         stands for all before it: one queued per qube, like checkpoints.
+        Format 2's store-wide epoch lines take one slot of their own (the
+        newest stands for the epochs before it).
         """
         line = seal if isinstance(seal, bytes) else seal.to_line()
         line = line.rstrip(b"\n")
+        if line.startswith(b"v2 "):
+            if line.startswith(b"v2 epoch "):  # gap lines are the store's own business
+                self.queue[" epoch"] = line  # a space is never in a qube name
+                self.stats["submitted"] += 1
+            return
         parts = line.split(b" ", 3)
         deletion = parts[0] == b"t1"
         if len(parts) < 4 or (parts[1] == b"tomb") != deletion:

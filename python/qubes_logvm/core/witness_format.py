@@ -10,12 +10,16 @@ line from the LogVM and answers each with one line. Messages:
   checkpoint, the newest seal of one qube;
 - a tombstone line (``t1 tomb ...``, :mod:`.tomb`): a deletion, reported as
   it happens (deletions take a qube's oldest segment first, so the newest
-  tomb of a qube stands for every deletion before it).
+  tomb of a qube stands for every deletion before it);
+- a store-wide epoch line of format 2 (``v2 epoch ...``, :mod:`.epochseal`),
+  sent every epoch: the Merkle root over every chain's state at its end.
 
 Answers: ``ok <word>`` or ``err <word>`` (the words are listed in
 :data:`REPLIES`). The witness stores accepted checkpoints as
-``cp <witness time> <seal line>`` lines and deletions as ``del <witness
-time> <tomb line>`` lines; an export file is a header line
+``cp <witness time> <seal line>`` lines, deletions as ``del <witness
+time> <tomb line>`` lines and epoch lines as ``ep <witness time> <epoch
+line>`` (the witness's time is dom0's clock when it accepted the line); an
+export file is a header line
 ``logvm-witness-export-v1 <logvm> <store_id>`` followed by such lines.
 
 Trust side: everything parsed here comes from the LogVM, which may be
@@ -26,6 +30,7 @@ Pure: no I/O, stdlib only.
 import re
 from dataclasses import dataclass
 
+from .epochseal import EpochLine, parse_epoch_line
 from .errors import ProtocolError, StoreError
 from .seal import Seal, parse_seal
 from .tomb import Tomb, parse_tomb
@@ -41,7 +46,7 @@ REPLIES = {
     "ok seen": "identical to the newest checkpoint of that qube (heartbeat): nothing stored",
     "err too-long": "the line exceeded the byte limit (the rest up to the newline is skipped)",
     "err malformed": "not a message of the grammar (binary, wrong field, wrong length)",
-    "err kind": "v1 tomb and summary lines are not messages",
+    "err kind": "v1 tomb, summary and v2 gap lines are not messages",
     "err key-mismatch": "a different key is registered: refused and reported",
     "err not-registered": "no key yet: checkpoints cannot be checked",
     "err bad-mac": "the MAC is wrong under the registered key for that epoch",
@@ -60,6 +65,7 @@ REPLIES = {
 _REGISTER = re.compile(rb"register ([0-9a-f]{32}) ([0-9a-f]{64})")
 _CP_LINE = re.compile(rb"cp (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v1 .*)")
 _DEL_LINE = re.compile(rb"del (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (t1 .*)")
+_EP_LINE = re.compile(rb"ep (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v2 .*)")
 _EXPORT_HEADER = re.compile(
     rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
 )
@@ -74,13 +80,26 @@ class Register:
     key0: bytes
 
 
-def parse_message(untrusted_line: bytes) -> Register | Seal | Tomb:
+Message = Register | Seal | Tomb | EpochLine
+#: What the witness holds: a checkpoint, a deletion or a store-wide epoch line.
+Held = Seal | Tomb | EpochLine
+
+
+def parse_message(untrusted_line: bytes) -> Message:
     """Parse one message (without its newline); raise ProtocolError(reason word)."""
     if len(untrusted_line) >= MAX_LINE_BYTES:
         raise ProtocolError("too-long")
     match = _REGISTER.fullmatch(untrusted_line)
     if match is not None:
         return Register(match.group(1).decode("ascii"), bytes.fromhex(match.group(2).decode()))
+    if untrusted_line.startswith(b"v2 "):
+        try:
+            line = parse_epoch_line(untrusted_line)
+        except StoreError as err:
+            raise ProtocolError("malformed") from err
+        if line.kind != "epoch":
+            raise ProtocolError("kind")
+        return line
     if untrusted_line.startswith(b"t1 "):
         try:
             tomb = parse_tomb(untrusted_line)
@@ -136,13 +155,44 @@ def judge_deletion(held: Tomb | None, new: Tomb) -> str | None:
     return "seen" if new == held else "stale"
 
 
+def judge_epoch(held: EpochLine | None, new: EpochLine) -> str | None:
+    """Compare a MAC-checked epoch line with the newest one held: epochs only go forward."""
+    if held is None or new.epoch > held.epoch:
+        return None
+    if new == held:
+        return "seen"
+    return "fork" if new.epoch == held.epoch else "stale"
+
+
+def format_ep_line(stamp: bytes, line: EpochLine) -> bytes:
+    """A stored epoch line: ``ep <witness time> <epoch line>\n``."""
+    return b"ep " + stamp + b" " + line.to_line()
+
+
+def format_held_line(stamp: bytes, held: Held) -> bytes:
+    """Any held record as stored (``cp``, ``del`` or ``ep``)."""
+    if isinstance(held, Tomb):
+        return format_del_line(stamp, held)
+    if isinstance(held, EpochLine):
+        return format_ep_line(stamp, held)
+    return format_cp_line(stamp, held)
+
+
 def format_del_line(stamp: bytes, tomb: Tomb) -> bytes:
     """A stored deletion: ``del <witness time> <tomb line>\n``."""
     return b"del " + stamp + b" " + tomb.to_line()
 
 
-def parse_held_line(line: bytes) -> tuple[bytes, Seal | Tomb]:
-    """A stored checkpoint or deletion line (without newline); StoreError if bad."""
+def parse_held_line(line: bytes) -> tuple[bytes, Held]:
+    """A stored checkpoint, deletion or epoch line (without newline); StoreError if bad."""
+    if line.startswith(b"ep "):
+        match = _EP_LINE.fullmatch(line)
+        if match is None:
+            raise StoreError("malformed epoch line")
+        epoch_line = parse_epoch_line(match.group(2))
+        if epoch_line.kind != "epoch":
+            raise StoreError("a held epoch line is never a gap")
+        return match.group(1), epoch_line
     if line.startswith(b"del "):
         match = _DEL_LINE.fullmatch(line)
         if match is None:

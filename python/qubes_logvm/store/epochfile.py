@@ -131,8 +131,10 @@ class EpochFile:
                 digests[qube] = leaf.digest()
         return merkle_root([digests[qube] for qube in sorted(self.leaves)])
 
-    def seal(self, keys: KeyState) -> None:
+    def seal(self, keys: KeyState) -> EpochLine:
         """Write the line for the current epoch (a gap line first, if epochs were missed).
+
+        Returns the epoch line once it is durable (the witness is sent it).
 
         Raises OSError when the file cannot be written; the caller evolves the
         key anyway, and the next successful call records the gap.
@@ -153,6 +155,7 @@ class EpochFile:
             self.lines.extend(data)
         self.last_epoch = epoch
         self._write_leaves()
+        return new[-1]
 
     def _prev(self) -> bytes:
         if not self.lines:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core.epochseal import EpochLine
 from ..core.errors import StoreError
 from ..core.faults import fail_point
 from ..core.records import format_timestamp, note_record
@@ -373,6 +374,7 @@ class Store:
         *,
         on_seal: Callable[[Seal], None] | None = None,
         on_tomb: Callable[[Tomb], None] | None = None,
+        on_epoch: Callable[[EpochLine], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.layout = StoreLayout(root)
@@ -380,6 +382,7 @@ class Store:
         self.chains: dict[str, QubeChain] = {}
         self.on_seal = on_seal  # e.g. the witness's checkpoint queue
         self.on_tomb = on_tomb  # every deletion, as it happens (the witness's queue too)
+        self.on_epoch = on_epoch  # format 2: every durable store-wide epoch line (the witness)
         self.clock = clock
         #: Qubes whose files could not be loaded, with the reason.
         self.quarantined: dict[str, str] = {}
@@ -477,13 +480,16 @@ class Store:
 
     def _seal_epoch(self, epochs: EpochFile) -> None:
         try:
-            epochs.seal(self.keys)
+            line = epochs.seal(self.keys)
         except OSError as err:
             log.error(  # noqa: TRY400 (one line, no traceback)
                 "epoch %d not sealed store-wide (recorded as a gap once writing works): %s",
                 self.keys.epoch,
                 err.strerror or err,
             )
+            return
+        if self.on_epoch is not None:
+            self.on_epoch(line)
 
     def close(self) -> None:
         """Close every open segment and release the key (whatever fails)."""

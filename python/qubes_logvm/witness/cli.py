@@ -33,9 +33,8 @@ from ..core.records import format_timestamp
 from ..core.seal import Seal, format_verification_key
 from ..core.witness_format import (
     MAX_LINE_BYTES,
-    format_cp_line,
-    format_del_line,
     format_export_header,
+    format_held_line,
 )
 from .bounds import kept_summary
 from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
@@ -197,10 +196,7 @@ def export_records(path: Path) -> bytes:
     data = [format_export_header(path.name, key[0])]
     seen: set[bytes] = set()
     for stamp, held in read_checkpoints(path):
-        if isinstance(held, Seal):
-            line = format_cp_line(stamp, held)
-        else:
-            line = format_del_line(stamp, held)
+        line = format_held_line(stamp, held)
         if line not in seen:
             seen.add(line)
             data.append(line)

@@ -3,10 +3,12 @@
 Runs in dom0. Directory ``<root>/<logvm>/``:
 
 - ``key``: ``logvm-vk1:<store id>:<K0>``, written once (trust on first use);
-- ``checkpoints.<gen>``: accepted checkpoints (``cp <time> <seal line>``)
-  and deletions (``del <time> <tomb line>``), appended and fsynced; when one
-  passes ``max_log_bytes`` a new generation starts with the newest
-  checkpoint and the newest deletion of each qube, and generations older than
+- ``checkpoints.<gen>``: accepted checkpoints (``cp <time> <seal line>``),
+  deletions (``del <time> <tomb line>``) and format-2 store-wide epoch lines
+  (``ep <time> <epoch line>``), appended and fsynced; ``<time>`` is dom0's
+  clock when the line was accepted. When one passes ``max_log_bytes`` a new
+  generation starts with the newest checkpoint and the newest deletion of
+  each qube and the newest epoch line, and generations older than
   the previous one are removed, so the directory stays within
   :meth:`Limits.storage_bound` whatever the LogVM sends;
 - ``events``/``events.1``: registrations and refusals (bounded, rotated);
@@ -28,16 +30,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError, ProtocolError, StoreError
 from ..core.records import format_timestamp
 from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
 from ..core.tomb import Tomb
 from ..core.witness_format import (
+    Held,
     Register,
-    format_cp_line,
-    format_del_line,
+    format_held_line,
     judge_checkpoint,
     judge_deletion,
+    judge_epoch,
     parse_held_line,
     parse_message,
 )
@@ -137,7 +141,7 @@ def read_key(path: Path) -> tuple[str, bytes] | None:
     return parse_verification_key(data.decode("ascii", "replace"))
 
 
-def read_checkpoints(path: Path) -> Iterator[tuple[bytes, Seal | Tomb]]:
+def read_checkpoints(path: Path) -> Iterator[tuple[bytes, Held]]:
     """Every checkpoint and deletion held (older generation first), torn or bad lines skipped.
 
     One at a time: a call keeps only the newest per qube (bounded by max_qubes).
@@ -168,9 +172,12 @@ class WitnessState:
         self._keys_saved = 0  # self.keys.hashes when the cache was last written
         self.latest: dict[str, tuple[bytes, Seal]] = {}
         self.deleted: dict[str, tuple[bytes, Tomb]] = {}
+        self.epoch_line: tuple[bytes, EpochLine] | None = None
         for stamp, held in read_checkpoints(path):
             if isinstance(held, Tomb):
                 self.deleted[held.qube] = (stamp, held)
+            elif isinstance(held, EpochLine):
+                self.epoch_line = (stamp, held)
             else:
                 self.latest[held.qube] = (stamp, held)
         gens = _generations(path)
@@ -265,6 +272,8 @@ class WitnessState:
             return self.register(message)
         if isinstance(message, Tomb):
             return self.deletion(message)
+        if isinstance(message, EpochLine):
+            return self.epoch(message)
         return self.checkpoint(message)
 
     def register(self, message: Register) -> str:
@@ -296,7 +305,7 @@ class WitnessState:
         if refusal is not None:
             return refusal
         stamp = self.stamp()
-        self._store(format_cp_line(stamp, seal))
+        self._store(format_held_line(stamp, seal))
         self.latest[seal.qube] = (stamp, seal)
         self._accepted(seal.epoch)
         return "ok stored"
@@ -320,9 +329,28 @@ class WitnessState:
         if refusal is not None:
             return refusal
         stamp = self.stamp()
-        self._store(format_del_line(stamp, tomb))
+        self._store(format_held_line(stamp, tomb))
         self.deleted[tomb.qube] = (stamp, tomb)
         self._accepted(tomb.epoch)
+        return "ok stored"
+
+    def epoch(self, line: EpochLine) -> str:
+        """Check a store-wide epoch line like a checkpoint; store it if its epoch is newer."""
+        if self.keys is None:
+            return "err not-registered"
+        verdict = judge_epoch(self.epoch_line[1] if self.epoch_line else None, line)
+        if verdict == "seen":
+            return "ok seen"
+        if verdict is not None:
+            self.event(verdict, store_epoch=line.epoch)
+            return f"err {verdict}"
+        refusal = self._mac_refusal(line)
+        if refusal is not None:
+            return refusal
+        stamp = self.stamp()
+        self._store(format_held_line(stamp, line))
+        self.epoch_line = (stamp, line)
+        self._accepted(line.epoch)
         return "ok stored"
 
     def _accepted(self, epoch: int) -> None:
@@ -360,26 +388,28 @@ class WitnessState:
             return "err too-many-qubes"
         return self._mac_refusal(seal)
 
-    def _mac_refusal(self, seal: Seal | Tomb) -> str | None:
+    def _mac_refusal(self, seal: Held) -> str | None:
         """Epoch cap, hashing budget, then the MAC (a compromised LogVM chooses epochs)."""
         if self.keys is None:
             return "err not-registered"
         now = self.clock()
+        qube = "-" if isinstance(seal, EpochLine) else seal.qube
         if self.bounds.too_far(seal.epoch, now):
-            self.event("epoch-jump", qube=seal.qube, epoch=seal.epoch)
+            self.event("epoch-jump", qube=qube, epoch=seal.epoch)
             return "err epoch-jump"
         if not self.bounds.take(self.keys.cost(seal.epoch), now, self.keys.hashes):
             return "err busy"
         if not seal.mac_ok(self.keys.key(seal.epoch)):
-            seq = seal.last if isinstance(seal, Tomb) else seal.seq
-            self.event("bad-mac", qube=seal.qube, seq=seq, epoch=seal.epoch)
+            self.event("bad-mac", qube=qube, epoch=seal.epoch)
             return "err bad-mac"
         return None
 
     def _next_generation(self) -> None:
         """Start a new file with the newest checkpoint of each qube; drop the oldest."""
-        snapshot = b"".join(format_cp_line(s, seal) for s, seal in self.latest.values())
-        snapshot += b"".join(format_del_line(s, tomb) for s, tomb in self.deleted.values())
+        held: list[tuple[bytes, Held]] = [*self.latest.values(), *self.deleted.values()]
+        if self.epoch_line is not None:
+            held.append(self.epoch_line)
+        snapshot = b"".join(format_held_line(stamp, line) for stamp, line in held)
         new = self.path / f"checkpoints.{self.gen + 1}"
         tmp = self.path / f"checkpoints.{self.gen + 1}.tmp"
         write_file(tmp, snapshot, exclusive=False)

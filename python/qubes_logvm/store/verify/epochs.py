@@ -158,9 +158,36 @@ def leaf_at(ctx: VerifyRun, qube: str, epoch: int) -> Leaf | None:
     return None
 
 
-def _check_root(ctx: VerifyRun, line: EpochLine, names: list[str]) -> None:
+def state_matches(ctx: VerifyRun, line: EpochLine, names: list[str]) -> list[Leaf] | None:
+    """None when the chains' state at the end of ``line.epoch`` gives its root, else the leaves."""
     leaves = [leaf for qube in names if (leaf := leaf_at(ctx, qube, line.epoch)) is not None]
     if root_of(leaves) == line.root and len(leaves) == line.a:
+        return None
+    return leaves
+
+
+def store_epoch_lines(ctx: VerifyRun) -> dict[int, EpochLine]:
+    """The MAC-valid epoch lines of ``state/epochs.seal`` by epoch (quietly: check_epochs
+    reports what is wrong with the file)."""
+    try:
+        data = read_regular(epochs_path(ctx.layout), MAX_EPOCH_FILE)
+    except (OSError, StoreError):
+        return {}
+    found: dict[int, EpochLine] = {}
+    for raw in data.split(b"\n")[:-1]:
+        try:
+            line = parse_epoch_line(raw)
+        except StoreError:
+            continue
+        key = ctx.key(line.epoch)
+        if line.kind == "epoch" and key is not None and line.mac_ok(key):
+            found[line.epoch] = line
+    return found
+
+
+def _check_root(ctx: VerifyRun, line: EpochLine, names: list[str]) -> None:
+    leaves = state_matches(ctx, line, names)
+    if leaves is None:
         return
     named = _named(ctx, line, {leaf.qube: leaf for leaf in leaves})
     if not named:

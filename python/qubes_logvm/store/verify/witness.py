@@ -22,24 +22,23 @@ on the way, so both are parsed strictly and read only as regular files.
 
 from pathlib import Path
 
+from ...core.epochseal import EpochLine
 from ...core.errors import StoreError
 from ...core.seal import ZERO, Seal
 from ...core.tomb import Tomb
-from ...core.witness_format import parse_export_header, parse_held_line
+from ...core.witness_format import Held, parse_export_header, parse_held_line
 from ..files import read_regular
 from ..sealfile import read_seal_file
 from .context import MAX_EPOCH, VerifyRun
 from .deletions import check_deletions
+from .epochs import state_matches, store_epoch_lines
 from .findings import ERROR, INFO
 
 #: The witness keeps at most two generations of 16 MiB by default.
 MAX_WITNESS_FILE = 256 << 20
 
 
-Held = list[tuple[bytes, Seal | Tomb]]
-
-
-def read_witness_file(path: Path) -> tuple[str, str, Held]:
+def read_witness_file(path: Path) -> tuple[str, str, list[tuple[bytes, Held]]]:
     """(LogVM name, store id, checkpoints and deletions) from an export; StoreError if bad."""
     try:
         data = read_regular(path, MAX_WITNESS_FILE)
@@ -84,8 +83,14 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     cap = ctx.key_epoch if ctx.key_epoch is not None else MAX_EPOCH
     by_qube: dict[str, dict[int, list[Seal]]] = {}
     heard: dict[str, tuple[bytes, Tomb]] = {}
+    epochs: list[tuple[bytes, EpochLine]] = []
     newest_epoch = 0
     for stamp, seal in sorted(held, key=lambda item: item[1].epoch):
+        if isinstance(seal, EpochLine):
+            if _mac_ok(ctx, stamp, seal, cap):
+                epochs.append((stamp, seal))
+                newest_epoch = max(newest_epoch, seal.epoch)
+            continue
         if qubes and seal.qube not in qubes:
             continue
         what = "deletion" if isinstance(seal, Tomb) else "checkpoint"
@@ -115,8 +120,63 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
             by_qube.setdefault(seal.qube, {}).setdefault(seal.seq, []).append(seal)
     for qube in sorted(by_qube):
         _check_qube(ctx, qube, by_qube[qube])
+    if epochs and not qubes:
+        _check_store_epochs(ctx, epochs)
     check_deletions(ctx, heard, newest_epoch)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
+
+
+def _mac_ok(ctx: VerifyRun, stamp: bytes, line: EpochLine, cap: int) -> bool:
+    """A store-wide epoch line the witness heard: sealed with this key, in a reachable epoch."""
+    if line.epoch > cap and ctx.key(line.epoch) is None:
+        ctx.add(
+            ERROR,
+            None,
+            f"witness: store-wide epoch seal of {stamp.decode()} claims epoch {line.epoch}, "
+            f"beyond the store's epoch {cap}: store rolled back (or the witness file forged)",
+        )
+        return False
+    key = ctx.key(line.epoch)
+    if key is None or not line.mac_ok(key):
+        ctx.add(
+            ERROR,
+            None,
+            f"witness: store-wide epoch seal of {stamp.decode()} (epoch {line.epoch}) "
+            "is not sealed with this key",
+        )
+        return False
+    return True
+
+
+def _check_store_epochs(ctx: VerifyRun, heard: list[tuple[bytes, EpochLine]]) -> None:
+    """Format 2: the store-wide epoch seals the witness heard against state/epochs.seal."""
+    store = store_epoch_lines(ctx)
+    for stamp, line in heard:
+        have = store.get(line.epoch)
+        if have is not None and have != line:
+            ctx.add(
+                ERROR,
+                None,
+                f"witness: the store-wide seal of epoch {line.epoch} is not the one the witness "
+                f"heard at {stamp.decode()} (re-made or replaced)",
+            )
+    stamp, newest = heard[-1]  # sorted by epoch
+    top = max(store, default=None)
+    if top is None or top < newest.epoch:
+        ctx.add(
+            ERROR,
+            None,
+            f"witness: the witness heard the store-wide seal of epoch {newest.epoch} at "
+            f"{stamp.decode()}; state/epochs.seal stops at epoch "
+            f"{'none' if top is None else top}: the store (or its epoch seals) rolled back",
+        )
+    elif newest.epoch not in store and state_matches(ctx, newest, ctx.layout.qubes()) is not None:
+        ctx.add(
+            ERROR,
+            None,
+            f"witness: the qubes' sealed state at the end of epoch {newest.epoch} is not what "
+            f"the witness heard at {stamp.decode()}: records cut back, segments or a qube removed",
+        )
 
 
 def _check_qube(ctx: VerifyRun, qube: str, by_seq: dict[int, list[Seal]]) -> None:
