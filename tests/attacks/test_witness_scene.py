@@ -7,6 +7,7 @@ rotation) passes.
 """
 
 import shutil
+import time
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -266,3 +267,15 @@ def test_tampered_witness_file(scene: Scene) -> None:
     export.write_bytes(b"not an export\n")
     with pytest.raises(StoreError):
         verify_store(scene.root, key, witness=export)
+
+
+def test_records_appended_later_with_earlier_receive_times(scene: Scene) -> None:
+    # After the break-in the intruder adds records dated a day before the witness's
+    # newest checkpoint (sealed with the key it holds now): backdated.
+    last = read_seal_file(scene.seal_file("work")).seals[-1]
+    stamp = format_timestamp(time.time() - 86400)
+    reseal(scene, "work", last, line_record(stamp, b"sshd[1]: Accepted publickey"), "batch")
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment, problem.first_line) == ("work", 1, last.lines + 1)
+    assert "backdated" in problem.message and stamp.decode() in problem.message
+    assert "backdated" in scene.cli_output

@@ -20,6 +20,7 @@ Trust side: the store and the witness file may both have been tampered with
 on the way, so both are parsed strictly and read only as regular files.
 """
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...core.epochseal import EpochLine
@@ -33,6 +34,7 @@ from .context import MAX_EPOCH, VerifyRun
 from .deletions import check_deletions
 from .epochs import state_matches, store_epoch_lines
 from .findings import ERROR, INFO
+from .times import check_times
 
 #: The witness keeps at most two generations of 16 MiB by default.
 MAX_WITNESS_FILE = 256 << 20
@@ -69,6 +71,29 @@ def witness_vouches(ctx: VerifyRun, path: Path) -> bool:
     return False
 
 
+@dataclass
+class _Heard:
+    """The witness's MAC-valid records, sorted out."""
+
+    by_qube: dict[str, dict[int, list[Seal]]] = field(default_factory=dict)
+    deletions: dict[str, tuple[bytes, Tomb]] = field(default_factory=dict)
+    epochs: list[tuple[bytes, EpochLine]] = field(default_factory=list)
+    newest: dict[str, tuple[bytes, Seal]] = field(default_factory=dict)  # furthest on, per qube
+    newest_epoch: int = 0
+
+    def add(self, stamp: bytes, item: Held) -> None:
+        self.newest_epoch = max(self.newest_epoch, item.epoch)
+        if isinstance(item, EpochLine):
+            self.epochs.append((stamp, item))
+        elif isinstance(item, Tomb):
+            self.deletions[item.qube] = (stamp, item)
+        else:
+            self.by_qube.setdefault(item.qube, {}).setdefault(item.seq, []).append(item)
+            held = self.newest.get(item.qube)
+            if held is None or (item.seq, item.lines) >= (held[1].seq, held[1].lines):
+                self.newest[item.qube] = (stamp, item)
+
+
 def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     """Add every problem of the store against the witness's records to the report."""
     logvm, file_store_id, held = read_witness_file(path)
@@ -81,68 +106,42 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
         )
         return
     cap = ctx.key_epoch if ctx.key_epoch is not None else MAX_EPOCH
-    by_qube: dict[str, dict[int, list[Seal]]] = {}
-    heard: dict[str, tuple[bytes, Tomb]] = {}
-    epochs: list[tuple[bytes, EpochLine]] = []
-    newest_epoch = 0
-    for stamp, seal in sorted(held, key=lambda item: item[1].epoch):
-        if isinstance(seal, EpochLine):
-            if _mac_ok(ctx, stamp, seal, cap):
-                epochs.append((stamp, seal))
-                newest_epoch = max(newest_epoch, seal.epoch)
+    heard = _Heard()
+    for stamp, item in sorted(held, key=lambda pair: pair[1].epoch):
+        if qubes and not isinstance(item, EpochLine) and item.qube not in qubes:
             continue
-        if qubes and seal.qube not in qubes:
-            continue
-        what = "deletion" if isinstance(seal, Tomb) else "checkpoint"
-        seq = seal.last if isinstance(seal, Tomb) else seal.seq
-        if seal.epoch > cap and ctx.key(seal.epoch) is None:
-            ctx.add(
-                ERROR,
-                seal.qube,
-                f"witness: {what} of {stamp.decode()} claims epoch {seal.epoch}, beyond "
-                f"the store's epoch {cap}: store rolled back (or the witness file forged)",
-                seq,
-            )
-            continue
-        key = ctx.key(seal.epoch)
-        if key is None or not seal.mac_ok(key):
-            ctx.add(
-                ERROR,
-                seal.qube,
-                f"witness: {what} of {stamp.decode()} is not sealed with this key",
-                seq,
-            )
-            continue
-        newest_epoch = max(newest_epoch, seal.epoch)
-        if isinstance(seal, Tomb):
-            heard[seal.qube] = (stamp, seal)
-        else:
-            by_qube.setdefault(seal.qube, {}).setdefault(seal.seq, []).append(seal)
-    for qube in sorted(by_qube):
-        _check_qube(ctx, qube, by_qube[qube])
-    if epochs and not qubes:
-        _check_store_epochs(ctx, epochs)
-    check_deletions(ctx, heard, newest_epoch)
+        if _authentic(ctx, stamp, item, cap):
+            heard.add(stamp, item)
+    for qube in sorted(heard.by_qube):
+        _check_qube(ctx, qube, heard.by_qube[qube])
+    check_times(ctx, heard.newest)
+    if heard.epochs and not qubes:
+        _check_store_epochs(ctx, heard.epochs)
+    check_deletions(ctx, heard.deletions, heard.newest_epoch)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 
 
-def _mac_ok(ctx: VerifyRun, stamp: bytes, line: EpochLine, cap: int) -> bool:
-    """A store-wide epoch line the witness heard: sealed with this key, in a reachable epoch."""
-    if line.epoch > cap and ctx.key(line.epoch) is None:
+def _authentic(ctx: VerifyRun, stamp: bytes, item: Held, cap: int) -> bool:
+    """A record the witness holds: sealed with this key, in an epoch the store reached."""
+    if isinstance(item, EpochLine):
+        what, qube, seq = "store-wide epoch seal", None, None
+    elif isinstance(item, Tomb):
+        what, qube, seq = "deletion", item.qube, item.last
+    else:
+        what, qube, seq = "checkpoint", item.qube, item.seq
+    if item.epoch > cap and ctx.key(item.epoch) is None:
         ctx.add(
             ERROR,
-            None,
-            f"witness: store-wide epoch seal of {stamp.decode()} claims epoch {line.epoch}, "
-            f"beyond the store's epoch {cap}: store rolled back (or the witness file forged)",
+            qube,
+            f"witness: {what} of {stamp.decode()} claims epoch {item.epoch}, beyond "
+            f"the store's epoch {cap}: store rolled back (or the witness file forged)",
+            seq,
         )
         return False
-    key = ctx.key(line.epoch)
-    if key is None or not line.mac_ok(key):
+    key = ctx.key(item.epoch)
+    if key is None or not item.mac_ok(key):
         ctx.add(
-            ERROR,
-            None,
-            f"witness: store-wide epoch seal of {stamp.decode()} (epoch {line.epoch}) "
-            "is not sealed with this key",
+            ERROR, qube, f"witness: {what} of {stamp.decode()} is not sealed with this key", seq
         )
         return False
     return True
