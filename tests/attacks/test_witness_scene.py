@@ -7,8 +7,8 @@ rotation) passes.
 """
 
 import shutil
-import time
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
