@@ -99,10 +99,10 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._stop.set)
         self._loop.add_signal_handler(signal.SIGHUP, self.reload)
-        # Few chain threads: the disk is one, and each thread's malloc arena
-        # keeps batch-sized buffers resident (RSS).
+        # Chain work has its own threads (fair.ChainSlots); this one is for
+        # the epoch tick, recovery and the housekeeping scans.
         self._loop.set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain")
+            concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="store")
         )
         witness = self.shared.config.witness
         if witness.target is not None or witness.command:
@@ -142,6 +142,7 @@ class Daemon:
                 await task  # these tasks never end on an error (see _forever)
         async with self.shared.tick_lock.exclusive():
             await self._loop.run_in_executor(None, self.store.close)
+        self.shared.slots.shutdown()
         if self.sender is not None:
             await self.sender.flush(5.0)
             await self.sender.stop()
@@ -180,6 +181,7 @@ class Daemon:
             log.warning("configuration not reloaded: %s", err)
             return
         self.shared.config = config
+        self.shared.budget.total = config.pending_bytes_total
         for writer in self.server.writers.values():
             writer.reconfigure()
         log.info("configuration reloaded")

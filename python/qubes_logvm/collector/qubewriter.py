@@ -30,6 +30,7 @@ from ..store.eviction import EpochClock
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
 from .clock import ReceiveClock
+from .fair import ChainSlots, PendingBudget
 from .ledger import QubeLedger, StoreLedger, over
 from .lines import first_lines
 
@@ -107,6 +108,8 @@ class StoreAccess:
     ``clock`` is the wall clock of receive times and notes; ``monotonic`` the
     clock of rate limits, lingering, note coalescing and open segments' ages.
     Tests inject both (no patching of :mod:`time`).
+    Chain work runs on :class:`.fair.ChainSlots` (small batches first); the
+    bytes held across all connections are counted by ``budget``.
     """
 
     def __init__(
@@ -126,6 +129,8 @@ class StoreAccess:
         self.usage = StoreLedger()  # the whole store's cost, kept as writes happen
         self.pressure = asyncio.Event()  # wakes housekeeping: the global cap is exceeded
         self.clocks: dict[str, ReceiveClock] = {}  # per qube, kept across sessions
+        self.slots = ChainSlots()
+        self.budget = PendingBudget(config.pending_bytes_total)
 
     def age_clock(self) -> EpochClock:
         """Ages for retention and the DispVM grace: sealed epochs, never the wall clock."""
@@ -140,10 +145,11 @@ class StoreAccess:
         """Serialises everything done to one qube's chain."""
         return self.locks.setdefault(qube, asyncio.Lock())
 
-    async def run_on_chain(self, qube: str, work: Callable[[], _T]) -> _T:
-        """Run blocking chain work in a thread, under the qube's lock and the tick lock."""
+    async def run_on_chain(self, qube: str, work: Callable[[], _T], size: int = 0) -> _T:
+        """Run blocking chain work in a thread, under the qube's lock and the tick
+        lock; ``size``: the bytes it writes (small work goes first)."""
         async with self.lock(qube), self.tick_lock.shared():
-            return await asyncio.get_running_loop().run_in_executor(None, work)
+            return await self.slots.run(size, work)
 
 
 class _Batch:
@@ -212,7 +218,10 @@ class QubeWriter:
             self._drops["rate-limit"] += nlines - allowed
             records = first_lines(records, allowed) if allowed else b""
         feed.handled += nlines
+        if self.failed:
+            return  # let go by the server; its connections are closing
         if records:
+            self.shared.budget.add(len(records))
             if self._pending.first_stamp is None:
                 self._pending.first_stamp = self.clock.last  # these records' stamp
             self._pending.chunks.append(records)
@@ -281,6 +290,11 @@ class QubeWriter:
         return self._monotonic() - self._open_since
 
     @property
+    def pending_bytes(self) -> int:
+        """Record bytes waiting for the next batch."""
+        return self._pending.nbytes
+
+    @property
     def idle(self) -> bool:
         """No connection, nothing pending, segment closed."""
         chain_open = self.chain is not None and self.chain.is_open
@@ -307,6 +321,7 @@ class QubeWriter:
             for feed in list(self.feeds):
                 feed.abort()
             self.feeds.clear()
+            self.shared.budget.release(self._pending.nbytes)
             self._pending = _Batch()
         finally:
             self._task = None
@@ -338,7 +353,10 @@ class QubeWriter:
         def work() -> int:
             return self._write(batch, notes, want_open=want_open, roll=roll)
 
-        dropped = await self.shared.run_on_chain(self.qube, work)
+        try:
+            dropped = await self.shared.run_on_chain(self.qube, work, batch.nbytes)
+        finally:
+            self.shared.budget.release(batch.nbytes)
         self._drops["quota"] += dropped
         for feed, handled, eof in acks:
             if feed not in self.feeds:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..core.errors import LogvmError, ProtocolError
 from ..core.names import MAX_DESCRIPTOR_BYTES, delivery_chain, parse_send_call
+from .fair import Ingest
 from .lines import LineSplitter
 from .peers import peer_of, peer_policy
 from .qubewriter import Feed, QubeWriter, StoreAccess
@@ -30,6 +31,9 @@ DESCRIPTOR_SLACK = 64
 #: Seconds a final ack may stay unread (the sender half-closed and stopped
 #: reading) before the connection is aborted, so it cannot hold its slot.
 FINAL_ACK_GRACE = 10.0
+#: Bytes read from a socket at once (the escaping is sliced finer still,
+#: :mod:`.fair`); a connection holds at most one read unescaped.
+READ_BYTES = 64 * 1024
 
 
 def bind_socket(path: Path, gid: int | None) -> socket.socket:
@@ -63,8 +67,15 @@ def bind_socket(path: Path, gid: int | None) -> socket.socket:
     return sock
 
 
-class Connection(asyncio.Protocol, Feed):
-    """One ``logvm.Send`` call: descriptor, then lines in and acks out."""
+class Connection(asyncio.BufferedProtocol, Feed):
+    """One ``logvm.Send`` call: descriptor, then lines in and acks out.
+
+    Received bytes wait (at most about one read) until the server's
+    :class:`.fair.Ingest` gives the connection its turn to escape a slice;
+    reading pauses while any of these holds it back: its unescaped bytes,
+    its qube's pending batch (the writer), the store-wide pending budget,
+    shutdown.
+    """
 
     def __init__(self, server: "Server") -> None:
         Feed.__init__(self)
@@ -80,6 +91,9 @@ class Connection(asyncio.Protocol, Feed):
         self._write_paused = False
         self._owed: tuple[int, bool] | None = None
         self._in_count = False
+        self._untrusted_raw = bytearray()  # received, not yet escaped
+        self._eof_seen = False  # the sender closed; finish once the raw bytes are in
+        self._holds: set[str] = set()  # why reading is paused
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -105,22 +119,59 @@ class Connection(asyncio.Protocol, Feed):
             self.server.shared.config.descriptor_timeout, self._descriptor_timeout
         )
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.server.read_buffer[:nbytes]))
+
     def data_received(self, untrusted_data: bytes) -> None:
         if self.writer is None:
             self._read_descriptor(untrusted_data)
             return
-        records, nlines = self.splitter.feed(untrusted_data, self.writer.receive_time())
+        self._untrusted_raw += untrusted_data
+        self.server.shared.budget.add(len(untrusted_data))
+        self.server.ingest.add(self)
+        if len(self._untrusted_raw) >= READ_BYTES:
+            self._hold("ingest", True)
+        if self.server.shared.budget.must_pause(self, self.server.count):
+            self._hold("budget", True)
+
+    def ingest_slice(self, limit: int) -> bool:
+        """Escape and submit up to ``limit`` received bytes (:class:`.fair.Ingest`)."""
+        writer = self.writer
+        untrusted_part = bytes(self._untrusted_raw[:limit])
+        del self._untrusted_raw[:limit]
+        self.server.shared.budget.release(len(untrusted_part))
+        if writer is None:
+            return False
+        records, nlines = self.splitter.feed(untrusted_part, writer.receive_time())
         if nlines:
-            self.writer.submit(self, records, nlines)
+            writer.submit(self, records, nlines)
+        if self._untrusted_raw:
+            return True
+        self._hold("ingest", False)
+        if self._eof_seen and not self.eof:
+            self._finish(writer)
+        return False
+
+    def _ingest_all(self) -> None:
+        while self._untrusted_raw and self.ingest_slice(len(self._untrusted_raw)):
+            pass
+
+    def _finish(self, writer: QubeWriter) -> None:
+        records, nlines = self.splitter.finish(writer.receive_time())
+        if nlines:
+            writer.submit(self, records, nlines)
+        writer.finish(self)
 
     def eof_received(self) -> bool:
         if self.writer is None:
             log.warning("connection closed before a complete service descriptor")
             return False
-        records, nlines = self.splitter.finish(self.writer.receive_time())
-        if nlines:
-            self.writer.submit(self, records, nlines)
-        self.writer.finish(self)
+        self._eof_seen = True
+        if not self._untrusted_raw:
+            self._finish(self.writer)
         return True  # keep our side open for the final ack
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -130,9 +181,34 @@ class Connection(asyncio.Protocol, Feed):
             self._in_count = False
             self.server.count -= 1
         self.transport = None
+        self._ingest_all()  # what was received is stored, as if read at once
+        self.server.shared.budget.forget(self)
         if self.writer is not None:
             self.writer.lost(self)
             self.writer = None
+
+    # -- fair.PendingBudget --------------------------------------------------
+
+    def held(self) -> int:
+        pending = self.writer.pending_bytes if self.writer is not None else 0
+        return len(self._untrusted_raw) + pending
+
+    def budget_resumed(self) -> None:
+        self._hold("budget", False)
+
+    def _hold(self, reason: str, hold: bool) -> None:
+        """Pause reading for ``reason`` (or lift it); read while nothing holds."""
+        before = bool(self._holds)
+        if hold:
+            self._holds.add(reason)
+        else:
+            self._holds.discard(reason)
+        if self.transport is None or before == bool(self._holds):
+            return
+        if self._holds:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -170,12 +246,15 @@ class Connection(asyncio.Protocol, Feed):
             self.transport.abort()
 
     def set_reading(self, reading: bool) -> None:
-        if self.transport is None:
-            return
-        if reading:
-            self.transport.resume_reading()
-        else:
-            self.transport.pause_reading()
+        self._hold("qube", not reading)
+
+    def stop_reading(self) -> bool:
+        """At shutdown: read no more; True if the sender's side is still open.
+
+        What was received is escaped and submitted now."""
+        self._hold("stopping", True)
+        self._ingest_all()
+        return not self._eof_seen
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -232,11 +311,14 @@ class Server:
         self.writers: dict[str, QubeWriter] = {}
         self.count = 0  # connections past the peer check, not yet closed
         self.attached = 0
+        self.ingest = Ingest()
+        # One read buffer for all connections: a read is copied out at once.
+        self.read_buffer = memoryview(bytearray(READ_BYTES))
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already listening socket."""
-        factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)  # noqa: E731
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: Connection(self)  # noqa: E731
         self._server = await asyncio.get_running_loop().create_unix_server(factory, sock=sock)
 
     def stop_accepting(self) -> None:
@@ -281,8 +363,7 @@ class Server:
         for writer in list(self.writers.values()):
             for feed in list(writer.feeds):
                 if isinstance(feed, Connection) and feed.transport is not None:
-                    feed.set_reading(False)
-                    if not feed.eof:
+                    if feed.stop_reading() and not feed.eof:
                         records, nlines = feed.splitter.finish(writer.receive_time())
                         if nlines:
                             # Stored, but not counted: the sender never

@@ -21,6 +21,9 @@ from ..core.names import WITNESS_SERVICE
 from .schema import Section, load_yaml_files
 from .storage_policy import RetentionConfig, parse_retention
 
+#: The least ``pending_bytes_total``: below it flooders could hardly be read at all.
+MIN_PENDING_TOTAL = 1 << 20
+
 DEFAULT_PATHS = (
     Path("/etc/qubes-logvm/collector.yaml"),
     Path("/rw/config/qubes-logvm/collector.yaml"),
@@ -61,6 +64,7 @@ class CollectorConfig:
     allowed_group: str | int | None = "qubes"
     descriptor_timeout: float = 10.0
     pending_bytes: int = 1 << 20
+    pending_bytes_total: int = 32 << 20  # across all connections
     housekeeping_seconds: float = 5.0
     session_linger: float = 2.0  # a reconnect within this continues the session
     rate_limit: RateLimit = field(default_factory=RateLimit)
@@ -134,6 +138,7 @@ def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
         allowed_group=_group(top.raw("allowed_group", "qubes")),
         descriptor_timeout=top.duration("descriptor_timeout", 10.0),
         pending_bytes=top.size("pending_bytes", "1M"),
+        pending_bytes_total=top.size("pending_bytes_total", "32M"),
         housekeeping_seconds=top.duration("housekeeping_seconds", 5.0),
         session_linger=top.duration("session_linger", 2.0),
         rate_limit=rate_default,
@@ -143,6 +148,11 @@ def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
     )
     if config.max_line_bytes < 1:
         raise ConfigError("max_line_bytes: must be at least 1 byte")
+    if config.pending_bytes_total < MIN_PENDING_TOTAL:
+        raise ConfigError(
+            f"pending_bytes_total: must be at least {MIN_PENDING_TOTAL >> 20} MiB, "
+            f"got {config.pending_bytes_total}"
+        )
     top.done()
     return config
 
