@@ -5,12 +5,12 @@ Timing goals (a quiet qube's ack p99 under a flood) are measured by
 """
 
 import asyncio
+import functools
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from collector.helpers import Collector, connect, notes, read_acks, rss_kib, sent_lines, wait_for
@@ -31,7 +31,7 @@ def test_chain_slots_run_a_waiting_small_batch_before_big_ones() -> None:
         first = asyncio.create_task(slots.run(1 << 20, gate.wait))
         await asyncio.sleep(0.05)  # the one thread is busy
         tasks = [
-            asyncio.create_task(slots.run(size, lambda n=name: order.append(n)))
+            asyncio.create_task(slots.run(size, functools.partial(order.append, name)))
             for name, size in (("big1", 1 << 20), ("big2", 1 << 20), ("small", 100))
         ]
         await asyncio.sleep(0.05)
