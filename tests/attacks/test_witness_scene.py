@@ -6,6 +6,7 @@ witness's exported checkpoints and key; the untouched store (with legitimate
 rotation) passes.
 """
 
+import re
 import shutil
 import subprocess
 import time
@@ -279,3 +280,15 @@ def test_records_appended_later_with_earlier_receive_times(scene: Scene) -> None
     assert (problem.qube, problem.segment, problem.first_line) == ("work", 1, last.lines + 1)
     assert "backdated" in problem.message and stamp.decode() in problem.message
     assert "backdated" in scene.cli_output
+
+
+def test_verify_prints_each_segments_epochs_and_dom0_time(scene: Scene) -> None:
+    # disp7 was sealed in the first epoch only; work goes on in the next one.
+    scene.write("work", 2)
+    scene.checkpoint()
+    assert scene.verify() == []
+    lines = scene.cli_output.splitlines()
+    [disp7] = [line for line in lines if "disp7/00000001" in line and "epochs" in line]
+    assert re.search(r"epochs (\d+)-\1, sealed before dom0 time 20\d\d-\S+Z", disp7), disp7
+    [work] = [line for line in lines if "work/00000001" in line and "epochs" in line]
+    assert "sealed after the witness's last record" in work

@@ -40,6 +40,8 @@ class VerifyRun:
     rereads: int = 0
     tomb_lines: dict[str, list[Tomb]] = field(default_factory=dict)  # valid, per qube
     newest_segment: dict[str, int] = field(default_factory=dict)  # per qube (0: none)
+    #: Per qube: (segment, first seal's epoch, last epoch) of every segment checked.
+    segment_epochs: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     epoch_jumps: bool = False  # format 2: a seal's epoch may jump (no tick seals)
 
     def add(self, severity: str, qube: str | None, message: str, *where: int | None) -> None:

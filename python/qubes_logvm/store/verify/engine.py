@@ -29,6 +29,7 @@ from .context import VerifyRun
 from .epochs import COPY_WITHOUT_EPOCHS, check_epochs
 from .findings import ERROR, INFO, WARNING, Report, WrongKey
 from .segment import verify_segment
+from .times import note_epochs, print_epochs
 from .tombs import Tombs, check_tombs
 from .witness import witness_vouches
 
@@ -108,7 +109,9 @@ def conclude(ctx: VerifyRun, witness: Path | None, qubes: list[str] | None, copy
         from .witness import check_witness
 
         check_witness(ctx, witness, qubes)
-    elif ctx.epoch_jumps and not copy:
+        return
+    print_epochs(ctx, [])
+    if ctx.epoch_jumps and not copy:
         ctx.report.limits.append(WITHOUT_WITNESS_V2)
     else:
         ctx.report.limits.append(WITHOUT_WITNESS)
@@ -283,6 +286,7 @@ def _verify_qube(ctx: VerifyRun, qube: str) -> None:
             ctx, files, head, epoch, seq == newest, listing.doubled.get(seq)
         )
         head, epoch = end_head, max(epoch, end_epoch)
+        note_epochs(ctx, files, end_epoch)
     if not segments and not tombs.last:
         ctx.add(INFO, qube, "no segments")
 

@@ -1,4 +1,4 @@
-"""Receive times bound to what the witness saw (floor 2).
+"""Receive times bound to what the witness saw; epochs per segment (floor 2).
 
 The witness stamps every checkpoint it accepts with dom0's clock. A
 checkpoint of segment ``S`` at record ``N``, stamped ``X``, says that at dom0
@@ -10,18 +10,26 @@ later with a time before the break-in: backdated. Only records after the
 witness's newest checkpoint of each qube are read, which for an honest
 store are the last seconds before verification.
 
+:func:`print_epochs` says, per segment, the epochs its seals were made in
+and, with the witness, the dom0 time by which they were all made (the
+first time the witness heard a later epoch), so an admin can tell which
+records were sealed after a suspected break-in.
+
 Trust side: the checkpoints were MAC-checked before they get here; segment
 lines are read through the bounded reader, never trusted for their syntax.
 """
 
+import bisect
 from collections.abc import Iterator
 
 from ...core.errors import StoreError
 from ...core.records import format_timestamp, parse_timestamp
-from ...core.seal import Seal
+from ...core.seal import Seal, parse_seal
+from ..files import open_regular
+from ..layout import SegmentFiles
 from ..reader import StoredLine, iter_segment
 from .context import VerifyRun
-from .findings import ERROR
+from .findings import ERROR, INFO
 
 #: How far a receive time may lie before the witness's stamp of an earlier
 #: checkpoint: the LogVM's and dom0's clocks, and the checkpoint's send queue.
@@ -67,3 +75,38 @@ def _check_segment(
                 line.number,
             )
             return  # one finding per segment
+
+
+def note_epochs(ctx: VerifyRun, files: SegmentFiles, last_epoch: int) -> None:
+    """Remember a checked segment's epoch range (the first seal line is read again)."""
+    first = last_epoch
+    if files.seal is not None:
+        try:
+            with open_regular(files.seal) as stream:
+                head = stream.read(512).split(b"\n", 1)[0]
+            first = min(parse_seal(head).epoch, last_epoch)
+        except (OSError, StoreError):
+            pass
+    ctx.segment_epochs.setdefault(files.qube, []).append((files.seq, first, last_epoch))
+
+
+def print_epochs(ctx: VerifyRun, heard: list[tuple[int, bytes]]) -> None:
+    """One info line per segment: its epochs and, with the witness, when they were over."""
+    heard.sort()
+    epochs = [epoch for epoch, _ in heard]
+    # by_then[i]: the earliest dom0 time of a record of epoch epochs[i] or later.
+    by_then = [stamp for _, stamp in heard]
+    for i in range(len(by_then) - 2, -1, -1):
+        by_then[i] = min(by_then[i], by_then[i + 1])
+    for qube in sorted(ctx.segment_epochs):
+        for seq, first, last in ctx.segment_epochs[qube]:
+            text = f"epochs {first}-{last}"
+            if heard:
+                after = bisect.bisect_right(epochs, last)
+                text += (
+                    f", sealed before dom0 time {by_then[after].decode()} (the witness "
+                    f"heard a later epoch then)"
+                    if after < len(heard)
+                    else f", sealed after the witness's last record (epoch {epochs[-1]})"
+                )
+            ctx.add(INFO, qube, text, seq)

@@ -34,7 +34,7 @@ from .context import MAX_EPOCH, VerifyRun
 from .deletions import check_deletions
 from .epochs import state_matches, store_epoch_lines
 from .findings import ERROR, INFO
-from .times import check_times
+from .times import check_times, print_epochs
 
 #: The witness keeps at most two generations of 16 MiB by default.
 MAX_WITNESS_FILE = 256 << 20
@@ -80,9 +80,11 @@ class _Heard:
     epochs: list[tuple[bytes, EpochLine]] = field(default_factory=list)
     newest: dict[str, tuple[bytes, Seal]] = field(default_factory=dict)  # furthest on, per qube
     newest_epoch: int = 0
+    stamps: list[tuple[int, bytes]] = field(default_factory=list)  # (epoch, dom0 time)
 
     def add(self, stamp: bytes, item: Held) -> None:
         self.newest_epoch = max(self.newest_epoch, item.epoch)
+        self.stamps.append((item.epoch, stamp))
         if isinstance(item, EpochLine):
             self.epochs.append((stamp, item))
         elif isinstance(item, Tomb):
@@ -118,6 +120,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     if heard.epochs and not qubes:
         _check_store_epochs(ctx, heard.epochs)
     check_deletions(ctx, heard.deletions, heard.newest_epoch)
+    print_epochs(ctx, heard.stamps)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 
 
