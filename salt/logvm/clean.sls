@@ -29,7 +29,8 @@
 {#- The outside verification's timer and the files logvm.witness wrote. #}
 {%-   for path in ['/etc/systemd/user/timers.target.wants/' ~ timer,
                    '/etc/systemd/user/' ~ timer ~ '.d/50-logvm-schedule.conf',
-                   '/etc/qubes-logvm/witness-verify.conf'] %}
+                   '/etc/qubes-logvm/witness-verify.conf',
+                   '/etc/qubes-logvm/witness-policy/' ~ logvm.vm.name ~ '.json'] %}
 
 {{ id }}-verify-{{ loop.index }}:
   file.absent:

@@ -20,6 +20,16 @@
     - group: qubes
     - mode: '0770'
     - makedirs: false
+{#- The retention policy dom0 deploys (the collector section as rendered
+    for the LogVM): logvm-witness export passes it on unread, and verify
+    --witness refuses deletions it would not make (docs/witness.md). #}
+
+{{ id }}-deployed-policy:
+  file.managed:
+    - name: /etc/qubes-logvm/witness-policy/{{ logvm.vm.name }}.json
+    - contents: {{ logvm.collector | json | yaml_squote }}
+    - mode: '0644'
+    - makedirs: True
 {%-   set verify = logvm.verify %}
 {%-   set timer = 'logvm-witness-verify.timer' %}
 {%-   set wants = '/etc/systemd/user/timers.target.wants/' ~ timer %}

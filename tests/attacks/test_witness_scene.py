@@ -6,6 +6,7 @@ witness's exported checkpoints and key; the untouched store (with legitimate
 rotation) passes.
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from qubes_logvm.core.seal import Seal, parse_verification_key
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import Finding, verify_store
 from qubes_logvm.store.writer import Store
 from support.programs import program
@@ -102,8 +104,9 @@ class Scene:
         return problems
 
     def run_admin(self, *args: str) -> str:
+        policies = self.tmp / "policy"  # what Salt deployed (none unless a test writes it)
         done = subprocess.run(
-            [str(WITNESS), "--dir", str(self.witness_dir), *args],
+            [str(WITNESS), "--dir", str(self.witness_dir), "--policy-dir", str(policies), *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -292,3 +295,48 @@ def test_verify_prints_each_segments_epochs_and_dom0_time(scene: Scene) -> None:
     assert re.search(r"epochs (\d+)-\1, sealed before dom0 time 20\d\d-\S+Z", disp7), disp7
     [work] = [line for line in lines if "work/00000001" in line and "epochs" in line]
     assert "sealed after the witness's last record" in work
+
+
+def _delete_and_report(scene: Scene, reason: str) -> None:
+    """The collector deletes work's oldest segment and reports it to the witness."""
+    keys = scene.store.keys
+    scene.store.chain("work").close(keys)
+    scene.write("work", 2)
+    assert scene.store.chain("work").delete_oldest(keys, keep_newest=0, reason=reason) == 1
+    tomb = read_tomb_file(StoreLayout(scene.root).tombstones("work")).tombs[-1][1]
+    scene.checkpoint()
+    call = scene.open_call()
+    assert call.send(tomb.to_line().rstrip(b"\n")) == "ok stored"
+    call.close()
+
+
+def _deploy(scene: Scene, collector: dict[str, object]) -> None:
+    """What the Salt formula writes for the witness: the collector section of the pillar."""
+    (scene.tmp / "policy").mkdir(exist_ok=True)
+    (scene.tmp / "policy" / f"{LOGVM}.json").write_text(json.dumps(collector))
+
+
+def test_age_deletion_the_deployed_policy_would_not_make(scene: Scene) -> None:
+    # dom0 deployed a 30-day max_age; the intruder lowered it in the LogVM's
+    # /rw/config and sent SIGHUP: the collector deleted a fresh segment "for age".
+    _deploy(scene, {"retention": {"max_age": {"default": "30d"}}})
+    _delete_and_report(scene, "age")
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment) == ("work", 1)
+    assert "deleted for age" in problem.message
+    assert "the deployed max_age is 2592000 s" in problem.message
+    assert "a deletion dom0's policy would not make" in scene.cli_output
+
+
+def test_age_deletion_when_the_deployed_policy_keeps_everything(scene: Scene) -> None:
+    _deploy(scene, {"quota": {"default": "1G"}})  # no max_age: kept until the quota needs room
+    _delete_and_report(scene, "age")
+    [problem] = scene.verify()
+    assert "keeps this qube's segments until the quota needs room" in problem.message
+
+
+def test_quota_deletion_is_shown_not_judged(scene: Scene) -> None:
+    _deploy(scene, {"retention": {"max_age": {"default": "30d"}}})
+    _delete_and_report(scene, "quota")
+    assert scene.verify() == []
+    assert "limit: quota and global-cap deletions are shown, not judged" in scene.cli_output

@@ -223,3 +223,27 @@ def test_verify_timer_is_enabled_scheduled_and_given_the_template(salt_env: Salt
     salt_env.pillar({"logvm": {"verify": {"enabeld": True}}})
     bad = salt_env.apply("logvm")
     assert bad.returncode != 0 and "verify:enabeld" in bad.output
+
+
+@pytest.mark.timeout(90)
+def test_witness_gets_the_deployed_retention_policy(salt_env: SaltEnv) -> None:
+    from qubes_logvm.config.storage_policy import max_age_for, quota_for
+    from qubes_logvm.store.verify.policy import parse_policy
+
+    salt_env.pillar(
+        {
+            "logvm": {
+                "collector": {
+                    "retention": {"max_age": {"default": "30d", "qubes": {"work": "90d"}}},
+                    "quota": {"qubes": {"work": "2G"}},
+                }
+            }
+        }
+    )
+    run = salt_env.apply("logvm")
+    assert run.returncode == 0, run.failed
+    path = salt_env.root / "etc/qubes-logvm/witness-policy/sys-log.json"
+    policy = parse_policy(path.read_bytes())  # what verify --witness reads from the export
+    assert max_age_for(policy, "personal") == 30 * 86400
+    assert max_age_for(policy, "work") == 90 * 86400
+    assert quota_for(policy, "work") == 2 << 30

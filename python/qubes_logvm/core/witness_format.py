@@ -70,6 +70,10 @@ _EXPORT_HEADER = re.compile(
     rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
 )
 EXPORT_MAGIC = b"logvm-witness-export-v1"
+#: An export's line with the retention policy dom0 deployed (Salt), hex of its JSON.
+POLICY_PREFIX = b"policy "
+#: Largest deployed policy file the witness passes on.
+MAX_POLICY_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,22 @@ def parse_cp_line(line: bytes) -> tuple[bytes, Seal]:
     if match is None:
         raise StoreError("malformed checkpoint line")
     return match.group(1), parse_seal(match.group(2))
+
+
+def format_policy_line(policy: bytes) -> bytes:
+    """The export line carrying the deployed policy (dom0 passes it on, never reads it)."""
+    return POLICY_PREFIX + policy.hex().encode("ascii") + b"\n"
+
+
+def parse_policy_line(line: bytes) -> bytes:
+    """The policy bytes of an export's policy line (without newline); StoreError if bad."""
+    try:
+        data = bytes.fromhex(line[len(POLICY_PREFIX) :].decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise StoreError("malformed policy line") from err
+    if len(data) > MAX_POLICY_BYTES:
+        raise StoreError("policy line too long")
+    return data
 
 
 def format_export_header(logvm: str, store_id: str) -> bytes:

@@ -33,8 +33,10 @@ from ..core.records import format_timestamp
 from ..core.seal import Seal, format_verification_key
 from ..core.witness_format import (
     MAX_LINE_BYTES,
+    MAX_POLICY_BYTES,
     format_export_header,
     format_held_line,
+    format_policy_line,
 )
 from .bounds import kept_summary
 from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 _QUBE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,30}")
 
 DEFAULT_ROOT = Path("/var/lib/qubes-logvm-witness")
+#: Where the Salt formula writes each LogVM's deployed retention policy.
+DEFAULT_POLICY_DIR = Path("/etc/qubes-logvm/witness-policy")
 
 
 def _read_message(untrusted_in: BinaryIO) -> bytes | None:
@@ -162,6 +166,8 @@ def cmd_list(args: argparse.Namespace, out: BinaryIO) -> int:
             )
         out.write(f"  last verification: {_last_verify(path)}\n".encode())
         out.write(f"  bounds: {kept_summary(path)}\n".encode())
+        deployed = (args.policy_dir / f"{name}.json").exists()
+        out.write(f"  deployed policy: {'yes' if deployed else 'none'}\n".encode())
         latest: dict[str, tuple[bytes, Seal]] = {}
         for stamp, seal in read_checkpoints(path):
             if isinstance(seal, Seal):
@@ -188,12 +194,19 @@ def cmd_export_key(args: argparse.Namespace, out: BinaryIO) -> int:
     return 0
 
 
-def export_records(path: Path) -> bytes:
-    """The witness's records of one LogVM as ``logvm verify --witness`` reads them."""
+def export_records(path: Path, policy_dir: Path | None = None) -> bytes:
+    """The witness's records of one LogVM as ``logvm verify --witness`` reads them.
+
+    With the retention policy Salt deployed for it (``policy_dir/<logvm>.json``),
+    passed on as bytes: dom0 never parses it, the verifier does.
+    """
     key = read_key(path)
     if key is None:
         raise LogvmError(f"{path.name} has not registered a key")
     data = [format_export_header(path.name, key[0])]
+    policy = _deployed_policy(policy_dir, path.name) if policy_dir is not None else None
+    if policy is not None:
+        data.append(format_policy_line(policy))
     seen: set[bytes] = set()
     for stamp, held in read_checkpoints(path):
         line = format_held_line(stamp, held)
@@ -203,9 +216,21 @@ def export_records(path: Path) -> bytes:
     return b"".join(data)
 
 
+def _deployed_policy(policy_dir: Path, logvm: str) -> bytes | None:
+    """The policy file Salt wrote for ``logvm`` (None: none deployed)."""
+    try:
+        with open(policy_dir / f"{validate_qube_name(logvm)}.json", "rb") as f:
+            policy = f.read(MAX_POLICY_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    if len(policy) > MAX_POLICY_BYTES:
+        raise LogvmError(f"{policy_dir}/{logvm}.json: larger than {MAX_POLICY_BYTES} bytes")
+    return policy
+
+
 def cmd_export(args: argparse.Namespace, out: BinaryIO) -> int:
     """Write the checkpoints held (for ``logvm verify --witness``)."""
-    data = export_records(_logvm_dir(args))
+    data = export_records(_logvm_dir(args), args.policy_dir)
     if args.output:
         write_file(Path(args.output), data, exclusive=False)
     else:
@@ -229,9 +254,8 @@ def _verify_one(args: argparse.Namespace, logvm: str, clock: Clock, out: BinaryI
     if key is None:
         raise LogvmError(f"{logvm} has not registered a key with this witness")
     settings = settings_from(args.dispvm_template, args.timeout, args.max_bytes)
-    verdict, _ = verify_outside(
-        logvm, qubes, format_verification_key(*key), export_records(path), settings
-    )
+    records = export_records(path, args.policy_dir)
+    verdict, _ = verify_outside(logvm, qubes, format_verification_key(*key), records, settings)
     for line in format_verdict(logvm, verdict):
         out.write(line.encode("ascii") + b"\n")
     out.flush()
@@ -316,6 +340,12 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_ROOT,
         help=f"witness state root (default {DEFAULT_ROOT})",
     )
+    parser.add_argument(
+        "--policy-dir",
+        type=Path,
+        default=DEFAULT_POLICY_DIR,
+        help=f"the retention policies Salt deployed, LOGVM.json (default {DEFAULT_POLICY_DIR})",
+    )
     parser.add_argument("--version", action="version", version=f"logvm-witness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="the logvm.Witness service (run by qrexec)")
@@ -365,6 +395,8 @@ def _parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # also after the subcommand (as `logvm`)
         command.add_argument("--dir", type=Path, default=argparse.SUPPRESS,
                              help=f"witness state root (default {DEFAULT_ROOT})")  # fmt: skip
+        command.add_argument("--policy-dir", type=Path, default=argparse.SUPPRESS,
+                             help="deployed retention policies, LOGVM.json (Salt)")  # fmt: skip
     return parser
 
 

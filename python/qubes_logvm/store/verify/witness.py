@@ -27,44 +27,64 @@ from ...core.epochseal import EpochLine
 from ...core.errors import StoreError
 from ...core.seal import ZERO, Seal
 from ...core.tomb import Tomb
-from ...core.witness_format import Held, parse_export_header, parse_held_line
+from ...core.witness_format import (
+    POLICY_PREFIX,
+    Held,
+    parse_export_header,
+    parse_held_line,
+    parse_policy_line,
+)
 from ..files import read_regular
 from ..sealfile import read_seal_file
 from .context import MAX_EPOCH, VerifyRun
 from .deletions import check_deletions
 from .epochs import state_matches, store_epoch_lines
 from .findings import ERROR, INFO
+from .policy import check_policy
 from .times import check_times, print_epochs
 
 #: The witness keeps at most two generations of 16 MiB by default.
 MAX_WITNESS_FILE = 256 << 20
 
 
-def read_witness_file(path: Path) -> tuple[str, str, list[tuple[bytes, Held]]]:
-    """(LogVM name, store id, checkpoints and deletions) from an export; StoreError if bad."""
+@dataclass
+class WitnessFile:
+    """What ``logvm-witness export`` wrote."""
+
+    logvm: str
+    store_id: str
+    held: list[tuple[bytes, Held]]
+    policy: bytes | None  # the retention policy dom0 deployed (JSON), if any
+
+
+def read_witness_file(path: Path) -> WitnessFile:
+    """An export, parsed strictly; StoreError if bad."""
     try:
         data = read_regular(path, MAX_WITNESS_FILE)
     except FileNotFoundError as err:
         raise StoreError(f"{path}: cannot read the witness file: {err.strerror}") from err
     lines = data.split(b"\n")
     logvm, store_id = parse_export_header(lines[0])
-    checkpoints = []
+    found = WitnessFile(logvm, store_id, [], None)
     for number, line in enumerate(lines[1:], start=2):
         if not line:
             continue
         try:
-            checkpoints.append(parse_held_line(line))
+            if line.startswith(POLICY_PREFIX) and number == 2:
+                found.policy = parse_policy_line(line)
+            else:
+                found.held.append(parse_held_line(line))
         except StoreError as err:
             raise StoreError(f"{path}: line {number}: {err}") from err
-    return logvm, store_id, checkpoints
+    return found
 
 
 def witness_vouches(ctx: VerifyRun, path: Path) -> bool:
     """True when the witness's records are for this key (a checkpoint MACs under it)."""
-    _, store_id, checkpoints = read_witness_file(path)
-    if store_id != ctx.store_id:
+    export = read_witness_file(path)
+    if export.store_id != ctx.store_id:
         return False
-    for _, seal in checkpoints[:16]:
+    for _, seal in export.held[:16]:
         key = ctx.key(seal.epoch) if seal.epoch <= MAX_EPOCH else None
         if key is not None and seal.mac_ok(key):
             return True
@@ -98,7 +118,8 @@ class _Heard:
 
 def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     """Add every problem of the store against the witness's records to the report."""
-    logvm, file_store_id, held = read_witness_file(path)
+    export = read_witness_file(path)
+    logvm, file_store_id, held = export.logvm, export.store_id, export.held
     if file_store_id != ctx.store_id:
         ctx.add(
             ERROR,
@@ -120,6 +141,8 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     if heard.epochs and not qubes:
         _check_store_epochs(ctx, heard.epochs)
     check_deletions(ctx, heard.deletions, heard.newest_epoch)
+    if export.policy is not None:
+        check_policy(ctx, export.policy)
     print_epochs(ctx, heard.stamps)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 

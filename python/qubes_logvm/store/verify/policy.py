@@ -1,0 +1,97 @@
+"""Deletions against the retention policy dom0 deployed (floor 2).
+
+The Salt formula writes the collector settings it deployed for a LogVM to
+the witness (``/etc/qubes-logvm/witness-policy/<logvm>.json``); ``logvm-witness
+export`` passes the file on unread as the export's ``policy`` line. The
+LogVM's local ``collector.yaml`` may keep *less* than that policy would,
+never delete what it would keep. So every tomb whose reason is a rule of
+the policy must be one that policy allows (:mod:`..eviction` applies the
+same rules):
+
+- ``age``: the segment was at least the qube's ``max_age`` old when deleted
+  (epochs between its final seal and the deletion, times the store's epoch
+  length, one epoch of slack), and the deployed policy has an age limit for
+  that qube at all;
+- ``dispvm``: the deployed policy deletes closed DispVM sessions
+  (``dispvm_delete_after_close``), the qube is of the ``dispvm`` class, and
+  the segment had been closed at least that long.
+
+Quota and global-cap deletions depend on sizes the witness does not see:
+they are shown, not judged (a limit verify prints).
+
+Trust side: the policy bytes come from dom0 through the witness export (the
+export's MAC-checked records vouch for the file as a whole only in that it
+came with them); parsed with the collector's own strict config parser.
+"""
+
+import json
+
+from ...config.schema import Section
+from ...config.storage_policy import (
+    DISPVM_CLASS,
+    RetentionConfig,
+    class_of,
+    max_age_for,
+    parse_retention,
+)
+from ...core.errors import ConfigError
+from ...core.tomb import Tomb
+from .context import VerifyRun
+from .findings import ERROR
+
+QUOTA_NOT_JUDGED = (
+    "quota and global-cap deletions are shown, not judged against the deployed policy "
+    "(the witness does not see the qubes' sizes)"
+)
+
+
+def parse_policy(data: bytes) -> RetentionConfig:
+    """The deployed policy (the collector section of the pillar, as JSON); ConfigError if bad."""
+    try:
+        tree = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"not JSON: {err}") from err
+    return parse_retention(Section(tree, "policy"))
+
+
+def check_policy(ctx: VerifyRun, data: bytes) -> None:
+    """Every age or DispVM deletion in the store must be one the deployed policy makes."""
+    try:
+        cfg = parse_policy(data)
+    except ConfigError as err:
+        ctx.add(ERROR, None, f"witness: the deployed policy in the witness file: {err}")
+        return
+    seconds = ctx.info.epoch_seconds if ctx.info is not None else None
+    if seconds is None:
+        return
+    for qube, tombs in sorted(ctx.tomb_lines.items()):
+        for tomb in tombs:
+            if tomb.version >= 2 and tomb.kind == "tomb":
+                why = _refused(cfg, qube, tomb, seconds)
+                if why is not None:
+                    ctx.add(
+                        ERROR,
+                        qube,
+                        f"witness: deleted for {tomb.reason} (epoch {tomb.epoch}), but {why}: "
+                        "a deletion dom0's policy would not make",
+                        tomb.last,
+                    )
+    ctx.report.limits.append(QUOTA_NOT_JUDGED)
+
+
+def _refused(cfg: RetentionConfig, qube: str, tomb: Tomb, seconds: float) -> str | None:
+    """Why the deployed policy would not have made this deletion (None: it would)."""
+    age = (tomb.epoch - tomb.close_epoch + 1) * seconds  # one epoch of slack
+    if tomb.reason == "age":
+        limit = max_age_for(cfg, qube)
+        if limit <= 0:
+            return "the deployed policy keeps this qube's segments until the quota needs room"
+        if age < limit:
+            return f"the segment was about {age:.0f} s old, the deployed max_age is {limit:.0f} s"
+    if tomb.reason == "dispvm":
+        after = cfg.dispvm_delete_after_close
+        if after is None or class_of(cfg, qube) != DISPVM_CLASS:
+            return "the deployed policy does not delete this qube's closed sessions"
+        if age < after:
+            return f"it had been closed about {age:.0f} s, the deployed policy waits {after:.0f} s"
+    return None
