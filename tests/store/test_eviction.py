@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 
 from qubes_logvm.store.compress import compress_segment
-from qubes_logvm.store.eviction import EpochClock, Planned, apply_plan, plan_deletions, qube_report
+from qubes_logvm.store.eviction import (
+    EpochClock,
+    Planned,
+    ScanCache,
+    apply_plan,
+    plan_deletions,
+    qube_report,
+)
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.tombstones import TOMB_COMPACT_LINES, read_tomb_file
-from qubes_logvm.store.usage import qube_usage, segment_cost, usage
+from qubes_logvm.store.usage import Cost, qube_usage, segment_cost, usage
 from qubes_logvm.store.writer import Store
 from support.segments import (
     MtimeClock,
@@ -323,3 +330,44 @@ def test_stats_count_evictions_after_tombstone_compaction(store: Store) -> None:
     assert len(read_tomb_file(store.layout.tombstones("work")).tombs) < TOMB_COMPACT_LINES
     report = qube_report(store.layout, config(NO_FLOOR), "work")
     assert report["evictions"] == TOMB_COMPACT_LINES + 1
+
+
+def _settle(layout: StoreLayout, ago: float) -> None:
+    """Qube directories last changed ``ago`` seconds ago (the cache trusts settled ones)."""
+    for qube in layout.qubes():
+        os.utime(layout.qube_dir(qube), (NOW - ago, NOW - ago))
+
+
+def test_scan_cache_reads_again_only_what_changed(store: Store) -> None:
+    _fill(store, "work", 3, age=2 * HOUR)
+    _fill(store, "quiet", 2, age=2 * HOUR)
+    _settle(store.layout, 60)
+    cfg = config(NO_FLOOR + "retention: {max_age: {default: 1d, qubes: {work: 3h}}}")
+    monotonic = [0.0]
+    cache = ScanCache(full_interval=300, monotonic=lambda: monotonic[0])
+    usage: dict[str, Cost] = {}
+
+    def plan(at: float = NOW) -> list[Planned]:
+        usage.clear()
+        got = plan_deletions(store.layout, cfg, MtimeClock(at), {}, cache=cache, usage_out=usage)
+        assert set(usage) == {"work", "quiet"}  # every qube's cost, read or remembered
+        return got
+
+    assert plan() == [] and len(cache) == 2  # the first plan reads every qube
+    before = usage["quiet"]
+    # A change the collector did not make (logvm-rotate's) waits for the
+    # next full pass: nothing is read now.
+    _fill(store, "quiet", 1, age=2 * HOUR)
+    _settle(store.layout, 50)
+    assert plan() == [] and usage["quiet"] == before
+    # What the collector changed it marks: read again at once.
+    cache.touch("quiet")
+    assert plan() == [] and usage["quiet"] == qube_usage(store.layout, "quiet") != before
+    # Every FULL_INTERVAL the whole store is looked at.
+    _fill(store, "quiet", 1, age=2 * HOUR)
+    _settle(store.layout, 40)
+    monotonic[0] = 301
+    assert plan() == [] and usage["quiet"] == qube_usage(store.layout, "quiet")
+    # An age rule falls due without any change: read again and planned.
+    assert _of(plan(NOW + 2 * HOUR), "work") == [1, 2, 3]
+    assert _of(plan(NOW + 2 * HOUR), "quiet") == []

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config.collector import CollectorConfig, load_collector_config
-from ..config.storage_policy import quota_for
+from ..config.storage_policy import RetentionConfig, quota_for
 from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError
 from ..core.seal import Seal
@@ -83,6 +83,8 @@ class Daemon:
         )
         self.shared = StoreAccess(self.store, config)
         self.server = Server(self.shared)
+        # Each qube's quota under the current retention settings (resync).
+        self._quotas: tuple[RetentionConfig | None, dict[str, int]] = (None, {})
         self.sender: CheckpointSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -216,7 +218,15 @@ class Daemon:
         total = sum((c for q, c in scanned.items() if q not in active), ZERO_COST)
         total = sum(active.values(), total)
         retention = self.shared.config.retention
-        quotas = {q: quota_for(retention, q) for q in set(scanned) | set(active)}
+        if self._quotas[0] is not retention:
+            self._quotas = (retention, {})
+        known = self._quotas[1]
+        quotas = {}
+        for qube in set(scanned) | set(active):
+            quota = known.get(qube)
+            if quota is None:
+                quota = known[qube] = quota_for(retention, qube)
+            quotas[qube] = quota
         self.shared.usage.resync(total, quotas)
 
     async def _housekeeping(self) -> None:
@@ -262,6 +272,7 @@ class Daemon:
                 self.shared.age_clock(),
                 open_segments,
                 usage_out=scanned,
+                cache=self.shared.scan_cache,
             ),
         )
         for planned in plan:
@@ -276,6 +287,7 @@ class Daemon:
 
     def _delete(self, qube: str, seq: int, reason: str) -> None:
         """Delete one planned segment if it is still the qube's oldest closed one."""
+        self.shared.scan_cache.touch(qube)
         chain = self.store.chain(qube)
         segments = self.store.layout.segments(qube)
         if not segments or segments[0].seq != seq or (chain.is_open and chain.seq == seq):

@@ -26,7 +26,7 @@ from ..config.storage_policy import DISPVM_CLASS, class_of, quota_for
 from ..core.errors import LogvmError
 from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp, note_record
-from ..store.eviction import EpochClock
+from ..store.eviction import EpochClock, ScanCache
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
 from .clock import ReceiveClock
@@ -131,6 +131,7 @@ class StoreAccess:
         self.clocks: dict[str, ReceiveClock] = {}  # per qube, kept across sessions
         self.slots = ChainSlots()
         self.budget = PendingBudget(config.pending_bytes_total)
+        self.scan_cache = ScanCache()  # housekeeping reads only what changed
 
     def age_clock(self) -> EpochClock:
         """Ages for retention and the DispVM grace: sealed epochs, never the wall clock."""
@@ -409,6 +410,7 @@ class QubeWriter:
     def _write(self, batch: _Batch, notes: list[bytes], *, want_open: bool, roll: bool) -> int:
         """Open/roll/append/seal/close as needed; return lines dropped for the quota."""
         store = self.shared.store
+        self.shared.scan_cache.touch(self.qube)
         if self.chain is None or self.chain.broken:
             self.chain = store.chain(self.qube)
             self.ledger.load(store.layout, self.chain, sessions=self._dispvm)

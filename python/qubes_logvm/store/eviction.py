@@ -34,10 +34,13 @@ Trust side: runs in the LogVM over the store's own files; names found on
 disk are validated by :class:`~.layout.StoreLayout`.
 """
 
+import heapq
 import logging
+import math
 import os
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypedDict
 
 import zstandard
@@ -269,6 +272,145 @@ def _scan_qube(
     return qube
 
 
+#: A directory changed more recently than this is scanned again next time
+#: (two changes within one timestamp tick would look like one).
+_SETTLED_NS = 2_000_000_000
+#: Seconds between plans that look at every qube again (what another
+#: process, logvm-rotate, changed).
+FULL_INTERVAL = 300.0
+
+
+@dataclass
+class _Seen:
+    stamp: tuple[int, int]  # the qube directory's inode and mtime
+    qube: _Qube  # as planned then: nothing to delete
+    due: float  # from this time on the clock an age rule may delete something
+
+
+class ScanCache:
+    """What planning read of each qube that has not changed since.
+
+    Housekeeping then costs what changed, not every qube ever seen. A qube
+    with nothing to delete, no open segment and a settled directory is
+    *quiet*: it is read again only when the collector marks it
+    (:meth:`touch`: it wrote or deleted there), when an age rule could
+    delete something (``max_age``, ``dispvm_delete_after_close``), when the
+    configuration changes, and every :data:`FULL_INTERVAL` seconds (of
+    ``monotonic``), when the plan lists the store and compares each
+    directory's mtime (closed segments are never appended to; compression
+    and deletion change the directory).
+    """
+
+    def __init__(
+        self,
+        full_interval: float = FULL_INTERVAL,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.full_interval = full_interval
+        self._monotonic = monotonic
+        self._full_at = -math.inf
+        self._seen: dict[str, _Seen] = {}
+        self._due: list[tuple[float, str]] = []  # heap over _seen's due times
+        self._quiet_total = ZERO_COST
+        self._touched: set[str] = set()
+        self._active: set[str] = set()  # read last time and not quiet: read again
+        self._cfg: RetentionConfig | None = None
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def touch(self, qube: str) -> None:
+        """The collector changed ``qube``'s files (any thread)."""
+        self._touched.add(qube)
+
+    def _drop(self, name: str) -> None:
+        seen = self._seen.pop(name, None)
+        if seen is not None:
+            self._quiet_total -= seen.qube.usage
+
+    def names(self, layout: StoreLayout, cfg: RetentionConfig, now: float) -> list[str] | None:
+        """The qubes to read this time, or None for every qube (a full pass)."""
+        touched, self._touched = self._touched | self._active, set()
+        self._active = set()
+        while self._due and self._due[0][0] <= now:
+            touched.add(heapq.heappop(self._due)[1])
+        for name in touched:
+            self._drop(name)
+        if cfg is not self._cfg or self._monotonic() - self._full_at >= self.full_interval:
+            self._cfg, self._full_at = cfg, self._monotonic()
+            return None
+        return sorted(touched)
+
+    def scan(
+        self,
+        layout: StoreLayout,
+        cfg: RetentionConfig,
+        name: str,
+        clock: SegmentClock,
+        open_seq: int | None,
+    ) -> _Qube | None:
+        """:func:`_scan_qube`, or None when the qube is quiet and unchanged."""
+        stamp = _dir_stamp(layout, name) if open_seq is None else None
+        seen = self._seen.get(name)
+        if seen is not None and stamp == seen.stamp and cfg is self._cfg and clock.now < seen.due:
+            return None
+        self._drop(name)
+        qube = _scan_qube(layout, cfg, name, clock, open_seq)
+        settled = stamp is not None and time.time_ns() - stamp[1] >= _SETTLED_NS
+        if settled and stamp is not None and qube.doomed == 0:
+            due = _due(cfg, qube)
+            self._seen[name] = _Seen(stamp, qube, due)
+            self._quiet_total += qube.usage
+            if due < math.inf:
+                heapq.heappush(self._due, (due, name))
+            return None
+        self._active.add(name)
+        return qube
+
+    def quiet(self, skip: set[str]) -> list[_Qube]:
+        """Copies of the quiet qubes (not in ``skip``), for global eviction."""
+        return [replace(s.qube, reasons=[]) for n, s in self._seen.items() if n not in skip]
+
+    def quiet_costs(self) -> dict[str, Cost]:
+        """Every quiet qube's cost."""
+        return {name: seen.qube.usage for name, seen in self._seen.items()}
+
+    @property
+    def quiet_total(self) -> Cost:
+        """The quiet qubes' cost together."""
+        return self._quiet_total
+
+    def keep_only(self, names: Iterable[str]) -> None:
+        """Forget qubes no longer in the store."""
+        present = set(names)
+        for name in [n for n in self._seen if n not in present]:
+            self._drop(name)
+        self._active &= present
+
+
+def _dir_stamp(layout: StoreLayout, name: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(layout.qube_dir(name))
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _due(cfg: RetentionConfig, qube: _Qube) -> float:
+    """The earliest clock time an age rule could delete one of ``qube``'s segments."""
+    if not qube.segments:
+        return math.inf
+    oldest = qube.segments[0].closed_at
+    due = math.inf
+    max_age = max_age_for(cfg, qube.name)
+    if max_age > 0:
+        due = oldest + max_age
+    after = cfg.dispvm_delete_after_close
+    if after is not None and class_of(cfg, qube.name) == DISPVM_CLASS:
+        due = min(due, oldest + after)
+    return due
+
+
 def _pressure(
     layout: StoreLayout, cfg: RetentionConfig, total: Cost, statvfs: StatVfs
 ) -> tuple[int, int]:
@@ -320,6 +462,7 @@ def plan_deletions(
     *,
     statvfs: StatVfs = os.statvfs,
     usage_out: dict[str, Cost] | None = None,
+    cache: ScanCache | None = None,
 ) -> list[Planned]:
     """The (qube, seq) pairs to delete, oldest first per qube, each with its reason.
 
@@ -329,15 +472,29 @@ def plan_deletions(
     list order removes exactly these. Ages (retention, DispVM deletion) are
     measured on ``clock``: the collector passes its :class:`EpochClock`.
     ``usage_out``, when given, receives every qube's cost once the plan is
-    carried out.
+    carried out. With a ``cache`` (the collector keeps one), unchanged qubes
+    are not read again (:class:`ScanCache`).
     """
-    qubes = [_scan_qube(layout, cfg, q, clock, open_segments.get(q)) for q in layout.qubes()]
-    total = sum((q.remaining for q in qubes), ZERO_COST)
+    if cache is None:
+        qubes = [_scan_qube(layout, cfg, q, clock, open_segments.get(q)) for q in layout.qubes()]
+        quiet_total = ZERO_COST
+    else:
+        qubes = _scan_changed(layout, cfg, clock, open_segments, cache)
+        quiet_total = cache.quiet_total
+    total = sum((q.remaining for q in qubes), quiet_total)
     need_bytes, need_files = _pressure(layout, cfg, total, statvfs)
     if need_bytes > 0 or need_files > 0:
+        if cache is not None:  # every qube is a candidate: the quiet ones too
+            qubes += cache.quiet({q.name for q in qubes})
         capacity = cfg.global_max_bytes or max(total.disk - need_bytes, 0)
         _evict_globally(qubes, Cost(need_bytes, need_files, 0), capacity)
+        if cache is not None:
+            for qube in qubes:
+                if qube.doomed:
+                    cache.touch(qube.name)  # read again once deleted
     if usage_out is not None:
+        if cache is not None:
+            usage_out.update(cache.quiet_costs())
         usage_out.update((q.name, q.remaining) for q in qubes)
     plan = []
     for qube in qubes:
@@ -346,6 +503,24 @@ def plan_deletions(
                 break  # a crash left it open: the collector recovers it first
             plan.append(Planned(qube.name, segment.seq, reason))
     return plan
+
+
+def _scan_changed(
+    layout: StoreLayout,
+    cfg: RetentionConfig,
+    clock: SegmentClock,
+    open_segments: dict[str, int],
+    cache: ScanCache,
+) -> list[_Qube]:
+    """The qubes that are not quiet (:class:`ScanCache`), read again."""
+    names = cache.names(layout, cfg, clock.now)
+    if names is None:
+        names = layout.qubes()
+        cache.keep_only(names)
+    else:
+        names = sorted(set(names) | set(open_segments))
+    scanned = (cache.scan(layout, cfg, q, clock, open_segments.get(q)) for q in names)
+    return [q for q in scanned if q is not None]
 
 
 def apply_plan(store: Store, plan: Iterable[Planned]) -> list[tuple[str, int]]:
