@@ -17,7 +17,7 @@ BASETEMP ?= /tmp/pytest-logvm-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8
 
 # Debian packages: runtime dependencies (as the products use them) and the
 # real tools the tests drive.
-APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard python3-gi gir1.2-gtk-3.0
+APT_RUNTIME := python3 python3-venv python3-systemd python3-yaml python3-zstandard python3-gi python3-gi-cairo gir1.2-gtk-3.0
 APT_TEST := systemd zstd util-linux rsyslog procps groff-base less tmux lnav zsh systemd-journal-remote xvfb xauth
 # logvm-forward's tests: a central rsyslog with TLS, certificates made by openssl.
 APT_TEST += rsyslog-gnutls openssl

@@ -70,9 +70,29 @@ def test_qube_list_and_records(browser: object, tmp_path: Path) -> None:
     click_row(win, 2)
     text = win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
     assert "qube:          work" in text and "receive time:" in text
-    screenshot(win.window, tmp_path / "browser-records.png")  # type: ignore[attr-defined]
+    shot = screenshot(win.window, tmp_path / "browser-records.png")  # type: ignore[attr-defined]
     width = win.window.get_window().get_width()  # type: ignore[attr-defined]
     assert width <= 1280  # fits 1280x800
+    # The rows are really drawn, errors in red and warnings in yellow (priority colours).
+    colours = area_colours(shot, win.records.area)  # type: ignore[attr-defined]
+    assert any(r > 150 and g < 60 and b < 60 for r, g, b in colours)  # err, crit
+    assert any(r > 120 and 70 < g < 140 and b < 40 for r, g, b in colours)  # warning
+
+
+def area_colours(shot: Path, widget: object) -> set[tuple[int, int, int]]:
+    """The colours of the screenshot's pixels inside ``widget``."""
+    from gi.repository import GdkPixbuf
+
+    pixbuf = GdkPixbuf.Pixbuf.new_from_file(str(shot))
+    x0, y0 = widget.translate_coordinates(widget.get_toplevel(), 0, 0)  # type: ignore[attr-defined]
+    alloc = widget.get_allocation()  # type: ignore[attr-defined]
+    pixels, stride, step = pixbuf.get_pixels(), pixbuf.get_rowstride(), pixbuf.get_n_channels()
+    found = set()
+    for y in range(y0, min(pixbuf.get_height(), y0 + alloc.height), 2):
+        for x in range(x0, min(pixbuf.get_width(), x0 + alloc.width), 2):
+            at = y * stride + x * step
+            found.add((pixels[at], pixels[at + 1], pixels[at + 2]))
+    return found
 
 
 def test_filter_box(browser: object) -> None:

@@ -15,6 +15,7 @@ from qubes_logvm.store.reader import (
     iter_segment,
     last_stamp,
     open_plain,
+    read_blocks,
     read_lines,
 )
 from qubes_logvm.store.timeline import Query, entries
@@ -59,6 +60,42 @@ def test_overlong_line_is_cut_and_flagged(tmp_path: Path, monkeypatch: pytest.Mo
     with open_plain(tmp_path / "x") as stream:
         lines = list(read_lines(stream))
     assert [(line.data, line.overlong) for line in lines] == [(b"a" * 10, 15), (b"short", 0)]
+
+
+def _as_lines(pieces: list[reader.LineBlock | reader.StoredLine]) -> list[reader.StoredLine]:
+    lines = []
+    for piece in pieces:
+        if isinstance(piece, reader.StoredLine):
+            lines.append(piece)
+            continue
+        parts = piece.data.split(b"\n")[:-1]
+        assert len(parts) == piece.count
+        lines += [reader.StoredLine(piece.first_number + i, p) for i, p in enumerate(parts)]
+    return lines
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"a\nbb\nccc\n",
+        b"0123456789\n" * 7 + b"torn",  # lines exactly at the cap
+        b"short\n" + b"x" * 35 + b"\nafter\n",  # overlong across chunks
+        b"y" * 12 + b"\n" + b"z" * 9,  # overlong first, torn last
+        b"w" * 50,  # one overlong line without a newline
+        b"\n\n\nq\n",  # empty lines
+    ],
+)
+def test_blocks_split_as_lines_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes
+) -> None:
+    monkeypatch.setattr(reader, "MAX_LINE", 10)
+    (tmp_path / "x").write_bytes(data)
+    with open_plain(tmp_path / "x") as stream:
+        expected = list(read_lines(stream, first_number=5))
+    with open_plain(tmp_path / "x") as stream:
+        assert _as_lines(list(read_blocks(stream, first_number=5))) == expected
 
 
 @pytest.mark.timeout(10)

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from ..core.entries import classify
 from ..store.layout import SegmentFiles, StoreLayout
-from ..store.reader import StoredLine, open_plain, read_lines
+from ..store.reader import LineBlock, StoredLine, open_plain, read_blocks, read_lines
 from ..store.sealfile import read_seal_file
 from ..store.summary import segment_records
 from ..store.timeline import Entry, segment_session
@@ -172,6 +172,49 @@ class QubeRows:
                 if number % _STEP == 0:
                     seg.add_point(number, position)
 
+    def blocks(
+        self, first: int, last: int
+    ) -> Iterator[tuple[SegmentRows, int, LineBlock | StoredLine]]:
+        """Rows ``[first, last)`` as the shared reader's blocks, unparsed (what search scans).
+
+        Each comes with its segment and the qube row of its first line; the
+        first and last may hold rows outside the range. Streams on their own,
+        so a search does not evict the compressed segment the view shows.
+        """
+        with self._lock:
+            spans = list(zip(self._segments, self._starts, strict=True))
+        for seg, start in spans:
+            if start + seg.count <= first or start >= last:
+                continue
+            index = max(0, first - start)
+            with self._lock:
+                point_row, offset = seg.point_before(index)
+            end = min(last, start + seg.count) - start
+            for piece in self._blocks_from(seg, point_row, offset):
+                row = piece.first_number - 1 if isinstance(piece, LineBlock) else piece.number - 1
+                if row >= end:
+                    break
+                size = piece.count if isinstance(piece, LineBlock) else 1
+                if row + size > index:
+                    yield seg, start + row, piece
+
+    def _blocks_from(
+        self, seg: SegmentRows, row: int, offset: int
+    ) -> Iterator[LineBlock | StoredLine]:
+        if seg.files.log is None:
+            return
+        with open_plain(seg.files.log) as stream:
+            _skip(stream, offset)
+            for piece in read_blocks(stream, first_number=row + 1):
+                yield piece
+                if isinstance(piece, LineBlock):
+                    row, offset = row + piece.count, offset + len(piece.data)
+                else:
+                    row += 1
+                    offset += len(piece.data) + piece.overlong + (1 if piece.complete else 0)
+                with self._lock:
+                    seg.add_point(row, offset)
+
     def entry(self, seg: SegmentRows, stored: StoredLine) -> Entry:
         """A stored line understood (:func:`core.entries.classify`)."""
         return self._entry(seg, stored)
@@ -198,3 +241,15 @@ class QubeRows:
             else:
                 high = middle
         return low
+
+
+def _skip(stream: BinaryIO, offset: int) -> None:
+    """Move to ``offset``: a seek, or reading forward in a compressed stream."""
+    if stream.seekable():
+        stream.seek(offset)
+        return
+    while offset > 0:
+        got = stream.read(min(offset, 1 << 20))
+        if not got:
+            return
+        offset -= len(got)

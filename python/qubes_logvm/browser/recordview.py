@@ -15,6 +15,7 @@ import gi
 gi.require_version("Gtk", "3.0")
 gi.require_version("Gdk", "3.0")
 gi.require_version("PangoCairo", "1.0")
+gi.require_foreign("cairo")  # a draw handler gets a cairo context: python3-gi-cairo
 from gi.repository import Gdk, Gtk, Pango, PangoCairo  # noqa: E402
 
 from ..store.timeline import Entry  # noqa: E402

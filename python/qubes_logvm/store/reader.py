@@ -91,6 +91,54 @@ def read_lines(stream: BinaryIO, *, first_number: int = 1) -> Iterator[StoredLin
         number += 1
 
 
+@dataclass(frozen=True)
+class LineBlock:
+    """Whole lines of a segment read at once: ``count`` lines, each ending in ``\\n``."""
+
+    first_number: int  # 1-based line number of the first
+    data: bytes
+    count: int
+
+
+def read_blocks(stream: BinaryIO, *, first_number: int = 1) -> Iterator[LineBlock | StoredLine]:
+    """The stream's lines as :func:`read_lines` splits them, many at a time.
+
+    Lines come in blocks of about 1 MiB; a line over :data:`MAX_LINE` (cut as
+    :func:`read_lines` cuts it) and a last line without a newline come alone,
+    as a :class:`StoredLine`. A block line is never over the cap: the chunk
+    read is the cap, so only a line begun in an earlier chunk can be, and that
+    one is measured.
+    """
+    number = first_number
+    head, skipped = b"", 0  # the line begun in earlier chunks (its first MAX_LINE bytes)
+    while chunk := stream.read(MAX_LINE):
+        end = chunk.find(b"\n")
+        if end < 0 or head or skipped:
+            grown, more = _grow(head, skipped, chunk if end < 0 else chunk[:end])
+            if end < 0:
+                head, skipped = grown, more
+                continue
+            if more:
+                yield StoredLine(number, grown, True, more)
+                number, chunk = number + 1, chunk[end + 1 :]
+            else:
+                chunk = head + chunk
+            head, skipped = b"", 0
+        cut = chunk.rfind(b"\n") + 1
+        if cut:
+            count = chunk.count(b"\n", 0, cut)
+            yield LineBlock(number, chunk[:cut], count)
+            number += count
+        head = chunk[cut:]
+    if head or skipped:
+        yield StoredLine(number, head, False, skipped)
+
+
+def _grow(head: bytes, skipped: int, piece: bytes) -> tuple[bytes, int]:
+    room = max(0, MAX_LINE - len(head))
+    return head + piece[:room], skipped + max(0, len(piece) - room)
+
+
 def _skip_rest_of_line(stream: BinaryIO) -> tuple[int, bool]:
     skipped = 0
     while True:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from ..core.entries import Understood, classify
 from ..core.errors import StoreError
+from .grep import whole_line_safe
 from .layout import SegmentFiles, StoreLayout
 from .reader import StoredLine, first_stamp, iter_segment, last_stamp
 from .tail import SegmentTail, blocks_backwards, lines_from, since_offset
@@ -96,7 +97,7 @@ class Query:
         nothing in the line finds nothing in the message either, and the line
         need not be parsed (what makes ``--grep`` fast).
         """
-        if self.pattern is None or _CONTEXT_SENSITIVE.search(self.pattern.pattern):
+        if self.pattern is None or not whole_line_safe(self.pattern):
             return None
         return self.pattern
 
@@ -129,9 +130,6 @@ class Query:
             if first is not None and first > self.until:
                 return True
         return self.session is not None and segment_session(segment) != self.session
-
-
-_CONTEXT_SENSITIVE = re.compile(r"[\^$]|\\[AZbBzG]|\(\?[=!<]")
 
 
 def earliest_stamp(segment: SegmentFiles) -> bytes | None:

@@ -1,0 +1,163 @@
+"""Which stored lines of a block may match a pattern, found at C speed (floor 2).
+
+The one matcher behind ``logvm show --grep`` and the browser's search. A
+pattern is matched on a record's *unescaped message*
+(:attr:`qubes_logvm.core.entries.Understood.message`, decoded as UTF-8);
+this module only narrows down which lines need that exact check, by
+scanning a whole block of stored lines at once instead of one line at a
+time. Every line it leaves out cannot match; the lines it yields are
+candidates the caller still parses and tests (no second definition of a
+match).
+
+Why leaving a line out is safe:
+
+- a line without a backslash was not escaped, so its message is a
+  substring of it: a pattern that cannot see outside its match (no anchors,
+  word boundaries or lookarounds, :func:`whole_line_safe`) that finds
+  nothing in the line finds nothing in the message;
+- a line with a backslash (escaped, or written by someone else than the
+  collector) is always a candidate;
+- ignoring case, ASCII lowering is exact on ASCII lines (the characters
+  Unicode folds onto ASCII letters, such as the Kelvin sign, are not ASCII),
+  so only lines holding a non-ASCII byte are tried whole.
+
+Trust side: blocks are untrusted bytes from segments; nothing here parses
+them, and a line of invalid UTF-8 (a tampered segment) is always a candidate.
+"""
+
+import re
+from collections.abc import Callable, Iterator
+from typing import AnyStr, cast
+
+_CONTEXT_SENSITIVE = re.compile(r"[\^$]|\\[AZbBzG]|\(\?[=!<]")
+# Outside a character set, these have a meaning in a regular expression.
+_META = frozenset(".^$*+?{}[]|()\\")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+_INVALID = re.compile("[\udc80-\udcff]")
+_FLAGS_OK = re.IGNORECASE | re.UNICODE
+
+
+def whole_line_safe(pattern: "re.Pattern[str]") -> bool:
+    """True when a match in the message is also a match in the whole line (and back)."""
+    return _CONTEXT_SENSITIVE.search(pattern.pattern) is None
+
+
+def literal_of(pattern: "re.Pattern[str]") -> str | None:
+    """The text a pattern without metacharacters stands for (``re.escape``'s too)."""
+    if pattern.flags & ~_FLAGS_OK:
+        return None
+    out: list[str] = []
+    chars = iter(pattern.pattern)
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, "")
+            if not escaped or escaped.isalnum() or not escaped.isascii():
+                return None  # \d, \n, \1...: a class, a control or a reference
+            out.append(escaped)
+        elif char in _META:
+            return None
+        else:
+            out.append(char)
+    return "".join(out) or None
+
+
+class LineMatcher:
+    """Candidate lines of blocks of stored lines for one pattern (None: every line)."""
+
+    def __init__(self, pattern: "re.Pattern[str] | None") -> None:
+        self.pattern = pattern
+        self.fold = bool(pattern is not None and pattern.flags & re.IGNORECASE)
+        self.needle: bytes | None = None
+        literal = literal_of(pattern) if pattern is not None else None
+        # U+FFFD stands for invalid bytes; a non-ASCII text folds in ways bytes do not.
+        if literal is not None and "\ufffd" not in literal:
+            encoded = literal.encode("utf-8")
+            if literal.isascii() or not self.fold:
+                self.needle = encoded.lower() if self.fold else encoded
+        self.every = pattern is None or (self.needle is None and not whole_line_safe(pattern))
+
+    def candidates(self, block: bytes) -> Iterator[tuple[int, bytes]]:
+        """``(index, line)`` of each line of ``block`` that may match.
+
+        ``block`` holds whole lines, each ending in ``\\n``; ``index`` counts
+        from 0; ``line`` is without its newline.
+        """
+        if self.every:
+            yield from enumerate(block.split(b"\n")[:-1])
+        elif self.needle is not None:
+            yield from self._literal(block)
+        else:
+            yield from self._regex(block)
+
+    def _literal(self, block: bytes) -> Iterator[tuple[int, bytes]]:
+        needle = self.needle or b""
+        hay = block.lower() if self.fold else block
+        finders = [
+            _Hits(lambda pos: hay.find(needle, pos)),
+            _Hits(lambda pos: block.find(b"\\", pos)),
+        ]
+        if self.fold and not block.isascii():
+            finders.append(_Hits(lambda pos: _start(_NON_ASCII.search(block, pos))))
+        yield from _lines_at(block, block, finders)
+
+    def _regex(self, block: bytes) -> Iterator[tuple[int, bytes]]:
+        pattern = self.pattern
+        if pattern is None:
+            yield from enumerate(block.split(b"\n")[:-1])
+            return
+        # Each invalid byte becomes one lone surrogate: the text of a valid line
+        # is its strict decoding, and encoding back gives the stored bytes.
+        text = block.decode("utf-8", "surrogateescape")
+        finders = [
+            _Hits(lambda pos: _start(pattern.search(text, pos))),
+            _Hits(lambda pos: text.find("\\", pos)),
+        ]
+        if not block.isascii():  # a line with invalid bytes is tried whole
+            finders.append(_Hits(lambda pos: _start(_INVALID.search(text, pos))))
+        yield from _lines_at(text, block if len(text) == len(block) else None, finders)
+
+
+def _start(found: "re.Match[str] | re.Match[bytes] | None") -> int:
+    return found.start() if found is not None else -1
+
+
+class _Hits:
+    """One kind of hit (a match, a backslash...): the next one at or after a position."""
+
+    def __init__(self, find: Callable[[int], int]) -> None:
+        self.find = find
+        self.hit = -2  # not asked yet
+
+    def after(self, pos: int) -> int:
+        """The first hit at or after ``pos`` (-1: none); asks again only when needed."""
+        if self.hit == -2 or 0 <= self.hit < pos:
+            self.hit = self.find(pos)
+        return self.hit
+
+
+def _lines_at(hay: AnyStr, raw: bytes | None, finders: list[_Hits]) -> Iterator[tuple[int, bytes]]:
+    """The lines holding the finders' hits, each once.
+
+    ``hay`` is the block, or its decoded text; ``raw``: the block when its
+    offsets are the text's, else a line is encoded back (exact: invalid bytes
+    were decoded as surrogates).
+    """
+    newline = cast(AnyStr, "\n" if isinstance(hay, str) else b"\n")
+    pos = counted = index = 0
+    while (hit := _first(finders, pos)) >= 0:
+        start = hay.rfind(newline, pos, hit) + 1 or pos
+        end = hay.find(newline, hit)
+        if end < 0:
+            return  # after the last newline: not a line of the block
+        index += hay.count(newline, counted, start)
+        counted = start
+        if raw is not None:
+            yield index, raw[start:end]
+        elif isinstance(hay, str):
+            yield index, hay[start:end].encode("utf-8", "surrogateescape")
+        pos = end + 1
+
+
+def _first(finders: list[_Hits], pos: int) -> int:
+    hits = [h for h in (f.after(pos) for f in finders) if h >= 0]
+    return min(hits) if hits else -1

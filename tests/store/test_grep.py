@@ -1,0 +1,104 @@
+"""The block matcher never leaves out a line whose message matches (store/grep.py)."""
+
+import re
+
+import pytest
+
+from qubes_logvm.core.entries import classify
+from qubes_logvm.core.escape import escape
+from qubes_logvm.core.records import line_record, note_record
+from qubes_logvm.exporter.record import format_record
+from qubes_logvm.store.grep import LineMatcher, literal_of
+
+STAMP = b"2026-11-28T18:00:00.000000Z"
+
+MESSAGES = [
+    b"plain connection refused",
+    b"Connection REFUSED loudly",
+    b"back\\slash refused",  # escaped twice on the way
+    b"esc \x1b[2J refused",  # a control byte: escaped
+    b"bidi \xe2\x80\xaerefused",  # a refused character: escaped
+    b"\xe2\x84\xaaernel kelvin",  # U+212A folds onto k
+    b"caf\xc3\xa9 au lait",  # non-ASCII, passed as is
+    b"broken \xff\xfe utf-8",  # invalid bytes: escaped
+    b"nothing to see",
+    b"a  spaced   out line",
+    b"dom0 header word: sshd",
+]
+
+
+def stored_lines() -> list[bytes]:
+    lines = []
+    for index, message in enumerate(MESSAGES):
+        record = format_record(STAMP, b"host", 3, "sshd.service", "sshd", index, message)
+        lines.append(line_record(STAMP, escape(record[:-1]))[:-1])
+        lines.append(line_record(STAMP, escape(message))[:-1])  # a plain line
+    lines.append(note_record(STAMP, "dropped", count=3, reason="rate-limit")[:-1])
+    lines.append(b"not a record at all \\ refused")
+    lines.append(b"raw \xff invalid in the store kernel")  # a tampered segment
+    lines.append(STAMP + b" L \\x6bernel written as an escape")  # not the collector's escaping
+    return lines
+
+
+def reference(lines: list[bytes], pattern: "re.Pattern[str]") -> set[int]:
+    found = set()
+    for index, line in enumerate(lines):
+        message = classify(line).message.decode("utf-8", "replace")
+        if pattern.search(message):
+            found.add(index)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "narrows"),
+    [
+        ("refused", re.IGNORECASE, True),  # literal, folded: ASCII lowering
+        ("REFUSED", 0, True),  # literal, exact bytes
+        ("kernel", re.IGNORECASE, False),  # Kelvin sign: non-ASCII lines tried whole
+        ("café", 0, True),  # non-ASCII literal, exact
+        (re.escape("a  spaced"), re.IGNORECASE, True),  # the browser's plain search
+        (re.escape("\x1b[2J"), 0, True),  # controls: not a literal of the stored bytes
+        (r"conn\w+ refused", re.IGNORECASE, True),  # a regex: on decoded text
+        (r"\\", 0, False),  # a backslash: escaped lines always tried
+        (r"^plain", 0, False),  # anchored: every line
+        (r"refused\b", 0, False),  # word boundary: every line
+        (r"\s+out", 0, True),  # may span a newline in the block
+        ("rate-limit", 0, True),  # a collector note
+        ("\ufffd", 0, False),  # what invalid bytes decode to
+    ],
+)
+def test_candidates_hold_every_match(text: str, flags: int, narrows: bool) -> None:
+    lines = stored_lines()
+    block = b"\n".join(lines) + b"\n"
+    pattern = re.compile(text, flags)
+    got = list(LineMatcher(pattern).candidates(block))
+    indexes = [index for index, _ in got]
+    assert indexes == sorted(set(indexes))  # each line once, in order
+    assert all(lines[index] == line for index, line in got)  # the exact stored bytes
+    expected = reference(lines, pattern)
+    assert expected <= set(indexes)
+    if narrows:
+        assert len(indexes) < len(lines)
+
+
+def test_every_line_without_a_pattern() -> None:
+    lines = stored_lines()
+    got = list(LineMatcher(None).candidates(b"\n".join(lines) + b"\n"))
+    assert [line for _, line in got] == lines
+
+
+@pytest.mark.parametrize(
+    ("pattern", "literal"),
+    [
+        (re.escape("a b-c:d"), "a b-c:d"),
+        ("plain words", "plain words"),
+        (r"a\.b", "a.b"),
+        (r"a.b", None),  # a metacharacter
+        (r"\d+", None),  # a class
+        (r"\n", None),  # a control
+        ("", None),
+    ],
+)
+def test_literal_of(pattern: str, literal: str | None) -> None:
+    assert literal_of(re.compile(pattern)) == literal
+    assert literal_of(re.compile(pattern, re.VERBOSE)) is None  # spaces would not count
