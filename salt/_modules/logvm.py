@@ -323,6 +323,15 @@ def _across_forward(merged):
     for key in ("name", "address"):
         if not forward["server"][key]:
             _fail(f"forward:server:{key}", "required when forward:enabled is true", "")
+    if not forward["hostname"]:
+        # Every qube's hostname is its own name: every machine's LogVM would be
+        # "sys-log" at the central server.
+        _fail(
+            "forward:hostname",
+            "required when forward:enabled is true (this machine's name at the central "
+            "server; the LogVM's own hostname is its qube name, the same on every machine)",
+            "",
+        )
     name = forward["forwarder"]["name"]
     if name in ("dom0", merged["vm"]["name"], merged["witness"]):
         _fail(

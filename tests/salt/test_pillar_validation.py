@@ -50,6 +50,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"vm": {"maxmem": 100}}, "logvm:vm:maxmem: must be 0"),
     ({"sources": {"names": ["nosuch"]}}, 'logvm:sources:names: no qube named "nosuch"'),
     ({"vm": {"dispvm": {"name": "sys-log"}}}, "logvm:vm:dispvm:name: must differ"),
+    (
+        {"forward": {"enabled": True, "server": {"name": "logs.example.org", "address": "::1"}}},
+        "logvm:forward:hostname: required when forward:enabled is true",
+    ),
     # dom0's checks before anything changes: named qubes exist, and every
     # place that needs the package has its template in logvm:templates
     ({"witness": "nosuch-witness"}, "logvm:witness: no qube named 'nosuch-witness'"),
