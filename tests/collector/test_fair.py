@@ -88,17 +88,19 @@ def test_ingest_takes_one_slice_of_each_connection_in_turn() -> None:
     log: list[str] = []
 
     async def main() -> None:
-        ingest = Ingest(slice_bytes=10)
+        ingest = Ingest(slice_bytes=10, small_read=5)
         for conn in (_Conn("flood1", 35, log), _Conn("flood2", 35, log)):
-            ingest.add(conn)
+            ingest.add(conn, conn.left)
         await asyncio.sleep(0)
-        ingest.add(_Conn("quiet", 5, log))  # arrives after the first turn
+        quiet = _Conn("quiet", 5, log)
+        ingest.add(quiet, quiet.left)  # arrives after the first turn
         for _ in range(20):
             await asyncio.sleep(0)
 
     asyncio.run(main())
-    # The quiet connection waits for one slice of each flooder, not all of theirs.
-    assert log[:4] == ["flood1", "flood2", "flood1", "quiet"]
+    # Busy connections take turns slice by slice; the quiet connection (little
+    # waiting) goes at the next turn, before any round of theirs.
+    assert log[:4] == ["flood1", "quiet", "flood2", "flood1"]
     assert log.count("flood1") == 4 and log.count("quiet") == 1
 
 

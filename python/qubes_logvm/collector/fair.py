@@ -5,9 +5,12 @@ untrusted qubes, so no one connection may take more than its turn:
 
 - :class:`Ingest` escapes the connections' received bytes in slices of
   ``SLICE_BYTES``, one slice of one connection per event-loop callback,
-  round-robin, so a quiet connection's line waits for at most one slice of
-  each busy connection (not for all of their reads), and the loop polls its
-  sockets between slices;
+  round-robin, so a busy connection's bytes wait for at most one slice of
+  each other busy connection, and the loop polls its sockets between
+  slices; a connection with at most ``SMALL_READ`` bytes waiting (a quiet
+  qube's line) goes in a lane served first, one of its turns for each busy
+  one, so it waits for no round of the busy ones (fair in bytes: a turn
+  costs what it escapes);
 - :class:`ChainSlots` runs chain work (append, fsync, seal) on
   ``CHAIN_THREADS`` threads, small batches before big ones, so a quiet qube's
   batch is not queued behind a round of every flooder's;
@@ -18,16 +21,19 @@ untrusted qubes, so no one connection may take more than its turn:
 
 import asyncio
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, TypeVar
 
 _T = TypeVar("_T")
 
 #: Bytes escaped per connection per turn.
 SLICE_BYTES = 32 * 1024
+#: A connection with at most this many bytes waiting takes the quick lane.
+SMALL_READ = 4096
 #: Threads doing chain work (the disk is one; more threads keep more
 #: batch-sized buffers resident).
 CHAIN_THREADS = 3
@@ -45,36 +51,44 @@ class Sliced(Protocol):
 
 
 class Ingest:
-    """Round-robin over connections with received bytes, one slice per callback."""
+    """Round-robin over connections with received bytes, one slice per callback;
+    connections with little waiting first."""
 
-    def __init__(self, slice_bytes: int = SLICE_BYTES) -> None:
+    def __init__(self, slice_bytes: int = SLICE_BYTES, small_read: int = SMALL_READ) -> None:
         self.slice_bytes = slice_bytes
+        self.small_read = small_read
+        self._quick: deque[Sliced] = deque()
         self._ready: deque[Sliced] = deque()
         self._queued: set[int] = set()
         self._scheduled = False
+        self._quick_turn = True
 
-    def add(self, conn: Sliced) -> None:
-        """``conn`` has bytes to escape: give it a turn."""
+    def add(self, conn: Sliced, waiting: int) -> None:
+        """``conn`` has ``waiting`` bytes to escape: give it a turn."""
         if id(conn) in self._queued:
             return
         self._queued.add(id(conn))
-        self._ready.append(conn)
-        if not self._scheduled:
+        (self._quick if waiting <= self.small_read else self._ready).append(conn)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and (self._quick or self._ready):
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._turn)
 
     def _turn(self) -> None:
         self._scheduled = False
-        if not self._ready:
-            return
-        conn = self._ready.popleft()
-        if conn.ingest_slice(self.slice_bytes):
-            self._ready.append(conn)
-        else:
-            self._queued.discard(id(conn))
-        if self._ready:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._turn)
+        # Quick and busy lanes take turns while both have connections waiting.
+        quick = bool(self._quick) and (self._quick_turn or not self._ready)
+        lane = self._quick if quick else self._ready
+        self._quick_turn = lane is not self._quick
+        if lane:
+            conn = lane.popleft()
+            if conn.ingest_slice(self.slice_bytes):
+                self._ready.append(conn)
+            else:
+                self._queued.discard(id(conn))
+        self._schedule()
 
 
 class ChainSlots:
@@ -86,8 +100,13 @@ class ChainSlots:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
-    async def run(self, size: int, work: Callable[[], _T]) -> _T:
-        """Run ``work`` on a chain thread; ``size``: the bytes it writes."""
+    @contextlib.asynccontextmanager
+    async def slot(self, size: int) -> AsyncIterator[None]:
+        """Hold one of the threads; ``size``: the bytes the work writes.
+
+        Taken before the epoch tick's lock, so the tick waits only for the
+        work running, not for every batch waiting for a thread.
+        """
         if self._free and not self._waiting:
             self._free -= 1
         else:
@@ -101,9 +120,18 @@ class ChainSlots:
                     self._release()  # handed a slot it will not use
                 raise
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+            yield
         finally:
             self._release()
+
+    async def execute(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` on the threads (inside :meth:`slot`)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+    async def run(self, size: int, work: Callable[[], _T]) -> _T:
+        """Run ``work`` on a chain thread, waiting for a slot."""
+        async with self.slot(size):
+            return await self.execute(work)
 
     def _release(self) -> None:
         while self._waiting:

@@ -149,8 +149,8 @@ class StoreAccess:
     async def run_on_chain(self, qube: str, work: Callable[[], _T], size: int = 0) -> _T:
         """Run blocking chain work in a thread, under the qube's lock and the tick
         lock; ``size``: the bytes it writes (small work goes first)."""
-        async with self.lock(qube), self.tick_lock.shared():
-            return await self.slots.run(size, work)
+        async with self.lock(qube), self.slots.slot(size), self.tick_lock.shared():
+            return await self.slots.execute(work)
 
 
 class _Batch:

@@ -131,7 +131,7 @@ class Connection(asyncio.BufferedProtocol, Feed):
             return
         self._untrusted_raw += untrusted_data
         self.server.shared.budget.add(len(untrusted_data))
-        self.server.ingest.add(self)
+        self.server.ingest.add(self, len(self._untrusted_raw))
         if len(self._untrusted_raw) >= READ_BYTES:
             self._hold("ingest", True)
         if self.server.shared.budget.must_pause(self, self.server.count):
