@@ -9,18 +9,20 @@ byte ``nbytes``: a row is found by seeking to the nearest point before it
 and reading forward with the shared reader (:func:`store.reader.read_lines`),
 each line understood by :func:`core.entries.classify`. Points found while
 reading forward are kept, so scrolling costs what is on screen. A compressed
-segment is decompressed into memory when first visited (one kept at a time).
+segment is decompressed into memory as far as rows are asked for (one kept
+at a time), so its first rows show without decompressing all of it.
 
 Trust side: seals are unverified here (a tampered one can only misplace
 rows; ``logvm verify`` judges it). Lines are bounded by the reader.
 """
 
 import bisect
-import io
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, cast
 
 from ..core.entries import classify
 from ..store.layout import SegmentFiles, StoreLayout
@@ -76,7 +78,7 @@ class QubeRows:
         self._lock = threading.Lock()
         self._segments: list[SegmentRows] = []
         self._starts: list[int] = []
-        self._cached: tuple[int, bytes] | None = None  # (seq, plain bytes) of a compressed one
+        self._cached: tuple[int, _Decompressed] | None = None  # of one compressed segment
         self.refresh()
 
     def refresh(self) -> bool:
@@ -152,9 +154,10 @@ class QubeRows:
                 yield stream
             return
         if self._cached is None or self._cached[0] != seg.files.seq:
-            with open_plain(log) as stream:
-                self._cached = (seg.files.seq, stream.read())
-        yield io.BytesIO(self._cached[1])
+            if self._cached is not None:
+                self._cached[1].close()
+            self._cached = (seg.files.seq, _Decompressed(log))
+        yield cast(BinaryIO, self._cached[1])  # read_lines needs seek and readline only
 
     def _read(self, seg: SegmentRows, index: int, want: int) -> Iterator[StoredLine]:
         point_row, offset = seg.point_before(index)
@@ -253,3 +256,39 @@ def _skip(stream: BinaryIO, offset: int) -> None:
         if not got:
             return
         offset -= len(got)
+
+
+class _Decompressed:
+    """A compressed segment's plain bytes, decompressed only as far as read (a stream)."""
+
+    def __init__(self, path: Path) -> None:
+        self._files = contextlib.ExitStack()
+        self._source = self._files.enter_context(open_plain(path))
+        self._data = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    def close(self) -> None:
+        """Close the file (the bytes read so far go with this object)."""
+        self._files.close()
+
+    def seek(self, offset: int) -> int:
+        """Go to a plain offset (read when asked for)."""
+        self._pos = offset
+        return offset
+
+    def readline(self, limit: int = -1) -> bytes:
+        """Up to and including the next newline, at most ``limit`` bytes."""
+        limit = limit if limit >= 0 else 1 << 62
+        while True:
+            stop = min(len(self._data), self._pos + limit)
+            end = self._data.find(b"\n", self._pos, stop)
+            if end >= 0 or self._eof or len(self._data) >= self._pos + limit:
+                break
+            chunk = self._source.read(1 << 20)
+            self._data += chunk
+            self._eof = not chunk
+        cut = end + 1 if end >= 0 else min(len(self._data), self._pos + limit)
+        line = bytes(self._data[self._pos : cut])
+        self._pos = max(self._pos, cut)
+        return line
