@@ -57,7 +57,8 @@ class Scene:
         self.open_call = open_call
         store_id, key0 = parse_verification_key(self.vk)
         call = open_call()
-        assert call.send(f"register {store_id} {key0.hex()}".encode()) == "ok registered"
+        # As queue_registration writes it: with the store's epoch length.
+        assert call.send(f"register {store_id} {key0.hex()} 1".encode()) == "ok registered"
         call.close()
 
     def write(self, qube: str, n: int, tag: str = "honest") -> Seal:
@@ -340,3 +341,12 @@ def test_quota_deletion_is_shown_not_judged(scene: Scene) -> None:
     _delete_and_report(scene, "quota")
     assert scene.verify() == []
     assert "limit: quota and global-cap deletions are shown, not judged" in scene.cli_output
+
+
+def test_store_json_epoch_length_edited(scene: Scene) -> None:
+    # Longer epochs on paper make every segment look older (age deletions pass).
+    data = json.loads((scene.root / "store.json").read_text())
+    data["epoch_seconds"] = 86400
+    (scene.root / "store.json").write_text(json.dumps(data))
+    problems = scene.verify()
+    assert any("store.json was edited" in p.message for p in problems), problems

@@ -181,7 +181,7 @@ def test_epoch_jump_retried_later_and_call_limit_reconnects(tmp_path: Path) -> N
     world.add_executable_service("dom0", "logvm.Witness", script)
     world.save()
     root = tmp_path / "store"
-    vk = setup_keys(StoreLayout(root), epoch_seconds=1)
+    vk = setup_keys(StoreLayout(root), epoch_seconds=0.05)  # registered: the cap's epoch
     queue_registration(root, vk)
     sender = CheckpointSender(
         root, command=witness_command(world), interval=0.05, backoff=(0.05, 0.3)
@@ -240,3 +240,5 @@ def test_format2_epoch_seals_reach_the_witness(world: World, tmp_path: Path) -> 
     held = list(read_checkpoints(tmp_path / "witness" / LOGVM))
     epochs = [line.epoch for _, line in held if not isinstance(line, Seal)]
     assert epochs == [1, 2, 3]  # every epoch line, as the store sealed it, stamped by dom0
+    # The registration carried the store's epoch length: the witness's epoch cap uses it.
+    assert (tmp_path / "witness" / LOGVM / "epoch-seconds").read_text() == "1\n"

@@ -147,3 +147,22 @@ def test_unparsable_bounds_file_starts_bounded(open_call: Open, witness_dir: Pat
     assert call.send(line_of(make_seal(seq=2, epoch=110))) == "err busy"
     assert call.close() == 0
     assert os.path.getsize(witness_dir / LOGVM / "bounds") > 0
+
+
+def test_registered_epoch_length_caps_epochs(open_call: Open, witness_dir: Path) -> None:
+    # The store said at registration (before any compromise) that epochs last 10 s:
+    # the cap takes that over a looser --min-epoch-seconds.
+    call = open_call("--min-epoch-seconds", "1e-9")
+    assert call.send(register_line() + b" 10") == "ok registered"
+    assert call.send(line_of(make_seal(epoch=10))) == "ok stored"
+    assert call.send(line_of(make_seal(seq=2, epoch=10 + 64 + 5))) == "err epoch-jump"
+    assert call.send(line_of(make_seal(seq=2, epoch=10 + 64))) == "ok stored"
+    assert call.close() == 0
+    export = subprocess.run(
+        [str(WITNESS), "--dir", str(witness_dir), "export", LOGVM],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert export.splitlines()[0].endswith(" epoch-seconds=10")

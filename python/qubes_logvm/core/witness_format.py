@@ -3,8 +3,9 @@
 The ``logvm.Witness`` service (see docs/witness.md) reads one message per
 line from the LogVM and answers each with one line. Messages:
 
-- ``register <store_id: 32 hex> <K0: 64 hex>``: the verification key, trusted
-  on first use;
+- ``register <store_id: 32 hex> <K0: 64 hex> [<epoch seconds>]``: the
+  verification key, trusted on first use, with the store's epoch length (the
+  witness then caps epochs by it, and exports it for the verifier);
 - a seal line exactly as in docs/store-format.md (``v1 <kind> <qube> <seq>
   <epoch> <lines> <nbytes> <head> <prev> <mac>``, not ``tomb``): a
   checkpoint, the newest seal of one qube;
@@ -62,12 +63,14 @@ REPLIES = {
     "err locked": "another connection of this LogVM holds the state: the connection ends",
 }
 
-_REGISTER = re.compile(rb"register ([0-9a-f]{32}) ([0-9a-f]{64})")
+_SECONDS = rb"((?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,6})?)"
+_REGISTER = re.compile(rb"register ([0-9a-f]{32}) ([0-9a-f]{64})(?: " + _SECONDS + rb")?")
 _CP_LINE = re.compile(rb"cp (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v1 .*)")
 _DEL_LINE = re.compile(rb"del (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (t1 .*)")
 _EP_LINE = re.compile(rb"ep (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v2 .*)")
 _EXPORT_HEADER = re.compile(
     rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
+    rb"(?: epoch-seconds=" + _SECONDS + rb")?"
 )
 EXPORT_MAGIC = b"logvm-witness-export-v1"
 #: An export's line with the retention policy dom0 deployed (Salt), hex of its JSON.
@@ -82,6 +85,12 @@ class Register:
 
     store_id: str
     key0: bytes
+    epoch_seconds: float | None = None  # the store's epoch length (newer collectors send it)
+
+
+def format_seconds(seconds: float) -> str:
+    """An epoch length as the messages carry it (decimal, at most 6 places)."""
+    return f"{seconds:.6f}".rstrip("0").rstrip(".")
 
 
 Message = Register | Seal | Tomb | EpochLine
@@ -95,7 +104,12 @@ def parse_message(untrusted_line: bytes) -> Message:
         raise ProtocolError("too-long")
     match = _REGISTER.fullmatch(untrusted_line)
     if match is not None:
-        return Register(match.group(1).decode("ascii"), bytes.fromhex(match.group(2).decode()))
+        seconds = float(match.group(3)) if match.group(3) else None
+        if seconds is not None and seconds <= 0:
+            raise ProtocolError("malformed")
+        return Register(
+            match.group(1).decode("ascii"), bytes.fromhex(match.group(2).decode()), seconds
+        )
     if untrusted_line.startswith(b"v2 "):
         try:
             line = parse_epoch_line(untrusted_line)
@@ -234,14 +248,16 @@ def parse_policy_line(line: bytes) -> bytes:
     return data
 
 
-def format_export_header(logvm: str, store_id: str) -> bytes:
-    """First line of an export file."""
-    return b"%s %s %s\n" % (EXPORT_MAGIC, logvm.encode("ascii"), store_id.encode("ascii"))
+def format_export_header(logvm: str, store_id: str, epoch_seconds: float | None = None) -> bytes:
+    """First line of an export file (with the epoch length the LogVM registered, if any)."""
+    extra = "" if epoch_seconds is None else f" epoch-seconds={format_seconds(epoch_seconds)}"
+    return b"%s %s %s%s\n" % (EXPORT_MAGIC, logvm.encode(), store_id.encode(), extra.encode())
 
 
-def parse_export_header(line: bytes) -> tuple[str, str]:
-    """(LogVM name, store id) from an export file's first line; StoreError if bad."""
+def parse_export_header(line: bytes) -> tuple[str, str, float | None]:
+    """(LogVM name, store id, registered epoch length) of an export; StoreError if bad."""
     match = _EXPORT_HEADER.fullmatch(line)
     if match is None:
         raise StoreError("not a logvm-witness export (bad first line)")
-    return match.group(1).decode("ascii"), match.group(2).decode("ascii")
+    seconds = float(match.group(3)) if match.group(3) else None
+    return match.group(1).decode("ascii"), match.group(2).decode("ascii"), seconds

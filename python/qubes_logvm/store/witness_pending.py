@@ -18,10 +18,11 @@ import contextlib
 import os
 from pathlib import Path
 
-from ..core.errors import ProtocolError, SealError
+from ..core.errors import ProtocolError, SealError, StoreError
 from ..core.seal import parse_verification_key
-from ..core.witness_format import Register, parse_message
+from ..core.witness_format import Register, format_seconds, parse_message
 from ..daemon_support import fsync_dir
+from .keystate import read_store_info
 from .layout import StoreLayout
 
 PENDING_NAME = "witness-register"
@@ -35,11 +36,15 @@ def pending_path(store_root: Path | str) -> Path:
 def queue_registration(store_root: Path | str, verification_key: str) -> Path:
     """Write the registration for the sender to deliver first (then erase)."""
     store_id, key0 = parse_verification_key(verification_key)
+    line = f"register {store_id} {key0.hex()}"
+    # Without store.json yet the witness caps epochs by its own minimum.
+    with contextlib.suppress(StoreError):
+        line += " " + format_seconds(read_store_info(StoreLayout(store_root)).epoch_seconds)
     path = pending_path(store_root)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, f"register {store_id} {key0.hex()}\n".encode("ascii"))
+        os.write(fd, f"{line}\n".encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -39,7 +39,16 @@ from ..core.witness_format import (
     format_policy_line,
 )
 from .bounds import kept_summary
-from .state import Clock, Limits, WitnessState, fsync_dir, read_checkpoints, read_key, write_file
+from .state import (
+    Clock,
+    Limits,
+    WitnessState,
+    fsync_dir,
+    read_checkpoints,
+    read_epoch_seconds,
+    read_key,
+    write_file,
+)
 from .verify import format_verdict, last_verify_path, settings_from, verify_outside
 
 logger = logging.getLogger(__name__)
@@ -203,7 +212,7 @@ def export_records(path: Path, policy_dir: Path | None = None) -> bytes:
     key = read_key(path)
     if key is None:
         raise LogvmError(f"{path.name} has not registered a key")
-    data = [format_export_header(path.name, key[0])]
+    data = [format_export_header(path.name, key[0], read_epoch_seconds(path))]
     policy = _deployed_policy(policy_dir, path.name) if policy_dir is not None else None
     if policy is not None:
         data.append(format_policy_line(policy))

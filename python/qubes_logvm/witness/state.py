@@ -13,6 +13,8 @@ Runs in dom0. Directory ``<root>/<logvm>/``:
   :meth:`Limits.storage_bound` whatever the LogVM sends;
 - ``events``/``events.1``: registrations and refusals (bounded, rotated);
 - ``refused-key``: the last different key offered (shown by ``list``);
+- ``epoch-seconds``: the store's epoch length, when the registration gave
+  it (written once with the key): the epoch cap's minimum epoch;
 - ``bounds``, ``keys``: the hashing budget, epoch anchor and key cache kept
   across calls (:mod:`.bounds`);
 - ``lock``: one connection per LogVM at a time.
@@ -39,6 +41,7 @@ from ..core.witness_format import (
     Held,
     Register,
     format_held_line,
+    format_seconds,
     judge_checkpoint,
     judge_deletion,
     judge_epoch,
@@ -141,6 +144,20 @@ def read_key(path: Path) -> tuple[str, bytes] | None:
     return parse_verification_key(data.decode("ascii", "replace"))
 
 
+def read_epoch_seconds(path: Path) -> float | None:
+    """The epoch length the LogVM registered with its key (None: not given)."""
+    try:
+        with open(path / "epoch-seconds", "rb") as f:
+            text = f.read(32).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < 1e9 else None
+
+
 def read_checkpoints(path: Path) -> Iterator[tuple[bytes, Held]]:
     """Every checkpoint and deletion held (older generation first), torn or bad lines skipped.
 
@@ -183,9 +200,10 @@ class WitnessState:
         gens = _generations(path)
         self.gen = gens[-1] if gens else 1
         self._repair_tail()
-        self.bounds = Bounds.load(
-            path, limits.hash_rate, limits.hash_burst, limits.min_epoch_seconds, clock()
-        )
+        # Epochs are never shorter than the store's own length (the collector's
+        # timer never catches up), when the registration said what it is.
+        shortest = max(limits.min_epoch_seconds, read_epoch_seconds(path) or 0.0)
+        self.bounds = Bounds.load(path, limits.hash_rate, limits.hash_burst, shortest, clock())
         self.counts = {"stored": 0, "refused": 0, "suppressed": 0}
         self._events_written = 0
 
@@ -290,6 +308,12 @@ class WitnessState:
             )
             self.event("key-mismatch", store=message.store_id)
             return "err key-mismatch"
+        if message.epoch_seconds is not None:
+            seconds = format_seconds(message.epoch_seconds).encode("ascii") + b"\n"
+            write_file(self.path / "epoch-seconds", seconds, exclusive=False)
+            self.bounds.min_epoch_seconds = max(
+                self.bounds.min_epoch_seconds, message.epoch_seconds
+            )
         write_file(self.path / "key", offered.encode("ascii") + b"\n", exclusive=True)
         self.key = (message.store_id, message.key0)
         self.keys = EpochKeys(message.key0, max_keys=MAX_KEYS)

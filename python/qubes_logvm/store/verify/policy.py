@@ -54,14 +54,18 @@ def parse_policy(data: bytes) -> RetentionConfig:
     return parse_retention(Section(tree, "policy"))
 
 
-def check_policy(ctx: VerifyRun, data: bytes) -> None:
-    """Every age or DispVM deletion in the store must be one the deployed policy makes."""
+def check_policy(ctx: VerifyRun, data: bytes, registered: float | None = None) -> None:
+    """Every age or DispVM deletion in the store must be one the deployed policy makes.
+
+    Ages are reckoned with the epoch length the store registered with the
+    witness when there is one (else store.json's, the LogVM's word).
+    """
     try:
         cfg = parse_policy(data)
     except ConfigError as err:
         ctx.add(ERROR, None, f"witness: the deployed policy in the witness file: {err}")
         return
-    seconds = ctx.info.epoch_seconds if ctx.info is not None else None
+    seconds = registered or (ctx.info.epoch_seconds if ctx.info is not None else None)
     if seconds is None:
         return
     for qube, tombs in sorted(ctx.tomb_lines.items()):

@@ -55,6 +55,7 @@ class WitnessFile:
     store_id: str
     held: list[tuple[bytes, Held]]
     policy: bytes | None  # the retention policy dom0 deployed (JSON), if any
+    epoch_seconds: float | None  # the epoch length the LogVM registered, if it said
 
 
 def read_witness_file(path: Path) -> WitnessFile:
@@ -64,8 +65,8 @@ def read_witness_file(path: Path) -> WitnessFile:
     except FileNotFoundError as err:
         raise StoreError(f"{path}: cannot read the witness file: {err.strerror}") from err
     lines = data.split(b"\n")
-    logvm, store_id = parse_export_header(lines[0])
-    found = WitnessFile(logvm, store_id, [], None)
+    logvm, store_id, seconds = parse_export_header(lines[0])
+    found = WitnessFile(logvm, store_id, [], None, seconds)
     for number, line in enumerate(lines[1:], start=2):
         if not line:
             continue
@@ -141,10 +142,23 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     if heard.epochs and not qubes:
         _check_store_epochs(ctx, heard.epochs)
     check_deletions(ctx, heard.deletions, heard.newest_epoch)
+    _check_epoch_length(ctx, export.epoch_seconds)
     if export.policy is not None:
-        check_policy(ctx, export.policy)
+        check_policy(ctx, export.policy, export.epoch_seconds)
     print_epochs(ctx, heard.stamps)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
+
+
+def _check_epoch_length(ctx: VerifyRun, registered: float | None) -> None:
+    """store.json's epoch length is the LogVM's word; the witness kept the registered one."""
+    if registered is None or ctx.info is None or ctx.info.epoch_seconds == registered:
+        return
+    ctx.add(
+        ERROR,
+        None,
+        f"witness: store.json says epochs last {ctx.info.epoch_seconds:g} s, the store "
+        f"registered {registered:g} s with the witness: store.json was edited",
+    )
 
 
 def _authentic(ctx: VerifyRun, stamp: bytes, item: Held, cap: int) -> bool:
