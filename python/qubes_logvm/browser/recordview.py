@@ -42,6 +42,7 @@ class RecordView(Gtk.Grid):
         self.selected: tuple[int, int] | None = None  # (anchor, cursor), rows of the qube
         self.matches: set[int] = set()
         self.on_select: Callable[[Entry | None], None] = lambda entry: None
+        self._char = Pango.SCALE  # a digit's width (Pango units), measured when drawn
         self.area = Gtk.DrawingArea(hexpand=True, vexpand=True, can_focus=True)
         self.area.set_name("record-area")
         self.area.add_events(
@@ -149,6 +150,7 @@ class RecordView(Gtk.Grid):
         height = self.row_height()
         layout = widget.create_pango_layout("")
         char = layout.get_context().get_metrics(None, None).get_approximate_digit_width()
+        self._char = max(1, char)
         xs = [4]
         for chars in WIDTHS:
             xs.append(xs[-1] + (chars + 1) * char // Pango.SCALE)
@@ -191,7 +193,9 @@ class RecordView(Gtk.Grid):
         for index, text in enumerate(cells):
             x = xs[index]
             end = xs[index + 1] - 6 if index + 1 < len(xs) else width - 4
-            layout.set_text(text, -1)  # plain text: never markup
+            # No more than fits (a monospace font): Pango shapes all it is given.
+            fit = (end - x) * Pango.SCALE // self._char + 2
+            layout.set_text(text[:fit], -1)  # plain text: never markup
             layout.set_width(max(1, end - x) * Pango.SCALE)
             layout.set_ellipsize(Pango.EllipsizeMode.END)
             layout.set_single_paragraph_mode(True)
