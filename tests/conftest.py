@@ -1,5 +1,6 @@
 """Fixtures shared across test folders."""
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -47,3 +48,16 @@ def _inprocess_means_no_subprocess(
         raise AssertionError("an inprocess test started a subprocess: drop the marker")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``logvm verify`` keeps results in the user's state directory: a private one here."""
+    path = tmp_path_factory.mktemp("state-home")
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["XDG_STATE_HOME"]
+    else:
+        os.environ["XDG_STATE_HOME"] = old

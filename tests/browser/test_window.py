@@ -206,3 +206,29 @@ def test_storage_chart(browser: object, tmp_path: Path) -> None:
     )
     screenshot(dialog, tmp_path / "browser-storage.png")
     dialog.destroy()
+
+
+def test_verified_column_shows_the_last_logvm_verify(
+    display: str, collected: Collected, tmp_path: Path
+) -> None:
+    import io
+
+    from qubes_logvm.browser.window import BrowserWindow
+    from qubes_logvm.cli import main
+    from qubes_logvm.store.layout import StoreLayout
+
+    key = tmp_path / "vk"
+    key.write_text(collected.key + "\n")
+    out = io.BytesIO()
+    args = ["verify", "--store", str(collected.root), "--key", str(key), "work"]
+    assert main(args, stdout=out, stderr=io.StringIO(), stdin=io.StringIO()) == 0
+    win = BrowserWindow(None, StoreLayout(collected.root), ())
+    win.setup()
+    win.window.present()
+    try:
+        cells: dict[str, str] = {}
+        win.store.foreach(lambda m, p, it: cells.update({m.get_value(it, 0): m.get_value(it, 9)}))
+        assert cells["work"].startswith("ok ")  # verified just now, with the date
+        assert cells["personal"] == "unknown"  # not in that run
+    finally:
+        win.window.destroy()

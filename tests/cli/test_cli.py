@@ -15,6 +15,7 @@ from qubes_logvm.core.records import format_timestamp, line_record, note_record,
 from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.reader import iter_segment
+from qubes_logvm.store.verify_results import load_results, results_path
 from qubes_logvm.store.writer import Store
 from support.programs import program
 from support.storebuilder import Built
@@ -56,6 +57,10 @@ def test_untouched_store_verifies_exit_0(store: Built, keyfile: Path, runner: st
     assert code == 0, out
     assert "OK: intact, 0 warning(s); 3 qubes, 7 segments" in out
     assert "info: work/00000001: segment 1 deleted, reason quota, 15 records" in out
+    # The result is kept for logvm-browser's Verified column (this user's state file).
+    known = load_results(results_path(), store.root)
+    assert sorted(known) == sorted(StoreLayout(store.root).qubes())
+    assert all(r.ok and r.errors == 0 for r in known.values())
 
 
 @pytest.mark.timeout(60)
@@ -73,6 +78,9 @@ def test_tamper_matrix_exit_1_names_place(
     assert out.splitlines()[-1].startswith("FAILED: ")
     located = [line for line in errors if f"error: {expect.place}" in line]
     assert located, out
+    qube = expect.place.split("/")[0].split(":")[0]
+    known = load_results(results_path(), store.root)
+    assert qube not in known or not known[qube].ok  # the damaged qube is not kept as "ok"
     if expect.line is not None:
         ranges = [re.search(r" lines? (\d+)(?:-(\d+))?", line) for line in located]
         assert any(

@@ -16,6 +16,7 @@ from ..core.errors import LogvmError
 from ..store.eviction import qube_report
 from ..store.layout import StoreLayout
 from ..store.summary import count_drops, qube_summary, segment_info
+from ..store.verify_results import describe, load_results, results_path
 
 #: Classes the retention config gives DispVM sessions (``disp1234``); by name otherwise.
 _DISPVM_CLASSES = ("dispvm", "disposable")
@@ -80,9 +81,15 @@ def qube_facts(layout: StoreLayout, cfg: RetentionConfig | None, qube: str) -> Q
     )
 
 
-def all_facts(layout: StoreLayout, cfg: RetentionConfig | None) -> list[QubeFacts]:
-    """Every qube's cheap figures, by name."""
-    return [qube_facts(layout, cfg, q) for q in layout.qubes()]
+def all_facts(
+    layout: StoreLayout, cfg: RetentionConfig | None, results: Path | None = None
+) -> list[QubeFacts]:
+    """Every qube's cheap figures, by name, with its last ``logvm verify`` result."""
+    known = load_results(results or results_path(), layout.root)
+    found = [qube_facts(layout, cfg, q) for q in layout.qubes()]
+    for facts in found:
+        facts.verified = describe(known.get(facts.name))
+    return found
 
 
 def drops_of(layout: StoreLayout, qube: str) -> int:

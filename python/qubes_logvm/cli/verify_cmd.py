@@ -10,6 +10,7 @@ import logging
 import os
 import pwd
 import tempfile
+import time
 from pathlib import Path
 
 from ..config.collector import load_collector_config
@@ -20,6 +21,7 @@ from ..store.forwarded import read_lines as read_forwarded
 from ..store.forwarded import rebuild
 from ..store.keystate import setup_keys
 from ..store.verify import Report, verify_store
+from ..store.verify_results import outcome, results_path, save_results
 from ..store.witness_pending import queue_registration
 from .common import Env, UsageError
 
@@ -60,7 +62,17 @@ def run_verify(
             raise UsageError("--forwarded and --witness: one at a time")
         return _verify_forwarded(env, qubes, key, forwarded)
     report = verify_store(env.layout.root, key, qubes or None, witness)
+    _remember(env, report, qubes or env.layout.qubes())
     return _print_report(env, report, [])
+
+
+def _remember(env: Env, report: Report, qubes: list[str]) -> None:
+    """Keep each qube's result for logvm-browser's Verified column (this user's file)."""
+    path = results_path()
+    try:
+        save_results(path, env.layout.root, outcome(report, qubes, time.time()))
+    except OSError as err:
+        env.err.write(f"logvm verify: result not kept in {path}: {err.strerror}\n")
 
 
 def _verify_forwarded(env: Env, qubes: list[str], key: str, central: str) -> int:
