@@ -36,6 +36,7 @@ FACILITIES = ("user", "daemon", "auth", "syslog", *(f"local{n}" for n in range(8
 #: Leaf kinds by pillar key; every mapping above a leaf is a section.
 LEAVES = {
     "system:reload_command": "text", "system:forward_restart_command": "text",
+    "system:dom0_exporter_restart_command": "text", "system:dom0_exporter_stop_command": "text",
     "vm:name": "qube", "vm:template": "qube", "vm:label": "label", "vm:memory": "mem",
     "vm:maxmem": "count0", "vm:vcpus": "count", "vm:disk": "size", "vm:autostart": "bool",
     "vm:tag": "tag", "vm:dispvm:name": "qube", "vm:dispvm:label": "label",
@@ -45,6 +46,11 @@ LEAVES = {
     "sources:disposable_templates": "qubes", "sources:dispvm_tag": "tag",
     "sources:exclude:names": "qubes", "sources:exclude:tags": "tags",
     "templates": "qubes",
+    "dom0:enabled": "bool", "dom0:journal": "bool", "dom0:consoles": "bool",
+    "dom0:qubes_logs": "bool", "dom0:remove_dispvm_consoles": "bool",
+    "dom0:filters:min_priority": "priority",
+    "dom0:filters:units:include": "texts", "dom0:filters:units:exclude": "texts",
+    "dom0:filters:identifiers:include": "texts", "dom0:filters:identifiers:exclude": "texts",
     "exporter:qrexec_command": "command",
     "exporter:batch:max_lines": "count", "exporter:batch:max_delay": "duration",
     "exporter:sources:journal:enabled": "bool",
@@ -341,6 +347,16 @@ def _across_forward(merged):
         )
 
 
+def _across_dom0(merged):
+    dom0 = merged["dom0"]
+    if dom0["enabled"] and not (dom0["journal"] or dom0["consoles"] or dom0["qubes_logs"]):
+        _fail("dom0:enabled", "needs one of dom0:journal, dom0:consoles, dom0:qubes_logs", True)
+    if dom0["remove_dispvm_consoles"] and not dom0["consoles"]:
+        _fail(
+            "dom0:remove_dispvm_consoles", "needs dom0:consoles (nothing else removes them)", True
+        )
+
+
 def check(defaults, given):
     """The merged settings; raises :class:`Invalid` naming the first wrong key."""
     if not isinstance(given, dict):
@@ -352,6 +368,7 @@ def check(defaults, given):
     _walk(merged, "", classes)
     _across(merged)
     _across_forward(merged)
+    _across_dom0(merged)
     return merged
 
 

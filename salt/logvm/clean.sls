@@ -1,7 +1,8 @@
 {#- logvm.clean: undoes the formula, in reverse order, wherever it runs:
     `qubesctl --skip-dom0 --targets=TEMPLATES,LOGVM state.apply logvm.clean`
     first, then `qubesctl state.apply logvm.clean` in dom0. The offline
-    disposable template the formula made and the verification timer go.
+    disposable template the formula made, the verification timer and dom0's
+    exporter go.
     Stored logs are never deleted: the LogVM and its private volume stay (remove it yourself
     with qvm-remove once you no longer need the logs), and so do the
     witness's checkpoints. -#}
@@ -25,6 +26,23 @@
 {{ id }}-policy:
   file.absent:
     - name: {{ logvm_paths.policy }}
+
+{#- dom0's exporter (logvm.dom0): no longer enabled or configured, stopped;
+    its positions stay with the package. #}
+{{ id }}-dom0-exporter-enable:
+  file.absent:
+    - name: /etc/systemd/system/multi-user.target.wants/logvm-exporter-dom0.service
+
+{{ id }}-dom0-exporter-config:
+  file.absent:
+    - name: {{ logvm_paths.dom0_exporter }}
+
+{{ id }}-dom0-exporter-stop:
+  cmd.run:
+    - name: {{ logvm.system.dom0_exporter_stop_command | yaml_dquote }}
+    - onchanges:
+      - file: {{ id }}-dom0-exporter-enable
+      - file: {{ id }}-dom0-exporter-config
 {%-   set timer = 'logvm-witness-verify.timer' %}
 {#- The outside verification's timer and the files logvm.witness wrote. #}
 {%-   for path in ['/etc/systemd/user/timers.target.wants/' ~ timer,

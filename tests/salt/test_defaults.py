@@ -66,3 +66,16 @@ def uncommented(path: Path) -> dict[str, Any]:
 def test_shipped_files_show_only_true_defaults(name: str) -> None:
     parse = PARSERS[name]
     assert differences(parse(uncommented(REPO / "etc/qubes-logvm" / name)), parse({})) == {}
+
+
+def test_dom0_defaults_are_the_dom0_exporters() -> None:
+    # logvm.dom0 renders logvm:dom0 into exporter-dom0.yaml (tests/salt/test_dom0.py):
+    # with only `enabled: true`, the dom0 exporter runs on its built-in defaults.
+    dom0 = yaml.safe_load((REPO / "salt/logvm/defaults.yaml").read_text())["logvm"]["dom0"]
+    journal = {"enabled": dom0["journal"], **dom0["filters"]}
+    rendered = {
+        "sources": {"journal": journal},
+        "dom0": {k: dom0[k] for k in ("consoles", "qubes_logs", "remove_dispvm_consoles")},
+    }
+    assert dom0["enabled"] is False
+    assert differences(parse_exporter_config(rendered), parse_exporter_config({})) == {}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from qubes_logvm.exporter.config import Dom0Config, load_exporter_config
 from support.fake_qvm.saltenv import REPO, SaltEnv, check_golden
 from support.qrexec_eval import AccessDenied, evaluate, make_request
 from support.qrexec_policy import QubeInfo, load_policy
@@ -122,7 +123,7 @@ def policy_path(env: SaltEnv) -> Path:
     return env.root / "etc/qubes/policy.d/50-logvm.policy"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)  # two applies of every dom0 state; slow on a loaded machine
 @pytest.mark.parametrize("case", CASES)
 def test_dom0_apply_matches_golden_and_is_idempotent(salt_env: SaltEnv, case: str) -> None:
     salt_env.pillar_file(case)
@@ -247,3 +248,57 @@ def test_witness_gets_the_deployed_retention_policy(salt_env: SaltEnv) -> None:
     assert max_age_for(policy, "personal") == 30 * 86400
     assert max_age_for(policy, "work") == 90 * 86400
     assert quota_for(policy, "work") == 2 << 30
+
+
+@pytest.mark.timeout(120)
+def test_dom0_exporter_configured_enabled_and_turned_off(salt_env: SaltEnv) -> None:
+    commands = salt_env.base / "systemctl"
+    system = {
+        "dom0_exporter_restart_command": f"echo restart >> {commands}",
+        "dom0_exporter_stop_command": f"echo stop >> {commands}",
+    }
+    dom0 = {
+        "enabled": True,
+        "qubes_logs": False,
+        "filters": {"min_priority": "info", "identifiers": {"exclude": ["kernel"]}},
+        "remove_dispvm_consoles": True,
+    }
+    sources = {"names": ["work"], "exclude": {"names": ["vault"], "tags": ["no-logs"]}}
+    pillar = {"system": system, "dom0": dom0, "vm": {"name": "logbox"}, "sources": sources}
+    salt_env.pillar({"logvm": pillar})
+    first = salt_env.apply("logvm")
+    assert first.returncode == 0, first.failed or first.output
+    conf = salt_env.root / "etc/qubes-logvm/exporter-dom0.yaml"
+    wants = (
+        salt_env.root / "etc/systemd/system/multi-user.target.wants/logvm-exporter-dom0.service"
+    )
+    assert os.readlink(wants) == "/usr/lib/systemd/system/logvm-exporter-dom0.service"
+    assert (REPO / "systemd/logvm-exporter-dom0.service").exists()
+    unit = (REPO / "systemd/logvm-exporter-dom0.service").read_text(encoding="utf-8")
+    assert "ConditionPathExists=/etc/qubes-logvm/exporter-dom0.yaml\n" in unit
+    assert "--config /etc/qubes-logvm/exporter-dom0.yaml\n" in unit
+    # What the dom0 exporter reads: the product's own loader accepts it.
+    config = load_exporter_config(conf)
+    assert config.dom0 == Dom0Config(
+        enabled=True,
+        logvm="logbox",
+        qubes_logs=False,
+        remove_dispvm_consoles=True,
+        exclude=("untrusted", "vault"),  # by name, and by tag (resolved when applied)
+    )
+    assert config.journal.enabled and config.journal.min_priority == 6
+    assert config.journal.identifiers.exclude == ("kernel",)
+    assert config.files == () and not config.syslog.enabled
+    assert commands.read_text() == "restart\n"
+
+    again = salt_env.apply("logvm")
+    assert again.returncode == 0 and again.changed == {}
+    assert commands.read_text() == "restart\n"
+
+    salt_env.pillar({"logvm": {"system": system, "vm": {"name": "logbox"}}})
+    off = salt_env.apply("logvm")
+    assert off.returncode == 0, off.failed
+    assert not conf.exists() and not os.path.lexists(wants)
+    assert commands.read_text() == "restart\nstop\n"
+    assert salt_env.apply("logvm").changed == {}
+    assert commands.read_text() == "restart\nstop\n"

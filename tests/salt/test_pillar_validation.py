@@ -45,6 +45,17 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"collector": {"compress": {"level": 40}}},
         "logvm:collector:compress:level: must be at most",
     ),
+    # dom0 as a source: typed keys, and a switch with nothing to ship
+    ({"dom0": {"enabled": "yes"}}, "logvm:dom0:enabled: expected true or false"),
+    ({"dom0": {"filters": {"unit": {}}}}, "logvm:dom0:filters:unit: unknown key"),
+    (
+        {"dom0": {"enabled": True, "journal": False, "consoles": False, "qubes_logs": False}},
+        "logvm:dom0:enabled: needs one of dom0:journal, dom0:consoles, dom0:qubes_logs",
+    ),
+    (
+        {"dom0": {"consoles": False, "remove_dispvm_consoles": True}},
+        "logvm:dom0:remove_dispvm_consoles: needs dom0:consoles",
+    ),
     # checks across keys and against dom0's qubes
     ({"witness": "sys-log"}, "logvm:vm:name: the LogVM cannot be dom0 or its own witness"),
     ({"vm": {"maxmem": 100}}, "logvm:vm:maxmem: must be 0"),

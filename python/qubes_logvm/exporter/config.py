@@ -69,6 +69,8 @@ class Dom0Config:
     qubes_logs: bool = True
     qubes_log_dir: str = "/var/log/qubes"
     remove_dispvm_consoles: bool = False
+    #: Qubes whose files dom0 never ships (the formula's excluded sources).
+    exclude: tuple[str, ...] = ()
     #: Where qrexec-daemon keeps ``qrexec.<qube>`` (a running qube has one).
     qrexec_socket_dir: str = "/var/run/qubes"
     idle_close: float = 60.0
@@ -180,14 +182,16 @@ def _dom0(section: Section) -> Dom0Config:
         qubes_logs=section.boolean("qubes_logs", True),
         qubes_log_dir=_absolute(section, "qubes_log_dir", defaults.qubes_log_dir),
         remove_dispvm_consoles=section.boolean("remove_dispvm_consoles", False),
+        exclude=tuple(section.strings("exclude", [])),
         qrexec_socket_dir=_absolute(section, "qrexec_socket_dir", defaults.qrexec_socket_dir),
         idle_close=section.duration("idle_close", "60s"),
     )
     section.done()
-    try:
-        validate_qube_name(result.logvm)
-    except InvalidQubeName as err:
-        raise ConfigError(f"{section.key('logvm')}: {err}") from err
+    for key, name in [("logvm", result.logvm), *(("exclude", n) for n in result.exclude)]:
+        try:
+            validate_qube_name(name)
+        except InvalidQubeName as err:
+            raise ConfigError(f"{section.key(key)}: {err}") from err
     return result
 
 

@@ -82,8 +82,14 @@ def route(path: str, config: Dom0Config) -> tuple[str, str] | None:
 
     ``guest-X.log`` -> (X, ``console``); ``guest-X-dm.log`` -> (X,
     ``console-dm``); ``/var/log/qubes/KIND.X.log`` -> (X, KIND); any other
-    ``/var/log/qubes/NAME.log`` is dom0's own (``dom0``, NAME).
+    ``/var/log/qubes/NAME.log`` is dom0's own (``dom0``, NAME). None: not
+    followed (not a file dom0 ships, or X is in ``exclude``).
     """
+    found = _route(path, config)
+    return None if found is None or found[0] in config.exclude else found
+
+
+def _route(path: str, config: Dom0Config) -> tuple[str, str] | None:
     directory, name = os.path.split(path)
     if not name.endswith(".log"):
         return None
