@@ -179,19 +179,24 @@ install-vm: install-python
 	install -D -m 0644 desktop/logvm-browser.desktop $(D)$(DATADIR)/applications/logvm-browser.desktop
 	install -D -m 0644 desktop/logvm-browser.svg $(D)$(DATADIR)/icons/hicolor/scalable/apps/logvm-browser.svg
 
-# dom0 side: the witness service (only the pure core, the witness module and
-# its command and manual page: code in dom0 stays small), the policy, the
-# Salt formula.
+# dom0 side: the witness service and dom0's exporter (only the pure core,
+# the witness, the exporter with the config schema it reads and the daemon
+# helpers, their commands and manual pages: code in dom0 stays small, and no
+# store or zstd), the exporter's unit, the policy, the Salt formula.
+DOM0_MODULES := __init__.py VERSION py.typed core witness exporter daemon_support.py \
+	config/__init__.py config/schema.py
 install-dom0:
 	rm -rf $(PKGBUILD)/dom0root
 	$(MAKE) --no-print-directory install-python DESTDIR=$(PKGBUILD)/dom0root
 	install -d $(D)$(PYTHON_SITELIB)/qubes_logvm $(D)$(BINDIR) $(D)$(QUBESRPCDIR) \
-	    $(D)$(POLICYDIR) $(D)$(FORMULADIR) $(D)$(SALTMINIONDIR)
+	    $(D)$(POLICYDIR) $(D)$(FORMULADIR) $(D)$(SALTMINIONDIR) $(D)$(UNITDIR)
 	cd $(PKGBUILD)/dom0root$(PYTHON_SITELIB)/qubes_logvm && \
-	    cp -r __init__.py VERSION py.typed core witness \
-	        $(abspath $(D)$(PYTHON_SITELIB))/qubes_logvm/
-	install -m 0755 $(PKGBUILD)/dom0root$(BINDIR)/logvm-witness $(D)$(BINDIR)/logvm-witness
-	install -D -m 0644 man/logvm-witness.8 $(D)$(MANDIR)/man8/logvm-witness.8
+	    cp -r --parents $(DOM0_MODULES) $(abspath $(D)$(PYTHON_SITELIB))/qubes_logvm/
+	install -m 0755 $(PKGBUILD)/dom0root$(BINDIR)/logvm-witness \
+	    $(PKGBUILD)/dom0root$(BINDIR)/logvm-exporter $(D)$(BINDIR)/
+	install -d $(D)$(MANDIR)/man8
+	install -m 0644 man/logvm-witness.8 man/logvm-exporter.8 $(D)$(MANDIR)/man8/
+	install -m 0644 systemd/logvm-exporter-dom0.service $(D)$(UNITDIR)/
 	rm -rf $(PKGBUILD)/dom0root
 	install -m 0755 qubes-rpc/logvm.Witness $(D)$(QUBESRPCDIR)/logvm.Witness
 	# Outside verification on a timer: user units of the dom0 user.

@@ -86,15 +86,27 @@ def test_dom0_rpm_holds_what_install_dom0_installs(
     sitelib = f"PYTHON_SITELIB={RPM_SITELIB}"  # what the spec passes
     staged = stage(tree, tmp_path_factory.mktemp("rpmdom0"), "install-dom0", sitelib)
     assert rpm_files(rpms["dom0"]) == as_packaged(staged_entries(staged))
-    # dom0 gets the pure core and the witness only: nothing that needs
-    # yaml, systemd or zstandard, no daemon that is not meant to run there.
+    # dom0 gets the pure core, the witness and dom0's exporter (with the
+    # config schema it reads and the daemon helpers) only: no store, no
+    # zstandard, no daemon that is not meant to run there.
     files = rpm_files(rpms["dom0"])
-    modules = {p.split("/qubes_logvm/")[1].split("/")[0] for p in files if "/qubes_logvm/" in p}
-    assert modules <= {"__init__.py", "VERSION", "py.typed", "core", "witness", "witness.py"}
-    assert [p for p in files if p.startswith("/usr/bin/")] == ["/usr/bin/logvm-witness"]
-    assert [p for p in files if p.startswith("/usr/share/man/")] == [
-        "/usr/share/man/man8/logvm-witness.8.gz"
+    ours = [p.split("/qubes_logvm/")[1] for p in files if "/qubes_logvm/" in p]
+    top = {"__init__.py", "VERSION", "py.typed", "core", "witness", "exporter"}
+    assert {p.split("/")[0] for p in ours} <= top | {"daemon_support.py", "config"}
+    assert {p for p in ours if p.startswith("config/")} == {
+        "config/__init__.py",
+        "config/schema.py",
+    }
+    assert [p for p in files if p.startswith("/usr/bin/")] == [
+        "/usr/bin/logvm-exporter",
+        "/usr/bin/logvm-witness",
     ]
+    assert [p for p in files if p.startswith("/usr/share/man/")] == [
+        "/usr/share/man/man8/logvm-exporter.8.gz",
+        "/usr/share/man/man8/logvm-witness.8.gz",
+    ]
+    units = [p for p in files if p.startswith("/usr/lib/systemd/system/")]
+    assert units == ["/usr/lib/systemd/system/logvm-exporter-dom0.service"]
 
 
 @pytest.mark.timeout(60)
@@ -127,6 +139,11 @@ def test_rpm_metadata(rpms: dict[str, Path]) -> None:
     dom0_requires = run(["rpm", "-qp", "--requires", str(rpms["dom0"])]).splitlines()
     for dep in ("qubes-mgmt-salt-dom0-qvm", "qubes-core-qrexec-dom0"):
         assert dep in dom0_requires
+    # dom0's exporter: the distribution's yaml and systemd bindings, never zstandard.
+    assert {"python3-pyyaml", "python3-systemd"} <= set(dom0_requires)
+    assert "python3-zstandard" not in dom0_requires
+    dom0_scripts = run(["rpm", "-qp", "--scripts", str(rpms["dom0"])])
+    assert "disable --now logvm-exporter-dom0.service" in dom0_scripts
     scripts = run(["rpm", "-qp", "--scripts", str(rpms["vm"])])
     assert "systemctl --no-reload preset" in scripts
     # The user first, then the directories it owns, then the units.
@@ -180,6 +197,22 @@ def test_dom0_rpm_in_scratch_root(rpm_roots: dict[str, Path], local: testinfra.h
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(sitelib)}
     out = run([f"{root}/usr/bin/logvm-witness", "--help"], env=env)
     assert "serve" in out
+    # ... and for dom0's exporter, every module of it (lazy ones too), with
+    # no store and no zstandard loaded; its command runs.
+    code = (
+        f"import sys, importlib, pkgutil; sys.path.insert(0, {str(sitelib)!r}); "
+        "import qubes_logvm.exporter as e; "
+        "walk = pkgutil.walk_packages(e.__path__, 'qubes_logvm.exporter.'); "
+        "[importlib.import_module(m.name) for m in walk]; "
+        f"assert e.__file__.startswith({str(sitelib)!r}), e.__file__; "
+        "bad = [n for n in sys.modules if n.startswith(('qubes_logvm.store', 'zstandard'))]; "
+        "assert not bad, bad"
+    )
+    run(["/usr/bin/python3", "-I", "-c", code])
+    out = run([f"{root}/usr/bin/logvm-exporter", "--help"], env=env)
+    assert "--config" in out
+    unit = local.file(f"{root}/usr/lib/systemd/system/logvm-exporter-dom0.service")
+    assert "ConditionPathExists=/etc/qubes-logvm/exporter-dom0.yaml" in unit.content_string
 
 
 @pytest.mark.timeout(60)
