@@ -232,3 +232,72 @@ def test_verified_column_shows_the_last_logvm_verify(
         assert cells["personal"] == "unknown"  # not in that run
     finally:
         win.window.destroy()
+
+
+FAKE_COPY = Path(__file__).resolve().parents[1] / "support" / "fake-qvm-copy"
+
+
+def press(win: object, accel: str) -> bool:
+    """A shortcut through the window's accelerators, as a key press reaches them."""
+    from gi.repository import Gtk
+
+    key, mods = Gtk.accelerator_parse(accel)
+    handled = Gtk.accel_groups_activate(win.window, key, mods)  # type: ignore[attr-defined]
+    pump()
+    return bool(handled)
+
+
+def test_shortcuts(browser: object) -> None:
+    win = browser
+    get = win.builder.get_object  # type: ignore[attr-defined]
+    win.choose_qube("work")  # type: ignore[attr-defined]
+    pump()
+    assert press(win, "<Control>f")
+    assert get("search_entry").has_focus()
+    assert press(win, "<Control>l")
+    assert pump(lambda: get("range_popover").get_visible())
+    get("range_popover").popdown()
+    assert press(win, "F5")
+    assert win.qube == "work" and win.records.shown > 0  # type: ignore[attr-defined]
+    assert press(win, "<Control>o")  # nothing selected: the records shown
+    status = win.status  # type: ignore[attr-defined]
+    assert pump(lambda: "disposable qube" in status.get_text() or "DispVM" in status.get_text())
+
+
+def test_copy_and_export_with_qvm_copy(display: str, collected: Collected, tmp_path: Path) -> None:
+    from gi.repository import Gdk, Gtk
+
+    from qubes_logvm.browser.window import BrowserWindow
+    from qubes_logvm.store.layout import StoreLayout
+
+    os.environ["FAKE_COPY_RECORD"] = str(tmp_path / "copies")
+    win = BrowserWindow(
+        None, StoreLayout(collected.root), (), copy_command=(str(FAKE_COPY), "--without-progress")
+    )
+    win.setup()
+    win.window.present()
+    try:
+        win.choose_qube("work")
+        pump()
+        click_row(win, 4)  # an error record
+        win.builder.get_object("copy_button").clicked()
+        pasted = Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD).wait_for_text()
+        assert pasted is not None and "work error 0" in pasted and "\n" not in pasted
+        win.builder.get_object("export_button").clicked()
+        pump()
+        [dialog] = [w for w in Gtk.Window.list_toplevels() if w.get_title() == "Export records"]
+        dialog.set_current_folder(str(tmp_path))
+        dialog.set_current_name("exported.log")
+        dialog.get_extra_widget().set_active(True)  # then qvm-copy it
+        pump()
+        dialog.response(Gtk.ResponseType.OK)
+        assert pump(lambda: "qvm-copy" in win.status.get_text()), win.status.get_text()
+        assert "qvm-copy done" in win.status.get_text()
+        exported = (tmp_path / "exported.log").read_bytes()
+        assert b"work error 0" in exported and exported.count(b"\n") == 1
+        [call] = [json.loads(p.read_text()) for p in (tmp_path / "copies").glob("copy-*.json")]
+        assert call["argv"] == ["--without-progress", str(tmp_path / "exported.log")]
+        assert call["files"][str(tmp_path / "exported.log")].encode("latin-1") == exported
+    finally:
+        win.window.destroy()
+        del os.environ["FAKE_COPY_RECORD"]

@@ -23,6 +23,7 @@ from .model import QubeRows  # noqa: E402
 from .qubes import QubeFacts  # noqa: E402
 
 SCOPES = ("selection", "range", "segment", "qube")
+COPY_COMMAND = ("qvm-copy", "--without-progress")
 _BLOCK = 4096
 
 
@@ -38,7 +39,7 @@ def export(rows: QubeRows, first: int, end: int, path: Path) -> None:
     write_view_copy(path, stored_lines(rows, first, end))
 
 
-def qvm_copy(path: Path, command: Sequence[str] = ("qvm-copy",)) -> int:
+def qvm_copy(path: Path, command: Sequence[str] = COPY_COMMAND) -> int:
     """Send a file to another qube (dom0 asks which); the exit status."""
     try:
         return subprocess.run([*command, str(path)], check=False).returncode

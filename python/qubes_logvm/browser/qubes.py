@@ -13,10 +13,12 @@ from pathlib import Path
 from ..config.collector import load_collector_config
 from ..config.storage_policy import RetentionConfig
 from ..core.errors import LogvmError
+from ..core.sizes import human_size
 from ..store.eviction import qube_report
 from ..store.layout import StoreLayout
 from ..store.summary import count_drops, qube_summary, segment_info
 from ..store.verify_results import describe, load_results, results_path
+from .text import local_time
 
 #: Classes the retention config gives DispVM sessions (``disp1234``); by name otherwise.
 _DISPVM_CLASSES = ("dispvm", "disposable")
@@ -95,3 +97,21 @@ def all_facts(
 def drops_of(layout: StoreLayout, qube: str) -> int:
     """Records the collector dropped for the qube (its drop notes summed)."""
     return sum(count_drops(s) for s in layout.segments(qube))
+
+
+def qube_row(facts: QubeFacts) -> list[object]:
+    """The qube list's cells for one qube (browser.ui's qube_store columns)."""
+    quota = f"{100 * facts.quota_use:.0f}% of {human_size(facts.quota)}" if facts.quota else "-"
+    return [
+        facts.name,
+        facts.qube_class,
+        human_size(facts.size),
+        quota,
+        str(facts.records),
+        local_time(facts.first.encode(), precise=False) if facts.first != "-" else "-",
+        local_time(facts.last.encode(), precise=False) if facts.last != "-" else "-",
+        "…" if facts.drops is None else str(facts.drops),
+        str(facts.deletions),
+        facts.verified,
+        True,
+    ]

@@ -9,26 +9,32 @@ a window on any store and drive its widgets.
 
 import re
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 
 import gi
 
 gi.require_version("Gtk", "3.0")
-import time  # noqa: E402
-
+gi.require_version("Gdk", "3.0")
 from gi.repository import Gdk, GLib, Gtk  # noqa: E402
 
 from ..core.errors import LogvmError  # noqa: E402
 from ..core.records import format_timestamp  # noqa: E402
-from ..core.sizes import human_size  # noqa: E402
 from ..core.timespec import parse_timespec  # noqa: E402
 from ..store.layout import StoreLayout  # noqa: E402
 from ..store.timeline import Entry  # noqa: E402
 from ..store.viewcopy import OPEN_COMMAND, open_in_dispvm  # noqa: E402
-from .actions import SCOPES, StorageChart, export, qvm_copy, stored_lines  # noqa: E402
+from .actions import (  # noqa: E402
+    COPY_COMMAND,
+    SCOPES,
+    StorageChart,
+    export,
+    qvm_copy,
+    stored_lines,
+)
 from .model import QubeRows  # noqa: E402
-from .qubes import QubeFacts, all_facts, drops_of, retention_config  # noqa: E402
+from .qubes import QubeFacts, all_facts, drops_of, qube_row, retention_config  # noqa: E402
 from .recordview import RecordView  # noqa: E402
 from .search import Pattern, find  # noqa: E402
 from .text import as_text, details, local_time  # noqa: E402
@@ -76,8 +82,10 @@ class BrowserWindow:
         layout: StoreLayout,
         configs: tuple[Path, ...],
         open_command: tuple[str, ...] = OPEN_COMMAND,
+        copy_command: tuple[str, ...] = COPY_COMMAND,
     ) -> None:
         self.open_command = open_command
+        self.copy_command = copy_command
         self.layout = layout
         self.configs = configs
         self.builder = load_builder()
@@ -158,7 +166,7 @@ class BrowserWindow:
                 if sessions is None:
                     sessions = self.store.append(None, [SESSIONS] + [""] * 9 + [True])
                 parent = sessions
-            self.store.append(parent, _qube_row(facts))
+            self.store.append(parent, qube_row(facts))
         self.qube_view.expand_all()
         self.status.set_text(f"{len(self.facts)} qubes in {self.layout.root}")
         threading.Thread(target=self._count_drops, args=(list(self.facts),), daemon=True).start()
@@ -341,11 +349,11 @@ class BrowserWindow:
 
         threading.Thread(target=work, daemon=True).start()
 
-    def export_dialog(self) -> None:
+    def export_dialog(self) -> Gtk.FileChooserDialog | None:
         """Save the selection (or the records shown) to a file; optionally qvm-copy it."""
         span = self.scope_rows("selection") or self.scope_rows("range")
         if self.rows is None or span is None:
-            return
+            return None
         dialog = Gtk.FileChooserDialog(
             title="Export records", transient_for=self.window, action=Gtk.FileChooserAction.SAVE
         )
@@ -354,9 +362,17 @@ class BrowserWindow:
         dialog.set_current_name(f"{self.qube}.log")
         send = Gtk.CheckButton(label="Then send it to another qube (qvm-copy)")
         dialog.set_extra_widget(send)
-        if dialog.run() == Gtk.ResponseType.OK:
-            self.export_to(Path(dialog.get_filename()), span, send=send.get_active())
-        dialog.destroy()
+
+        def answered(_dialog: Gtk.Dialog, response: int) -> None:
+            name = dialog.get_filename()
+            if response == Gtk.ResponseType.OK and name:
+                self.export_to(Path(name), span, send=send.get_active())
+            dialog.destroy()
+
+        dialog.connect("response", answered)
+        dialog.set_modal(True)
+        dialog.show_all()
+        return dialog
 
     def export_to(self, path: Path, span: tuple[int, int], *, send: bool) -> None:
         """Write the rows to ``path`` (a new file), then qvm-copy it if asked."""
@@ -370,7 +386,7 @@ class BrowserWindow:
             return
         message = f"Exported {span[1] - span[0]} records to {path}"
         if send:
-            code = qvm_copy(path)
+            code = qvm_copy(path, self.copy_command)
             message += "; qvm-copy " + ("done" if code == 0 else f"failed (exit {code})")
         self.status.set_text(message)
 
@@ -467,23 +483,6 @@ class BrowserWindow:
                 self.records.grow(rows.count)
                 self.status.set_text(f"{self.qube}: {rows.count} records (following)")
         return True
-
-
-def _qube_row(facts: QubeFacts) -> list[object]:
-    quota = f"{100 * facts.quota_use:.0f}% of {human_size(facts.quota)}" if facts.quota else "-"
-    return [
-        facts.name,
-        facts.qube_class,
-        human_size(facts.size),
-        quota,
-        str(facts.records),
-        local_time(facts.first.encode(), precise=False) if facts.first != "-" else "-",
-        local_time(facts.last.encode(), precise=False) if facts.last != "-" else "-",
-        "…" if facts.drops is None else str(facts.drops),
-        str(facts.deletions),
-        facts.verified,
-        True,
-    ]
 
 
 def _stamp(text: str) -> bytes | None:
