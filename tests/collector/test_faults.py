@@ -29,6 +29,7 @@ from collector.helpers import (
     wait_for,
 )
 
+from qubes_logvm.core.escape import unescape
 from qubes_logvm.store.keystate import read_epoch
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.remnant import OPENING_REMNANT
@@ -268,6 +269,73 @@ def test_clock_stepped_back_keeps_receive_times_monotonic(
     steps = notes(collector.store, "alpha", "clock-step")
     assert len(steps) == 1
     assert 3590_000 < int(steps[0].fields()["back_ms"]) < 3610_000
+    assert verify_errors(collector.store, collector.vkey) == []
+
+
+def _one_by_one(collector: Collector, qube: str, tag: str, count: int) -> None:
+    """One session sending ``count`` lines, each after the last one's ack
+    (each its own read: its own receive time)."""
+    with connect(collector.socket, qube) as sock:
+        got = b""
+        for i in range(count):
+            sock.sendall(b"%s %d\n" % (tag.encode(), i))
+            while b"ack %d\n" % (i + 1) not in got:
+                chunk = sock.recv(4096)
+                assert chunk, f"closed: {collector.stderr()}"
+                got += chunk
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+
+
+def _show(store: Path, *args: str) -> list[str]:
+    """``logvm show`` (the real program) on the store: the sender text it prints."""
+    shown = subprocess.run(
+        [str(program("logvm")), "show", "--store", str(store), "-o", "cat", *args],
+        capture_output=True, env=product_env(), timeout=60, check=True,
+    )  # fmt: skip
+    return shown.stdout.decode().splitlines()
+
+
+def _iso(stamp: bytes) -> str:
+    return stamp.decode().replace("Z", "+00:00")
+
+
+def test_since_until_across_a_clock_stepped_back_and_a_restart(tmp_path: Path) -> None:
+    """The LogVM's clock goes back an hour mid-session, the collector restarts
+    on the wrong clock, then the clock is right again: receive times never go
+    back (a clock-step note each time) and `logvm show --since/--until` prints
+    exactly the records of the window."""
+    collector = Collector(tmp_path, {"global": {"keep_free": 0}, "session_linger": 0})
+    collector.vkey = make_store(collector.store, epoch_seconds=120)
+    offset = tmp_path / "faketime"
+    clock_env = faketime_env(offset)
+    collector.start(env=clock_env)
+    try:
+        _one_by_one(collector, "alpha", "before", 7)
+        step(offset, -3600)
+        _one_by_one(collector, "alpha", "during", 7)
+        assert collector.stop() == 0
+        collector.start(env=clock_env)  # restarted, the clock still an hour back
+        _one_by_one(collector, "alpha", "restart", 7)
+        step(offset, 0)
+        _one_by_one(collector, "alpha", "after", 7)
+        assert collector.stop() == 0
+    finally:
+        collector.kill()
+    stored = records(collector.store, "alpha")
+    stamps = [r.stamp for r in stored]
+    assert stamps == sorted(stamps)  # across segments and the restart too
+    assert len(notes(collector.store, "alpha", "clock-step")) == 2
+    sent = {unescape(r.payload).decode(): r.stamp for r in stored if r.kind == "L"}
+    since, until = _iso(sent["before 3"]), _iso(sent["after 3"])
+    window = _show(collector.store, "alpha", "--since", since, "--until", until)
+    assert window == [f"before {i}" for i in range(3, 7)] + [
+        f"{tag} {i}" for tag in ("during", "restart") for i in range(7)
+    ] + [f"after {i}" for i in range(4)]
+    assert len(window) == 22
+    assert _show(collector.store, "--until", since) == [f"before {i}" for i in range(4)]
+    assert _show(collector.store, "--since", until) == [f"after {i}" for i in range(3, 7)]
     assert verify_errors(collector.store, collector.vkey) == []
 
 

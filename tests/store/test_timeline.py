@@ -146,6 +146,22 @@ def test_until_keeps_records_after_a_late_segment_start_note(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(60)
+def test_until_reads_on_after_a_segment_past_it(tmp_path: Path) -> None:
+    """A store from a collector before issue 18's fix: restarted on a clock
+    set back an hour, its next segment starts below the stored stamps."""
+    layout = StoreLayout(tmp_path / "store")
+    layout.qube_dir("work").mkdir(parents=True)
+    first, later = b"2026-11-28T10:00:00.000000Z", b"2026-11-28T10:00:05.000000Z"
+    back = b"2026-11-28T09:00:01.000000Z"
+    layout.segment_log("work", 1).write_bytes(
+        line_record(first, b"first") + line_record(later, b"later")
+    )
+    layout.segment_log("work", 2).write_bytes(line_record(back, b"after the restart"))
+    got = [e.what.message for e in timeline.entries(layout, "work", Query(until=first))]
+    assert got == [b"first", b"after the restart"]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("text", ["error", "line [0-2]", "owned", "x{10}", "seq=2", "^<11>", "0$"])
 def test_grep_prefilter_changes_nothing(collected: Collected, text: str) -> None:
     pattern = re.compile(text, re.I)

@@ -16,11 +16,13 @@ class ReceiveClock:
     When the wall clock steps back, stamps stay at the last one until it
     catches up, and the step (the largest gap seen, once per step of at
     least :data:`CLOCK_STEP`) waits in :attr:`stepped_back` for a note.
+    ``last`` starts at the qube's newest stored stamp, so this holds across
+    restarts of the collector too.
     """
 
-    def __init__(self, wall: Callable[[], float]) -> None:
+    def __init__(self, wall: Callable[[], float], last: float = 0.0) -> None:
         self._wall = wall
-        self.last = 0.0
+        self.last = last  # the qube's newest stamp so far (the store's, at start)
         self.stepped_back = 0.0  # seconds, to be noted (0: nothing)
         self._noted = 0.0
 

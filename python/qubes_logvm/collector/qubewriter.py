@@ -27,6 +27,7 @@ from ..core.errors import LogvmError
 from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp, note_record
 from ..store.eviction import EpochClock, ScanCache
+from ..store.reader import newest_stamp
 from ..store.usage import Cost, written_cost
 from ..store.writer import QubeChain, Store
 from .clock import ReceiveClock
@@ -139,8 +140,13 @@ class StoreAccess:
         return EpochClock(keys.epoch, keys.info.epoch_seconds)
 
     def receive_clock(self, qube: str) -> ReceiveClock:
-        """The qube's receive clock."""
-        return self.clocks.setdefault(qube, ReceiveClock(self.clock))
+        """The qube's receive clock, starting from its newest stored stamp."""
+        clock = self.clocks.get(qube)
+        if clock is None:
+            clock = self.clocks[qube] = ReceiveClock(
+                self.clock, newest_stamp(self.store.layout, qube)
+            )
+        return clock
 
     def lock(self, qube: str) -> asyncio.Lock:
         """Serialises everything done to one qube's chain."""

@@ -21,10 +21,10 @@ from io import RawIOBase
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from ..core.errors import StoreError
-from ..core.records import TIMESTAMP_LEN
+from ..core.errors import LogvmError, StoreError
+from ..core.records import TIMESTAMP_LEN, parse_timestamp
 from .files import open_regular
-from .layout import SegmentFiles
+from .layout import SegmentFiles, StoreLayout
 
 #: Longest line handed out; the rest of a longer line is skipped (and flagged).
 MAX_LINE = 1 << 20
@@ -217,3 +217,20 @@ def last_stamp(segment: SegmentFiles) -> bytes | None:
         if _STAMP.fullmatch(head):
             return head
     return None
+
+
+def newest_stamp(layout: StoreLayout, qube: str) -> float:
+    """The receive time of the qube's newest stored record (0.0: none readable).
+
+    The collector's receive clock starts from it (stamps never go below it,
+    across restarts too); it reads one segment's tail, a bounded read.
+    """
+    try:
+        segments = [s for s in layout.segments(qube) if s.log is not None]
+        for segment in reversed(segments[-2:]):  # the newest may be a crash's empty one
+            stamp = last_stamp(segment)
+            if stamp is not None:
+                return parse_timestamp(stamp)
+    except (LogvmError, OSError, ValueError):
+        pass
+    return 0.0

@@ -222,10 +222,13 @@ def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Itera
             lines = iter_segment(segment)
         for entry in _understood(segment, session, lines, b"", chosen.prefilter):
             if chosen.until is not None and entry.when > chosen.until and not entry.what.is_note:
-                # Times never decrease: nothing later can match. Not on a note:
-                # a segment-start note may still be stamped after the first
-                # records of its segment (a collector before issue 18's fix).
-                return
+                # Times never decrease in a segment: nothing later in it can
+                # match. The next segments are still looked at (their first
+                # stamps, cheaply): a collector before issue 18's fix started
+                # below the stored stamps after a restart on a clock set back.
+                # Not on a note: a segment-start note may still be stamped
+                # after the first records of its segment (same collectors).
+                break
             if chosen.matches(entry):
                 yield entry
 
