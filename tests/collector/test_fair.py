@@ -88,7 +88,7 @@ def test_ingest_takes_one_slice_of_each_connection_in_turn() -> None:
     log: list[str] = []
 
     async def main() -> None:
-        ingest = Ingest(slice_bytes=10, small_read=5)
+        ingest = Ingest(slice_bytes=10, small_read=5, turn_seconds=0)  # a slice a callback
         for conn in (_Conn("flood1", 35, log), _Conn("flood2", 35, log)):
             ingest.add(conn, conn.left)
         await asyncio.sleep(0)

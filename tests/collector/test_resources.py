@@ -4,6 +4,7 @@ Bounded in count and time: the big figures (100,000 calls, 200 flooders,
 latency percentiles) are measured by ``make bench``.
 """
 
+import asyncio
 import contextlib
 import os
 import selectors
@@ -363,3 +364,78 @@ def test_two_hundred_flooders_cap_memory_and_a_quiet_qube(tmp_path: Path) -> Non
     stored = [p for _, p, _ in sent_lines(collector.store, "quiet")]
     assert stored == [b"quiet line %d" % i for i in range(1, len(latencies) + 1)]
     assert len(latencies) >= 5
+
+
+async def _calls(sock_path: Path, qube: str, count: int, parallel: int) -> list[int]:
+    """``count`` one-line calls from ``qube``, ``parallel`` at a time; the final acks."""
+
+    acks = [0] * count
+    numbers = iter(range(count))
+
+    async def caller() -> None:
+        for number in numbers:
+            for _ in range(100):  # the listen backlog may be full for a moment
+                try:
+                    reader, writer = await asyncio.open_unix_connection(str(sock_path))
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            writer.write(b"logvm.Send %s\0call %d\n" % (qube.encode(), number))
+            writer.write_eof()
+            reply = await reader.read()
+            writer.close()
+            acks[number] = int(reply.split()[-1]) if reply.startswith(b"ack ") else -1
+
+    await asyncio.gather(*(caller() for _ in range(parallel)))
+    return acks
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_hundred_thousand_one_line_calls_within_budget_another_qube_logs(
+    small_fs: Path,
+) -> None:
+    """Issue 17's figure: 100,000 calls (8 at a time, the per-qube limit) on a
+    tmpfs of INODES inodes, the product's session_linger; another qube calls
+    all along and is never stopped."""
+
+    collector = Collector(
+        small_fs,
+        {
+            "segment": {"max_bytes": "1M"},
+            "quota": {"default": "16M", "qubes": {"calls": QUOTA}},
+            "global": {"keep_free": 0, "keep_free_inodes": 100},
+            "housekeeping_seconds": 1,
+        },
+    )
+    collector.vkey = make_store(collector.store, epoch_seconds=10)
+    collector.start()
+    calls, stop, quiet_acks = 100_000, threading.Event(), list[list[int]]()
+
+    def other() -> None:
+        while not stop.is_set():
+            quiet_acks.append(send(collector.socket, "other", b"line %d\n" % len(quiet_acks)))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    started = time.monotonic()
+    try:
+        acks = asyncio.run(_calls(collector.socket, "calls", calls, 8))
+        seconds = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(60)
+        assert collector.stop() == 0
+    layout = StoreLayout(collector.store)
+    cost = qube_usage(layout, "calls")
+    print(
+        f"{calls} calls in {seconds:.0f} s: {cost.files} files, {cost.disk >> 10} KiB charged, "
+        f"{len(layout.segments('calls'))} segments; other qube {len(quiet_acks)} calls"
+    )
+    assert acks.count(1) == calls  # every call's line stored and acknowledged
+    assert cost.disk <= QUOTA and cost.files <= QUOTA // (FILE_COST + 4096)
+    assert os.statvfs(small_fs).f_favail > 100
+    assert quiet_acks and all(a == [1] for a in quiet_acks)
+    stored = [p for _, p, _ in sent_lines(collector.store, "other")]
+    assert stored == [b"line %d" % i for i in range(len(quiet_acks))]

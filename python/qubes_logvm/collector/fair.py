@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, TypeVar
@@ -34,6 +35,9 @@ _T = TypeVar("_T")
 SLICE_BYTES = 32 * 1024
 #: A connection with at most this many bytes waiting takes the quick lane.
 SMALL_READ = 4096
+#: Slices escaped in one callback, in turn, for at most this long: the
+#: sockets are polled between callbacks (a few ms of latency at most).
+TURN_SECONDS = 0.002
 #: Threads doing chain work (the disk is one; more threads keep more
 #: batch-sized buffers resident).
 CHAIN_THREADS = 3
@@ -54,9 +58,15 @@ class Ingest:
     """Round-robin over connections with received bytes, one slice per callback;
     connections with little waiting first."""
 
-    def __init__(self, slice_bytes: int = SLICE_BYTES, small_read: int = SMALL_READ) -> None:
+    def __init__(
+        self,
+        slice_bytes: int = SLICE_BYTES,
+        small_read: int = SMALL_READ,
+        turn_seconds: float = TURN_SECONDS,
+    ) -> None:
         self.slice_bytes = slice_bytes
         self.small_read = small_read
+        self.turn_seconds = turn_seconds
         self._quick: deque[Sliced] = deque()
         self._ready: deque[Sliced] = deque()
         self._queued: set[int] = set()
@@ -78,16 +88,19 @@ class Ingest:
 
     def _turn(self) -> None:
         self._scheduled = False
-        # Quick and busy lanes take turns while both have connections waiting.
-        quick = bool(self._quick) and (self._quick_turn or not self._ready)
-        lane = self._quick if quick else self._ready
-        self._quick_turn = lane is not self._quick
-        if lane:
+        until = time.monotonic() + self.turn_seconds
+        while self._quick or self._ready:
+            # Quick and busy lanes take turns while both have connections waiting.
+            quick = bool(self._quick) and (self._quick_turn or not self._ready)
+            lane = self._quick if quick else self._ready
+            self._quick_turn = lane is not self._quick
             conn = lane.popleft()
             if conn.ingest_slice(self.slice_bytes):
                 self._ready.append(conn)
             else:
                 self._queued.discard(id(conn))
+            if time.monotonic() >= until:
+                break
         self._schedule()
 
 
