@@ -301,3 +301,19 @@ def test_copy_and_export_with_qvm_copy(display: str, collected: Collected, tmp_p
     finally:
         win.window.destroy()
         del os.environ["FAKE_COPY_RECORD"]
+
+
+def test_search_can_be_cancelled(browser: object) -> None:
+    win = browser
+    get = win.builder.get_object  # type: ignore[attr-defined]
+    win.choose_qube("work")  # type: ignore[attr-defined]
+    pump()
+    get("search_entry").set_text("work error")
+    get("next_button").clicked()
+    assert get("search_progress").get_visible() and get("cancel_button").get_visible()
+    get("cancel_button").clicked()  # before the result is shown
+    assert pump(lambda: "Search cancelled" in win.status.get_text())  # type: ignore[attr-defined]
+    assert win.records.selection() is None  # type: ignore[attr-defined]
+    assert not get("search_progress").get_visible() and not get("cancel_button").get_visible()
+    get("next_button").clicked()  # a new search runs again
+    assert pump(lambda: "Match at" in win.status.get_text())  # type: ignore[attr-defined]

@@ -438,7 +438,7 @@ class BrowserWindow:
                 cancel=cancel,
                 progress=lambda f: GLib.idle_add(self._progress, f),
             )
-            GLib.idle_add(self._found, found, cancel.is_set())
+            GLib.idle_add(self._found, found, cancel)
 
         threading.Thread(target=work, daemon=True).start()
 
@@ -446,13 +446,13 @@ class BrowserWindow:
         self.builder.get_object("search_progress").set_fraction(fraction)
         return False
 
-    def _found(self, row: int | None, cancelled: bool) -> bool:
+    def _found(self, row: int | None, cancel: threading.Event) -> bool:
         get = self.builder.get_object
         self.searching = False
         get("search_progress").hide()
         get("cancel_button").hide()
         self.last_search = row
-        if cancelled:
+        if cancel.is_set():  # Cancel pressed before the result showed: it wins
             self.status.set_text("Search cancelled")
         elif row is None:
             self.status.set_text("No more matches")
