@@ -13,11 +13,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from attacks.conftest import WITNESS, Made
+from attacks.conftest import LOGVM, WITNESS, Made
+from collector.helpers import Collector, make_store, send
 
 from qubes_logvm.core.seal import ZERO, Seal, evolve, genesis
 from qubes_logvm.core.tomb import Tomb, parse_tomb
 from qubes_logvm.store.keystate import KeyState
+from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
 
 pytestmark = pytest.mark.timeout(120)
@@ -333,3 +335,29 @@ def test_deletion_reported_with_another_tombstone_line(made: Made) -> None:
         f"work/{old.last:08d}: witness: this tombstone is not the one the witness heard",
         witness=True,
     )
+
+
+@pytest.mark.parametrize(("old", "new"), [(b" D ", b" L "), (b" L ", b" D ")])
+def test_dom0_delivery_and_own_line_relabelled(tmp_path: Path, old: bytes, new: bytes) -> None:
+    # A console line dom0 delivered for work turned into work's own words
+    # (D -> L), or work's own line passed off as dom0's (L -> D): the kind is
+    # written by the collector and sealed with the line.
+    (tmp_path / "c").mkdir()
+    collector = Collector(tmp_path / "c", {"session_linger": 0})
+    vk = make_store(collector.store)
+    collector.start()
+    try:
+        send(collector.socket, "work", b"work's own line\n")
+        delivery = b"logvm.Send+for.work dom0\0"
+        console = b"2026-12-02T12:00:00.000000+00:00 dom0 - - console: panic\n"
+        send(collector.socket, "", console, descriptor=delivery)
+    finally:
+        collector.kill()
+    work = StoreLayout(collector.store).qube_dir("work")
+    (segment,) = (p for p in sorted(work.glob("*.log")) if old in p.read_bytes())
+    segment.write_bytes(segment.read_bytes().replace(old, new, 1))
+    (tmp_path / "vk").write_text(vk)
+    argv = [str(LOGVM), "verify", "--store", str(collector.store), "--key", str(tmp_path / "vk")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"error: work/{segment.stem} lines 1-2: lines changed or reordered" in done.stdout
