@@ -145,9 +145,10 @@ def test_unknown_file_in_a_qube_directory(made: Made) -> None:
 
 def test_witness_export_claims_a_huge_epoch(made: Made) -> None:
     data = made.witness_file.read_bytes().split(b"\n")
-    fields = data[1].split(b" ")
+    first = next(n for n, line in enumerate(data) if line.startswith(b"cp "))
+    fields = data[first].split(b" ")
     fields[6] = b"1000000000000000"  # cp <time> v1 <kind> <qube> <seq> <epoch>
-    data[1] = b" ".join(fields)
+    data[first] = b" ".join(fields)
     made.witness_file.write_bytes(b"\n".join(data))
     expect(made, 1, "claims epoch 1000000000000000, beyond the store's epoch", witness=True)
 

@@ -249,3 +249,21 @@ def test_deletions_are_held_in_order_and_exported(open_call: Open, witness_dir: 
         ["t1", "tomb", "work", "1"],
         ["t1", "tomb", "work", "2"],
     ]
+
+
+def test_settings_notes_held_when_they_change(open_call: Open, witness_dir: Path) -> None:
+    from qubes_logvm.core.witness_format import SettingsLine
+
+    def note(epoch: int, digest: bytes, key0: bytes = KEY0) -> bytes:
+        line = SettingsLine(epoch, digest).signed(key_for_epoch(key0, epoch))
+        return line.to_line().rstrip(b"\n")
+
+    call = registered(open_call)
+    assert call.send(note(2, b"\x01" * 32)) == "ok stored"
+    assert call.send(note(3, b"\x01" * 32)) == "ok seen"  # a restart with the same settings
+    assert call.send(note(4, b"\x02" * 32)) == "ok stored"  # a reload that changed them
+    assert call.send(note(1, b"\x03" * 32)) == "err stale"
+    assert call.send(note(5, b"\x03" * 32, key0=bytes(32))) == "err bad-mac"
+    call.close()
+    export = admin(witness_dir, "export", LOGVM).stdout
+    assert len([line for line in export.splitlines() if line.startswith("set ")]) == 2

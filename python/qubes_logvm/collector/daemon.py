@@ -26,11 +26,12 @@ from pathlib import Path
 
 from .. import __version__
 from ..config.collector import CollectorConfig, load_collector_config
-from ..config.storage_policy import RetentionConfig, quota_for
+from ..config.storage_policy import RetentionConfig, quota_for, settings_digest
 from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError
 from ..core.seal import Seal
 from ..core.tomb import Tomb
+from ..core.witness_format import SettingsLine
 from ..daemon_support import EXIT_OK, fatal, listen_fds, sd_notify, setup_logging
 from ..store.eviction import plan_deletions
 from ..store.keystate import setup_keys
@@ -88,6 +89,7 @@ class Daemon:
         self.sender: CheckpointSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        self._settings_task: asyncio.Task[None] | None = None
 
     def _on_seal(self, seal: Seal | Tomb | EpochLine) -> None:
         # Called from worker threads after the seal (tombstone, epoch line) is durable.
@@ -112,6 +114,7 @@ class Daemon:
                 self.store_root, command=witness.argv(), interval=witness.interval_seconds
             )
             self.sender.start()
+            await self._report_settings()
         recovered = await self._loop.run_in_executor(None, self.store.recover_all)
         for qube, count in recovered.items():
             log.warning("%s: sealed %d records a crash had left unsealed", qube, count)
@@ -187,6 +190,18 @@ class Daemon:
         for writer in self.server.writers.values():
             writer.reconfigure()
         log.info("configuration reloaded")
+        if self._loop is not None:
+            self._settings_task = self._loop.create_task(self._report_settings())
+
+    async def _report_settings(self) -> None:
+        """A sealed note of the retention settings in force, for the witness."""
+        if self.sender is None:
+            return
+        digest = settings_digest(self.shared.config.retention)
+        async with self.shared.tick_lock.shared():  # the key does not evolve meanwhile
+            keys = self.store.keys
+            note = SettingsLine(keys.epoch, digest).signed(keys.key)
+        self.sender.submit(note)
 
     async def _epochs(self) -> None:
         # The epoch clock never stops: Store.tick evolves the key whatever

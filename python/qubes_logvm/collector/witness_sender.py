@@ -44,6 +44,7 @@ from ..core.names import WITNESS_SERVICE
 from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..core.warnings import RepeatedWarning
+from ..core.witness_format import SettingsLine
 from ..store.witness_pending import (
     erase_registration,
     pending_path,
@@ -142,7 +143,7 @@ class CheckpointSender:
         self._wake: asyncio.Event | None = None
         self._proc: asyncio.subprocess.Process | None = None
 
-    def submit(self, seal: Seal | Tomb | EpochLine | bytes) -> None:
+    def submit(self, seal: Seal | Tomb | EpochLine | SettingsLine | bytes) -> None:
         """Offer the newest seal, or the newest deletion, of a qube (never blocks, no I/O).
 
         Deletions take a qube's oldest segment first, so the newest tomb
@@ -152,6 +153,10 @@ class CheckpointSender:
         """
         line = seal if isinstance(seal, bytes) else seal.to_line()
         line = line.rstrip(b"\n")
+        if line.startswith(b"s1 settings "):
+            self.queue[" settings"] = line  # the newest settings note stands for the rest
+            self.stats["submitted"] += 1
+            return
         if line.startswith(b"v2 "):
             if line.startswith(b"v2 epoch "):  # gap lines are the store's own business
                 self.queue[" epoch"] = line  # a space is never in a qube name

@@ -11,8 +11,10 @@ be wrong, so every value is checked and an error names its dotted key.
 """
 
 import fnmatch
+import hashlib
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -62,6 +64,24 @@ class RetentionConfig:
     dispvm_grace: float = 86400.0  # a DispVM's flood spares sessions that ended within this
     compress_after: float = 3600.0
     compress_level: int = 3
+
+
+def settings_digest(cfg: RetentionConfig) -> bytes:
+    """SHA-256 of the settings in one canonical form.
+
+    The collector seals it in its settings note to the witness; the verifier
+    computes it over the policy dom0 deployed, to say whether they agree.
+    """
+
+    def plain(value: object) -> object:
+        if isinstance(value, Mapping):
+            return sorted((str(k), plain(v)) for k, v in value.items())
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    text = json.dumps([[f.name, plain(getattr(cfg, f.name))] for f in fields(cfg)])
+    return hashlib.sha256(b"logvm-settings-v1\0" + text.encode("utf-8")).digest()
 
 
 def class_of(cfg: RetentionConfig, qube: str) -> str | None:

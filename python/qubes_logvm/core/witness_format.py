@@ -13,7 +13,10 @@ line from the LogVM and answers each with one line. Messages:
   it happens (deletions take a qube's oldest segment first, so the newest
   tomb of a qube stands for every deletion before it);
 - a store-wide epoch line of format 2 (``v2 epoch ...``, :mod:`.epochseal`),
-  sent every epoch: the Merkle root over every chain's state at its end.
+  sent every epoch: the Merkle root over every chain's state at its end;
+- a settings note ``s1 settings <epoch> <digest> <mac>``: the digest of the
+  retention settings the collector runs with, sealed with ``K[epoch]``, sent
+  at start and after every reload.
 
 Answers: ``ok <word>`` or ``err <word>`` (the words are listed in
 :data:`REPLIES`). The witness stores accepted checkpoints as
@@ -30,10 +33,11 @@ Pure: no I/O, stdlib only.
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .epochseal import EpochLine, parse_epoch_line
 from .errors import ProtocolError, StoreError
-from .seal import Seal, parse_seal
+from .seal import ZERO, MacLine, Seal, ascii_line, parse_seal
 from .tomb import Tomb, parse_tomb
 
 #: Longest message line, newline included; a seal line is at most ~330 bytes.
@@ -79,6 +83,34 @@ POLICY_PREFIX = b"policy "
 MAX_POLICY_BYTES = 64 << 10
 
 
+SETTINGS_DOMAIN = b"logvm-settings-v1\0"
+_SETTINGS = re.compile(r"s1 settings (0|[1-9][0-9]{0,17}) ([0-9a-f]{64}) ([0-9a-f]{64})")
+_SET_LINE = re.compile(rb"set (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (s1 .*)")
+
+
+@dataclass(frozen=True)
+class SettingsLine(MacLine):
+    """The collector's note of the retention settings in force (their digest)."""
+
+    DOMAIN: ClassVar[bytes] = SETTINGS_DOMAIN
+    epoch: int
+    digest: bytes
+    mac: bytes = ZERO
+
+    def body(self) -> bytes:
+        """The MACed part: the line without its final field."""
+        return f"s1 settings {self.epoch} {self.digest.hex()}".encode("ascii")
+
+
+def parse_settings_line(line: bytes) -> SettingsLine:
+    """Parse a settings note (without newline); StoreError if malformed."""
+    match = _SETTINGS.fullmatch(ascii_line(line, "settings line"))
+    if match is None:
+        raise StoreError("malformed settings line")
+    epoch, digest, mac = match.groups()
+    return SettingsLine(int(epoch), bytes.fromhex(digest), bytes.fromhex(mac))
+
+
 @dataclass(frozen=True)
 class Register:
     """A key registration message."""
@@ -93,9 +125,9 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.6f}".rstrip("0").rstrip(".")
 
 
-Message = Register | Seal | Tomb | EpochLine
-#: What the witness holds: a checkpoint, a deletion or a store-wide epoch line.
-Held = Seal | Tomb | EpochLine
+Message = Register | Seal | Tomb | EpochLine | SettingsLine
+#: What the witness holds: a checkpoint, a deletion, a store-wide epoch line, a settings note.
+Held = Seal | Tomb | EpochLine | SettingsLine
 
 
 def parse_message(untrusted_line: bytes) -> Message:
@@ -110,29 +142,27 @@ def parse_message(untrusted_line: bytes) -> Message:
         return Register(
             match.group(1).decode("ascii"), bytes.fromhex(match.group(2).decode()), seconds
         )
-    if untrusted_line.startswith(b"v2 "):
-        try:
-            line = parse_epoch_line(untrusted_line)
-        except StoreError as err:
-            raise ProtocolError("malformed") from err
-        if line.kind != "epoch":
-            raise ProtocolError("kind")
-        return line
-    if untrusted_line.startswith(b"t1 "):
-        try:
-            tomb = parse_tomb(untrusted_line)
-        except StoreError as err:
-            raise ProtocolError("malformed") from err
-        if tomb.kind != "tomb":
-            raise ProtocolError("kind")
-        return tomb
     try:
-        seal = parse_seal(untrusted_line)
+        line = _parse_line(untrusted_line)
     except StoreError as err:
         raise ProtocolError("malformed") from err
-    if seal.kind == "tomb":
+    # Lines the LogVM keeps to itself (compaction, gaps, v1 tombs) are not messages.
+    if isinstance(line, EpochLine | Tomb) and line.kind not in ("epoch", "tomb"):
         raise ProtocolError("kind")
-    return seal
+    if isinstance(line, Seal) and line.kind == "tomb":
+        raise ProtocolError("kind")
+    return line
+
+
+def _parse_line(untrusted_line: bytes) -> Seal | Tomb | EpochLine | SettingsLine:
+    """A sealed line of any kind, by its version prefix; StoreError if malformed."""
+    if untrusted_line.startswith(b"s1 "):
+        return parse_settings_line(untrusted_line)
+    if untrusted_line.startswith(b"v2 "):
+        return parse_epoch_line(untrusted_line)
+    if untrusted_line.startswith(b"t1 "):
+        return parse_tomb(untrusted_line)
+    return parse_seal(untrusted_line)
 
 
 def judge_checkpoint(held: Seal | None, new: Seal) -> str | None:
@@ -182,6 +212,15 @@ def judge_epoch(held: EpochLine | None, new: EpochLine) -> str | None:
     return "fork" if new.epoch == held.epoch else "stale"
 
 
+def judge_settings(held: SettingsLine | None, new: SettingsLine) -> str | None:
+    """None to store a settings note (a change), ``"seen"`` for the same settings again."""
+    if held is not None and new.digest == held.digest:
+        return "seen"
+    if held is not None and new.epoch < held.epoch:
+        return "stale"
+    return None
+
+
 def format_ep_line(stamp: bytes, line: EpochLine) -> bytes:
     """A stored epoch line: ``ep <witness time> <epoch line>\n``."""
     return b"ep " + stamp + b" " + line.to_line()
@@ -193,6 +232,8 @@ def format_held_line(stamp: bytes, held: Held) -> bytes:
         return format_del_line(stamp, held)
     if isinstance(held, EpochLine):
         return format_ep_line(stamp, held)
+    if isinstance(held, SettingsLine):
+        return b"set " + stamp + b" " + held.to_line()
     return format_cp_line(stamp, held)
 
 
@@ -203,6 +244,11 @@ def format_del_line(stamp: bytes, tomb: Tomb) -> bytes:
 
 def parse_held_line(line: bytes) -> tuple[bytes, Held]:
     """A stored checkpoint, deletion or epoch line (without newline); StoreError if bad."""
+    if line.startswith(b"set "):
+        match = _SET_LINE.fullmatch(line)
+        if match is None:
+            raise StoreError("malformed settings line")
+        return match.group(1), parse_settings_line(match.group(2))
     if line.startswith(b"ep "):
         match = _EP_LINE.fullmatch(line)
         if match is None:

@@ -40,11 +40,13 @@ from ..core.tomb import Tomb
 from ..core.witness_format import (
     Held,
     Register,
+    SettingsLine,
     format_held_line,
     format_seconds,
     judge_checkpoint,
     judge_deletion,
     judge_epoch,
+    judge_settings,
     parse_held_line,
     parse_message,
 )
@@ -190,11 +192,14 @@ class WitnessState:
         self.latest: dict[str, tuple[bytes, Seal]] = {}
         self.deleted: dict[str, tuple[bytes, Tomb]] = {}
         self.epoch_line: tuple[bytes, EpochLine] | None = None
+        self.settings: tuple[bytes, SettingsLine] | None = None
         for stamp, held in read_checkpoints(path):
             if isinstance(held, Tomb):
                 self.deleted[held.qube] = (stamp, held)
             elif isinstance(held, EpochLine):
                 self.epoch_line = (stamp, held)
+            elif isinstance(held, SettingsLine):
+                self.settings = (stamp, held)
             else:
                 self.latest[held.qube] = (stamp, held)
         gens = _generations(path)
@@ -290,8 +295,12 @@ class WitnessState:
             return self.register(message)
         if isinstance(message, Tomb):
             return self.deletion(message)
-        if isinstance(message, EpochLine):
-            return self.epoch(message)
+        if isinstance(message, EpochLine | SettingsLine):
+            return (
+                self.epoch(message)
+                if isinstance(message, EpochLine)
+                else self.settings_note(message)
+            )
         return self.checkpoint(message)
 
     def register(self, message: Register) -> str:
@@ -377,6 +386,26 @@ class WitnessState:
         self._accepted(line.epoch)
         return "ok stored"
 
+    def settings_note(self, line: SettingsLine) -> str:
+        """A change of the collector's settings, kept with dom0's time (the newest is
+        carried into each new generation)."""
+        if self.keys is None:
+            return "err not-registered"
+        verdict = judge_settings(self.settings[1] if self.settings else None, line)
+        if verdict == "seen":
+            return "ok seen"
+        if verdict is not None:
+            self.event(verdict, settings_epoch=line.epoch)
+            return f"err {verdict}"
+        refusal = self._mac_refusal(line)
+        if refusal is not None:
+            return refusal
+        stamp = self.stamp()
+        self._store(format_held_line(stamp, line))
+        self.settings = (stamp, line)
+        self._accepted(line.epoch)
+        return "ok stored"
+
     def _accepted(self, epoch: int) -> None:
         if self.keys is None:
             return
@@ -417,7 +446,7 @@ class WitnessState:
         if self.keys is None:
             return "err not-registered"
         now = self.clock()
-        qube = "-" if isinstance(seal, EpochLine) else seal.qube
+        qube = "-" if isinstance(seal, EpochLine | SettingsLine) else seal.qube
         if self.bounds.too_far(seal.epoch, now):
             self.event("epoch-jump", qube=qube, epoch=seal.epoch)
             return "err epoch-jump"
@@ -433,6 +462,8 @@ class WitnessState:
         held: list[tuple[bytes, Held]] = [*self.latest.values(), *self.deleted.values()]
         if self.epoch_line is not None:
             held.append(self.epoch_line)
+        if self.settings is not None:
+            held.append(self.settings)
         snapshot = b"".join(format_held_line(stamp, line) for stamp, line in held)
         new = self.path / f"checkpoints.{self.gen + 1}"
         tmp = self.path / f"checkpoints.{self.gen + 1}.tmp"

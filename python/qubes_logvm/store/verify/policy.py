@@ -19,6 +19,10 @@ same rules):
 Quota and global-cap deletions depend on sizes the witness does not see:
 they are shown, not judged (a limit verify prints).
 
+The collector's settings notes (sealed digests of the settings it ran with,
+at start and after every reload) are listed with dom0's time, each saying
+whether it is the deployed policy.
+
 Trust side: the policy bytes come from dom0 through the witness export (the
 export's MAC-checked records vouch for the file as a whole only in that it
 came with them); parsed with the collector's own strict config parser.
@@ -33,11 +37,13 @@ from ...config.storage_policy import (
     class_of,
     max_age_for,
     parse_retention,
+    settings_digest,
 )
 from ...core.errors import ConfigError
 from ...core.tomb import Tomb
+from ...core.witness_format import SettingsLine
 from .context import VerifyRun
-from .findings import ERROR
+from .findings import ERROR, INFO
 
 QUOTA_NOT_JUDGED = (
     "quota and global-cap deletions are shown, not judged against the deployed policy "
@@ -99,3 +105,28 @@ def _refused(cfg: RetentionConfig, qube: str, tomb: Tomb, seconds: float) -> str
         if age < after:
             return f"it had been closed about {age:.0f} s, the deployed policy waits {after:.0f} s"
     return None
+
+
+def report_settings(
+    ctx: VerifyRun, notes: list[tuple[bytes, SettingsLine]], policy: bytes | None
+) -> None:
+    """One info line per settings note the witness kept (a start or a reload)."""
+    deployed = None
+    if policy is not None:
+        try:
+            deployed = settings_digest(parse_policy(policy))
+        except ConfigError:
+            deployed = None  # reported by check_policy
+    for stamp, note in notes:
+        if deployed is None:
+            judged = ""
+        elif note.digest == deployed:
+            judged = ", as dom0 deployed"
+        else:
+            judged = ", NOT the policy dom0 deployed"
+        ctx.add(
+            INFO,
+            None,
+            f"witness: the collector's retention settings from dom0 time {stamp.decode()} "
+            f"(epoch {note.epoch}): {note.digest.hex()[:16]}{judged}",
+        )

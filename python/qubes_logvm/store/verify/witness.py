@@ -30,6 +30,7 @@ from ...core.tomb import Tomb
 from ...core.witness_format import (
     POLICY_PREFIX,
     Held,
+    SettingsLine,
     parse_export_header,
     parse_held_line,
     parse_policy_line,
@@ -40,7 +41,7 @@ from .context import MAX_EPOCH, VerifyRun
 from .deletions import check_deletions
 from .epochs import state_matches, store_epoch_lines
 from .findings import ERROR, INFO
-from .policy import check_policy
+from .policy import check_policy, report_settings
 from .times import check_times, print_epochs
 
 #: The witness keeps at most two generations of 16 MiB by default.
@@ -102,12 +103,15 @@ class _Heard:
     newest: dict[str, tuple[bytes, Seal]] = field(default_factory=dict)  # furthest on, per qube
     newest_epoch: int = 0
     stamps: list[tuple[int, bytes]] = field(default_factory=list)  # (epoch, dom0 time)
+    settings: list[tuple[bytes, SettingsLine]] = field(default_factory=list)
 
     def add(self, stamp: bytes, item: Held) -> None:
         self.newest_epoch = max(self.newest_epoch, item.epoch)
         self.stamps.append((item.epoch, stamp))
         if isinstance(item, EpochLine):
             self.epochs.append((stamp, item))
+        elif isinstance(item, SettingsLine):
+            self.settings.append((stamp, item))
         elif isinstance(item, Tomb):
             self.deletions[item.qube] = (stamp, item)
         else:
@@ -132,7 +136,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     cap = ctx.key_epoch if ctx.key_epoch is not None else MAX_EPOCH
     heard = _Heard()
     for stamp, item in sorted(held, key=lambda pair: pair[1].epoch):
-        if qubes and not isinstance(item, EpochLine) and item.qube not in qubes:
+        if qubes and isinstance(item, Seal | Tomb) and item.qube not in qubes:
             continue
         if _authentic(ctx, stamp, item, cap):
             heard.add(stamp, item)
@@ -145,6 +149,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     _check_epoch_length(ctx, export.epoch_seconds)
     if export.policy is not None:
         check_policy(ctx, export.policy, export.epoch_seconds)
+    report_settings(ctx, heard.settings, export.policy)
     print_epochs(ctx, heard.stamps)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 
@@ -163,8 +168,9 @@ def _check_epoch_length(ctx: VerifyRun, registered: float | None) -> None:
 
 def _authentic(ctx: VerifyRun, stamp: bytes, item: Held, cap: int) -> bool:
     """A record the witness holds: sealed with this key, in an epoch the store reached."""
-    if isinstance(item, EpochLine):
-        what, qube, seq = "store-wide epoch seal", None, None
+    if isinstance(item, EpochLine | SettingsLine):
+        what = "store-wide epoch seal" if isinstance(item, EpochLine) else "settings note"
+        qube, seq = None, None
     elif isinstance(item, Tomb):
         what, qube, seq = "deletion", item.qube, item.last
     else:
