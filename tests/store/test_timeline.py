@@ -169,3 +169,30 @@ def test_grep_prefilter_changes_nothing(collected: Collected, text: str) -> None
     want = [e for e in every if pattern.search(e.what.message.decode("utf-8", "replace"))]
     assert want
     assert list(timeline.merged(collected.layout, QUBES, Query(pattern=pattern))) == want
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("text", ["kernel", "KERNEL", "ker.el", "^ker", "\\\\"])
+@pytest.mark.parametrize("since", [None, b"2026-11-28T10:00:01.000000Z"])
+def test_grep_by_blocks_keeps_malformed_lines_and_their_times(
+    tmp_path: Path, text: str, since: bytes | None
+) -> None:
+    # Lines the block matcher must not lose or misdate: a malformed line sorts
+    # by the stamp before it, even when that line was skipped; a torn last line.
+    layout = StoreLayout(tmp_path)
+    layout.qube_dir("work").mkdir(parents=True)
+    t = [b"2026-11-28T10:00:0%d.000000Z" % i for i in range(4)]
+    layout.segment_log("work", 1).write_bytes(
+        line_record(t[0], b"kernel boot")
+        + b"garbage kernel without a stamp\n"
+        + line_record(t[1], b"quiet line")
+        + line_record(t[2], b"back\\\\slash kernel")
+        + b"another garbage KERNEL\n"
+        + line_record(t[3], b"\\x6bernel written as an escape")
+        + t[3]
+        + b" L torn kernel"
+    )
+    pattern = re.compile(text, re.I)
+    every = list(timeline.entries(layout, "work", Query(since=since)))
+    want = [e for e in every if pattern.search(e.what.message.decode("utf-8", "replace"))]
+    assert list(timeline.entries(layout, "work", Query(since=since, pattern=pattern))) == want

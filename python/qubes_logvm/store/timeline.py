@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 from ..core.entries import Understood, classify
 from ..core.errors import StoreError
-from .grep import whole_line_safe
+from .grep import LineMatcher, whole_line_safe
 from .layout import SegmentFiles, StoreLayout
-from .reader import StoredLine, first_stamp, iter_segment, last_stamp
+from .reader import StoredLine, first_stamp, iter_segment, last_stamp, open_plain, read_blocks
 from .tail import SegmentTail, blocks_backwards, lines_from, since_offset
 
 
@@ -185,24 +185,67 @@ def iter_segment_head(segment: SegmentFiles) -> Iterator[StoredLine]:
 
 
 def _understood(
-    segment: SegmentFiles,
-    session: str,
-    lines: Iterable[StoredLine],
-    last: bytes,
-    prefilter: "re.Pattern[str] | None" = None,
+    segment: SegmentFiles, session: str, lines: Iterable[StoredLine], last: bytes
 ) -> Iterator[Entry]:
     for stored in lines:
-        if (
-            prefilter is not None
-            and b"\\" not in stored.data
-            and prefilter.search(stored.data.decode("utf-8", "replace")) is None
-        ):
-            last = stored.stamp or last  # cannot match: not parsed
-            continue
         what = classify(stored.data)
         if what.stamp:
             last = what.stamp
         yield Entry(segment.qube, segment.seq, stored.number, session, last, what, stored)
+
+
+def _understood_candidates(
+    segment: SegmentFiles, session: str, found: Iterable[tuple[StoredLine, bytes]]
+) -> Iterator[Entry]:
+    """As :func:`_understood`, for lines picked by the matcher with the stamp before each."""
+    for stored, before in found:
+        what = classify(stored.data)
+        when = what.stamp or before
+        yield Entry(segment.qube, segment.seq, stored.number, session, when, what, stored)
+
+
+def _candidates(
+    segment: SegmentFiles, offset: int, number: int, matcher: LineMatcher
+) -> Iterator[tuple[StoredLine, bytes]]:
+    """The lines that may match, read in blocks (:mod:`.grep`), from byte ``offset``.
+
+    Each comes with the receive time of the last stamped line before it (a
+    malformed line sorts by it, as in :func:`_understood`).
+    """
+    if segment.log is None:
+        return
+    carry = b""
+    with open_plain(segment.log) as stream:
+        if offset:
+            stream.seek(offset)
+        for piece in read_blocks(stream, first_number=number):
+            if isinstance(piece, StoredLine):
+                yield piece, carry
+                carry = piece.stamp or carry
+                continue
+            lines: list[bytes] | None = None
+            for index, line in matcher.candidates(piece.data):
+                stored = StoredLine(piece.first_number + index, line)
+                if stored.stamp is None:  # malformed (rare): find the stamp before it
+                    lines = lines or piece.data.split(b"\n")
+                    yield stored, _stamp_before(lines, index, carry)
+                else:
+                    yield stored, carry
+            data = piece.data
+            stamp = StoredLine(0, data[data.rfind(b"\n", 0, -1) + 1 : -1]).stamp
+            if stamp is None:  # the block's last line is malformed (rare)
+                lines = lines or data.split(b"\n")
+                stamp = _stamp_before(lines, len(lines) - 1, carry)
+            carry = stamp
+
+
+def _stamp_before(lines: list[bytes], index: int, carry: bytes) -> bytes:
+    """The stamp of the last stamped line among ``lines[:index]`` (else ``carry``)."""
+    for line in reversed(lines[:index]):
+        stamp = StoredLine(0, line).stamp
+        if stamp is not None:
+            return stamp
+    return carry
 
 
 def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Iterator[Entry]:
@@ -214,13 +257,17 @@ def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Itera
         if chosen.skips_segment(segment, next_first):
             continue
         session = segment_session(segment)
-        lines: Iterable[StoredLine]
+        offset, number = 0, 1
         if chosen.since is not None and not segment.compressed:
             offset, number = since_offset(segment, chosen.since)
-            lines = lines_from(segment, offset, number)
+        found: Iterable[Entry]
+        if chosen.prefilter is not None:
+            found = _understood_candidates(
+                segment, session, _candidates(segment, offset, number, LineMatcher(chosen.pattern))
+            )
         else:
-            lines = iter_segment(segment)
-        for entry in _understood(segment, session, lines, b"", chosen.prefilter):
+            found = _understood(segment, session, lines_from(segment, offset, number), b"")
+        for entry in found:
             if chosen.until is not None and entry.when > chosen.until and not entry.what.is_note:
                 # Times never decrease in a segment: nothing later in it can
                 # match. The next segments are still looked at (their first
