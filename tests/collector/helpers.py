@@ -22,9 +22,11 @@ from support.qrexec import QUBES_GID
 COLLECTOR = program("logvm-collector")
 
 
-def make_store(root: Path, epoch_seconds: float = 1.0) -> str:
-    """A fresh store; returns the verification key."""
-    return setup_keys(StoreLayout(root), epoch_seconds=epoch_seconds)
+def make_store(root: Path, epoch_seconds: float = 1.0, store_format: int | None = None) -> str:
+    """A fresh store (of ``store_format``, else the default); returns the verification key."""
+    if store_format is None:
+        return setup_keys(StoreLayout(root), epoch_seconds=epoch_seconds)
+    return setup_keys(StoreLayout(root), epoch_seconds=epoch_seconds, store_format=store_format)
 
 
 class Collector:

@@ -196,3 +196,24 @@ def test_disk_full_epochs_become_a_gap_not_tampering(small_fs: Path) -> None:
     assert any(
         f"epochs {start}-{start + 2} were not sealed store-wide" in x for x in report.limits
     )
+
+
+@pytest.mark.timeout(30)
+def test_disk_full_from_the_first_epoch_is_a_gap_too(small_fs: Path) -> None:
+    """No epoch line could ever be written: the first one written records the gap."""
+    root = small_fs / "store"
+    key = setup_keys(StoreLayout(root), store_format=2)
+    store = Store(root)
+    store.chain("work").open_segment(store.keys)
+    _batch(store, "work", 3, "a")
+    filler = small_fs / "filler"
+    fill(filler)
+    for _ in range(3):
+        store.tick()  # epochs 1-3: the epoch file cannot be made
+    assert store.epochs is not None and store.epochs.last_epoch is None
+    filler.unlink()
+    store.tick()
+    store.keys.close()
+    report = verify_store(root, key)
+    assert errors(report) == []
+    assert any("epochs 1-3 were not sealed store-wide" in x for x in report.limits), report.limits

@@ -142,8 +142,11 @@ class EpochFile:
         epoch, key = keys.epoch, keys.key
         prev = self._prev()
         new: list[EpochLine] = []
-        if self.last_epoch is not None and epoch > self.last_epoch + 1:
-            gap = EpochLine("gap", epoch, self.last_epoch + 1, epoch - 1, ZERO, prev)
+        # The first epoch sealed is 1 (a store opens at epoch 1): epochs the
+        # disk refused before any line was written are a gap too.
+        last = 0 if self.last_epoch is None else self.last_epoch
+        if epoch > last + 1:
+            gap = EpochLine("gap", epoch, last + 1, epoch - 1, ZERO, prev)
             new.append(gap.signed(key))
             prev = new[-1].mac
         new.append(EpochLine("epoch", epoch, len(self.leaves), 0, self.root(), prev).signed(key))
