@@ -47,8 +47,8 @@ from ..store.layout import StoreLayout
 from ..store.verify import Report, WrongKey
 from ..store.verify.context import MAX_EPOCH
 from ..store.verify.stream import QubeStream
+from .framereader import FrameReader
 
-CHUNK = 1 << 20
 #: Disk kept free in the DispVM beyond what a file needs.
 DISK_MARGIN = 16 << 20
 
@@ -155,7 +155,7 @@ class Receiver:
     """Reads the verifier input into a store copy at ``root``, checking as it goes."""
 
     def __init__(self, untrusted_in: BinaryIO, root: Path, sink: Pipelined | None = None) -> None:
-        self.stream = untrusted_in
+        self.stream = FrameReader(untrusted_in)
         self.root = root
         self.got = Received()
         self.sink = sink
@@ -199,7 +199,7 @@ class Receiver:
         if identity:
             (self.root / "store.json").write_bytes(identity)
         self._body()
-        if self.stream.read(1):
+        if not self.stream.at_end():
             raise ProtocolError("data after the end frame")
         return got
 
@@ -262,14 +262,13 @@ class Receiver:
         disk = os.statvfs(self.root)
         if size + DISK_MARGIN > disk.f_bavail * disk.f_frsize:
             raise ProtocolError(f"no room in the DispVM for a file of {size} bytes")
-        with path.open("xb") as out:
-            left = size
-            while left:
-                data = self.stream.read(min(CHUNK, left))
-                if not data:
-                    raise ProtocolError(f"the snapshot ends inside {path.parent.name}/{path.name}")
-                out.write(data)
-                left -= len(data)
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            done = self.stream.copy_to(out, size)
+        finally:
+            os.close(out)
+        if done != size:
+            raise ProtocolError(f"the snapshot ends inside {path.parent.name}/{path.name}")
         got.files += 1
         got.bytes += size
 
