@@ -10,7 +10,6 @@ a window on any store and drive its widgets.
 import re
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 
 import gi
@@ -53,19 +52,20 @@ QUBE_COLUMNS = (
 )
 SESSIONS = "DispVM sessions"
 FOLLOW_MS = 500
+_HERE = Path(__file__).resolve().parent  # browser.ui and browser.css ship next to us
 
 
 def load_builder() -> Gtk.Builder:
     """The window's widgets from browser.ui (shipped in the package)."""
     builder = Gtk.Builder()
-    builder.add_from_string(resources.files(__package__).joinpath("browser.ui").read_text())
+    builder.add_from_file(str(_HERE / "browser.ui"))
     return builder
 
 
 def load_css() -> None:
     """Our style sheet, for the whole screen."""
     provider = Gtk.CssProvider()
-    provider.load_from_data(resources.files(__package__).joinpath("browser.css").read_bytes())
+    provider.load_from_path(str(_HERE / "browser.css"))
     screen = Gdk.Screen.get_default()
     if screen is not None:
         Gtk.StyleContext.add_provider_for_screen(
@@ -108,6 +108,7 @@ class BrowserWindow:
         self.searching = False
         self.last_search: int | None = None
         self._follow_source = 0
+        self._drops_pending: list[str] = []
 
     # -- setup ---------------------------------------------------------
     def setup(self) -> None:
@@ -134,6 +135,7 @@ class BrowserWindow:
         get("storage_button").connect("clicked", lambda *_: self.storage_dialog())
         self.open_items = self._build_open_menu()
         self.records.on_select = self._show_detail
+        self.window.connect_after("draw", self._after_draw)
         self._shortcuts()
         self.refresh()
 
@@ -169,9 +171,17 @@ class BrowserWindow:
             self.store.append(parent, qube_row(facts))
         self.qube_view.expand_all()
         self.status.set_text(f"{len(self.facts)} qubes in {self.layout.root}")
-        threading.Thread(target=self._count_drops, args=(list(self.facts),), daemon=True).start()
+        self._drops_pending = list(self.facts)  # counted once the window is drawn
         if chosen in self.facts:
             self.choose_qube(chosen)
+
+    def _after_draw(self, *_args: object) -> bool:
+        # Drops need a scan of every segment that holds the GIL in long
+        # stretches: it starts after a draw, not before the first one.
+        names, self._drops_pending = self._drops_pending, []
+        if names:
+            threading.Thread(target=self._count_drops, args=(names,), daemon=True).start()
+        return False
 
     def _count_drops(self, names: list[str]) -> None:
         for name in names:
