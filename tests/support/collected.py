@@ -62,14 +62,6 @@ class Collected:
         return StoreLayout(self.root)
 
 
-def _stored_lines(layout: StoreLayout, qube: str) -> int:
-    total = 0
-    for segment in layout.segments(qube):
-        if segment.log is not None and not segment.compressed:
-            total += segment.log.read_bytes().count(b"\n")
-    return total
-
-
 @contextlib.contextmanager
 def collecting(workdir: Path, config: dict[str, Any]) -> Iterator[Collector]:
     """A real collector on a new store; stopped cleanly after the block (killed on error)."""
@@ -81,6 +73,18 @@ def collecting(workdir: Path, config: dict[str, Any]) -> Iterator[Collector]:
         collector.stop()
     finally:
         collector.kill()
+
+
+def _await_ack(sock: socket.socket, count: int, qube: str) -> None:
+    """Read the connection's acknowledgements until ``ack <count>``."""
+    got = b""
+    sock.settimeout(30)
+    while b"ack %d\n" % count not in got:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError(f"collector did not acknowledge a line of {qube}")
+        got += chunk
+    sock.settimeout(None)
 
 
 def end_sender(sock: socket.socket) -> None:
@@ -100,11 +104,13 @@ def build_collected(workdir: Path) -> Collected:
         for qube in ("work", "personal", "disp7"):
             socks[qube] = connect(collector.socket, qube)
         wait_for(lambda: all(layout.qube_dir(q).is_dir() for q in socks))
+        sent = dict.fromkeys(socks, 0)
         for qube, line in ROUNDS:
-            before = _stored_lines(layout, qube)
+            # The next line goes out once this one is acknowledged (stamped and
+            # durable): receive times interleave in ROUNDS' order.
             socks[qube].sendall(line)
-            if not wait_for(lambda q=qube, b=before: _stored_lines(layout, q) > b):
-                raise RuntimeError(f"collector did not store a line of {qube}")
+            sent[qube] += line.count(b"\n")
+            _await_ack(socks[qube], sent[qube], qube)
         for sock in socks.values():
             end_sender(sock)
     [first] = [s for s in layout.segments("work") if s.seq == 1]
