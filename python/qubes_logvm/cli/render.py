@@ -48,12 +48,25 @@ def _local_zone(utc: bool) -> tzinfo:
     return zone if zone is not None else UTC
 
 
+_SECONDS_KEPT = 4096
+
+
+def _local_second(stamp: bytes, zone: tzinfo) -> bytes | None:
+    """``Dec 02 16:10:42`` for a stored stamp's second in ``zone`` (None: not a time)."""
+    try:
+        moment = datetime.fromtimestamp(int(parse_timestamp(stamp)), zone)
+    except ValueError:
+        return None
+    return moment.strftime("%b %d %H:%M:%S").encode("ascii")
+
+
 class Renderer:
     """Turns entries into output parts for one ``-o`` format."""
 
     def __init__(self, fmt: str, *, utc: bool) -> None:
         self.fmt = fmt
         self.zone = _local_zone(utc)
+        self._seconds: dict[bytes, bytes | None] = {}  # stamp[:19] -> "Dec 02 16:10:42"
         self._render: Callable[[Entry], Parts | None] = {
             "cat": self._cat,
             "json": self._json,
@@ -67,14 +80,24 @@ class Renderer:
     def _time(self, entry: Entry) -> bytes:
         if not entry.when:
             return b"-"
-        try:
-            moment = datetime.fromtimestamp(parse_timestamp(entry.when), self.zone)
-        except ValueError:
-            return entry.when
         if self.fmt == "short-iso":
+            try:
+                moment = datetime.fromtimestamp(parse_timestamp(entry.when), self.zone)
+            except ValueError:
+                return entry.when
             return moment.isoformat(timespec="microseconds").encode("ascii")
-        pattern = "%b %d %H:%M:%S.%f" if self.fmt == "short-precise" else "%b %d %H:%M:%S"
-        return moment.strftime(pattern).encode("ascii")
+        # One conversion per second of receive time, not per line (what
+        # `show --since` spends its time on otherwise): the zone offset
+        # never changes the microseconds.
+        second = entry.when[:19]
+        if second not in self._seconds:
+            if len(self._seconds) > _SECONDS_KEPT:
+                self._seconds.clear()
+            self._seconds[second] = _local_second(entry.when, self.zone)
+        shown = self._seconds[second]
+        if shown is None:
+            return entry.when
+        return shown + b"." + entry.when[20:26] if self.fmt == "short-precise" else shown
 
     def _short(self, entry: Entry) -> Parts:
         what = entry.what

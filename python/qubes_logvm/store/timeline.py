@@ -24,7 +24,7 @@ import collections
 import fnmatch
 import heapq
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..core.entries import Understood, classify
@@ -114,15 +114,16 @@ class Query:
             return False
         return not self.identifiers or sender.ident in self.identifiers
 
-    def skips_segment(self, segment: SegmentFiles, next_first: bytes | None) -> bool:
+    def skips_segment(self, segment: SegmentFiles, next_first: Callable[[], bytes | None]) -> bool:
         """True when the segment cannot hold a matching entry (cheap checks).
 
         The segment's last stamp comes from its tail (or a compressed one's
-        trailer); else ``next_first``, the first stamp of the qube's next
-        segment, bounds it (receive times never decrease in a qube).
+        trailer); else ``next_first()``, the first stamp of the qube's next
+        segment, bounds it (receive times never decrease in a qube). It is
+        called only then: reading it may mean starting to decompress.
         """
         if self.since is not None:
-            last = last_stamp(segment) or next_first
+            last = last_stamp(segment) or next_first()
             if last is not None and last < self.since:
                 return True
         if self.until is not None:
@@ -252,9 +253,8 @@ def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Itera
     """One qube's matching entries, segments in order (plain and compressed)."""
     chosen = query or Query()
     segments = [s for s in layout.segments(qube) if s.log is not None]
-    firsts = [first_stamp(s) for s in segments[1:]] + [None]
-    for segment, next_first in zip(segments, firsts, strict=True):
-        if chosen.skips_segment(segment, next_first):
+    for index, segment in enumerate(segments):
+        if chosen.skips_segment(segment, _first_stamp_of(segments[index + 1 : index + 2])):
             continue
         session = segment_session(segment)
         offset, number = 0, 1
@@ -266,7 +266,10 @@ def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Itera
                 segment, session, _candidates(segment, offset, number, LineMatcher(chosen.pattern))
             )
         else:
-            found = _understood(segment, session, lines_from(segment, offset, number), b"")
+            lines = lines_from(segment, offset, number)
+            if chosen.since is not None:
+                lines = _from_stamp(lines, chosen.since)
+            found = _understood(segment, session, lines, b"")
         for entry in found:
             if chosen.until is not None and entry.when > chosen.until and not entry.what.is_note:
                 # Times never decrease in a segment: nothing later in it can
@@ -278,6 +281,27 @@ def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Itera
                 break
             if chosen.matches(entry):
                 yield entry
+
+
+def _first_stamp_of(following: list[SegmentFiles]) -> Callable[[], bytes | None]:
+    """The first stamp of the next segment (if any), read when asked."""
+    return lambda: first_stamp(following[0]) if following else None
+
+
+def _from_stamp(lines: Iterable[StoredLine], since: bytes) -> Iterator[StoredLine]:
+    """``lines`` from the first one not stamped before ``since`` (or not stamped).
+
+    What bisection leaves before the window (up to a block) is passed over
+    by its stamp alone, not parsed: none of it can match, and a malformed
+    line after it sorts before ``since`` either way.
+    """
+    it = iter(lines)
+    for stored in it:
+        stamp = stored.stamp
+        if stamp is None or stamp >= since:
+            yield stored
+            break
+    yield from it
 
 
 def merged(
