@@ -128,7 +128,7 @@ def _rows(best: dict[str, float], nbytes: int, small: int) -> list[dict[str, Any
             "ratio": round(rate_out / rate_in, 2),
             "bar": f">= {BAR_RATIO:g} x in-place verify",
             "ok": rate_out >= BAR_RATIO * rate_in,
-            "notes": "bytes over the time beyond a 1 MiB store's; baseline: logvm verify so",
+            "notes": "bytes over the time beyond a 1 MiB store's, for both commands",
         },
         {
             "name": "outside verification, whole command (stand-in DispVM)",
