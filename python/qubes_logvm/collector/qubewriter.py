@@ -450,6 +450,9 @@ class QubeWriter:
         if not want_open and chain.is_open:
             self._close(chain, reason="disconnect")
         self._report()
+        if not chain.is_open:
+            store.release(self.qube)  # idle chains are not kept (many DispVM names)
+            self.chain = None
         return dropped
 
     @property

@@ -447,7 +447,16 @@ class Store:
                 continue
             if count is not None:
                 recovered[qube] = count
+            self.release(qube)  # loaded again at its next connection
         return recovered
+
+    def release(self, qube: str) -> None:
+        """Forget a qube's chain while its segment is closed (memory: a store may
+        have seen many names); it is loaded again at its next use. Call it where
+        the chain is not in use (the collector: under the qube's lock)."""
+        chain = self.chains.get(qube)
+        if chain is not None and not chain.is_open:
+            del self.chains[qube]
 
     def _sealed(self, seal: Seal) -> None:
         if self.epochs is not None:
