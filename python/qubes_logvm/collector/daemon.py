@@ -29,6 +29,7 @@ from ..config.collector import CollectorConfig, load_collector_config
 from ..config.storage_policy import RetentionConfig, quota_for, settings_digest
 from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError
+from ..core.faults import fail_point
 from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..core.witness_format import SettingsLine
@@ -89,6 +90,11 @@ class Daemon:
         self.sender: CheckpointSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        self._stop_early = False  # a SIGTERM before the event loop ran
+
+    def stop_early(self, _signum: int, _frame: object) -> None:
+        """Signal handler from before :meth:`run`: the socket listens already."""
+        self._stop_early = True
         self._settings_task: asyncio.Task[None] | None = None
 
     def _on_seal(self, seal: Seal | Tomb | EpochLine) -> None:
@@ -103,6 +109,8 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._stop.set)
         self._loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self._stop_early:
+            self._stop.set()
         # Chain work has its own threads (fair.ChainSlots); this one is for
         # the epoch tick, recovery and the housekeeping scans.
         self._loop.set_default_executor(
@@ -371,7 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_collector_config(*args.config)
         first_start(args.store, config)
         daemon = Daemon(args.store, config, args.config)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, daemon.stop_early)  # until run() takes them over
         sock = _listening_socket(args.socket, config)
+        fail_point("listening")
         asyncio.run(daemon.run(sock))
     except LogvmError as err:
         return fatal("logvm-collector", f"error: {err}")
