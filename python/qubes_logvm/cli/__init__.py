@@ -13,7 +13,6 @@ to this store").
 """
 
 import argparse
-import logging
 import os
 import pwd
 import sys
@@ -26,7 +25,6 @@ from .. import __version__
 from ..core.errors import LogvmError
 from ..core.escape import terminal_safe
 from ..store.layout import DEFAULT_STORE, StoreLayout
-from ..store.viewcopy import OPEN_COMMAND
 from .common import Env, Output
 from .pager import paged, pager_command, use_pager
 from .show import (
@@ -38,7 +36,6 @@ from .show import (
     stdout_is_terminal,
 )
 
-log = logging.getLogger(__name__)
 EXIT_TAMPERED, EXIT_USAGE = 1, 2
 
 
@@ -125,7 +122,7 @@ def _show(
 def _dispatch(
     env: Env,
     args: argparse.Namespace,
-    open_command: Sequence[str],
+    open_command: Sequence[str] | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> int:
@@ -135,6 +132,10 @@ def _dispatch(
     command = args.command
     if command in ("show", "follow"):
         return _show(env, args, clock, sleep)
+    # Only the other commands log (the store's writer, verify); `show` does not.
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=env.err, format="logvm: %(message)s")
     if command in ("setup-keys", "verify"):
         from .verify_cmd import run_setup_keys, run_verify
 
@@ -147,9 +148,9 @@ def _dispatch(
         if command == "list":
             return run_list(env, args.qubes, as_json=args.json, utc=args.utc)
         return run_stats(env, args.qubes)
-    from .open_cmd import run_open
+    from .open_cmd import OPEN_COMMAND, run_open
 
-    return run_open(env, args.qube, args.segment, open_command)
+    return run_open(env, args.qube, args.segment, open_command or OPEN_COMMAND)
 
 
 def main(
@@ -158,7 +159,7 @@ def main(
     stdout: BinaryIO | None = None,
     stderr: TextIO | None = None,
     stdin: TextIO | None = None,
-    open_command: Sequence[str] = OPEN_COMMAND,
+    open_command: Sequence[str] | None = None,  # default: qvm-open-in-dvm (store/viewcopy.py)
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
@@ -168,7 +169,6 @@ def main(
         args = build_parser().parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:
         return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
-    logging.basicConfig(level=logging.WARNING, stream=err, format="logvm: %(message)s")
     out_stream = stdout if stdout is not None else sys.stdout.buffer
     env = Env(
         StoreLayout(args.store),

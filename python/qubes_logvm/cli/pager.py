@@ -13,7 +13,6 @@ Ctrl-C; ``LESSCHARSET`` defaults to ``utf-8``.
 import contextlib
 import os
 import shlex
-import subprocess
 from collections.abc import Iterator, Mapping
 from typing import BinaryIO, cast
 
@@ -42,6 +41,8 @@ def paged(command: list[str], environ: Mapping[str, str]) -> Iterator[BinaryIO |
     env = dict(environ)
     env.setdefault("LESS", DEFAULT_LESS)
     env.setdefault("LESSCHARSET", "utf-8")
+    import subprocess  # only a terminal gets a pager
+
     try:
         pager = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
     except OSError:

@@ -24,7 +24,6 @@ ours. Colours (by priority, like journalctl) are added after the text was
 made terminal-safe, so they are the only escape sequences ever written.
 """
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 
@@ -130,6 +129,8 @@ class Renderer:
         return [(entry.stored.data, None)]
 
     def _json(self, entry: Entry) -> Parts:
+        import json  # only -o json needs it (show's start: issue 13's bench)
+
         text = json.dumps(json_object(entry, self.zone), ensure_ascii=True, sort_keys=True)
         return [(text.encode("ascii"), None)]
 
