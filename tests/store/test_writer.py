@@ -208,3 +208,27 @@ def test_tombstones_are_compacted_and_still_verify(store_root: tuple[Path, bytes
     # Removing the newest kept tombstone unlinks the chain: detected.
     layout.tombstones("flood").write_bytes(b"".join(t.to_line() for t in tombs[:-1]))
     assert not verify_store(root, vkey).ok
+
+
+def test_closed_chains_are_released_and_load_again_where_they_were(
+    store_root: tuple[Path, bytes],
+) -> None:
+    root, _ = store_root
+    store = Store(root)
+    for qube in ("alpha", "beta"):
+        chain = store.chain(qube)
+        chain.open_segment(store.keys, session="s", reason="connect")
+        chain.append(_lines(3, qube), 3)
+        chain.seal(store.keys)
+    store.chain("alpha").close(store.keys, reason="disconnect")
+    head = store.chain("alpha").last_seal
+    store.release("alpha")
+    store.release("beta")  # open: kept
+    assert set(store.chains) == {"beta"}
+    again = store.chain("alpha")  # loaded from disk, continuing the chain
+    assert again.last_seal == head and not again.is_open
+    store.close()
+    restarted = Store(root)
+    assert restarted.recover_all() == {}
+    assert restarted.chains == {}  # every segment closed: nothing kept after recovery
+    restarted.close()
