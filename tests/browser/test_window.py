@@ -317,3 +317,28 @@ def test_search_can_be_cancelled(browser: object) -> None:
     assert not get("search_progress").get_visible() and not get("cancel_button").get_visible()
     get("next_button").clicked()  # a new search runs again
     assert pump(lambda: "Match at" in win.status.get_text())  # type: ignore[attr-defined]
+
+
+def test_search_reports_a_segment_gone_meanwhile(display: str, tmp_path: Path) -> None:
+    import shutil
+
+    from qubes_logvm.browser.window import BrowserWindow
+
+    (tmp_path / "own").mkdir()
+    collected = build_collected(tmp_path / "own")  # this test removes a segment
+    win = BrowserWindow(None, collected.layout, ())
+    win.setup()
+    win.window.present()
+    try:
+        win.choose_qube("work")
+        pump()
+        gone = next(s for s in collected.layout.segments("work") if s.compressed)
+        assert gone.log is not None
+        shutil.move(gone.log, tmp_path / "moved")  # as rotation's deletion would
+        win.builder.get_object("search_entry").set_text("work error")
+        win.builder.get_object("next_button").clicked()
+        assert pump(lambda: "Search stopped" in win.status.get_text()), win.status.get_text()
+        assert not win.builder.get_object("search_progress").get_visible()
+        assert not win.searching  # the next search can run
+    finally:
+        win.window.destroy()

@@ -7,10 +7,12 @@ plain-text APIs (``Pango.Layout.set_text``, ``Gtk.Label.set_text``,
 ``Gtk.TextBuffer.set_text``): never markup, never a link.
 """
 
+import time
 from datetime import datetime
 
 from ..core.escape import escape
-from ..core.records import parse_timestamp
+from ..core.records import format_timestamp, parse_timestamp
+from ..core.timespec import parse_timespec
 from ..store.timeline import Entry
 
 #: Characters of a message shown in a list row; the detail pane shows more.
@@ -102,3 +104,9 @@ def details(entry: Entry) -> str:
         lines.append(f"display cut:   {stored.overlong} more bytes on disk")
     lines += ["message:", visible(what.message, DETAIL_BYTES)]
     return "\n".join(lines)
+
+
+def stamp_of(text: str) -> bytes | None:
+    """A time range entry (journalctl's syntax, as ``logvm show``) as a stored stamp."""
+    text = text.strip()
+    return format_timestamp(parse_timespec(text, now=time.time())) if text else None

@@ -9,7 +9,6 @@ a window on any store and drive its widgets.
 
 import re
 import threading
-import time
 from pathlib import Path
 
 import gi
@@ -19,8 +18,6 @@ gi.require_version("Gdk", "3.0")
 from gi.repository import Gdk, GLib, Gtk  # noqa: E402
 
 from ..core.errors import LogvmError  # noqa: E402
-from ..core.records import format_timestamp  # noqa: E402
-from ..core.timespec import parse_timespec  # noqa: E402
 from ..store.layout import StoreLayout  # noqa: E402
 from ..store.timeline import Entry  # noqa: E402
 from ..store.viewcopy import OPEN_COMMAND, open_in_dispvm  # noqa: E402
@@ -36,7 +33,7 @@ from .model import QubeRows  # noqa: E402
 from .qubes import QubeFacts, all_facts, drops_of, qube_row, retention_config  # noqa: E402
 from .recordview import RecordView  # noqa: E402
 from .search import Pattern, find  # noqa: E402
-from .text import as_text, details, local_time  # noqa: E402
+from .text import as_text, details, local_time, stamp_of  # noqa: E402
 
 QUBE_COLUMNS = (
     "Qube",
@@ -260,8 +257,8 @@ class BrowserWindow:
         """Read the time range entries (journalctl's time syntax, as ``logvm show``)."""
         get = self.builder.get_object
         try:
-            since = _stamp(get("since_entry").get_text())
-            until = _stamp(get("until_entry").get_text())
+            since = stamp_of(get("since_entry").get_text())
+            until = stamp_of(get("until_entry").get_text())
         except (LogvmError, ValueError) as err:
             self.status.set_text(f"Time range: {err}")
             return
@@ -439,15 +436,14 @@ class BrowserWindow:
         cancel = self.cancel
 
         def work() -> None:
-            found = find(
-                rows,
-                pattern,
-                start,
-                bounds,
-                forward=forward,
-                cancel=cancel,
-                progress=lambda f: GLib.idle_add(self._progress, f),
-            )
+            progress = lambda f: GLib.idle_add(self._progress, f)  # noqa: E731
+            try:
+                found = find(
+                    rows, pattern, start, bounds, forward=forward, cancel=cancel, progress=progress
+                )
+            except (LogvmError, OSError, KeyError) as err:  # a segment went away (rotation)
+                GLib.idle_add(self._found, None, cancel, f"Search stopped: {err}")
+                return
             GLib.idle_add(self._found, found, cancel)
 
         threading.Thread(target=work, daemon=True).start()
@@ -456,14 +452,14 @@ class BrowserWindow:
         self.builder.get_object("search_progress").set_fraction(fraction)
         return False
 
-    def _found(self, row: int | None, cancel: threading.Event) -> bool:
+    def _found(self, row: int | None, cancel: threading.Event, error: str = "") -> bool:
         get = self.builder.get_object
         self.searching = False
         get("search_progress").hide()
         get("cancel_button").hide()
         self.last_search = row
-        if cancel.is_set():  # Cancel pressed before the result showed: it wins
-            self.status.set_text("Search cancelled")
+        if cancel.is_set() or error:  # Cancel pressed before the result showed: it wins
+            self.status.set_text(error or "Search cancelled")
         elif row is None:
             self.status.set_text("No more matches")
         else:
@@ -493,8 +489,3 @@ class BrowserWindow:
                 self.records.grow(rows.count)
                 self.status.set_text(f"{self.qube}: {rows.count} records (following)")
         return True
-
-
-def _stamp(text: str) -> bytes | None:
-    text = text.strip()
-    return format_timestamp(parse_timespec(text, now=time.time())) if text else None
