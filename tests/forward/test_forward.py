@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -140,8 +141,30 @@ def built(tmp_path: Path) -> Built:
     return build_store(tmp_path / "store", leave_open=False)
 
 
+@dataclass
+class Forwarded:
+    """A built store forwarded to rsyslog, and what the tests look at."""
+
+    tmp: Path
+    built: Built
+    rsyslog: Rsyslog
+    world: World
+    forward: Forward
+    capsys: pytest.CaptureFixture[str]
+
+    def verify(self, central: Path) -> tuple[int, str]:
+        """``logvm verify --forwarded central``: exit status and output."""
+        return _verify(self.tmp, self.built, central, self.capsys)
+
+
 @pytest.fixture
-def forwarded(tmp_path: Path, built: Built, rsyslog: Rsyslog, pki: Path) -> tuple[World, Forward]:
+def forwarded(
+    tmp_path: Path,
+    built: Built,
+    rsyslog: Rsyslog,
+    pki: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> Forwarded:
     """The built store forwarded to rsyslog until every record is there and
     the cursors are committed; the forwarder stopped."""
     world = forward_world(tmp_path / "world", rsyslog.port)
@@ -153,20 +176,14 @@ def forwarded(tmp_path: Path, built: Built, rsyslog: Rsyslog, pki: Path) -> tupl
         _wait(lambda: (tmp_path / "state/cursors.json").exists(), "cursors committed")
     finally:
         forward.stop()
-    return world, forward
+    return Forwarded(tmp_path, built, rsyslog, world, forward, capsys)
 
 
-def test_every_record_arrives_once_and_the_copy_verifies(
-    tmp_path: Path,
-    built: Built,
-    rsyslog: Rsyslog,
-    forwarded: tuple[World, Forward],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    world, forward = forwarded
+def test_every_record_arrives_once_and_the_copy_verifies(forwarded: Forwarded) -> None:
+    world, forward, rsyslog = forwarded.world, forwarded.forward, forwarded.rsyslog
     received = _received(rsyslog)
-    assert received == _sealed_records(built), forward.log()  # exactly once normally
-    code, out = _verify(tmp_path, built, rsyslog.output, capsys)
+    assert received == _sealed_records(forwarded.built), forward.log()  # exactly once normally
+    code, out = forwarded.verify(rsyslog.output)
     assert code == 0, out
     assert out.splitlines()[-1].startswith("OK: intact")
     # The header carries the exporter-style fields where the record has them.
@@ -176,14 +193,9 @@ def test_every_record_arrives_once_and_the_copy_verifies(
     assert {c["resolved_target"] for c in calls if c["result"] == "allow"} == {"sys-logfwd"}
 
 
-def test_a_line_edited_or_dropped_at_the_server_is_caught(
-    tmp_path: Path,
-    built: Built,
-    rsyslog: Rsyslog,
-    forwarded: tuple[World, Forward],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    lines = rsyslog.output.read_bytes().splitlines(keepends=True)
+def test_a_line_edited_or_dropped_at_the_server_is_caught(forwarded: Forwarded) -> None:
+    tmp_path = forwarded.tmp
+    lines = forwarded.rsyslog.output.read_bytes().splitlines(keepends=True)
     place = b'qube="personal" seg="2" line="3"'
     target = next(i for i, r in enumerate(lines) if b" rec [" in r and place in r)
     edited = lines.copy()
@@ -191,12 +203,12 @@ def test_a_line_edited_or_dropped_at_the_server_is_caught(
     assert edited[target] != lines[target]
     central = tmp_path / "edited.log"
     central.write_bytes(b"".join(edited))
-    code, out = _verify(tmp_path, built, central, capsys)
+    code, out = forwarded.verify(central)
     assert code == 1
     assert "personal/00000002" in out and "error" in out
     dropped = tmp_path / "dropped.log"
     dropped.write_bytes(b"".join(lines[:target] + lines[target + 1 :]))
-    code, out = _verify(tmp_path, built, dropped, capsys)
+    code, out = forwarded.verify(dropped)
     assert code == 1
     assert "personal/00000002 line 3: never arrived at the server" in out
 
