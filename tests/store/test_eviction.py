@@ -371,3 +371,6 @@ def test_scan_cache_reads_again_only_what_changed(store: Store) -> None:
     # An age rule falls due without any change: read again and planned.
     assert _of(plan(NOW + 2 * HOUR), "work") == [1, 2, 3]
     assert _of(plan(NOW + 2 * HOUR), "quiet") == []
+    # New settings (a reload): every qube is judged again, unchanged or not.
+    cfg = config(NO_FLOOR + "segment: {max_bytes: 16K}\nquota: {qubes: {quiet: 64K}}")
+    assert _of(plan(), "quiet")[:1] == [1]

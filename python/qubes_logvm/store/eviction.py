@@ -336,6 +336,8 @@ class ScanCache:
             touched.add(heapq.heappop(self._due)[1])
         for name in touched:
             self._drop(name)
+        if cfg is not self._cfg:  # new limits: every qube is judged again
+            self._seen, self._due, self._quiet_total = {}, [], ZERO_COST
         if cfg is not self._cfg or self._monotonic() - self._full_at >= self.full_interval:
             self._cfg, self._full_at = cfg, self._monotonic()
             return None
