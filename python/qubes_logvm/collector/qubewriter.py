@@ -509,12 +509,12 @@ class QubeWriter:
         if config.global_max_bytes:
             quota = min(quota, int(self.shared.usage.share(config, self.qube)))
         roll_at = min(config.segment_max_bytes, max(quota // 4, MIN_ROLL_BYTES))
+        if self._held_back(chain, incoming):
+            return False  # dropped as it is: a roll would only add files of notes
         if chain.nbytes + incoming > roll_at and chain.lines > 1:
             self._roll(chain)
         keys = self.shared.store.keys
-        # What the batch adds: its text, its seal line, the blocks they start.
-        grown = written_cost(chain.nbytes + incoming, self.ledger.open_seal_bytes + SEAL_LINE)
-        added = grown - self.ledger.open_cost(chain)
+        added = self._added(chain, incoming)
         while self._must_free(added) and self.ledger.closed:
             if self._dispvm and not self.ledger.may_evict(self._session, config.dispvm_grace):
                 break  # an earlier DispVM's logs: the flood's lines are dropped instead
@@ -527,6 +527,25 @@ class QubeWriter:
         if self._over_cap(added):
             self.shared.usage.over_cap = True  # within its share: housekeeping evicts others
         return not over(config, self.qube, self.usage() + added)
+
+    def _added(self, chain: QubeChain, incoming: int) -> Cost:
+        """What a batch adds: its text, its seal line, the blocks they start."""
+        grown = written_cost(chain.nbytes + incoming, self.ledger.open_seal_bytes + SEAL_LINE)
+        return grown - self.ledger.open_cost(chain)
+
+    def _held_back(self, chain: QubeChain, incoming: int) -> bool:
+        """A DispVM whose batch does not fit while an earlier DispVM's session
+        (within the grace) is the oldest: nothing may be deleted for it."""
+        grace = self.shared.config.retention.dispvm_grace
+        if (
+            not self._dispvm
+            or not self.ledger.closed
+            or self.ledger.may_evict(self._session, grace)
+        ):
+            return False
+        return over(
+            self.shared.config.retention, self.qube, self.usage() + self._added(chain, incoming)
+        )
 
     def _must_free(self, added: Cost) -> bool:
         """Over its quota, or the store over its cap while this qube is over its share."""
