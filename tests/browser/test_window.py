@@ -340,5 +340,13 @@ def test_search_reports_a_segment_gone_meanwhile(display: str, tmp_path: Path) -
         assert pump(lambda: "Search stopped" in win.status.get_text()), win.status.get_text()
         assert not win.builder.get_object("search_progress").get_visible()
         assert not win.searching  # the next search can run
+        # The open segment goes too; its rows cannot be drawn (the compressed
+        # one's still can: the view holds it open).
+        newest = collected.layout.segments("work")[-1].log
+        assert newest is not None and not newest.name.endswith(".zst")
+        shutil.move(newest, tmp_path / "moved-newest")
+        win.records.scroll_to_end()
+        win.records.area.queue_draw()
+        assert pump(lambda: "press F5" in win.status.get_text()), win.status.get_text()
     finally:
         win.window.destroy()

@@ -18,6 +18,7 @@ gi.require_version("PangoCairo", "1.0")
 gi.require_foreign("cairo")  # a draw handler gets a cairo context: python3-gi-cairo
 from gi.repository import Gdk, Gtk, Pango, PangoCairo  # noqa: E402
 
+from ..core.errors import LogvmError  # noqa: E402
 from ..store.timeline import Entry  # noqa: E402
 from .model import QubeRows  # noqa: E402
 from .text import columns  # noqa: E402
@@ -42,6 +43,7 @@ class RecordView(Gtk.Grid):
         self.selected: tuple[int, int] | None = None  # (anchor, cursor), rows of the qube
         self.matches: set[int] = set()
         self.on_select: Callable[[Entry | None], None] = lambda entry: None
+        self.on_error: Callable[[str], None] = lambda message: None
         self._char = Pango.SCALE  # a digit's width (Pango units), measured when drawn
         self.area = Gtk.DrawingArea(hexpand=True, vexpand=True, can_focus=True)
         self.area.set_name("record-area")
@@ -158,7 +160,11 @@ class RecordView(Gtk.Grid):
         if self.rows is None:
             return True
         top = self.top()
-        entries = self.rows.rows(top, min(top + self.visible_rows() + 1, self.end_row))
+        try:
+            entries = self.rows.rows(top, min(top + self.visible_rows() + 1, self.end_row))
+        except LogvmError as err:  # a segment went away (rotation): say so, draw nothing
+            self.on_error(f"{err}; press F5 to read the store again")
+            return True
         for index, entry in enumerate(entries):
             y = (index + 1) * height
             row = top + index

@@ -132,6 +132,7 @@ class BrowserWindow:
         get("storage_button").connect("clicked", lambda *_: self.storage_dialog())
         self.open_items = self._build_open_menu()
         self.records.on_select = self._show_detail
+        self.records.on_error = self.status.set_text
         self.window.connect_after("draw", self._after_draw)
         self._shortcuts()
         self.refresh()
