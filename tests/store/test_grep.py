@@ -8,7 +8,7 @@ from qubes_logvm.core.entries import classify
 from qubes_logvm.core.escape import escape
 from qubes_logvm.core.records import line_record, note_record
 from qubes_logvm.exporter.record import format_record
-from qubes_logvm.store.grep import LineMatcher, literal_of
+from qubes_logvm.store.grep import LineMatcher, literal_of, literals_of
 
 STAMP = b"2026-11-28T18:00:00.000000Z"
 
@@ -65,6 +65,10 @@ def reference(lines: list[bytes], pattern: "re.Pattern[str]") -> set[int]:
         (r"\s+out", 0, True),  # may span a newline in the block
         ("rate-limit", 0, True),  # a collector note
         ("\ufffd", 0, False),  # what invalid bytes decode to
+        ("refused|kernel", re.IGNORECASE, False),  # literals, folded: non-ASCII lines whole
+        ("REFUSED|nothing to", 0, True),  # literals joined by |: each found as bytes
+        ("spaced|\\|x", 0, True),  # an escaped | is part of a literal
+        ("sshd|conn.*", 0, False),  # one alternative is a regex: the regex path
     ],
 )
 def test_candidates_hold_every_match(text: str, flags: int, narrows: bool) -> None:
@@ -102,3 +106,17 @@ def test_every_line_without_a_pattern() -> None:
 def test_literal_of(pattern: str, literal: str | None) -> None:
     assert literal_of(re.compile(pattern)) == literal
     assert literal_of(re.compile(pattern, re.VERBOSE)) is None  # spaces would not count
+
+
+@pytest.mark.parametrize(
+    ("pattern", "literals"),
+    [
+        ("error: reset|Failed password", ["error: reset", "Failed password"]),
+        (r"a\|b|c", ["a|b", "c"]),  # an escaped bar is text
+        ("a||b", None),  # an empty alternative matches everywhere
+        ("a|b+", None),  # one alternative is not a literal
+        ("(a|b)", None),  # a group
+    ],
+)
+def test_literals_of(pattern: str, literals: list[str] | None) -> None:
+    assert literals_of(re.compile(pattern)) == literals

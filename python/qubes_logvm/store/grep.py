@@ -44,10 +44,33 @@ def whole_line_safe(pattern: "re.Pattern[str]") -> bool:
 
 def literal_of(pattern: "re.Pattern[str]") -> str | None:
     """The text a pattern without metacharacters stands for (``re.escape``'s too)."""
+    found = literals_of(pattern)
+    return found[0] if found is not None and len(found) == 1 else None
+
+
+def literals_of(pattern: "re.Pattern[str]") -> list[str] | None:
+    """The texts of a pattern that is literals joined by ``|`` (``a b|c-d``), else None."""
     if pattern.flags & ~_FLAGS_OK:
         return None
+    found = [_literal_text(part) for part in _alternatives(pattern.pattern)]
+    return None if None in found else cast(list[str], found)
+
+
+def _alternatives(text: str) -> list[str]:
+    """``text`` split at each ``|`` that is not escaped."""
+    parts, start, chars = [], 0, enumerate(text)
+    for index, char in chars:
+        if char == "\\":
+            next(chars, None)
+        elif char == "|":
+            parts.append(text[start:index])
+            start = index + 1
+    return [*parts, text[start:]]
+
+
+def _literal_text(text: str) -> str | None:
     out: list[str] = []
-    chars = iter(pattern.pattern)
+    chars = iter(text)
     for char in chars:
         if char == "\\":
             escaped = next(chars, "")
@@ -67,14 +90,8 @@ class LineMatcher:
     def __init__(self, pattern: "re.Pattern[str] | None") -> None:
         self.pattern = pattern
         self.fold = bool(pattern is not None and pattern.flags & re.IGNORECASE)
-        self.needle: bytes | None = None
-        literal = literal_of(pattern) if pattern is not None else None
-        # U+FFFD stands for invalid bytes; a non-ASCII text folds in ways bytes do not.
-        if literal is not None and "\ufffd" not in literal:
-            encoded = literal.encode("utf-8")
-            if literal.isascii() or not self.fold:
-                self.needle = encoded.lower() if self.fold else encoded
-        self.every = pattern is None or (self.needle is None and not whole_line_safe(pattern))
+        self.needles = _needles(pattern, fold=self.fold)
+        self.every = pattern is None or (not self.needles and not whole_line_safe(pattern))
 
     def candidates(self, block: bytes) -> Iterator[tuple[int, bytes]]:
         """``(index, line)`` of each line of ``block`` that may match.
@@ -84,18 +101,15 @@ class LineMatcher:
         """
         if self.every:
             yield from enumerate(block.split(b"\n")[:-1])
-        elif self.needle is not None:
+        elif self.needles:
             yield from self._literal(block)
         else:
             yield from self._regex(block)
 
     def _literal(self, block: bytes) -> Iterator[tuple[int, bytes]]:
-        needle = self.needle or b""
         hay = block.lower() if self.fold else block
-        finders = [
-            _Hits(lambda pos: hay.find(needle, pos)),
-            _Hits(lambda pos: block.find(b"\\", pos)),
-        ]
+        finders = [_Hits(_finder(hay, needle)) for needle in self.needles]
+        finders.append(_Hits(lambda pos: block.find(b"\\", pos)))
         if self.fold and not block.isascii():
             finders.append(_Hits(lambda pos: _start(_NON_ASCII.search(block, pos))))
         yield from _lines_at(block, block, finders)
@@ -115,6 +129,22 @@ class LineMatcher:
         if not block.isascii():  # a line with invalid bytes is tried whole
             finders.append(_Hits(lambda pos: _start(_INVALID.search(text, pos))))
         yield from _lines_at(text, block if len(text) == len(block) else None, finders)
+
+
+def _needles(pattern: "re.Pattern[str] | None", *, fold: bool) -> list[bytes]:
+    """The bytes to find when the pattern is literals (lowered when folding), else []."""
+    literals = literals_of(pattern) if pattern is not None else None
+    if not literals:
+        return []
+    # U+FFFD stands for invalid bytes; a non-ASCII text folds in ways bytes do not.
+    if any("\ufffd" in text or (fold and not text.isascii()) for text in literals):
+        return []
+    encoded = [text.encode("utf-8") for text in literals]
+    return [needle.lower() for needle in encoded] if fold else encoded
+
+
+def _finder(hay: bytes, needle: bytes) -> Callable[[int], int]:
+    return lambda pos: hay.find(needle, pos)
 
 
 def _start(found: "re.Match[str] | re.Match[bytes] | None") -> int:
