@@ -9,6 +9,7 @@ escape sequences and an overlong line; work's first session compressed.
 import io
 import json
 import re
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -247,3 +248,43 @@ def test_follow_says_when_a_qube_does_not_exist_yet(collected: Collected) -> Non
     assert len(out.splitlines()) == 8 and out.splitlines()[0] == "first session"
     code, _, err = show(collected, "follow", "work", "-r")
     assert code == 2 and "--reverse" in err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_short_times_are_each_records_receive_time(
+    collected: Collected, zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        _, out, _ = show(collected, "show", "--all", "-o", "json")
+        stamps = [json.loads(x)["receive_stamp"].encode() for x in out.splitlines()]
+        local = [datetime.fromtimestamp(parse_timestamp(s)).astimezone() for s in stamps]
+        _, precise, _ = show(collected, "show", "--all", "-o", "short-precise")
+        _, short, _ = show(collected, "show", "--all")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert [" ".join(x.split(" ")[:3]) for x in precise.splitlines()] == [
+        m.strftime("%b %d %H:%M:%S.%f") for m in local
+    ]
+    assert [" ".join(x.split(" ")[:3]) for x in short.splitlines()] == [
+        m.strftime("%b %d %H:%M:%S") for m in local
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_since_inside_the_compressed_segment(collected: Collected) -> None:
+    _, out, _ = show(collected, "show", "work", "-o", "json")
+    every = [json.loads(x) for x in out.splitlines()]
+    compressed = [o for o in every if o["segment"] == 1]
+    assert compressed and collected.layout.segments("work")[0].compressed
+    since = compressed[-1]["receive_stamp"]  # the compressed segment's last record
+    moment = datetime.fromtimestamp(parse_timestamp(since.encode()), UTC)
+    _, out, _ = show(collected, "show", "work", "--utc", "-o", "json",
+                     "--since", moment.isoformat(timespec="microseconds"))  # fmt: skip
+    assert [json.loads(x) for x in out.splitlines()] == [
+        o for o in every if o["receive_stamp"] >= since
+    ]
+    assert json.loads(out.splitlines()[0])["segment"] == 1
