@@ -45,7 +45,7 @@ LEAVES = {
     "sources:all": "bool", "sources:names": "qubes", "sources:tags": "tags",
     "sources:disposable_templates": "qubes", "sources:dispvm_tag": "tag",
     "sources:exclude:names": "qubes", "sources:exclude:tags": "tags",
-    "templates": "qubes",
+    "templates": "qubes", "logvms": "logvms",
     "dom0:enabled": "bool", "dom0:journal": "bool", "dom0:consoles": "bool",
     "dom0:qubes_logs": "bool", "dom0:remove_dispvm_consoles": "bool",
     "dom0:filters:min_priority": "priority",
@@ -241,12 +241,63 @@ def _rates(key, value):
             _scalar(f"{key}:{name}:{rkey}", kind, rvalue)
 
 
+def _logvms(key, value):
+    """``logvms: {NAME: {sources: {names, tags}, quota}}``: the further LogVMs."""
+    for name, more in _mapping(key, value, "expected a mapping of LogVM name: settings"):
+        at = f"{key}:{name}"
+        _scalar(at, "qube", name)
+        for sub, item in _mapping(at, more, "expected {sources, quota}"):
+            if sub == "quota":
+                size_bytes(item, f"{at}:quota")
+            elif sub == "sources":
+                for skey, names in _mapping(f"{at}:sources", item, "expected {names, tags}"):
+                    kind = {"names": "qube", "tags": "tag"}.get(skey)
+                    if kind is None:
+                        _fail(f"{at}:sources:{skey}", "unknown key", skey)
+                    _list(f"{at}:sources:{skey}", kind, names)
+            else:
+                _fail(f"{at}:{sub}", "unknown key", sub)
+
+
+def _across_logvms(merged):
+    """Every LogVM its own qube; a source name or tag routed to one LogVM only."""
+    vm, src = merged["vm"], merged["sources"]
+    taken = {("names", n): "vm" for n in src["names"] + src["disposable_templates"]}
+    taken.update({("tags", t): "vm" for t in src["tags"]})
+    for name, more in sorted(merged["logvms"].items()):
+        roles = ("dom0", vm["name"], vm["dispvm"]["name"], vm["template"], merged["witness"])
+        if name in roles or ("names", name) in taken:
+            _fail(
+                f"logvms:{name}",
+                "a LogVM must be its own qube (not dom0, the witness, "
+                "the first LogVM, its template, disposable template or a source)",
+                name,
+            )
+        quota = more.get("quota", merged["collector"]["quota"]["default"])
+        segment = size_bytes(merged["collector"]["segment"]["max_bytes"])
+        if size_bytes(quota) < segment:
+            _fail(f"logvms:{name}:quota", "a quota must be at least one segment", quota)
+        for kind in ("names", "tags"):
+            for item in more.get("sources", {}).get(kind, []):
+                if (kind, item) in taken or item in merged["logvms"]:
+                    other = taken.get((kind, item), item)
+                    where = "logvm:sources" if other == "vm" else f"logvm:logvms:{other}"
+                    _fail(
+                        f"logvms:{name}:sources:{kind}",
+                        f"{item} is already routed by {where}: each source goes to one LogVM",
+                        item,
+                    )
+                taken[(kind, item)] = name
+
+
 def _leaf(key, kind, value, classes):
     lists = {"qubes": "qube", "tags": "tag", "texts": "text", "command": "text", "globs": "glob"}
     if kind in lists:
         _list(key, lists[kind], value)
         if kind == "command" and not value:
             _fail(key, "expected a non-empty list", value)
+    elif kind == "logvms":
+        _logvms(key, value)
     elif kind == "files":
         _files(key, value)
     elif kind == "classdefs":
@@ -369,6 +420,7 @@ def check(defaults, given):
     _across(merged)
     _across_forward(merged)
     _across_dom0(merged)
+    _across_logvms(merged)
     return merged
 
 
@@ -425,6 +477,11 @@ def problems(merged, sources, qubes=None):
         for n in merged["sources"][k]
     ]
     named += [("templates", n) for n in merged["templates"]]
+    named += [
+        (f"logvms:{logvm}:sources:names", n)
+        for logvm, more in sorted(merged["logvms"].items())
+        for n in more.get("sources", {}).get("names", [])
+    ]
     if merged["witness"] != "dom0":
         named.append(("witness", merged["witness"]))
     if merged.get("verify", {}).get("dispvm_template"):

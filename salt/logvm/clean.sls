@@ -45,10 +45,14 @@
       - file: {{ id }}-dom0-exporter-config
 {%-   set timer = 'logvm-witness-verify.timer' %}
 {#- The outside verification's timer and the files logvm.witness wrote. #}
-{%-   for path in ['/etc/systemd/user/timers.target.wants/' ~ timer,
+{%-   set paths = ['/etc/systemd/user/timers.target.wants/' ~ timer,
                    '/etc/systemd/user/' ~ timer ~ '.d/50-logvm-schedule.conf',
                    '/etc/qubes-logvm/witness-verify.conf',
                    '/etc/qubes-logvm/witness-policy/' ~ logvm.vm.name ~ '.json'] %}
+{%-   for name in logvm.logvms | sort %}
+{%-     do paths.append('/etc/qubes-logvm/witness-policy/' ~ name ~ '.json') %}
+{%-   endfor %}
+{%-   for path in paths %}
 
 {{ id }}-verify-{{ loop.index }}:
   file.absent:
@@ -58,9 +62,12 @@
 {#- Keep the qube (its private volume holds the logs); stop it running the
     collector and starting at boot, drop the browser's menu entry and the
     formula's tag. #}
-{{ id }}-logvm:
+{%-   for name in [logvm.vm.name] + logvm.logvms | sort %}
+{%-     set suffix = '' if name == logvm.vm.name else '-' ~ name %}
+
+{{ id }}-logvm{{ suffix }}:
   qvm.vm:
-    - name: {{ logvm.vm.name }}
+    - name: {{ name }}
     - actions:
       - exists: pass
       - prefs
@@ -80,6 +87,7 @@
     - tags:
       - del:
         - {{ logvm.vm.tag | yaml_dquote }}
+{%-   endfor %}
 
 {#- The offline disposable template the formula made for the LogVM holds no
     logs; once the LogVM no longer names it, it goes. #}
@@ -87,8 +95,10 @@
   qvm.absent:
     - name: {{ logvm.vm.dispvm.name }}
     - require:
-      - qvm: {{ id }}-logvm
-{%- elif grains['id'] == logvm.vm.name %}
+{%-   for name in [logvm.vm.name] + logvm.logvms | sort %}
+      - qvm: {{ id }}-logvm{{ '' if name == logvm.vm.name else '-' ~ name }}
+{%-   endfor %}
+{%- elif grains['id'] in [logvm.vm.name] + logvm.logvms | list %}
 
 {{ id }}-limits:
   file.absent:

@@ -11,6 +11,11 @@
                 'quota', 'global', 'retention'] %}
 {%- set limits = {} %}
 {%- for key in keys %}{% do limits.update({key: logvm.collector[key]}) %}{% endfor %}
+{#- A further LogVM (logvm:logvms) has its own default quota. #}
+{%- set more = logvm.logvms.get(grains['id'], {}) %}
+{%- if 'quota' in more %}
+{%-   do limits.update({'quota': salt['slsutil.merge'](limits.quota, {'default': more.quota})}) %}
+{%- endif %}
 
 {{ id }}-override-dir:
   file.directory:

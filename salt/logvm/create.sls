@@ -24,11 +24,15 @@
       - template-for-dispvms: true
       - default-dispvm: none
 
-{{ id }}-qube:
+{#- The LogVM, and each further LogVM of logvm:logvms made the same way. #}
+{%- for name in [vm.name] + logvm.logvms | sort %}
+{%-   set suffix = '' if name == vm.name else '-' ~ name %}
+
+{{ id }}-qube{{ suffix }}:
   qvm.vm:
     - require:
       - qvm: {{ id }}-dispvm-template
-    - name: {{ vm.name }}
+    - name: {{ name }}
     - present:
       - class: AppVM
       - template: {{ vm.template }}
@@ -53,23 +57,24 @@
 
 {#- The private volume holds the store; qvm.vm has no volume action, so
     qvm-volume grows it (it never shrinks: shrinking would lose logs). #}
-{{ id }}-private-size:
+{{ id }}-private-size{{ suffix }}:
   cmd.run:
-    - name: qvm-volume resize {{ vm.name }}:private {{ disk_bytes }}
-    - unless: test "$(qvm-volume info {{ vm.name }}:private size)" -ge {{ disk_bytes }}
+    - name: qvm-volume resize {{ name }}:private {{ disk_bytes }}
+    - unless: test "$(qvm-volume info {{ name }}:private size)" -ge {{ disk_bytes }}
     - require:
-      - qvm: {{ id }}-qube
+      - qvm: {{ id }}-qube{{ suffix }}
 
 {#- logvm-browser (owned by gui, docs/browser.md) in the LogVM's app menu:
     dom0's app menu lists the .desktop names of the `menu-items` feature
     (space-separated), from the template's /usr/share/applications. #}
-{{ id }}-menu-items:
+{{ id }}-menu-items{{ suffix }}:
   qvm.features:
-    - name: {{ vm.name }}
+    - name: {{ name }}
     - set:
       - menu-items: "logvm-browser.desktop"
     - require:
-      - qvm: {{ id }}-qube
+      - qvm: {{ id }}-qube{{ suffix }}
+{%- endfor %}
 
 {#- Forwarding (logvm:forward, docs/forwarding.md): the LogVM's service flag
     for logvm-forward (back to unset when forwarding is off), and the

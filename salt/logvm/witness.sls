@@ -24,12 +24,20 @@
     for the LogVM): logvm-witness export passes it on unread, and verify
     --witness refuses deletions it would not make (docs/witness.md). #}
 
-{{ id }}-deployed-policy:
+{%-   for name in [logvm.vm.name] + logvm.logvms | sort %}
+{%-     set collector = logvm.collector %}
+{%-     if 'quota' in logvm.logvms.get(name, {}) %}
+{%-       set quota = salt['slsutil.merge'](collector.quota, {'default': logvm.logvms[name].quota}) %}
+{%-       set collector = salt['slsutil.merge'](collector, {'quota': quota}) %}
+{%-     endif %}
+
+{{ id }}-deployed-policy{{ '' if name == logvm.vm.name else '-' ~ name }}:
   file.managed:
-    - name: /etc/qubes-logvm/witness-policy/{{ logvm.vm.name }}.json
-    - contents: {{ logvm.collector | json | yaml_squote }}
+    - name: /etc/qubes-logvm/witness-policy/{{ name }}.json
+    - contents: {{ collector | json | yaml_squote }}
     - mode: '0644'
     - makedirs: True
+{%-   endfor %}
 {%-   set verify = logvm.verify %}
 {%-   set timer = 'logvm-witness-verify.timer' %}
 {%-   set wants = '/etc/systemd/user/timers.target.wants/' ~ timer %}

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from qubes_logvm.exporter.config import Dom0Config, load_exporter_config
 from support.fake_qvm.saltenv import REPO, SaltEnv, check_golden
 from support.qrexec_eval import AccessDenied, evaluate, make_request
 from support.qrexec_policy import QubeInfo, load_policy
 
-CASES = ["defaults", "custom", "tags", "dispvm", "all", "forward", "forward_existing"]
+CASES = [
+    "defaults", "custom", "tags", "dispvm", "all", "forward", "forward_existing", "two_logvms",
+]  # fmt: skip
 
 # (source, service, requested target) -> where the call goes, or "deny".
 EXPECTED: dict[str, dict[tuple[str, str, str], str]] = {
@@ -77,6 +80,23 @@ EXPECTED: dict[str, dict[tuple[str, str, str], str]] = {
         ("work", "logvm.Forward", "@default"): "deny",
         ("sys-logfwd", "logvm.Forward", "@default"): "deny",
         ("work", "logvm.Send", "@default"): "sys-log",
+    },
+    # two LogVMs: each source to exactly one, neither chosen by the sender
+    "two_logvms": {
+        ("work", "logvm.Send", "@default"): "sys-log",
+        ("sys-firewall", "logvm.Send", "@default"): "sys-log",
+        ("sys-net", "logvm.Send", "@default"): "sys-log-net",
+        ("personal", "logvm.Send", "@default"): "sys-log-net",
+        ("vault", "logvm.Send", "@default"): "deny",
+        ("untrusted", "logvm.Send", "@default"): "deny",
+        ("work", "logvm.Send", "sys-log-net"): "deny",
+        ("sys-net", "logvm.Send", "sys-log"): "deny",
+        ("sys-log", "logvm.Send", "@default"): "deny",
+        ("sys-log-net", "logvm.Send", "@default"): "deny",
+        ("sys-log", "logvm.Witness", "@default"): "dom0",
+        ("sys-log-net", "logvm.Witness", "@default"): "dom0",
+        ("sys-log-net", "logvm.Witness", "dom0"): "dom0",
+        ("work", "logvm.Witness", "@default"): "deny",
     },
     "forward_existing": {
         ("sys-log", "logvm.Forward", "@default"): "sys-firewall",
@@ -148,12 +168,15 @@ def test_dom0_apply_matches_golden_and_is_idempotent(salt_env: SaltEnv, case: st
 def assert_offline_dispvm(world: dict[str, Any]) -> None:
     """The LogVM opens logs only in its own offline disposable template."""
     qubes = world["qubes"]
-    (logvm,) = (q for q in qubes.values() if "service.logvm-collector" in q["features"])
-    dvm = qubes[logvm["prefs"]["default_dispvm"]]
-    assert dvm["prefs"]["template_for_dispvms"] is True
-    assert dvm["prefs"]["netvm"] is None and dvm["prefs"]["default_dispvm"] is None
-    assert dvm["template"] == logvm["template"]
-    assert "service.logvm-exporter" not in dvm["features"]
+    logvms = [q for q in qubes.values() if "service.logvm-collector" in q["features"]]
+    assert logvms
+    for logvm in logvms:
+        dvm = qubes[logvm["prefs"]["default_dispvm"]]
+        assert dvm["prefs"]["template_for_dispvms"] is True
+        assert dvm["prefs"]["netvm"] is None and dvm["prefs"]["default_dispvm"] is None
+        assert dvm["template"] == logvm["template"]
+        assert "service.logvm-exporter" not in dvm["features"]
+        assert "service.logvm-exporter" not in logvm["features"]
 
 
 @pytest.mark.timeout(30)
@@ -302,3 +325,33 @@ def test_dom0_exporter_configured_enabled_and_turned_off(salt_env: SaltEnv) -> N
     assert commands.read_text() == "restart\nstop\n"
     assert salt_env.apply("logvm").changed == {}
     assert commands.read_text() == "restart\nstop\n"
+
+
+@pytest.mark.timeout(150)
+def test_each_logvm_gets_its_own_quota_and_witness_policy(salt_env: SaltEnv) -> None:
+    from qubes_logvm.config.collector import parse_collector_config
+    from qubes_logvm.config.storage_policy import quota_for
+    from qubes_logvm.store.verify.policy import parse_policy
+
+    pillar = salt_env.pillar_file("two_logvms")
+    pillar["logvm"]["system"] = {"reload_command": "true"}  # no collector to reload here
+    salt_env.pillar(pillar)
+    assert salt_env.apply("logvm").returncode == 0
+    policies = salt_env.root / "etc/qubes-logvm/witness-policy"
+    assert quota_for(parse_policy((policies / "sys-log.json").read_bytes()), "sys-net") == 1 << 30
+    net = parse_policy((policies / "sys-log-net.json").read_bytes())
+    assert quota_for(net, "sys-net") == 5 << 30
+    # logvm.clean undoes both LogVMs (keeping their qubes and logs)
+    assert salt_env.apply("logvm.clean").returncode == 0
+    qubes = salt_env.load_world()["qubes"]
+    for name in ("sys-log", "sys-log-net"):
+        assert qubes[name]["features"] == {} and qubes[name]["prefs"]["autostart"] is False
+        assert not (policies / f"{name}.json").exists()
+    # in the second LogVM, logvm.collector renders its own limits
+    salt_env.configure("sys-log-net")
+    (salt_env.base / "cache/grains.cache.p").unlink()  # another minion now: grain id
+    run = salt_env.apply("logvm.collector")
+    assert run.returncode == 0, run.failed or run.output
+    override = salt_env.root / "rw/config/qubes-logvm/collector.yaml"
+    limits = parse_collector_config(yaml.safe_load(override.read_text(encoding="utf-8")))
+    assert quota_for(limits.retention, "personal") == 5 << 30

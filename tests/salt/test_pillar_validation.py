@@ -56,6 +56,18 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"dom0": {"consoles": False, "remove_dispvm_consoles": True}},
         "logvm:dom0:remove_dispvm_consoles: needs dom0:consoles",
     ),
+    # further LogVMs: typed, their own qubes, each source routed once
+    ({"logvms": {"x": {"sources": {"name": []}}}}, "logvm:logvms:x:sources:name: unknown key"),
+    ({"logvms": {"x": {"quota": "lots"}}}, "logvm:logvms:x:quota: expected a size"),
+    ({"logvms": {"sys-log": {}}}, "logvm:logvms:sys-log: a LogVM must be its own qube"),
+    (
+        {"sources": {"names": ["work"]}, "logvms": {"x": {"sources": {"names": ["work"]}}}},
+        "logvm:logvms:x:sources:names: work is already routed by logvm:sources",
+    ),
+    (
+        {"logvms": {"x": {"sources": {"names": ["nosuch"]}}}},
+        "logvm:logvms:x:sources:names: no qube named",
+    ),
     # checks across keys and against dom0's qubes
     ({"witness": "sys-log"}, "logvm:vm:name: the LogVM cannot be dom0 or its own witness"),
     ({"vm": {"maxmem": 100}}, "logvm:vm:maxmem: must be 0"),

@@ -7,6 +7,7 @@ run by the ``qvm-run`` stand-in in their simulated qubes' roots.
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -351,4 +352,24 @@ def test_interrupted_verification_leaves_no_dispvm(outside: Outside) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and b"interrupted" in err
     assert [e["event"] for e in outside.world.dispvm_events()] == ["created", "removed"]
+    assert outside.world.live_dispvms() == set()
+
+
+def test_every_logvm_verified_on_its_own(outside: Outside, tmp_path: Path) -> None:
+    # Two LogVMs (pillar logvm:logvms): each registered its own key with the
+    # witness and is verified from its own export; tampering in one is named
+    # for that one, the other stays OK.
+    second = "sys-log-net"
+    copy = Built(tmp_path / "second-store", outside.store.key)
+    shutil.copytree(outside.store.root, copy.root, symlinks=True)
+    outside.world.add_qube(second, env={"LOGVM_STORE": str(copy.root)})
+    outside.world.add_executable_service(second, "logvm.Export", shipped_service("logvm.Export"))
+    (outside.witness / second).mkdir()
+    (outside.witness / second / "key").write_text(copy.key + "\n", encoding="ascii")
+    tamper.changed_byte(copy)
+    result = outside.run("verify", "--all", "--dispvm-template", DVM)
+    out = result.stdout.decode()
+    assert result.returncode == 1, out + result.stderr.decode()
+    assert "OK: sys-log (outside the LogVM): errors=0" in out
+    assert "sys-log-net" in out and "work/00000002" in out
     assert outside.world.live_dispvms() == set()
