@@ -18,9 +18,24 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return build_store(tmp_path_factory.mktemp("pristine") / "store")
 
 
+@pytest.fixture(scope="module")
+def pristine_v1(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The same store in format 1 (tick seals per qube, no store-wide epoch seals)."""
+    return build_store(tmp_path_factory.mktemp("pristine1") / "store", store_format=1)
+
+
 @pytest.fixture
 def store(pristine: Built, tmp_path: Path) -> Built:
     """A private copy of the pristine store, free to tamper with."""
+    root = tmp_path / "store"
+    shutil.copytree(pristine.root, root)
+    return Built(root, pristine.key)
+
+
+@pytest.fixture(params=[2, 1], ids=["format2", "format1"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Built:
+    """A private copy of the pristine store of each format (2, the default, and 1)."""
+    pristine: Built = request.getfixturevalue("pristine" if request.param == 2 else "pristine_v1")
     root = tmp_path / "store"
     shutil.copytree(pristine.root, root)
     return Built(root, pristine.key)

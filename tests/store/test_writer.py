@@ -30,6 +30,15 @@ def store_root(tmp_path: Path) -> tuple[Path, bytes]:
     return root, key0
 
 
+@pytest.fixture(params=[1, 2])
+def any_format_root(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, bytes, int]:
+    """A store of each format (2 is the default, 1 is still written on request)."""
+    root = tmp_path / "store"
+    layout = StoreLayout(root)
+    key = setup_keys(layout, epoch_seconds=1, store_format=request.param)
+    return root, parse_verification_key(key)[1], request.param
+
+
 def test_setup_keys_never_stores_key0_and_refuses_twice(store_root: tuple[Path, bytes]) -> None:
     root, key0 = store_root
     assert key0.hex().encode() not in (root / "state" / "sealkey").read_bytes()
@@ -45,8 +54,8 @@ def test_second_writer_is_refused(store_root: tuple[Path, bytes]) -> None:
     store.close()
 
 
-def test_segment_seals_cover_exact_bytes(store_root: tuple[Path, bytes]) -> None:
-    root, key0 = store_root
+def test_segment_seals_cover_exact_bytes(any_format_root: tuple[Path, bytes, int]) -> None:
+    root, key0, store_format = any_format_root
     store = Store(root)
     chain = store.chain("work")
     chain.open_segment(store.keys, session="s1")
@@ -63,7 +72,15 @@ def test_segment_seals_cover_exact_bytes(store_root: tuple[Path, bytes]) -> None
     assert segment.seal is not None
     data = segment.log.read_bytes()
     seals = read_seal_file(segment.seal).seals
-    assert [s.kind for s in seals] == ["open", "batch", "tick", "close"]
+    # Format 1 seals an epoch with nothing new by a tick in the segment;
+    # format 2 by the store-wide epoch line in state/epochs.seal.
+    ticks = ["tick"] if store_format == 1 else []
+    assert [s.kind for s in seals] == ["open", "batch", *ticks, "close"]
+    epochs = root / "state" / "epochs.seal"
+    if store_format == 1:
+        assert not epochs.exists()
+    else:
+        assert epochs.read_bytes().startswith(b"v2 epoch 1 1 ")
     head = genesis(KeyState(layout).store_id, "work")
     assert seals[0].head == head
     offset = 0
@@ -73,7 +90,7 @@ def test_segment_seals_cover_exact_bytes(store_root: tuple[Path, bytes]) -> None
         assert seal.head == head
         assert seal.mac_ok(key_for_epoch(key0, seal.epoch))
     assert seals[-1].lines == data.count(b"\n") == 1 + 3 + 2 + 1  # start and end notes
-    assert seals[2].epoch == seals[1].epoch and seals[3].epoch == seals[2].epoch + 1
+    assert seals[-2].epoch == seals[1].epoch and seals[-1].epoch == seals[-2].epoch + 1
 
 
 def test_new_session_starts_new_segment_continuing_chain(store_root: tuple[Path, bytes]) -> None:

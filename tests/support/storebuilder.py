@@ -5,6 +5,7 @@ tombstone and a compressed segment, written through
 :class:`qubes_logvm.store.writer.Store` exactly as the collector writes them.
 """
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class Built:
     def seal(self, qube: str, seq: int) -> Path:
         """A segment's seal file."""
         return self.layout.segment_seal(qube, seq)
+
+    @property
+    def format(self) -> int:
+        """The store's format (store.json)."""
+        return int(json.loads(self.layout.store_json.read_bytes())["format"])
 
 
 class Clock:
@@ -73,10 +79,12 @@ def fill_segment(
         chain.close(store.keys)
 
 
-def build_store(root: Path, *, leave_open: bool = True, compress: bool = True) -> Built:
+def build_store(
+    root: Path, *, leave_open: bool = True, compress: bool = True, store_format: int = 2
+) -> Built:
     """work: 4 segments (1 deleted with a tombstone, 4 open); personal: 3 (1 compressed);
     disp12: 1 closed."""
-    key = setup_keys(StoreLayout(root), epoch_seconds=1)
+    key = setup_keys(StoreLayout(root), epoch_seconds=1, store_format=store_format)
     store = Store(root)
     clock = Clock()
     for qube, count in (("work", 4), ("personal", 3), ("disp12", 1)):

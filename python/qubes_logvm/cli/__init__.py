@@ -24,7 +24,7 @@ from typing import BinaryIO, TextIO
 from .. import __version__
 from ..core.errors import LogvmError
 from ..core.escape import terminal_safe
-from ..store.layout import DEFAULT_STORE, StoreLayout
+from ..store.layout import DEFAULT_STORE, STORE_FORMAT, STORE_FORMATS, StoreLayout
 from .common import Env, Output
 from .pager import paged, pager_command, use_pager
 from .show import (
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("setup-keys", help="create the sealing state, show the key once")
     keys.add_argument("--epoch-seconds", type=float, default=10.0,
                       help="how often the sealing key evolves (default: 10)")  # fmt: skip
+    keys.add_argument("--format", type=int, choices=STORE_FORMATS, default=STORE_FORMAT,
+                      dest="store_format", help=f"store format (default: {STORE_FORMAT}; "
+                      "1 only for tools that read nothing newer)")  # fmt: skip
     listing = sub.add_parser("list", help="qubes, segments, sizes, record counts, times")
     listing.add_argument("qubes", nargs="*", metavar="QUBE", help="qubes or globs (default: all)")
     listing.add_argument("--json", action="store_true", help="one JSON object per qube")
@@ -140,7 +143,7 @@ def _dispatch(
         from .verify_cmd import run_setup_keys, run_verify
 
         if command == "setup-keys":
-            return run_setup_keys(env, args.epoch_seconds)
+            return run_setup_keys(env, args.epoch_seconds, args.store_format)
         return run_verify(env, args.qubes, args.key, args.witness, args.forwarded)
     if command in ("list", "stats"):
         from .listing import run_list, run_stats

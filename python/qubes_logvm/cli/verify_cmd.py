@@ -113,12 +113,12 @@ def _print_report(env: Env, report: Report, problems: list[str]) -> int:
     return 0
 
 
-def run_setup_keys(env: Env, epoch_seconds: float) -> int:
+def run_setup_keys(env: Env, epoch_seconds: float, store_format: int) -> int:
     """Create the sealing state and show the verification key once."""
     if epoch_seconds <= 0:
         raise UsageError("--epoch-seconds must be more than 0")
     _refuse_foreign_owner(env.layout.root)
-    key = setup_keys(env.layout, epoch_seconds=epoch_seconds)
+    key = setup_keys(env.layout, epoch_seconds=epoch_seconds, store_format=store_format)
     store_id, _ = parse_verification_key(key)
     if not env.out.terminal:
         # As `journalctl --setup-keys`: only the key on stdout (`> vk.txt`),

@@ -17,8 +17,9 @@ from ..core.errors import InvalidQubeName
 from ..core.names import validate_qube_name
 
 DEFAULT_STORE = Path("/var/lib/qubes-logvm")
-#: The format a store is created in (setup_keys); store.json says which.
-STORE_FORMAT = 1
+#: The format a new store is created in (setup_keys, ``logvm setup-keys``;
+#: ``--format 1`` for compatibility); store.json says which.
+STORE_FORMAT = 2
 #: The formats this code reads, writes and verifies (docs/store-format.md).
 STORE_FORMATS = (1, 2)
 
