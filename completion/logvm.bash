@@ -46,11 +46,14 @@ _logvm() {
             return ;;
         -u | --unit | -t | --identifier | --session | -g | --grep | -n | --lines | --epoch-seconds)
             return ;;
+        --format)
+            mapfile -t COMPREPLY < <(compgen -W "1 2" -- "$cur")
+            return ;;
     esac
     local options="$common"
     case $command in
         "") mapfile -t COMPREPLY < <(compgen -W "$commands $common" -- "$cur"); return ;;
-        setup-keys) options+=" --epoch-seconds" ;;
+        setup-keys) options+=" --epoch-seconds --format" ;;
         list) options+=" --json --utc" ;;
         show) options+=" $filters -f --follow" ;;
         follow) options+=" $filters" ;;

@@ -185,14 +185,11 @@ def test_dispvm_sessions_swapped(made: Made) -> None:
 
 
 def test_whole_qube_removed(made: Made) -> None:
+    # Format 2 (the default): the store-wide seal of epoch E-1 names the qube
+    # (format 1 prints a limit: tests/store/test_verify.py).
     shutil.rmtree(made.qube("disp13"))
-    out = expect(
-        made,
-        0,
-        "limit: without the witness's records (--witness) a qube's newest "
-        "closed segments, or a whole qube, can be removed",
-    )
-    assert "OK: intact" in out
+    expect(made, 1, "error: disp13: the store-wide seal of epoch")
+    expect(made, 1, "the qube was removed")
     expect(made, 1, "error: disp13/00000001: witness: the qube's directory is gone", witness=True)
 
 
@@ -200,7 +197,7 @@ def test_newest_closed_segment_removed(made: Made) -> None:
     # disp12 has one closed segment: its removal with its seals leaves nothing.
     for name in ("00000001.log", "00000001.seal"):
         (made.qube("disp12") / name).unlink()
-    expect(made, 0, "limit: without the witness")
+    expect(made, 1, "error: disp12: the store-wide seal of epoch")
     expect(made, 1, "disp12/00000001: witness: segment missing", witness=True)
 
 

@@ -98,7 +98,7 @@ def test_remove_newest_closed_segment(v2: tuple[Path, str]) -> None:
         for suffix in (".log", ".seal"):
             (root / f"qubes/work/{seq:08d}{suffix}").unlink()
     report = verify_store(root, key)
-    assert any("work:" in e and "store-wide seal of epoch" in e for e in errors(report))
+    assert any("work/00000003:" in e and "store-wide seal of epoch" in e for e in errors(report))
 
 
 @inprocess

@@ -144,3 +144,14 @@ def test_tombstoned_segment_still_present_is_a_warning(store: Built, tmp_path: P
     report = verify_store(store.root, store.key)
     assert report.ok
     assert any("removal interrupted" in f.message for f in report.findings)
+
+
+@pytest.mark.timeout(30)
+def test_removed_qube_is_a_limit_in_format1_and_an_error_in_format2(any_store: Built) -> None:
+    shutil.rmtree(any_store.root / "qubes" / "disp12")
+    report = verify_store(any_store.root, any_store.key)
+    if any_store.format == 1:  # no store-wide seal: verify says what it cannot see
+        assert report.ok
+        assert any("a whole qube, can be removed" in limit for limit in report.limits)
+    else:
+        assert pointed_at(report.findings, Expect("disp12", None, None, "the qube was removed"))

@@ -220,7 +220,7 @@ def _named(ctx: VerifyRun, line: EpochLine, found: dict[str, Leaf]) -> bool:
             f"the store-wide seal of epoch {line.epoch} has segment {leaf.seq} with "
             f"{leaf.lines} records ({leaf.nbytes} bytes); the store has {now} sealed by then: "
             + ("the qube was removed" if have is None else "newest records or segments removed"),
-            leaf.seq,
+            None if have is None else leaf.seq,
         )
     for qube in sorted(set(found) - {leaf.qube for leaf in sealed}):
         ctx.add(ERROR, qube, f"not in the store-wide seal of epoch {line.epoch} (placed here)")
