@@ -44,7 +44,9 @@ def test_snapshot_holds_no_key_material_and_verifies(store: Built, tmp_path: Pat
     key_file = store.layout.sealkey.read_bytes().split()[3]
     assert key_file not in out and b"sealkey" not in out
     assert out.startswith(b"logvm-snapshot-v1\nstore ")
-    assert re.search(rb"\}\nepoch [0-9]+\nqube disp12\n", out)  # the epoch before any file
+    # The epoch before any file, then (format 2) the epoch seals, then the qubes.
+    assert re.search(rb"\}\nepoch [0-9]+\nstate epochs\.seal [0-9]+\n", out)
+    assert out.index(b"\nstate epochs.seal ") < out.index(b"\nqube disp12\n")
     assert re.search(rb"\nend 3 [0-9]+ [0-9]+\n\Z", out)
     assert verdict_of(out, store.key, tmp_path) == "ok"
 
