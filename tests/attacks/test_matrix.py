@@ -130,6 +130,39 @@ def test_key_file_replaced_by_a_fifo(made: Made) -> None:
     both(made, "sealkey is a FIFO, not a regular file (not read)")
 
 
+def test_store_json_downgraded_to_format_1(made: Made) -> None:
+    # Format 1's rules see less (a removed qube is only a limit there); the
+    # verification key itself says the store was made in format 2.
+    text = made.layout.store_json.read_text()
+    made.layout.store_json.write_text(text.replace('"format": 2', '"format": 1'))
+    for name in ("epochs.seal", "epoch-leaves"):
+        (made.root / "state" / name).unlink()
+    shutil.rmtree(made.qube("disp13"))
+    both(
+        made,
+        "error: store: store.json says format 1, the verification key is of a store made "
+        "in format 2",
+    )
+    expect(made, 1, "state/epochs.seal is missing: the store-wide epoch seals were removed")
+
+
+@pytest.mark.parametrize("name", ["store.json", "state/epochs.seal", "state/epoch-leaves"])
+def test_store_file_replaced_by_a_fifo(made: Made, name: str) -> None:
+    path = made.root / name
+    path.unlink()
+    os.mkfifo(path)
+    # The leaves sidecar is unauthenticated (it only names a qube): a warning.
+    expect(made, 0 if name.endswith("leaves") else 1, "is a FIFO, not a regular file (not read)")
+
+
+@pytest.mark.parametrize("name", ["store.json", "state/epochs.seal", "qubes/work/tombstones.seal"])
+def test_store_file_symlinked_to_dev_zero(made: Made, name: str) -> None:
+    path = made.root / name
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    expect(made, 1, "symbolic link")
+
+
 def test_segment_symlinked_to_dev_zero(made: Made) -> None:
     log = made.qube("personal") / "00000002.log"
     log.unlink()

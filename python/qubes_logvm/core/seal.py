@@ -27,6 +27,7 @@ CHAIN_DOMAIN = b"logvm-chain-v1\0"
 GENESIS_DOMAIN = b"logvm-genesis-v1\0"
 EVOLVE_DOMAIN = b"logvm-evolve-v1\0"
 SEAL_DOMAIN = b"logvm-seal-v1\0"
+STORE_ID_DOMAIN = b"logvm-store-id-v2\0"
 HASH_LEN = 32
 ZERO = bytes(HASH_LEN)
 
@@ -310,6 +311,16 @@ def parse_verification_key(text: str) -> tuple[str, bytes]:
     if match is None:
         raise SealError("not a verification key (expected logvm-vk1:<store id>:<64 hex>)")
     return match.group(1), bytes.fromhex(match.group(2))
+
+
+def format2_store_id(key0: bytes) -> str:
+    """The id of a store made in format 2: derived from ``K[0]`` (one way).
+
+    So the verification key itself says the store is of format 2, and an
+    intruder who edits store.json to format 1 (whose rules see less) is
+    caught; a format-1 store's random id matches with chance 2^-128.
+    """
+    return hashlib.sha256(STORE_ID_DOMAIN + key0).hexdigest()[:32]
 
 
 def valid_store_id(text: str) -> bool:

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import SealError, StoreError
-from ..core.seal import evolve, format_verification_key, valid_store_id
+from ..core.seal import evolve, format2_store_id, format_verification_key, valid_store_id
 from ..daemon_support import fsync_dir
+from .files import read_regular
 from .layout import STORE_FORMAT, STORE_FORMATS, StoreLayout
 
 _RECORD_LEN = 160
+_STORE_JSON_MAX = 4096
 _MAGIC = "logvm-sealkey-v1"
 
 
@@ -42,10 +44,11 @@ class StoreInfo:
 def read_store_info(layout: StoreLayout) -> StoreInfo:
     """Read store.json; StoreError if missing or malformed."""
     try:
-        data = json.loads(layout.store_json.read_bytes()[:4096])
+        # Never follows a link or blocks on a FIFO (an intruder's store.json).
+        data = json.loads(read_regular(layout.store_json, _STORE_JSON_MAX))
     except FileNotFoundError as err:
         raise StoreError(f"{layout.root}: no store here (run `logvm setup-keys`)") from err
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, StoreError) as err:
         raise StoreError(f"{layout.store_json}: unreadable: {err}") from err
     if not isinstance(data, dict) or data.get("format") not in STORE_FORMATS:
         raise StoreError(f"{layout.store_json}: not a store of format 1 or 2")
@@ -105,8 +108,8 @@ def setup_keys(
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.state_dir.mkdir(mode=0o700, exist_ok=True)
     layout.qubes_dir.mkdir(exist_ok=True)
-    store_id = secrets.token_hex(16)
     key0 = secrets.token_bytes(32)
+    store_id = format2_store_id(key0) if store_format >= 2 else secrets.token_hex(16)
     _write_new_file(layout.sealkey, _encode(store_id, 1, evolve(key0)), 0o600)
     info = {
         "format": store_format,
@@ -197,10 +200,9 @@ class KeyState:
 def read_epoch(layout: StoreLayout) -> int | None:
     """The key state's current epoch number (never the key), or None without a usable file."""
     try:
-        with layout.sealkey.open("rb") as stream:
-            raw = stream.read(_RECORD_LEN)
+        raw = read_regular(layout.sealkey, _RECORD_LEN)
         _, epoch, key = _decode(raw, layout.sealkey)
-    except (OSError, SealError):
+    except (OSError, StoreError):
         return None
     key[:] = bytes(len(key))
     return epoch

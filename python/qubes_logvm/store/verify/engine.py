@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...core.errors import InvalidQubeName, StoreError
 from ...core.names import validate_qube_name
-from ...core.seal import EpochKeys, genesis, parse_verification_key
+from ...core.seal import EpochKeys, format2_store_id, genesis, parse_verification_key
 from ..files import describe_mode, irregular
 from ..keystate import read_store_info
 from ..layout import SegmentFiles, StoreLayout
@@ -118,6 +118,10 @@ def conclude(ctx: VerifyRun, witness: Path | None, qubes: list[str] | None, copy
 
 
 def _check_store_json(ctx: VerifyRun) -> None:
+    # The verification key says whether the store was made in format 2
+    # (core.seal.format2_store_id): store.json cannot downgrade the checks.
+    made2 = format2_store_id(ctx.keys.key(0)) == ctx.store_id
+    ctx.epoch_jumps = ctx.epoch_jumps or made2
     try:
         ctx.info = read_store_info(ctx.layout)
     except StoreError as err:
@@ -125,6 +129,13 @@ def _check_store_json(ctx: VerifyRun) -> None:
             raise  # not a store at all
         ctx.add(ERROR, None, f"{err} (store.json removed or replaced?)")
         return
+    if made2 and ctx.info.format < 2:
+        ctx.add(
+            ERROR,
+            None,
+            f"store.json says format {ctx.info.format}, the verification key is of a store "
+            "made in format 2: store.json was replaced (checked by the rules of format 2)",
+        )
     if ctx.info.store_id != ctx.store_id:
         ctx.add(
             ERROR,

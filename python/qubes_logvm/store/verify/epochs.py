@@ -57,6 +57,9 @@ def check_epochs(ctx: VerifyRun, names: list[str]) -> None:
     if kind is not None:
         ctx.add(ERROR, None, f"{path} is {kind}, not a regular file (not read)")
         return
+    sidecar = _kind(leaves_path(ctx.layout))
+    if sidecar not in (None, "missing"):  # unauthenticated: never read, only named
+        ctx.add(WARNING, None, f"state/epoch-leaves is {sidecar}, not a regular file (not read)")
     lines = _authenticated(ctx, read_regular(path, MAX_EPOCH_FILE))
     newest = _newest(ctx, lines)
     if newest is not None:
