@@ -80,7 +80,7 @@ def verify_store(
         if copy:
             ctx.report.limits.append(COPY_WITHOUT_EPOCHS)
         else:
-            check_epochs(ctx, names)
+            check_epochs(ctx, names, qubes)
     for qube in qubes or names:
         try:
             validate_qube_name(qube)

@@ -133,7 +133,7 @@ class QubeStream:
         ctx, report = self.ctx, self.ctx.report
         ctx.report = Report()
         try:
-            check_epochs(ctx, sorted(os.listdir(ctx.layout.qubes_dir)))
+            check_epochs(ctx, sorted(os.listdir(ctx.layout.qubes_dir)), self.requested)
         finally:
             found, ctx.report = ctx.report, report
         at_finding, at_limit = self.store_checks
