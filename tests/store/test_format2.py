@@ -217,3 +217,23 @@ def test_disk_full_from_the_first_epoch_is_a_gap_too(small_fs: Path) -> None:
     report = verify_store(root, key)
     assert errors(report) == []
     assert any("epochs 1-3 were not sealed store-wide" in x for x in report.limits), report.limits
+
+
+@inprocess
+def test_seal_epochs_may_jump_on_the_slow_path_too(tmp_path: Path) -> None:
+    # A changed byte sends the segment to the slow path, whose rules must be
+    # format 2's: epochs between data seals jump (no tick seals); only the damage is named.
+    root = tmp_path / "store"
+    key = setup_keys(StoreLayout(root), store_format=2)
+    store = Store(root)
+    store.chain("work").open_segment(store.keys)
+    _batch(store, "work", 3, "a")
+    store.tick()
+    store.tick()
+    _batch(store, "work", 3, "b")
+    store.close()
+    log = root / "qubes/work/00000001.log"
+    log.write_bytes(log.read_bytes().replace(b"a 1", b"a 7"))
+    found = errors(verify_store(root, key))
+    assert any("lines changed or reordered" in e for e in found), found
+    assert [e for e in found if "epoch jumps" in e] == []

@@ -192,7 +192,7 @@ def _intervals(
         intervals.append(_span(None, seal0, number0, False))
         ctx.add(ERROR, qube, f"lines 1-{seal0.lines} cannot be checked", seq, 1, seal0.lines)
     for (n0, a), (n1, b) in itertools.pairwise(anchors):
-        problem = _pair_problem(n0, a, n1, b)
+        problem = _pair_problem(n0, a, n1, b, ctx.epoch_jumps)
         if problem is None:
             intervals.append(_span(a, b, n1, True))
             continue
@@ -202,8 +202,9 @@ def _intervals(
     return intervals
 
 
-def _pair_problem(n0: int, a: Seal, n1: int, b: Seal) -> str | None:
-    """What breaks the rules between two consecutive authenticated seal lines."""
+def _pair_problem(n0: int, a: Seal, n1: int, b: Seal, jumps: bool) -> str | None:
+    """What breaks the rules between two consecutive authenticated seal lines
+    (``jumps``: format 2, whose seal epochs may jump: no tick seals)."""
     rules = (
         (a.kind in FINAL_KINDS, f"seal lines {n1}-: sealed after the segment was closed"),
         (b.kind == "open", f"seal line {n1}: a second open seal"),
@@ -218,7 +219,7 @@ def _pair_problem(n0: int, a: Seal, n1: int, b: Seal) -> str | None:
         ),
         (b.epoch < a.epoch, f"seal line {n1}: epoch goes back from {a.epoch} to {b.epoch}"),
         (
-            b.epoch > a.epoch + 1,
+            b.epoch > a.epoch + 1 and not jumps,
             f"seal line {n1}: epoch jumps from {a.epoch} to {b.epoch}: epochs without a seal "
             "(seal lines removed, or seals re-made with a later key)",
         ),
