@@ -1,10 +1,11 @@
 """The verifier's fast path: taken for intact segments, left for the general one on damage."""
 
+import hmac
 from pathlib import Path
 
 import pytest
 
-from qubes_logvm.core.seal import EpochKeys, parse_verification_key
+from qubes_logvm.core.seal import SEAL_DOMAIN, EpochKeys, parse_verification_key
 from qubes_logvm.store.layout import SegmentFiles, StoreLayout
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.verify.context import VerifyRun
@@ -51,3 +52,41 @@ def test_damage_leaves_the_fast_path_and_is_reported(store: Built, what: str) ->
     report = verify_store(store.root, store.key)
     assert not report.ok
     assert any(f.qube == "work" and f.segment == files.seq for f in report.errors)
+
+
+def test_prepared_mac_equals_the_seal_mac() -> None:
+    # The fast path's HMAC from prepared inner/outer states is core.seal's.
+    import os
+
+    from qubes_logvm.core.seal import evolve, seal_mac
+    from qubes_logvm.store.verify.fast import _Keys
+
+    class _Ctx:
+        def key(self, epoch: int) -> bytes:
+            return evolve(bytes([epoch]) * 32)
+
+    keys = _Keys(_Ctx())  # type: ignore[arg-type]
+    for epoch in range(1, 5):
+        for size in (0, 1, 55, 64, 150, 300):
+            body = os.urandom(size)
+            assert keys.mac_hex(str(epoch), body) == seal_mac(_Ctx().key(epoch), body).hex()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("spelled", ["0{n}", "+{n}", "{n}_0"])
+def test_numbers_off_the_grammar_leave_the_fast_path(store: Built, spelled: str) -> None:
+    # The final seal re-made with its epoch's key, its line count spelled as
+    # int() would still read it: not the grammar, so never taken as intact.
+    from support.keys import key_for_epoch
+
+    files = _closed(store)
+    assert files.seal is not None
+    lines = files.seal.read_bytes().splitlines(keepends=True)
+    fields = lines[-1].decode().split(" ")
+    fields[5] = spelled.format(n=fields[5])
+    body = " ".join(fields[:-1])
+    key = key_for_epoch(parse_verification_key(store.key)[1], int(fields[4]))
+    mac = hmac.digest(key, SEAL_DOMAIN + body.encode(), "sha256").hex()
+    lines[-1] = f"{body} {mac}\n".encode()
+    files.seal.write_bytes(b"".join(lines))
+    assert fast_segment(_ctx(store), files, None, 0, newest=False) is None
