@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.epochseal import EpochLine
-from ..core.errors import SealError, StoreError
+from ..core.errors import StoreError
 from ..core.faults import fail_point
 from ..core.records import format_timestamp, note_record
 from ..core.seal import FINAL_KINDS, ZERO, ChainHasher, Seal, genesis
@@ -501,12 +501,7 @@ class Store:
             self.on_epoch(line)
 
     def close(self) -> None:
-        """Close every open segment and release the key (whatever fails).
-
-        Format 2 then ends the epoch (epoch line, key evolved): the closing
-        seals, and every epoch the disk refused, are covered by an epoch line
-        of the epoch before the key file's, as the verifier requires.
-        """
+        """Close every open segment and release the key (whatever fails)."""
         try:
             for chain in self.chains.values():
                 if chain.is_open:
@@ -514,10 +509,5 @@ class Store:
                         chain.close(self.keys, reason="shutdown")
                     except (StoreError, OSError) as err:
                         log.error("%s: not closed at shutdown: %s", chain.qube, err)  # noqa: TRY400 (one line, no traceback)
-            if self.epochs is not None:
-                self.on_epoch = None  # the witness sender has stopped by now
-                self.tick()
-        except SealError as err:
-            log.error("the key did not evolve at shutdown: %s", err)  # noqa: TRY400 (one line, no traceback)
         finally:
             self.keys.close()
