@@ -192,9 +192,7 @@ def store_epoch_lines(ctx: VerifyRun) -> dict[int, EpochLine]:
     return found
 
 
-def _check_root(
-    ctx: VerifyRun, line: EpochLine, names: list[str], only: list[str] | None
-) -> None:
+def _check_root(ctx: VerifyRun, line: EpochLine, names: list[str], only: list[str] | None) -> None:
     if only is None:
         found = state_matches(ctx, line, names)
         if found is None:
