@@ -8,9 +8,12 @@ import pytest
 from qubes_logvm.core.entries import classify
 from qubes_logvm.core.records import line_record, note_record
 from qubes_logvm.store import timeline
+from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.timeline import Query
+from qubes_logvm.store.writer import Store
 from support.collected import ROUNDS, Collected, build_collected
+from support.segments import write_segment
 
 pytestmark = pytest.mark.inprocess
 
@@ -196,3 +199,24 @@ def test_grep_by_blocks_keeps_malformed_lines_and_their_times(
     every = list(timeline.entries(layout, "work", Query(since=since)))
     want = [e for e in every if pattern.search(e.what.message.decode("utf-8", "replace"))]
     assert list(timeline.entries(layout, "work", Query(since=since, pattern=pattern))) == want
+
+
+@pytest.mark.timeout(60)
+def test_newest_over_lines_longer_than_the_first_blocks(tmp_path: Path) -> None:
+    # Blocks read backwards start at a few KiB and double: lines of 1 KiB to
+    # 600 KiB (beyond the largest block) still come back whole, numbered right.
+    root = tmp_path / "store"
+    setup_keys(StoreLayout(root))
+    store = Store(root)
+    stamp = b"2026-11-28T18:00:00.000000Z"
+    sizes = [1 << 10, 20 << 10, 600 << 10, 3, 70 << 10, 5 << 10]
+    data = b"".join(line_record(stamp, b"%d:" % n + b"x" * n) for n in sizes)
+    write_segment(store, "long", data)
+    store.keys.close()
+    layout = StoreLayout(root)
+    everything = list(timeline.merged(layout, ["long"]))
+    for count in (1, 2, 3, 5, len(everything)):
+        assert timeline.newest(layout, ["long"], count) == everything[-count:]
+    assert [len(e.what.message) for e in everything if not e.what.is_note] == [
+        len(b"%d:" % n) + n for n in sizes
+    ]

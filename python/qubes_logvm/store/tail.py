@@ -23,6 +23,7 @@ from .layout import SegmentFiles
 from .reader import MAX_LINE, StoredLine, open_plain, read_lines
 
 _BLOCK = 1 << 18
+_FIRST_BLOCK = 1 << 13
 _SEAL_TAIL = 4096
 _COUNT_CHUNK = 1 << 22
 
@@ -125,14 +126,20 @@ def since_offset(segment: SegmentFiles, since: bytes) -> tuple[int, int]:
 
 
 def blocks_backwards(segment: SegmentFiles) -> Iterator[list[StoredLine]]:
-    """A plain segment's lines in blocks from its end, each block in order."""
+    """A plain segment's lines in blocks from its end, each block in order.
+
+    The first block is small and each next one twice as large (up to
+    ``_BLOCK``): ``show -n 10`` splits a few KiB into lines, not a block's worth.
+    """
     if segment.compressed:
         raise StoreError(f"{segment.name}: cannot read a compressed segment backwards")
     end = _size(segment)
     number_end = line_number_at(segment, end)  # the line that would start at ``end``
+    size = _FIRST_BLOCK
     with _open(segment) as stream:
         while end > 0:
-            start = _block_start(stream, end)
+            start = _block_start(stream, end, size)
+            size = min(2 * size, _BLOCK)
             stream.seek(start)
             data = stream.read(end - start)
             first = number_end - data.count(b"\n")
@@ -140,18 +147,18 @@ def blocks_backwards(segment: SegmentFiles) -> Iterator[list[StoredLine]]:
             end, number_end = start, first
 
 
-def _block_start(stream: BinaryIO, end: int) -> int:
-    """A line start about one block before ``end`` (further back for a long line)."""
-    start = end
-    while start > 0:
-        start = max(0, start - _BLOCK)
+def _block_start(stream: BinaryIO, end: int, size: int) -> int:
+    """A line start about ``size`` bytes before ``end`` (further back for a long
+    line: twice as far each time, so a 1 MiB line costs a few reads)."""
+    while True:
+        start = max(0, end - size)
         stream.seek(start)
         cut = stream.read(end - start).find(b"\n")
         if start == 0:
             return 0
         if 0 <= cut < end - start - 1:
             return start + cut + 1
-    return 0
+        size *= 2
 
 
 def _split(data: bytes, first: int) -> list[StoredLine]:
