@@ -17,6 +17,8 @@ is included; the in-process figure is given too):
   reported); bar (issue 13): under 0.2 s;
 - ``logvm show --all --since T`` (the last ~1000 records) next to
   ``journalctl --since T``; bar: under 0.2 s;
+- ``logvm --help`` next to ``python -c pass``: what the interpreter's own
+  start is of the fixed cost above (on a loaded machine, most of it);
 - ``logvm show QUBE --grep RE`` in MB/s of stored text next to ``grep -c``
   on the same plain segments.
 """
@@ -209,6 +211,7 @@ def run(ctx: Any = None) -> list[dict[str, Any]]:
         in_process = _best(3, lambda: newest(layout, qubes, 10))
         show_n = _best(3, _process([*base, "-n", "10"]))
         startup = _best(3, _process([logvm, "--help"]))
+        interpreter = _best(3, _process([sys.executable, "-c", "pass"]))
         since_moment = datetime.fromtimestamp(start + (count - 1000) * 0.001, UTC)
         since = since_moment.strftime("%Y-%m-%d %H:%M:%S")
         show_since = _best(3, _process([*base, "--utc", "--since", since]))
@@ -230,7 +233,15 @@ def run(ctx: Any = None) -> list[dict[str, Any]]:
         )
         rows[-1]["notes"] = f"{note}; {journal_note}"
         rows.append(_row("store.timeline.newest(10) (in process)", in_process, None, "", False))
-        rows.append(_row("logvm --help (Python start and imports)", startup, None, "", False))
+        rows.append(
+            _row(
+                "logvm --help (Python start and imports)",
+                startup,
+                interpreter,
+                "python -c pass (the venv's interpreter alone)",
+                False,
+            )
+        )
         rows.append(
             _row(
                 "logvm show --all --since T (last 1000)",
