@@ -13,7 +13,7 @@
 {%- set unit = 'logvm-exporter-dom0.service' %}
 {%- set wants = '/etc/systemd/system/multi-user.target.wants/' ~ unit %}
 {%- if dom0.enabled %}
-{%-   from tpldir ~ '/sources.jinja' import excluded with context %}
+{%-   from tpldir ~ '/sources.jinja' import excluded, routes with context %}
 {%-   set journal = salt['slsutil.merge']({'enabled': dom0.journal}, dom0.filters) %}
 {%-   set settings = {
         'batch': logvm.exporter.batch,
@@ -28,6 +28,7 @@
           'qubes_logs': dom0.qubes_logs,
           'remove_dispvm_consoles': dom0.remove_dispvm_consoles,
           'exclude': excluded,
+          'routes': routes,
         },
       } %}
 

@@ -43,6 +43,10 @@ def test_the_exact_qrexec_calls() -> None:
         "/usr/bin/qrexec-client", "-d", "sys-log", "DEFAULT:QUBESRPC logvm.Send+ dom0",
     ]  # fmt: skip
     assert dom0_command(config, "work")[-1] == "DEFAULT:QUBESRPC logvm.Send+for.work dom0"
+    # several LogVMs: a qube's files go to the LogVM its own logs go to
+    routed = Dom0Config(enabled=True, logvm="sys-log", routes=(("sys-net", "sys-log-net"),))
+    assert dom0_command(routed, "sys-net")[2] == "sys-log-net"
+    assert dom0_command(routed, "work")[2] == dom0_command(routed)[2] == "sys-log"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +56,8 @@ def test_the_exact_qrexec_calls() -> None:
         ({"exclude": "vault"}, "dom0.exclude"),
         ({"logvm": "9x"}, "dom0.logvm"),
         ({"exlude": []}, "dom0.exlude"),
+        ({"routes": ["work"]}, "dom0.routes"),
+        ({"routes": {"work": "bad name"}}, "dom0.routes"),
     ],
 )
 def test_bad_dom0_settings_name_the_key(dom0: dict[str, object], message: str) -> None:

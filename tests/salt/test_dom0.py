@@ -334,9 +334,22 @@ def test_each_logvm_gets_its_own_quota_and_witness_policy(salt_env: SaltEnv) -> 
     from qubes_logvm.store.verify.policy import parse_policy
 
     pillar = salt_env.pillar_file("two_logvms")
-    pillar["logvm"]["system"] = {"reload_command": "true"}  # no collector to reload here
+    # no collector or dom0 exporter to (re)start here
+    pillar["logvm"]["system"] = {
+        key: "true"
+        for key in (
+            "reload_command",
+            "dom0_exporter_restart_command",
+            "dom0_exporter_stop_command",
+        )
+    }
+    pillar["logvm"]["dom0"] = {"enabled": True}
     salt_env.pillar(pillar)
     assert salt_env.apply("logvm").returncode == 0
+    # dom0's exporter delivers each qube's files where its own logs go
+    dom0 = load_exporter_config(salt_env.root / "etc/qubes-logvm/exporter-dom0.yaml").dom0
+    assert dom0.logvm == "sys-log"
+    assert dict(dom0.routes) == {"personal": "sys-log-net", "sys-net": "sys-log-net"}
     policies = salt_env.root / "etc/qubes-logvm/witness-policy"
     assert quota_for(parse_policy((policies / "sys-log.json").read_bytes()), "sys-net") == 1 << 30
     net = parse_policy((policies / "sys-log-net.json").read_bytes())

@@ -71,6 +71,8 @@ class Dom0Config:
     remove_dispvm_consoles: bool = False
     #: Qubes whose files dom0 never ships (the formula's excluded sources).
     exclude: tuple[str, ...] = ()
+    #: (qube, LogVM) for qubes whose logs go to another LogVM than ``logvm``.
+    routes: tuple[tuple[str, str], ...] = ()
     #: Where qrexec-daemon keeps ``qrexec.<qube>`` (a running qube has one).
     qrexec_socket_dir: str = "/var/run/qubes"
     idle_close: float = 60.0
@@ -171,6 +173,15 @@ def _absolute(section: Section, name: str, default: str) -> str:
     return value
 
 
+def _routes(section: Section) -> tuple[tuple[str, str], ...]:
+    value = section.raw("routes", {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{section.key('routes')}: expected a mapping of qube: LogVM")
+    return tuple(sorted(value.items()))
+
+
 def _dom0(section: Section) -> Dom0Config:
     defaults = Dom0Config()
     result = Dom0Config(
@@ -183,11 +194,14 @@ def _dom0(section: Section) -> Dom0Config:
         qubes_log_dir=_absolute(section, "qubes_log_dir", defaults.qubes_log_dir),
         remove_dispvm_consoles=section.boolean("remove_dispvm_consoles", False),
         exclude=tuple(section.strings("exclude", [])),
+        routes=_routes(section),
         qrexec_socket_dir=_absolute(section, "qrexec_socket_dir", defaults.qrexec_socket_dir),
         idle_close=section.duration("idle_close", "60s"),
     )
     section.done()
-    for key, name in [("logvm", result.logvm), *(("exclude", n) for n in result.exclude)]:
+    named = [("logvm", result.logvm), *(("exclude", n) for n in result.exclude)]
+    named += [("routes", n) for pair in result.routes for n in pair]
+    for key, name in named:
         try:
             validate_qube_name(name)
         except InvalidQubeName as err:

@@ -53,6 +53,9 @@ STUBDOM_SUFFIX = "-dm"
 def dom0_command(config: Dom0Config, qube: str | None = None) -> list[str]:
     """dom0's call of ``logvm.Send`` in the LogVM, for its own logs or for ``qube``'s.
 
+    The LogVM is ``qube``'s route (several LogVMs: the one the policy sends
+    ``qube``'s own calls to), else ``logvm``.
+
     qubesadmin's ``QubesLocal.run_service`` runs ``qrexec-client -d VM
     DEFAULT:QUBESRPC SERVICE+ dom0`` (a ``+`` appended when there is no
     argument): the same, minus its ``admin.vm.Start`` (never start the LogVM).
@@ -61,7 +64,7 @@ def dom0_command(config: Dom0Config, qube: str | None = None) -> list[str]:
     return [
         config.qrexec_client,
         "-d",
-        config.logvm,
+        dict(config.routes).get(qube or ADMIN_QUBE, config.logvm),
         f"DEFAULT:QUBESRPC {SEND_SERVICE}+{argument} {ADMIN_QUBE}",
     ]
 
