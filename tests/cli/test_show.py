@@ -11,11 +11,15 @@ import json
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from qubes_logvm.cli import main
-from qubes_logvm.core.records import parse_timestamp
+from qubes_logvm.core.records import format_timestamp, line_record, parse_timestamp
+from qubes_logvm.store.keystate import setup_keys
+from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.writer import Store
 from support.collected import HOSTILE, ROUNDS, Collected, build_collected
 
 pytestmark = pytest.mark.inprocess
@@ -288,3 +292,41 @@ def test_since_inside_the_compressed_segment(collected: Collected) -> None:
         o for o in every if o["receive_stamp"] >= since
     ]
     assert json.loads(out.splitlines()[0])["segment"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_local_times_carry_the_offset_of_their_own_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Summer and winter time in one store: each record shows its own offset
+    # (journalctl does the same), not the offset of the day logvm runs.
+    root = tmp_path / "store"
+    setup_keys(StoreLayout(root))
+    moments = iter([1782900000.0] * 4 + [1796200000.0] * 4)  # July 2026, Dec 2026
+    store = Store(root, clock=lambda: next(moments, 1796200000.0))
+    chain = store.chain("work")
+    chain.open_segment(store.keys)
+    for moment in (1782900000, 1796200000):
+        stamp = format_timestamp(moment)
+        chain.append(line_record(stamp, b"at %d" % moment), 1)
+        chain.seal(store.keys)
+    store.keys.close()
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        code, out, _ = show_at(root, "show", "work", "-o", "short-iso")
+        _, listed, _ = show_at(root, "list", "--json")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert code == 0
+    lines = [x for x in out.splitlines() if " at " in x]
+    assert lines[0].startswith("2026-07-01T") and lines[0].split(" ")[0].endswith("+02:00")
+    assert lines[1].startswith("2026-12-") and lines[1].split(" ")[0].endswith("+01:00")
+    assert listed
+
+
+def show_at(root: Path, *args: str) -> tuple[int, str, str]:
+    out, err = io.BytesIO(), io.StringIO()
+    code = main([*args, "--store", str(root)], stdout=out, stderr=err)
+    return code, out.getvalue().decode("utf-8"), err.getvalue()

@@ -6,11 +6,13 @@ an intruder edited, so every byte written goes through
 """
 
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from ..core.errors import LogvmError
 from ..core.escape import terminal_safe
+from ..core.records import parse_timestamp
 from ..store.layout import StoreLayout
 
 
@@ -61,3 +63,13 @@ class Env:
     def configs(self) -> tuple[Path, ...]:
         """The collector config files to merge (none: the system's defaults)."""
         return (self.config,) if self.config is not None else ()
+
+
+def stamp_moment(stamp: bytes, zone: tzinfo | None) -> datetime:
+    """A stored stamp as a time in ``zone``; None: local time, with the offset
+    of that moment (summer and winter time as journalctl shows them). Raises
+    ValueError for a stamp that is not a time."""
+    seconds = parse_timestamp(stamp)
+    if zone is not None:
+        return datetime.fromtimestamp(seconds, zone)
+    return datetime.fromtimestamp(seconds).astimezone()

@@ -8,22 +8,21 @@ stats also scans for drop notes at C speed.
 """
 
 import json
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 
 from ..config.collector import load_collector_config
 from ..core.errors import StoreError
-from ..core.records import parse_timestamp
 from ..core.sizes import human_size
 from ..store.eviction import qube_report
 from ..store.layout import StoreLayout
 from ..store.summary import SegmentInfo, count_drops, qube_summary, segment_info, segment_records
-from .common import Env
+from .common import Env, stamp_moment
 
 
-def _when(stamp: str, zone: tzinfo) -> str:
+def _when(stamp: str, zone: tzinfo | None) -> str:
     """A stored stamp as ``Nov 28 18:05:26`` (15 columns), or the marker as it is."""
     try:
-        moment = datetime.fromtimestamp(parse_timestamp(stamp.encode("ascii")), zone)
+        moment = stamp_moment(stamp.encode("ascii"), zone)
     except ValueError:
         return stamp
     return moment.strftime("%b %d %H:%M:%S")
@@ -43,7 +42,7 @@ def _segment_json(row: SegmentInfo) -> dict[str, object]:
 def run_list(env: Env, qubes: list[str], *, as_json: bool = False, utc: bool = False) -> int:
     """Print qubes and their segments (columns within 80 characters), or JSON lines."""
     names = qubes or env.layout.qubes()
-    zone: tzinfo = UTC if utc else (datetime.now().astimezone().tzinfo or UTC)
+    zone = UTC if utc else None  # local: each time with its own offset
     for qube in names:
         if not env.layout.qube_dir(qube).is_dir():
             raise StoreError(f"no qube {qube!r} in {env.layout.root}")

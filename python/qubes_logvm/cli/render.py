@@ -25,11 +25,11 @@ made terminal-safe, so they are the only escape sequences ever written.
 """
 
 from collections.abc import Callable
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 
 from ..core.entries import Understood
-from ..core.records import parse_timestamp
 from ..store.timeline import Entry
+from .common import stamp_moment
 
 FORMATS = ("short", "short-precise", "short-iso", "cat", "json", "raw")
 Parts = list[tuple[bytes, str | None]]  # (text, SGR style or None)
@@ -40,20 +40,18 @@ _STYLE = {0: "1;31", 1: "1;31", 2: "1;31", 3: "31", 4: "33", 5: "1", 7: "90"}
 OURS = "36"
 
 
-def _local_zone(utc: bool) -> tzinfo:
-    if utc:
-        return UTC
-    zone = datetime.now().astimezone().tzinfo
-    return zone if zone is not None else UTC
+def _local_zone(utc: bool) -> tzinfo | None:
+    """UTC, or None: local time at each moment (:func:`.common.stamp_moment`)."""
+    return UTC if utc else None
 
 
 _SECONDS_KEPT = 4096
 
 
-def _local_second(stamp: bytes, zone: tzinfo) -> bytes | None:
+def _local_second(stamp: bytes, zone: tzinfo | None) -> bytes | None:
     """``Dec 02 16:10:42`` for a stored stamp's second in ``zone`` (None: not a time)."""
     try:
-        moment = datetime.fromtimestamp(int(parse_timestamp(stamp)), zone)
+        moment = stamp_moment(stamp, zone)
     except ValueError:
         return None
     return moment.strftime("%b %d %H:%M:%S").encode("ascii")
@@ -81,7 +79,7 @@ class Renderer:
             return b"-"
         if self.fmt == "short-iso":
             try:
-                moment = datetime.fromtimestamp(parse_timestamp(entry.when), self.zone)
+                moment = stamp_moment(entry.when, self.zone)
             except ValueError:
                 return entry.when
             return moment.isoformat(timespec="microseconds").encode("ascii")
@@ -163,13 +161,13 @@ def _text(value: bytes) -> str | list[int]:
         return list(value)
 
 
-def json_object(entry: Entry, zone: tzinfo = UTC) -> dict[str, object]:
+def json_object(entry: Entry, zone: tzinfo | None = UTC) -> dict[str, object]:
     """One entry as a JSON object; ``sender`` holds the qube's claims, or null."""
     what = entry.what
     sender = what.sender
     receive = None
     if entry.what.stamp:
-        moment = datetime.fromtimestamp(parse_timestamp(entry.what.stamp), zone)
+        moment = stamp_moment(entry.what.stamp, zone)
         receive = moment.isoformat(timespec="microseconds")
     return {
         "receive_time": receive,
