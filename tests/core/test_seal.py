@@ -101,3 +101,23 @@ def test_bounded_key_ladder_doubles_its_stride_and_resumes() -> None:
     assert again.key(50 * 1024 + 1) == key_for_epoch(key0, 50 * 1024 + 1)
     with pytest.raises(ValueError):
         EpochKeys.resume(b"\x01" * 32, ladder.ladder(), max_keys=40)  # another K[0]
+
+
+def test_epoch_keys_walk_on_from_the_previous_lookup_below_the_top() -> None:
+    # One key derivation for every verifier: a verifier reading a qube's
+    # seals in order after an earlier qube moved the top on pays one hash per
+    # epoch, and cost() says exactly what key() will spend.
+    key0 = bytes(range(32))
+    naive = [key0]
+    for _ in range(5000):
+        naive.append(evolve(naive[-1]))
+    keys = EpochKeys(key0)
+    assert keys.key(5000) == naive[5000]
+    # (a mark every 1024 epochs: the nearer start wins)
+    for epoch, cost in [(3000, 3000 - 2048), (3010, 10), (3070, 60), (3074, 3074 - 3072),
+                        (3100, 26), (3200, 3200 - 3072), (2990, 2990 - 2048), (4999, 0),
+                        (0, 0)]:  # fmt: skip
+        assert keys.cost(epoch) == cost, epoch
+        spent = keys.hashes
+        assert keys.key(epoch) == naive[epoch]
+        assert keys.hashes - spent == cost, epoch

@@ -108,6 +108,9 @@ class EpochKeys:
 
     STRIDE = 1024
     RECENT = 16
+    #: A lookup at most this far above the previous one walks on from it
+    #: (a verifier reading one qube's seals in order pays one hash per epoch).
+    WALK = 64
 
     def __init__(self, key0: bytes, *, max_keys: int | None = None) -> None:
         if max_keys is not None and max_keys < self.RECENT + 3:
@@ -118,6 +121,7 @@ class EpochKeys:
         self._recent: dict[int, bytes] = {}
         self._top_epoch = 0
         self._top_key = key0
+        self._last: tuple[int, bytes] = (0, key0)  # the previous lookup below the top
         #: Hashes computed so far (the witness counts what it spent).
         self.hashes = 0
 
@@ -132,7 +136,15 @@ class EpochKeys:
             return epoch - self._top_epoch
         if epoch in self._recent:
             return 0
-        return epoch % self._stride
+        return epoch - self._below(epoch)[0]
+
+    def _below(self, epoch: int) -> tuple[int, bytes]:
+        """Where a lookup below the top starts: the previous one if near, else a mark."""
+        at, key = self._last
+        mark = epoch - epoch % self._stride
+        if mark <= at <= epoch <= at + self.WALK:
+            return at, key
+        return mark, self._marks[epoch // self._stride]
 
     def key(self, epoch: int) -> bytes:
         """``K[epoch]``."""
@@ -140,10 +152,11 @@ class EpochKeys:
             known = self._recent.get(epoch)
             if known is not None:
                 return known
-            key = self._marks[epoch // self._stride]
-            for _ in range(epoch % self._stride):
-                key = evolve(key)
-            self.hashes += epoch % self._stride
+            at, key = self._below(epoch)
+            self.hashes += epoch - at
+            while at < epoch:
+                key, at = evolve(key), at + 1
+            self._last = (epoch, key)
             return key
         key, at = self._top_key, self._top_epoch
         self.hashes += epoch - at

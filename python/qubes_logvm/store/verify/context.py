@@ -9,7 +9,7 @@ collector makes meanwhile are never taken for forgeries (issue 18).
 from dataclasses import dataclass, field
 
 from ...core.errors import SealError, StoreError
-from ...core.seal import EpochKeys, evolve
+from ...core.seal import EpochKeys
 from ...core.tomb import Tomb
 from ..files import read_regular
 from ..keystate import _RECORD_LEN, StoreInfo, _decode
@@ -36,7 +36,6 @@ class VerifyRun:
     info: StoreInfo | None = None
     max_epoch: int = MAX_EPOCH
     key_epoch: int | None = None  # the key file's epoch when the run started
-    cursor: tuple[int, bytes] = (-1, b"")
     rereads: int = 0
     tomb_lines: dict[str, list[Tomb]] = field(default_factory=dict)  # valid, per qube
     newest_segment: dict[str, int] = field(default_factory=dict)  # per qube (0: none)
@@ -52,13 +51,7 @@ class VerifyRun:
         """``K[epoch]``, walking on from the last lookup; None beyond what may exist."""
         if epoch > self.max_epoch and not self._moved_on(epoch):
             return None
-        at, key = self.cursor
-        if not key or not at <= epoch <= at + 64:
-            at, key = epoch, self.keys.key(epoch)
-        while at < epoch:
-            key, at = evolve(key), at + 1
-        self.cursor = (at, key)
-        return key
+        return self.keys.key(epoch)
 
     def read_key_file(self) -> tuple[int, bytes] | None:
         """(epoch, key) from state/sealkey when it derives from ``K[0]``; None if not."""

@@ -22,7 +22,7 @@ import re
 from typing import BinaryIO
 
 from ...core.errors import StoreError
-from ...core.seal import CHAIN_DOMAIN, SEAL_DOMAIN
+from ...core.seal import CHAIN_DOMAIN, FINAL_KINDS, SEAL_DOMAIN
 from ..files import read_regular
 from ..layout import SegmentFiles
 from ..reader import open_plain
@@ -35,7 +35,6 @@ _LINE = re.compile(
     r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9a-f]{64})",
     re.ASCII,
 )
-_FINAL = ("close", "recover")
 _LATER = frozenset({"batch", "tick", "close", "recover"})
 _FIELDS = 10
 _ZERO_HEX = "0" * 64
@@ -216,7 +215,7 @@ def _walk(
         hasher.update(view[lo:hi])
         if buf.count(b"\n", lo, hi) != n1 - count or hasher.hexdigest() != head1:
             raise _Amiss
-        final = kind in _FINAL
+        final = kind in FINAL_KINDS
         head_h, mac_h, epoch, count, pos = head1, mac1, e1, n1, b1
     if not data.at_end(pos):
         raise _Amiss  # data after the last seal: the general path judges it
