@@ -47,6 +47,7 @@ def check_epochs(ctx: VerifyRun, names: list[str], only: list[str] | None = None
     ``only``: the qubes asked for (a snapshot may hold no others): the root is
     then checked qube by qube, through the sidecar the root authenticates.
     """
+    only = only or None  # no qube named: every qube
     path = epochs_path(ctx.layout)
     kind = _kind(path)
     if kind == "missing":
