@@ -74,6 +74,7 @@ class FilesSource:
         self._saved: dict[str, Any] = {k: v for k, v in saved.items() if isinstance(v, dict)}
         self._acked: dict[str, dict[str, int]] = dict(self._saved)
         self._dirty = False
+        self._next = 0  # where the next round starts (see poll)
         self._times = TimeFormatter()
         self._host = token(socket.gethostname())
         # Saved offsets apply only to files found at startup: a file created
@@ -165,18 +166,35 @@ class FilesSource:
             follower.offset = 0
             os.lseek(follower.fd, 0, os.SEEK_SET)
 
+    def _round(self) -> list[_Follower]:
+        """The files in the order of this round: from where the last round stopped."""
+        followers = list(self._followers.values())
+        start = self._next % len(followers) if followers else 0
+        return followers[start:] + followers[:start]
+
     def poll(self) -> list[tuple[bytes, int, Any]]:
-        """One round over all files: per file, its complete lines and the end position."""
+        """One round over the files: per file, its complete lines and the end position.
+
+        At most about MAX_ITEMS lines a round across all files (memory stays
+        bounded however many files have a backlog); the next round starts
+        with the file this one could not reach, so each gets its turn."""
         self._scan(resume=False)
         chunks: list[tuple[bytes, int, Any]] = []
-        for follower in list(self._followers.values()):
+        budget = MAX_ITEMS
+        order = self._round()
+        self._next += len(order)
+        for turn, follower in enumerate(order):
+            if budget <= 0:
+                self._next += turn - len(order)
+                break
             read = self._read(follower)
-            while read and len(follower.lines) < MAX_ITEMS:
+            while read and len(follower.lines) < budget:
                 more = self._read(follower)
                 if not more:
                     break
                 read += more
             self._check_rotation(follower, read)
+            budget -= len(follower.lines)
             if not follower.lines:
                 continue
             stamp = self._times.format(time.time_ns() // 1000)
