@@ -11,8 +11,11 @@ steered by files in DIR, so a test can change it between connections:
 - ``DIR/noack``: store but never acknowledge;
 - ``DIR/hang``: read nothing, never acknowledge, never end (a paused LogVM
   or a hung qrexec-client-vm) until killed;
-- ``DIR/crash``: once this connection has stored that many lines, remove
-  the file and die at once without acknowledging them (the LogVM crashes).
+- ``DIR/crash``: thresholds, one per connection in turn: once this
+  connection has stored the first one's count of lines, it takes that one
+  off the file (removed when none is left), appends a line to
+  ``DIR/crashes`` and dies at once without acknowledging them (the LogVM
+  crashes).
 
 Every start appends one line to ``DIR/connections``; its pid goes to
 ``DIR/pid`` so a test can kill it mid-stream.
@@ -23,6 +26,25 @@ import os
 import sys
 import time
 from pathlib import Path
+
+
+def _maybe_crash(state: Path, total: int) -> None:
+    """Die like a crashed LogVM once ``total`` reaches this connection's threshold."""
+    crash = state / "crash"
+    if not crash.exists():
+        return
+    thresholds = crash.read_text().split()
+    if not thresholds or total < int(thresholds[0]):
+        return
+    if thresholds[1:]:
+        fresh = state / "crash.tmp"
+        fresh.write_text(" ".join(thresholds[1:]))
+        fresh.replace(crash)  # atomic: the next connection reads whole thresholds
+    else:
+        crash.unlink()
+    with (state / "crashes").open("a") as handle:
+        handle.write(f"{os.getpid()} {total}\n")
+    os._exit(137)
 
 
 def main() -> int:
@@ -54,10 +76,7 @@ def main() -> int:
         os.write(received, data[:cut])
         os.fsync(received)
         total += data[:cut].count(b"\n")
-        crash = state / "crash"
-        if crash.exists() and total >= int(crash.read_text() or "1"):
-            crash.unlink()
-            os._exit(137)
+        _maybe_crash(state, total)
         slow = state / "slow"
         if slow.exists():
             time.sleep(float(slow.read_text() or "0.2"))

@@ -120,12 +120,18 @@ class FakeCollector:
     def clear(self, flag: str) -> None:
         (self.path / flag).unlink(missing_ok=True)
 
-    def crash_after(self, lines: int) -> None:
-        """The next connection dies without acking once it stored ``lines`` lines."""
-        self.set("crash", str(lines))
+    def crash_after(self, *lines: int) -> None:
+        """The next connections die without acking, each once it stored its
+        count of ``lines`` (armed at once, so no timing of the test's decides
+        which connection crashes)."""
+        fresh = self.path / "crash.tmp"
+        fresh.write_text(" ".join(str(n) for n in lines))
+        fresh.replace(self.path / "crash")
 
-    def crashed(self) -> bool:
-        return not (self.path / "crash").exists()
+    def crashes(self) -> int:
+        """Connections that died as crash_after asked."""
+        path = self.path / "crashes"
+        return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def write_config(path: Path, command: list[str], state: Path, **extra: Any) -> Path:
