@@ -17,13 +17,17 @@ the store, for :func:`fsync_dir`). The witness keeps its own small copy of
 - :func:`fsync_dir`, and the exit codes every entry point returns.
 """
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import asyncio.subprocess
 
 EXIT_OK = 0
 #: Configuration, store or run-time error (one line on stderr says which).
@@ -127,3 +131,27 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+async def end_process(proc: "asyncio.subprocess.Process", grace: float) -> int:
+    """Wait up to ``grace`` seconds for a child to exit, then kill it; its exit code.
+
+    Never ``proc.kill()`` a child that may have exited already: CPython's
+    ``Popen.send_signal`` first polls (``waitpid(WNOHANG)``, bpo-38630) and so
+    can reap the child under asyncio's child watcher, whose own ``waitpid``
+    then fails and reports 255 ("Unknown child process"), losing the real
+    status (qrexec's 126 for a call dom0's policy denied). Waiting first makes
+    a kill reach only a child that is still running.
+    """
+    import asyncio
+
+    if proc.stdin is not None and not proc.stdin.is_closing():
+        proc.stdin.close()
+    try:
+        return await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+    except TimeoutError:
+        pass
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    return await asyncio.shield(proc.wait())

@@ -45,6 +45,7 @@ from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..core.warnings import RepeatedWarning
 from ..core.witness_format import SettingsLine
+from ..daemon_support import end_process
 from ..store.witness_pending import (
     erase_registration,
     pending_path,
@@ -310,10 +311,4 @@ class CheckpointSender:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 2.0)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_process(proc, 2.0)

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..daemon_support import end_process
+
 log = logging.getLogger(__name__)
 
 EXIT_DENIED = 126
@@ -70,6 +72,9 @@ Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 #: Asked of the kernel for the pipe into qrexec-client-vm: fewer, larger
 #: writes and wake-ups (1 MiB is what an unprivileged process may ask).
 PIPE_BYTES = 1 << 20
+# After the acks end: how long qrexec-client-vm may take to exit by itself
+# (its stdin closed) before it is killed (daemon_support.end_process).
+END_GRACE = 2.0
 
 
 @dataclass
@@ -219,10 +224,7 @@ class Transport:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            code = await asyncio.shield(proc.wait())
+            code = await end_process(proc, END_GRACE)
         return got_ack, code
 
     async def _next_batch(self) -> list[Chunk] | None:
