@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,6 +268,9 @@ class WitnessState:
 
     def event(self, word: str, *, always: bool = False, **fields: str | int) -> None:
         """Record a refusal or registration (values are validated tokens only)."""
+        self._event(word, fields, always=always)
+
+    def _event(self, word: str, fields: Mapping[str, str | int], *, always: bool = False) -> None:
         if not always and self._events_written >= self.limits.max_events_per_connection:
             self.counts["suppressed"] += 1
             return
@@ -333,76 +336,90 @@ class WitnessState:
         return "ok registered"
 
     def checkpoint(self, seal: Seal) -> str:
-        """Check a checkpoint (:meth:`_refusal`); store it if it moves forward."""
-        refusal = self._refusal(seal)
-        if refusal is not None:
-            return refusal
-        stamp = self.stamp()
-        self._store(format_held_line(stamp, seal))
-        self.latest[seal.qube] = (stamp, seal)
-        self._accepted(seal.epoch)
-        return "ok stored"
+        """Check a checkpoint (:meth:`_judged`); store it if it moves forward."""
+        held = self.latest.get(seal.qube)
+        verdict = judge_checkpoint(held[1] if held else None, seal)
+
+        def keep(stamp: bytes) -> None:
+            self.latest[seal.qube] = (stamp, seal)
+
+        fields: dict[str, str | int] = {
+            "qube": seal.qube,
+            "seq": seal.seq,
+            "lines": seal.lines,
+            "epoch": seal.epoch,
+        }
+        return self._judged(seal, verdict, fields, keep, None if held else seal.qube)
 
     def deletion(self, tomb: Tomb) -> str:
         """Check a deletion like a checkpoint; store it if it is newer than the one held."""
-        if self.keys is None:
-            return "err not-registered"
         held = self.deleted.get(tomb.qube)
         verdict = judge_deletion(held[1] if held else None, tomb)
-        if verdict == "seen":
-            return "ok seen"
-        if verdict is not None:
-            self.event(verdict, qube=tomb.qube, deleted=tomb.last, epoch=tomb.epoch)
-            return f"err {verdict}"
-        known = tomb.qube in self.latest or held is not None
-        if not known and len(self.latest) >= self.limits.max_qubes:
-            self.event("too-many-qubes", qube=tomb.qube)
-            return "err too-many-qubes"
-        refusal = self._mac_refusal(tomb)
-        if refusal is not None:
-            return refusal
-        stamp = self.stamp()
-        self._store(format_held_line(stamp, tomb))
-        self.deleted[tomb.qube] = (stamp, tomb)
-        self._accepted(tomb.epoch)
-        return "ok stored"
+
+        def keep(stamp: bytes) -> None:
+            self.deleted[tomb.qube] = (stamp, tomb)
+
+        fields: dict[str, str | int] = {
+            "qube": tomb.qube,
+            "deleted": tomb.last,
+            "epoch": tomb.epoch,
+        }
+        known = held is not None or tomb.qube in self.latest
+        return self._judged(tomb, verdict, fields, keep, None if known else tomb.qube)
 
     def epoch(self, line: EpochLine) -> str:
         """Check a store-wide epoch line like a checkpoint; store it if its epoch is newer."""
-        if self.keys is None:
-            return "err not-registered"
         verdict = judge_epoch(self.epoch_line[1] if self.epoch_line else None, line)
-        if verdict == "seen":
-            return "ok seen"
-        if verdict is not None:
-            self.event(verdict, store_epoch=line.epoch)
-            return f"err {verdict}"
-        refusal = self._mac_refusal(line)
-        if refusal is not None:
-            return refusal
-        stamp = self.stamp()
-        self._store(format_held_line(stamp, line))
-        self.epoch_line = (stamp, line)
-        self._accepted(line.epoch)
-        return "ok stored"
+
+        def keep(stamp: bytes) -> None:
+            self.epoch_line = (stamp, line)
+
+        return self._judged(line, verdict, {"store_epoch": line.epoch}, keep)
 
     def settings_note(self, line: SettingsLine) -> str:
         """A change of the collector's settings, kept with dom0's time (the newest is
         carried into each new generation)."""
+        verdict = judge_settings(self.settings[1] if self.settings else None, line)
+
+        def keep(stamp: bytes) -> None:
+            self.settings = (stamp, line)
+
+        return self._judged(line, verdict, {"settings_epoch": line.epoch}, keep)
+
+    def _judged(
+        self,
+        line: Held,
+        verdict: str | None,
+        fields: Mapping[str, str | int],
+        keep: Callable[[bytes], None],
+        new_qube: str | None = None,
+    ) -> str:
+        """What every message but a registration goes through, once judged against
+        the newest line of its kind held (``verdict``, from the core's ``judge_*``).
+
+        In order, everything that needs no key first: registered; ``seen``, or
+        a refusal recorded as an event with ``fields``; the per-LogVM limit of
+        qubes when the line is the first of ``new_qube`` the witness holds;
+        then the epoch cap, the hashing budget and the MAC
+        (:meth:`_mac_refusal`); then stored with dom0's time and handed to
+        ``keep`` to hold as the newest.
+        """
         if self.keys is None:
             return "err not-registered"
-        verdict = judge_settings(self.settings[1] if self.settings else None, line)
         if verdict == "seen":
             return "ok seen"
         if verdict is not None:
-            self.event(verdict, settings_epoch=line.epoch)
+            self._event(verdict, fields)
             return f"err {verdict}"
+        if new_qube is not None and len(self.latest) >= self.limits.max_qubes:
+            self.event("too-many-qubes", qube=new_qube)
+            return "err too-many-qubes"
         refusal = self._mac_refusal(line)
         if refusal is not None:
             return refusal
         stamp = self.stamp()
         self._store(format_held_line(stamp, line))
-        self.settings = (stamp, line)
+        keep(stamp)
         self._accepted(line.epoch)
         return "ok stored"
 
@@ -419,27 +436,6 @@ class WitnessState:
         _append(self.cp_path, line)
         self.cp_size += len(line)
         self.counts["stored"] += 1
-
-    def _refusal(self, seal: Seal) -> str | None:
-        """The answer when the checkpoint is not to be stored, else None.
-
-        In order, everything that needs no key first: registered, position,
-        the per-qube limit; then the epoch cap and the hashing budget; the
-        MAC last (:meth:`_mac_refusal`).
-        """
-        if self.keys is None:
-            return "err not-registered"
-        held = self.latest.get(seal.qube)
-        verdict = judge_checkpoint(held[1] if held else None, seal)
-        if verdict == "seen":
-            return "ok seen"
-        if verdict is not None:
-            self.event(verdict, qube=seal.qube, seq=seal.seq, lines=seal.lines, epoch=seal.epoch)
-            return f"err {verdict}"
-        if held is None and len(self.latest) >= self.limits.max_qubes:
-            self.event("too-many-qubes", qube=seal.qube)
-            return "err too-many-qubes"
-        return self._mac_refusal(seal)
 
     def _mac_refusal(self, seal: Held) -> str | None:
         """Epoch cap, hashing budget, then the MAC (a compromised LogVM chooses epochs)."""
