@@ -43,6 +43,10 @@ $(VENV)/.venv-stamp: $(VENV)/.deps-stamp requirements-dev.txt python/pyproject.t
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	$(VPY) -m pip install -q --no-deps -e python
+	# The checkout as a plain path entry, ahead of the system dist-packages: a
+	# qubes-logvm .deb installed by the packaging tests must never shadow it
+	# (the editable install's import finder only runs after dist-packages).
+	echo "$(CURDIR)/python" > "$$($(VPY) -c 'import site; print(site.getsitepackages()[0])')/qubes-logvm-checkout.pth"
 	touch $@
 
 lint: venv
