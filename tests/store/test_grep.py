@@ -1,5 +1,6 @@
 """The block matcher never leaves out a line whose message matches (store/grep.py)."""
 
+import random
 import re
 
 import pytest
@@ -8,7 +9,7 @@ from qubes_logvm.core.entries import classify
 from qubes_logvm.core.escape import escape
 from qubes_logvm.core.records import line_record, note_record
 from qubes_logvm.exporter.record import format_record
-from qubes_logvm.store.grep import LineMatcher, literal_of, literals_of
+from qubes_logvm.store.grep import LineMatcher, literal_of, literals_of, required_literal
 
 STAMP = b"2026-11-28T18:00:00.000000Z"
 
@@ -69,6 +70,13 @@ def reference(lines: list[bytes], pattern: "re.Pattern[str]") -> set[int]:
         ("REFUSED|nothing to", 0, True),  # literals joined by |: each found as bytes
         ("spaced|\\|x", 0, True),  # an escaped | is part of a literal
         ("sshd|conn.*", 0, False),  # one alternative is a regex: the regex path
+        (r"conn\w+ refused", re.IGNORECASE, True),  # " refused" first, then the regex
+        (r"^plain conn", 0, True),  # anchored, but "plain conn" is in every match
+        (r"refused\b", re.IGNORECASE, True),  # a boundary: the literal alone narrows
+        (r"k\w+el", re.IGNORECASE, False),  # "el", folded: the Kelvin line is tried whole
+        (r"caf\w", 0, True),  # non-ASCII lines hold "caf" as bytes
+        (r"(?i)REFUSED\s+l", 0, True),  # the flag inline: the literal is lowered
+        (r"esc.*refused", 0, True),  # the escaped line: a backslash makes it a candidate
     ],
 )
 def test_candidates_hold_every_match(text: str, flags: int, narrows: bool) -> None:
@@ -120,3 +128,56 @@ def test_literal_of(pattern: str, literal: str | None) -> None:
 )
 def test_literals_of(pattern: str, literals: list[str] | None) -> None:
     assert literals_of(re.compile(pattern)) == literals
+
+
+@pytest.mark.parametrize(
+    ("pattern", "flags", "literal"),
+    [
+        (r"no such \w+ anywhere", re.IGNORECASE, " anywhere"),  # the longest run
+        ("abc*d", 0, "ab"),  # a quantified character leaves its run
+        ("a{2}bc", 0, "bc"),  # braces are a quantifier
+        ("a{x}bc", 0, "x}bc"),  # braces that are not a quantifier are text
+        ("x{|y", 0, None),  # the bar is at the top
+        (r"\x41bc", 0, None),  # the escape's digits are not text
+        (r"a\.b\*c", 0, "a.b*c"),  # escaped punctuation is text
+        ("(a|b)cde", 0, "cde"),  # a bar inside a group
+        ("[]|(]cd", 0, "cd"),  # a set holding ] | (
+        ("xyz(?#()|abc", 0, None),  # a comment ends at its first )
+        (r"^Failed password for \S+ from", 0, "Failed password for "),
+        ("cafés", re.IGNORECASE, "caf"),  # ignoring case: ASCII only
+        ("cafés", 0, "cafés"),
+        ("(?i)Foo", 0, "Foo"),  # lowered by the matcher (the flag is the pattern's)
+        ("a b", re.VERBOSE, None),  # spaces are no text
+        (r"\N{LATIN SMALL LETTER A}bc", 0, "bc"),
+        ("a.b", 0, "a"),
+        (r"\d+", 0, None),
+    ],
+)
+def test_required_literal(pattern: str, flags: int, literal: str | None) -> None:
+    assert required_literal(re.compile(pattern, flags)) == literal
+
+
+def test_required_literal_is_in_every_match() -> None:
+    # Random patterns over a small alphabet, each against random texts: every
+    # text the pattern matches holds the literal (folded when ignoring case).
+    rng = random.Random(14)
+    pieces = ["a", "b", "A", "\\.", ".", "b*", "a+", "c?", "[ab]", "(a|bc)", "(?:b)?", "x{2}"]
+    pieces += ["\\w", "^", "$", "\\b", "\u212a", "k", "(?#)|)", "{", "\\x61", "a{1,2}?"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        flags = rng.choice([0, re.IGNORECASE])
+        try:
+            pattern = re.compile(text, flags)
+        except re.error:
+            continue
+        literal = required_literal(pattern)
+        if literal is None:
+            continue
+        for _ in range(40):
+            hay = "".join(rng.choice("aAbBckK.x\u212a ") for _ in range(rng.randint(0, 12)))
+            if not pattern.search(hay):
+                continue
+            if not pattern.flags & re.IGNORECASE:
+                assert literal in hay, (text, hay)
+            elif hay.isascii():  # the matcher tries non-ASCII lines whole when folding
+                assert literal.encode().lower() in hay.encode().lower(), (text, hay)

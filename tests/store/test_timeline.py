@@ -175,7 +175,9 @@ def test_grep_prefilter_changes_nothing(collected: Collected, text: str) -> None
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("text", ["kernel", "KERNEL", "ker.el", "^ker", "\\\\"])
+@pytest.mark.parametrize(
+    "text", ["kernel", "KERNEL", "ker.el", "^ker", "\\\\", r"\bkernel\b", r"^\w+ kernel$"]
+)
 @pytest.mark.parametrize("since", [None, b"2026-11-28T10:00:01.000000Z"])
 def test_grep_by_blocks_keeps_malformed_lines_and_their_times(
     tmp_path: Path, text: str, since: bytes | None

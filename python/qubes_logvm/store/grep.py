@@ -19,7 +19,13 @@ Why leaving a line out is safe:
   collector) is always a candidate;
 - ignoring case, ASCII lowering is exact on ASCII lines (the characters
   Unicode folds onto ASCII letters, such as the Kelvin sign, are not ASCII),
-  so only lines holding a non-ASCII byte are tried whole.
+  so only lines holding a non-ASCII byte are tried whole;
+- a regular expression whose every match holds a literal text
+  (:func:`required_literal`: ``no such \\w+ anywhere`` holds `` anywhere``)
+  cannot match a message without that text, so the block is first searched
+  for the literal as bytes (lowered when ignoring case), and the regex runs
+  once over the few lines that hold it (the rules above apply to those:
+  anchored patterns are not tried on lines at all).
 
 Trust side: blocks are untrusted bytes from segments; nothing here parses
 them, and a line of invalid UTF-8 (a tampered segment) is always a candidate.
@@ -35,6 +41,10 @@ _META = frozenset(".^$*+?{}[]|()\\")
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
 _INVALID = re.compile("[\udc80-\udcff]")
 _FLAGS_OK = re.IGNORECASE | re.UNICODE
+# A quantifier in braces (a superset of what re reads as one: dropping text is safe).
+_BRACES = re.compile(r"\{[0-9]*,?[0-9]*\}")
+# Escapes of one character that stand for a class, an anchor or a control.
+_SHORT_ESCAPES = frozenset("dDwWsSbBAZafnrtv")
 
 
 def whole_line_safe(pattern: "re.Pattern[str]") -> bool:
@@ -84,6 +94,127 @@ def _literal_text(text: str) -> str | None:
     return "".join(out) or None
 
 
+def required_literal(pattern: "re.Pattern[str]") -> str | None:
+    """The longest text every match of ``pattern`` holds, None when none is sure.
+
+    A conservative reading of the pattern's top level: runs of literal
+    characters between anything else (groups, sets, escapes of classes,
+    anchors, ``.``); a quantified character leaves its run; a ``|`` outside
+    a group means no text is sure. Ignoring case, only ASCII characters are
+    kept (a non-ASCII one may fold onto an ASCII letter: the Kelvin sign).
+    Leaving text out is always safe; only text that every match holds, in
+    that order and next to each other, is ever kept.
+    """
+    if pattern.flags & re.VERBOSE:
+        return None  # whitespace and # would not be text
+    fold = bool(pattern.flags & re.IGNORECASE)
+    runs: list[str] = []
+    run: list[str] = []
+    for kind, char in _top_level(pattern.pattern):
+        if kind == "|":
+            return None  # an alternative at the top: no text in all of them
+        if kind == "quantifier" and run:
+            run.pop()  # the quantified character may be absent
+        if kind == "text" and not _unsure(char, fold):
+            run.append(char)
+        else:
+            runs.append("".join(run))
+            run = []
+    runs.append("".join(run))
+    return max(runs, key=len) or None
+
+
+def _unsure(char: str, fold: bool) -> bool:
+    """True when a literal ``char`` in the pattern may match other bytes than its own."""
+    return (fold and not char.isascii()) or char == "\ufffd" or "\ud800" <= char <= "\udfff"
+
+
+def _top_level(text: str) -> Iterator[tuple[str, str]]:
+    """The pattern's top-level items: ``("text", char)``, ``("quantifier", "")``, ``("|", "")``
+    or ``("other", "")`` (a group, a set, an anchor, ``.``, an escape that is no character)."""
+    at = 0
+    while at < len(text):
+        char, end = text[at], at + 1
+        if char in "|)":
+            yield "|", ""  # a stray ")" does not compile: as unsure as a bar
+        elif char in "*+?":
+            yield "quantifier", ""
+        elif char == "{":
+            braces = _BRACES.match(text, at)
+            end = braces.end() if braces is not None else end
+            yield ("quantifier" if braces is not None else "other"), ""
+        elif char in "([":
+            end = _group_end(text, at) if char == "(" else _set_end(text, at)
+            yield "other", ""
+        elif char in ".^$":
+            yield "other", ""
+        elif char == "\\":
+            escaped, end = text[at + 1 : at + 2], _escape_end(text, at)
+            is_text = bool(escaped) and not (escaped.isascii() and escaped.isalnum())
+            yield ("text" if is_text else "other"), escaped
+        else:
+            yield "text", char
+        at = end
+
+
+def _escape_end(text: str, at: int) -> int:
+    """The end of the escape at ``at`` (its digits, hex or ``{name}`` included)."""
+    escaped = text[at + 1 : at + 2]
+    end = at + 2
+    if not escaped.isascii() or not escaped.isalnum() or escaped in _SHORT_ESCAPES:
+        return end
+    if escaped == "N" and text[end : end + 1] == "{":
+        close = text.find("}", end)
+        return len(text) if close < 0 else close + 1
+    while end < len(text) and text[end].isalnum():  # \x41, \u00e9, \12: may leave text out
+        end += 1
+    return end
+
+
+def _set_end(text: str, at: int) -> int:
+    """The end of the set ``[...]`` starting at ``at``."""
+    end = at + 1
+    if text[end : end + 1] == "^":
+        end += 1
+    if text[end : end + 1] == "]":
+        end += 1  # a "]" first is a member
+    while end < len(text):
+        if text[end] == "\\":
+            end += 2
+        elif text[end] == "]":
+            return end + 1
+        else:
+            end += 1
+    return len(text)
+
+
+def _group_end(text: str, at: int) -> int:
+    """The end of the group ``(...)`` starting at ``at`` (sets, escapes, comments skipped)."""
+    if text.startswith("(?#", at):
+        close = text.find(")", at)
+        return len(text) if close < 0 else close + 1
+    depth, end = 0, at
+    while end < len(text):
+        char = text[end]
+        if char == "\\":
+            end += 2
+            continue
+        if char == "[":
+            end = _set_end(text, end)
+            continue
+        if text.startswith("(?#", end):
+            end = _group_end(text, end)
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return end + 1
+        end += 1
+    return len(text)
+
+
 class LineMatcher:
     """Candidate lines of blocks of stored lines for one pattern (None: every line)."""
 
@@ -91,7 +222,11 @@ class LineMatcher:
         self.pattern = pattern
         self.fold = bool(pattern is not None and pattern.flags & re.IGNORECASE)
         self.needles = _needles(pattern, fold=self.fold)
-        self.every = pattern is None or (not self.needles and not whole_line_safe(pattern))
+        literal = required_literal(pattern) if pattern is not None and not self.needles else None
+        required = literal.encode("utf-8") if literal else b""
+        self.required = required.lower() if self.fold else required  # folding: ASCII only
+        self.line_safe = pattern is not None and whole_line_safe(pattern)
+        self.every = pattern is None or not (self.needles or self.required or self.line_safe)
 
     def candidates(self, block: bytes) -> Iterator[tuple[int, bytes]]:
         """``(index, line)`` of each line of ``block`` that may match.
@@ -102,13 +237,25 @@ class LineMatcher:
         if self.every:
             yield from enumerate(block.split(b"\n")[:-1])
         elif self.needles:
-            yield from self._literal(block)
+            yield from self._literal(block, self.needles)
+        elif self.required:
+            yield from self._prefiltered(block)
         else:
             yield from self._regex(block)
 
-    def _literal(self, block: bytes) -> Iterator[tuple[int, bytes]]:
+    def _prefiltered(self, block: bytes) -> Iterator[tuple[int, bytes]]:
+        """The lines holding the required literal, then the regex over just those."""
+        found = list(self._literal(block, [self.required]))
+        if not self.line_safe or not found:
+            yield from found
+            return
+        joined = b"\n".join(line for _, line in found) + b"\n"
+        for index, line in self._regex(joined):
+            yield found[index][0], line
+
+    def _literal(self, block: bytes, needles: list[bytes]) -> Iterator[tuple[int, bytes]]:
         hay = block.lower() if self.fold else block
-        finders = [_Hits(_finder(hay, needle)) for needle in self.needles]
+        finders = [_Hits(_finder(hay, needle)) for needle in needles]
         finders.append(_Hits(lambda pos: block.find(b"\\", pos)))
         if self.fold and not block.isascii():
             finders.append(_Hits(lambda pos: _start(_NON_ASCII.search(block, pos))))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ..core.entries import Understood, classify
 from ..core.errors import StoreError
-from .grep import LineMatcher, whole_line_safe
+from .grep import LineMatcher
 from .layout import SegmentFiles, StoreLayout
 from .reader import StoredLine, first_stamp, iter_segment, last_stamp, open_plain, read_blocks
 from .tail import SegmentTail, blocks_backwards, lines_from, since_offset
@@ -90,14 +90,15 @@ class Query:
 
     @property
     def prefilter(self) -> "re.Pattern[str] | None":
-        """The pattern when it can be tried on a whole stored line first.
+        """The pattern when the block matcher can leave lines out (:mod:`.grep`).
 
         A line without a backslash was not escaped, so its message is a
-        substring of it; a pattern without anchors or lookarounds that finds
-        nothing in the line finds nothing in the message either, and the line
+        substring of it: a pattern without anchors or lookarounds that finds
+        nothing in the line, or any pattern whose every match holds a text
+        the line lacks, finds nothing in the message either, and the line
         need not be parsed (what makes ``--grep`` fast).
         """
-        if self.pattern is None or not whole_line_safe(self.pattern):
+        if self.pattern is None or LineMatcher(self.pattern).every:
             return None
         return self.pattern
 
