@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from support.storebuilder import Built
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "python"
 PROGRAMS = ("collector", "exporter", "rotate", "cli", "snapshot", "forward", "witness", "browser")
@@ -80,3 +82,33 @@ def test_no_program_loads_another_or_the_tests(program: str) -> None:
     assert {program_of(n) for n in project(modules)} <= {None, program}
     tests = str(REPO / "tests")
     assert [n for n, path in modules.items() if path and path.startswith(tests)] == []
+
+
+_SHOW = r"""
+import json, sys
+from qubes_logvm.cli import main
+out = open("/dev/null", "wb")
+code = main(["show", "--all", "-n", "10", "--no-pager", "--store", sys.argv[1]], stdout=out)
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_show_loads_no_cryptography(store: Built) -> None:
+    # `logvm show` reads seal files only for how far a segment is sealed
+    # (core.seal_line): it never pays for hashlib, hmac or the seal classes
+    # at start-up (issue 13's bench: start-up is most of `show -n 10`).
+    done = subprocess.run(
+        [sys.executable, "-c", _SHOW, str(store.root)],
+        cwd="/",
+        env={"PYTHONPATH": str(PACKAGE), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["code"] == 0
+    modules = set(result["modules"])
+    assert "qubes_logvm.store.tail" in modules  # the seal files were read
+    assert modules & {"hashlib", "hmac", "_hashlib", "qubes_logvm.core.seal"} == set()

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .errors import StoreError
-from .seal import ZERO, MacLine, ascii_line
+from .seal import ZERO, MacLine
+from .seal_line import ascii_line
 
 EPOCH_DOMAIN = b"logvm-epoch-v2\0"
 _LEAF, _NODE, _EMPTY = b"\x00", b"\x01", b"\x02"

@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar, Self
 
-from .errors import SealError, StoreError
+from .errors import SealError
+from .seal_line import seal_fields
 
 CHAIN_DOMAIN = b"logvm-chain-v1\0"
 GENESIS_DOMAIN = b"logvm-genesis-v1\0"
@@ -34,11 +35,6 @@ ZERO = bytes(HASH_LEN)
 #: The seal kinds that end a segment: nothing may be sealed after them.
 FINAL_KINDS = frozenset({"close", "recover"})
 
-_SEAL_LINE = re.compile(
-    r"v1 (open|batch|tick|close|recover|tomb) ([A-Za-z][A-Za-z0-9_.-]{0,30}) "
-    r"(0|[1-9][0-9]{0,17}) (0|[1-9][0-9]{0,17}) (0|[1-9][0-9]{0,17}) (0|[1-9][0-9]{0,18}) "
-    r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9a-f]{64})"
-)
 _STORE_ID = re.compile(r"[0-9a-f]{32}")
 _VKEY = re.compile(r"logvm-vk1:([0-9a-f]{32}):([0-9a-f]{64})")
 
@@ -285,21 +281,9 @@ def seal_mac(key: bytes, body: bytes) -> bytes:
     return line_mac(SEAL_DOMAIN, key, body)
 
 
-def ascii_line(line: bytes, what: str) -> str:
-    """A stored line as text; StoreError naming ``what`` when it is not ASCII."""
-    try:
-        return line.decode("ascii")
-    except UnicodeDecodeError as err:
-        raise StoreError(f"{what} is not ASCII") from err
-
-
 def parse_seal(line: bytes) -> Seal:
     """Parse one seal line (without newline); raise StoreError if malformed."""
-    text = ascii_line(line, "seal line")
-    match = _SEAL_LINE.fullmatch(text)
-    if match is None:
-        raise StoreError("malformed seal line")
-    g = match.groups()
+    g = seal_fields(line)
     return Seal(
         kind=g[0],
         qube=g[1],

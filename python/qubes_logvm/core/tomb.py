@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass, replace
 
 from .errors import StoreError
-from .seal import ZERO, Seal, ascii_line, line_mac, parse_seal, seal_mac
+from .seal import ZERO, Seal, line_mac, parse_seal, seal_mac
+from .seal_line import ascii_line
 
 TOMB_DOMAIN = b"logvm-tomb-v1\0"
 #: Why a segment was deleted (the rules of store/retention.py and the quota).

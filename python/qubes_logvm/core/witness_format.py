@@ -37,7 +37,8 @@ from typing import ClassVar
 
 from .epochseal import EpochLine, parse_epoch_line
 from .errors import ProtocolError, StoreError
-from .seal import ZERO, MacLine, Seal, ascii_line, parse_seal
+from .seal import ZERO, MacLine, Seal, parse_seal
+from .seal_line import ascii_line
 from .tomb import Tomb, parse_tomb
 
 #: Longest message line, newline included; a seal line is at most ~330 bytes.

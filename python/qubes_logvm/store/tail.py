@@ -17,7 +17,7 @@ from typing import BinaryIO
 from ..core.entries import classify
 from ..core.errors import StoreError
 from ..core.records import TIMESTAMP_LEN
-from ..core.seal import parse_seal
+from ..core.seal_line import sealed_extent
 from .files import open_regular
 from .layout import SegmentFiles
 from .reader import MAX_LINE, StoredLine, open_plain, read_lines
@@ -76,11 +76,11 @@ def _sealed_point(segment: SegmentFiles, size: int) -> tuple[int, int]:
         return 0, 0
     for text in reversed(tail.split(b"\n")[:-1]):
         try:
-            seal = parse_seal(text)
+            lines, nbytes = sealed_extent(text)
         except StoreError:
             continue
-        if 0 <= seal.nbytes <= size:
-            return seal.nbytes, seal.lines
+        if 0 <= nbytes <= size:
+            return nbytes, lines
     return 0, 0
 
 
