@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qubes_logvm.cli import main
+from qubes_logvm.cli import SUBCOMMANDS, build_parser, command_of, main
 from qubes_logvm.core.records import format_timestamp, line_record, note_record, parse_timestamp
 from qubes_logvm.store.keystate import read_store_info
 from qubes_logvm.store.layout import StoreLayout
@@ -410,3 +410,29 @@ def test_verify_with_witness_catches_cut_back_tail(
         ]
     )
     assert code == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "work", "-n", "5", "--since=-1h"],
+        ["--store", "/s", "show", "--all", "-p", "err"],
+        ["--sto", "list", "list", "--json"],  # an abbreviated --store whose value is a command
+        ["--store=/s", "--config", "/c", "follow", "work"],
+        ["verify", "--key", "-", "work"],
+        ["setup-keys", "--format", "1"],
+        ["stats"],
+        ["open", "work", "3"],
+    ],
+)
+def test_parser_for_one_subcommand_reads_it_as_the_whole_one(argv: list[str]) -> None:
+    # main() builds the options of the named subcommand only (start-up time);
+    # what it parses is what the whole parser parses.
+    command = command_of(argv)
+    assert command == argv[[i for i, w in enumerate(argv) if w in SUBCOMMANDS][-1]]
+    assert build_parser(command).parse_args(argv) == build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [[], ["--store", "/s"], ["--help"], ["shw", "work"], ["--", "x"]])
+def test_no_known_subcommand_builds_the_whole_parser(argv: list[str]) -> None:
+    assert command_of(argv) is None

@@ -62,30 +62,21 @@ def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
                         help="collector.yaml (default: the system one)")  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line."""
-    parser = argparse.ArgumentParser(
-        prog="logvm",
-        description="Read and verify the LogVM's log store.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"logvm {__version__}")
-    _common(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True)
-    keys = sub.add_parser("setup-keys", help="create the sealing state, show the key once")
+def _add_setup_keys(keys: argparse.ArgumentParser) -> None:
     keys.add_argument("--epoch-seconds", type=float, default=10.0,
                       help="how often the sealing key evolves (default: 10)")  # fmt: skip
     keys.add_argument("--format", type=int, choices=STORE_FORMATS, default=STORE_FORMAT,
                       dest="store_format", help=f"store format (default: {STORE_FORMAT}; "
                       "1 only for tools that read nothing newer)")  # fmt: skip
-    listing = sub.add_parser("list", help="qubes, segments, sizes, record counts, times")
+
+
+def _add_list(listing: argparse.ArgumentParser) -> None:
     listing.add_argument("qubes", nargs="*", metavar="QUBE", help="qubes or globs (default: all)")
     listing.add_argument("--json", action="store_true", help="one JSON object per qube")
     listing.add_argument("--utc", action="store_true", help="times in UTC (default: local)")
-    add_show_args(sub.add_parser("show", help="records of qubes, one timeline"), follow=False)
-    add_show_args(sub.add_parser("follow", help="show -f"), follow=True)
-    verify = sub.add_parser("verify", help="check seals and hash chains")
+
+
+def _add_verify(verify: argparse.ArgumentParser) -> None:
     verify.add_argument("qubes", nargs="*", metavar="QUBE", help="qubes (default: all)")
     verify.add_argument("--key", required=True, help="file with logvm-vk1:... ('-': stdin)")
     verify.add_argument("--witness", help="checkpoints exported by the witness")
@@ -95,14 +86,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify a central server's copy (logvm-forward's messages, "
         "RSYSLOG_SyslogProtocol23Format) instead of the store",
     )
-    stats = sub.add_parser("stats", help="usage, quota, compression, drops, evictions")
+
+
+def _add_stats(stats: argparse.ArgumentParser) -> None:
     stats.add_argument("qubes", nargs="*", metavar="QUBE", help="qubes (default: all)")
-    opener = sub.add_parser("open", help="view a copy in a disposable qube")
+
+
+def _add_open(opener: argparse.ArgumentParser) -> None:
     opener.add_argument("qube")
     opener.add_argument("segment", nargs="?")
-    for command in sub.choices.values():
-        _common(command)
+
+
+#: The subcommands: (help, what adds its arguments).
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "setup-keys": ("create the sealing state, show the key once", _add_setup_keys),
+    "list": ("qubes, segments, sizes, record counts, times", _add_list),
+    "show": ("records of qubes, one timeline", lambda p: add_show_args(p, follow=False)),
+    "follow": ("show -f", lambda p: add_show_args(p, follow=True)),
+    "verify": ("check seals and hash chains", _add_verify),
+    "stats": ("usage, quota, compression, drops, evictions", _add_stats),
+    "open": ("view a copy in a disposable qube", _add_open),
+}
+#: Options before the subcommand that take a value (``--store DIR``).
+_TOP_VALUE_OPTIONS = ("--store", "--config")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``only``, the other subcommands are listed without
+    their options (building all of them is most of argparse's start-up cost)."""
+    parser = argparse.ArgumentParser(
+        prog="logvm",
+        description="Read and verify the LogVM's log store.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"logvm {__version__}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (summary, add_arguments) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=summary)
+        if only is None or only == name:
+            add_arguments(command)
+            _common(command)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is no option or
+    option value before it), or None when there is none or it is unknown."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            index += 1
+            break
+        if not word.startswith("-") or word == "-":
+            break
+        # "--store DIR", and argparse's abbreviations of it ("--sto DIR").
+        if (
+            "=" not in word
+            and len(word) > 2
+            and any(o.startswith(word) for o in _TOP_VALUE_OPTIONS)
+        ):
+            index += 1
+        index += 1
+    if index < len(argv) and argv[index] in SUBCOMMANDS:
+        return argv[index]
+    return None
 
 
 def _show(
@@ -169,7 +219,8 @@ def main(
     """Run one ``logvm`` command; return its exit status."""
     err = stderr if stderr is not None else sys.stderr
     try:
-        args = build_parser().parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
+        words = join_dash_values(sys.argv[1:] if argv is None else argv)
+        args = build_parser(command_of(words)).parse_args(words)
     except SystemExit as exit_:
         return int(exit_.code) if isinstance(exit_.code, int) else EXIT_USAGE
     out_stream = stdout if stdout is not None else sys.stdout.buffer
