@@ -14,6 +14,7 @@ FILES = {
     "B": ROOT / "tests/witness/test_witness_bounds.py",
     "E": ROOT / "tests/attacks/test_witness_epochs.py",
     "C": ROOT / "tests/attacks/test_witness_settings.py",
+    "Q": ROOT / "tests/attacks/test_witness_quota.py",
 }
 
 
@@ -40,7 +41,7 @@ def test_every_row_names_existing_tests() -> None:
     for row in rows:
         cell = row.rstrip("|").rsplit("|", 1)[1]
         named = 0
-        for part in re.split(r",? (?=[BCEMWSTF] `)", cell.strip()):
+        for part in re.split(r",? (?=[BCEMQWSTF] `)", cell.strip()):
             tag, names = part[0], re.findall(r"`([a-z_0-9-]+)`", part)
             for name in names:
                 assert name in known[tag], f"{row}: {tag} {name} does not exist"

@@ -20,6 +20,7 @@ from witness.conftest import LOGVM, WITNESS, WitnessCall
 from qubes_logvm.core.errors import StoreError
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import Seal, parse_verification_key
+from qubes_logvm.core.witness_format import CostLine
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
@@ -298,12 +299,12 @@ def test_verify_prints_each_segments_epochs_and_dom0_time(scene: Scene) -> None:
     assert "sealed after the witness's last record" in work
 
 
-def _delete_and_report(scene: Scene, reason: str) -> None:
-    """The collector deletes work's oldest segment and reports it to the witness."""
+def _delete_and_report(scene: Scene, reason: str, seq: int = 1) -> None:
+    """The collector deletes work's oldest segment (``seq``) and reports it to the witness."""
     keys = scene.store.keys
     scene.store.chain("work").close(keys)
     scene.write("work", 2)
-    assert scene.store.chain("work").delete_oldest(keys, keep_newest=0, reason=reason) == 1
+    assert scene.store.chain("work").delete_oldest(keys, keep_newest=0, reason=reason) == seq
     tomb = read_tomb_file(StoreLayout(scene.root).tombstones("work")).tombs[-1][1]
     scene.checkpoint()
     call = scene.open_call()
@@ -336,11 +337,60 @@ def test_age_deletion_when_the_deployed_policy_keeps_everything(scene: Scene) ->
     assert "keeps this qube's segments until the quota needs room" in problem.message
 
 
+def _cost_note(scene: Scene, seq: int, disk: int) -> None:
+    """What the collector sends with a quota deletion: what the qube counted."""
+    keys = scene.store.keys
+    note = CostLine("work", keys.epoch, seq, disk, disk).signed(keys.key)
+    call = scene.open_call()
+    assert call.send(note.to_line().rstrip(b"\n")) == "ok stored"
+    call.close()
+
+
 def test_quota_deletion_is_shown_not_judged(scene: Scene) -> None:
+    # A LogVM that never sent a cost note (an older collector): a printed limit.
     _deploy(scene, {"retention": {"max_age": {"default": "30d"}}})
     _delete_and_report(scene, "quota")
     assert scene.verify() == []
-    assert "limit: quota and global-cap deletions are shown, not judged" in scene.cli_output
+    assert "quota deletions made before the witness heard the LogVM's first cost note" in (
+        scene.cli_output
+    )
+
+
+def test_quota_deletion_within_the_deployed_quota(scene: Scene) -> None:
+    # The collector counted 40K when it deleted "for quota"; dom0 deployed 1G.
+    _deploy(scene, {"quota": {"default": "1G"}})
+    _delete_and_report(scene, "quota")
+    _cost_note(scene, 1, 40 << 10)
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment) == ("work", 1)
+    assert "deleted for quota" in problem.message
+    assert "the qube counted 40.0 KiB" in problem.message
+    assert "within the deployed quota of 1.0 GiB" in problem.message
+    assert "a deletion dom0's policy would not make" in scene.cli_output
+
+
+def test_quota_deletion_over_the_deployed_quota_passes(scene: Scene) -> None:
+    _deploy(scene, {"quota": {"default": "64M"}})
+    _delete_and_report(scene, "quota")
+    _cost_note(scene, 1, 65 << 20)
+    assert scene.verify() == []
+
+
+def test_quota_deletion_without_a_cost_note(scene: Scene) -> None:
+    # The LogVM sent cost notes before (segment 1); segment 2's quota deletion
+    # came without one, and the witness heard from the LogVM epochs later.
+    _deploy(scene, {"quota": {"default": "64M"}})
+    _delete_and_report(scene, "quota")
+    _cost_note(scene, 1, 65 << 20)
+    scene.store.tick()
+    _delete_and_report(scene, "quota", seq=2)
+    for _ in range(2):
+        scene.store.tick()
+    scene.write("work", 1)
+    scene.checkpoint()
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment) == ("work", 2)
+    assert "the witness heard no cost note for it" in problem.message
 
 
 def test_store_json_epoch_length_edited(scene: Scene) -> None:

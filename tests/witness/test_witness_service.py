@@ -164,7 +164,7 @@ def test_epoch_jump_budgeted(open_call: Open) -> None:
 
 
 def test_too_many_qubes(open_call: Open) -> None:
-    call = open_call("--max-qubes", "3", "--max-log-bytes", "4096")
+    call = open_call("--max-qubes", "3", "--max-log-bytes", "8192")
     assert call.send(register_line()) == "ok registered"
     for qube in ("a", "b", "c"):
         assert call.send(line_of(make_seal(qube))) == "ok stored"
@@ -181,13 +181,13 @@ def test_storage_bounded_under_endless_valid_checkpoints(
     lines = [
         line_of(make_seal(f"q{n % 4}", lines=n + 1, nbytes=(n + 1) * 10)) for n in range(3000)
     ]
-    call = open_call("--max-qubes", "4", "--max-log-bytes", "4000", "--rate", "1e9")
+    call = open_call("--max-qubes", "4", "--max-log-bytes", "12000", "--rate", "1e9")
     replies = call.send_raw(b"\n".join(lines) + b"\n")
     assert replies == ["ok stored"] * 3000
     state = witness_dir / LOGVM
     gens = sorted(p.name for p in state.glob("checkpoints.*"))
     assert len(gens) == 2
-    assert dir_bytes(state) <= 2 * 4000 + 4 * 400 + 2 * (256 << 10)
+    assert dir_bytes(state) <= 2 * 12000 + 2 * 3 * 4 * 440 + 2 * (256 << 10)
     # The newest checkpoint of every qube survives compaction.
     export = admin(witness_dir, "export", LOGVM).stdout
     for n in range(2996, 3000):
@@ -267,3 +267,25 @@ def test_settings_notes_held_when_they_change(open_call: Open, witness_dir: Path
     call.close()
     export = admin(witness_dir, "export", LOGVM).stdout
     assert len([line for line in export.splitlines() if line.startswith("set ")]) == 2
+
+
+def test_cost_notes_held_in_order_and_carried(open_call: Open, witness_dir: Path) -> None:
+    from qubes_logvm.core.witness_format import CostLine
+
+    def note(seq: int, epoch: int, disk: int = 300_000, key0: bytes = KEY0) -> bytes:
+        line = CostLine("work", epoch, seq, disk, disk).signed(key_for_epoch(key0, epoch))
+        return line.to_line().rstrip(b"\n")
+
+    call = registered(open_call)
+    assert call.send(note(1, 2)) == "ok stored"
+    assert call.send(note(1, 2)) == "ok seen"
+    assert call.send(note(3, 2)) == "ok stored"  # with later deletions
+    assert call.send(note(2, 4)) == "err stale"  # deletions never go back
+    assert call.send(note(3, 4, disk=1)) == "err stale"  # nor is one re-told
+    assert call.send(note(5, 1)) == "err stale"  # nor back in epochs
+    assert call.send(note(5, 4, key0=bytes(32))) == "err bad-mac"
+    assert call.send(b"k1 cost work 4 0 1 1 " + b"0" * 64) == "err malformed"  # segment 0
+    call.close()
+    export = admin(witness_dir, "export", LOGVM).stdout
+    costs = [line.split(" ")[3:7] for line in export.splitlines() if line.startswith("cost ")]
+    assert costs == [["cost", "work", "2", "1"], ["cost", "work", "2", "3"]]

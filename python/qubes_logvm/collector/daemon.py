@@ -32,9 +32,9 @@ from ..core.errors import LogvmError
 from ..core.faults import fail_point
 from ..core.seal import Seal
 from ..core.tomb import Tomb
-from ..core.witness_format import SettingsLine
+from ..core.witness_format import CostLine, SettingsLine
 from ..daemon_support import EXIT_OK, fatal, listen_fds, sd_notify, setup_logging
-from ..store.eviction import plan_deletions
+from ..store.eviction import Planned, plan_deletions
 from ..store.keystate import setup_keys
 from ..store.layout import StoreLayout, add_store_argument
 from ..store.usage import ZERO_COST, Cost, qube_usage
@@ -84,6 +84,7 @@ class Daemon:
             store_root, on_seal=self._on_seal, on_tomb=self._on_seal, on_epoch=self._on_seal
         )
         self.shared = StoreAccess(self.store, config)
+        self.shared.on_cost = self._on_seal
         self.server = Server(self.shared)
         # Each qube's quota under the current retention settings (resync).
         self._quotas: tuple[RetentionConfig | None, dict[str, int]] = (None, {})
@@ -97,7 +98,7 @@ class Daemon:
         self._stop_early = True
         self._settings_task: asyncio.Task[None] | None = None
 
-    def _on_seal(self, seal: Seal | Tomb | EpochLine) -> None:
+    def _on_seal(self, seal: Seal | Tomb | EpochLine | CostLine) -> None:
         # Called from worker threads after the seal (tombstone, epoch line) is durable.
         if self.sender is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.sender.submit, seal)
@@ -300,7 +301,7 @@ class Daemon:
         )
         for planned in plan:
             qube, seq = planned
-            delete = functools.partial(self._delete, qube, seq, planned.reason)
+            delete = functools.partial(self._delete, planned)
             await self.shared.run_on_chain(qube, delete)
         for qube in {q for q, _ in plan}:
             current = self.server.writers.get(qube)
@@ -308,15 +309,19 @@ class Daemon:
                 await self.shared.run_on_chain(qube, current.refresh_sizes)
         self._resync(scanned)
 
-    def _delete(self, qube: str, seq: int, reason: str) -> None:
+    def _delete(self, planned: Planned) -> None:
         """Delete one planned segment if it is still the qube's oldest closed one."""
+        (qube, seq), reason, keys = planned, planned.reason, self.store.keys
         self.shared.scan_cache.touch(qube)
         chain = self.store.chain(qube)
         segments = self.store.layout.segments(qube)
         if not segments or segments[0].seq != seq or (chain.is_open and chain.seq == seq):
             return
-        if chain.delete_oldest(self.store.keys, keep_newest=0, reason=reason) == seq:
+        if chain.delete_oldest(keys, keep_newest=0, reason=reason) == seq:
             log.info("%s: deleted segment %d (%s)", qube, seq, reason)
+            if reason == "quota":  # for the witness: what the qube cost when planned
+                cost = CostLine(qube, keys.epoch, seq, planned.cost.disk, planned.cost.plain)
+                self._on_seal(cost.signed(keys.key))
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..config.storage_policy import RetentionConfig, plain_quota_for, quota_for
+from ..config.storage_policy import RetentionConfig, quota_for
 from ..store.eviction import EpochClock, start_fields
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.usage import ZERO_COST, Cost, file_cost, qube_usage, segment_cost, written_cost
@@ -109,11 +109,6 @@ class QubeLedger:
 
 def _tomb_cost(chain: QubeChain) -> Cost:
     return Cost(file_cost(chain.tomb_bytes), 1, 0) if chain.tomb_bytes else ZERO_COST
-
-
-def over(cfg: RetentionConfig, qube: str, cost: Cost) -> bool:
-    """True when ``cost`` exceeds the qube's quota or its plain-bytes cap."""
-    return cost.disk > quota_for(cfg, qube) or cost.plain > plain_quota_for(cfg, qube)
 
 
 class StoreLedger:

@@ -26,13 +26,14 @@ from ..config.storage_policy import DISPVM_CLASS, class_of, quota_for
 from ..core.errors import LogvmError
 from ..core.ratelimit import TokenBucket
 from ..core.records import format_timestamp, note_record
+from ..core.witness_format import CostLine
 from ..store.eviction import EpochClock, ScanCache
 from ..store.reader import newest_stamp
-from ..store.usage import Cost, written_cost
+from ..store.usage import Cost, over, written_cost
 from ..store.writer import QubeChain, Store
 from .clock import ReceiveClock
 from .fair import ChainSlots, PendingBudget
-from .ledger import QubeLedger, StoreLedger, over
+from .ledger import QubeLedger, StoreLedger
 from .lines import first_lines
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ class StoreAccess:
         self.slots = ChainSlots()
         self.budget = PendingBudget(config.pending_bytes_total)
         self.scan_cache = ScanCache()  # housekeeping reads only what changed
+        #: Where quota deletions' cost notes go (the witness's queue), after the tombs.
+        self.on_cost: Callable[[CostLine], None] | None = None
 
     def age_clock(self) -> EpochClock:
         """Ages for retention and the DispVM grace: sealed epochs, never the wall clock."""
@@ -515,15 +518,24 @@ class QubeWriter:
             self._roll(chain)
         keys = self.shared.store.keys
         added = self._added(chain, incoming)
+        demand, last = self.usage() + added, 0
         while self._must_free(added) and self.ledger.closed:
             if self._dispvm and not self.ledger.may_evict(self._session, config.dispvm_grace):
                 break  # an earlier DispVM's logs: the flood's lines are dropped instead
-            seq = chain.delete_oldest(keys, keep_newest=0)
+            # Over its own quota, or only over its share of the global cap.
+            reason = "quota" if over(config, self.qube, self.usage() + added) else "global"
+            seq = chain.delete_oldest(keys, keep_newest=0, reason=reason)
             if seq is None:
                 break
             self.ledger.deleted(seq)
             self._report()
-            log.info("%s: deleted segment %d to stay within its quota", self.qube, seq)
+            last = seq if reason == "quota" else last
+            log.info("%s: deleted segment %d to stay within its %s", self.qube, seq, reason)
+        if last and self.shared.on_cost is not None:
+            # For the witness: the cost that made it delete (the verifier judges
+            # quota deletions by it against the quota dom0 deployed).
+            note = CostLine(self.qube, keys.epoch, last, demand.disk, demand.plain)
+            self.shared.on_cost(note.signed(keys.key))
         if self._over_cap(added):
             self.shared.usage.over_cap = True  # within its share: housekeeping evicts others
         return not over(config, self.qube, self.usage() + added)

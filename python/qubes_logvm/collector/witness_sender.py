@@ -44,7 +44,7 @@ from ..core.names import WITNESS_SERVICE
 from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..core.warnings import RepeatedWarning
-from ..core.witness_format import SettingsLine
+from ..core.witness_format import CostLine, SettingsLine
 from ..daemon_support import end_process
 from ..store.witness_pending import (
     erase_registration,
@@ -66,6 +66,17 @@ _RETRY_LATER = (b"err rate-limit", b"err busy", b"err epoch-jump")
 _CALL_LIMIT = b"err call-limit"
 _RECONNECT = (b"err reset", b"err locked", _CALL_LIMIT)
 _MAX_REPLY = 64
+#: Per qube, a queue slot of their own for deletions and cost notes (a space
+#: is never in a qube name); checkpoints take the qube's name.
+_SLOTS = {b"t1 tomb": " deletion", b"k1 cost": " cost"}
+
+
+def _slot(version: bytes, kind: bytes) -> str | None:
+    """The queue slot suffix of a per-qube line, None for lines never sent
+    (v1 tomb lines, compaction summaries)."""
+    if version == b"v1":
+        return None if kind == b"tomb" else ""
+    return _SLOTS.get(version + b" " + kind)
 
 
 class _CallEnded(ProtocolError):
@@ -144,11 +155,14 @@ class CheckpointSender:
         self._wake: asyncio.Event | None = None
         self._proc: asyncio.subprocess.Process | None = None
 
-    def submit(self, seal: Seal | Tomb | EpochLine | SettingsLine | bytes) -> None:
+    def submit(self, seal: Seal | Tomb | EpochLine | SettingsLine | CostLine | bytes) -> None:
         """Offer the newest seal, or the newest deletion, of a qube (never blocks, no I/O).
 
         Deletions take a qube's oldest segment first, so the newest tomb
-        stands for all before it: one queued per qube, like checkpoints.
+        stands for all before it: one queued per qube, like checkpoints; so
+        does the newest cost note (what the qube counted when deleted for its
+        quota: the verifier judges each quota deletion by the first note at
+        or after it).
         Format 2's store-wide epoch lines take one slot of their own (the
         newest stands for the epochs before it).
         """
@@ -164,12 +178,10 @@ class CheckpointSender:
                 self.stats["submitted"] += 1
             return
         parts = line.split(b" ", 3)
-        deletion = parts[0] == b"t1"
-        if len(parts) < 4 or (parts[1] == b"tomb") != deletion:
+        slot = _slot(parts[0], parts[1]) if len(parts) == 4 else None
+        if slot is None:
             return  # v1 tomb lines and compaction summaries are not sent
-        qube = parts[2].decode("ascii", "replace")
-        if deletion:
-            qube += " deletion"  # its own queue slot (a space is never in a qube name)
+        qube = parts[2].decode("ascii", "replace") + slot
         if qube not in self.queue and len(self.queue) >= 2 * self.max_qubes:
             self.stats["dropped"] += 1
             return

@@ -16,14 +16,18 @@ line from the LogVM and answers each with one line. Messages:
   sent every epoch: the Merkle root over every chain's state at its end;
 - a settings note ``s1 settings <epoch> <digest> <mac>``: the digest of the
   retention settings the collector runs with, sealed with ``K[epoch]``, sent
-  at start and after every reload.
+  at start and after every reload;
+- a cost note ``k1 cost <qube> <epoch> <seq> <disk> <plain> <mac>``: what
+  the qube counted (charged disk bytes, plain text bytes, with the batch it
+  was about to store) when the collector deleted its segments up to ``seq``
+  for its quota, sealed with ``K[epoch]`` and sent with the deletion.
 
 Answers: ``ok <word>`` or ``err <word>`` (the words are listed in
 :data:`REPLIES`). The witness stores accepted checkpoints as
 ``cp <witness time> <seal line>`` lines, deletions as ``del <witness
-time> <tomb line>`` lines and epoch lines as ``ep <witness time> <epoch
-line>`` (the witness's time is dom0's clock when it accepted the line); an
-export file is a header line
+time> <tomb line>`` lines, epoch lines as ``ep <witness time> <epoch
+line>``, settings notes as ``set ...`` and cost notes as ``cost ...``
+(the witness's time is dom0's clock when it accepted the line); an export file is a header line
 ``logvm-witness-export-v1 <logvm> <store_id>`` followed by such lines.
 
 Trust side: everything parsed here comes from the LogVM, which may be
@@ -112,6 +116,49 @@ def parse_settings_line(line: bytes) -> SettingsLine:
     return SettingsLine(int(epoch), bytes.fromhex(digest), bytes.fromhex(mac))
 
 
+COST_DOMAIN = b"logvm-cost-v1\0"
+_NUM = r"(0|[1-9][0-9]{0,17})"
+_COST = re.compile(
+    r"k1 cost ([A-Za-z][A-Za-z0-9_.-]{0,30}) " + " ".join([_NUM] * 4) + r" ([0-9a-f]{64})"
+)
+_COST_HELD = re.compile(rb"cost (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (k1 .*)")
+
+
+@dataclass(frozen=True)
+class CostLine(MacLine):
+    """What a qube counted when the collector deleted its segments for its quota.
+
+    ``disk``/``plain`` are the qube's cost (:class:`qubes_logvm.store.usage.Cost`)
+    with the batch it was about to store: what made the collector delete
+    segments up to ``seq``. The verifier judges quota deletions by it.
+    """
+
+    DOMAIN: ClassVar[bytes] = COST_DOMAIN
+    qube: str
+    epoch: int
+    seq: int  # the newest segment deleted for this cost
+    disk: int
+    plain: int
+    mac: bytes = ZERO
+
+    def body(self) -> bytes:
+        """The MACed part: the line without its final field."""
+        return (f"k1 cost {self.qube} {self.epoch} {self.seq} {self.disk} {self.plain}").encode(
+            "ascii"
+        )
+
+
+def parse_cost_line(line: bytes) -> CostLine:
+    """Parse a cost note (without newline); StoreError if malformed."""
+    match = _COST.fullmatch(ascii_line(line, "cost line"))
+    if match is None:
+        raise StoreError("malformed cost line")
+    qube, epoch, seq, disk, plain, mac = match.groups()
+    if int(seq) < 1:
+        raise StoreError("cost line: bad segment number")
+    return CostLine(qube, int(epoch), int(seq), int(disk), int(plain), bytes.fromhex(mac))
+
+
 @dataclass(frozen=True)
 class Register:
     """A key registration message."""
@@ -126,9 +173,10 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.6f}".rstrip("0").rstrip(".")
 
 
-Message = Register | Seal | Tomb | EpochLine | SettingsLine
-#: What the witness holds: a checkpoint, a deletion, a store-wide epoch line, a settings note.
-Held = Seal | Tomb | EpochLine | SettingsLine
+Message = Register | Seal | Tomb | EpochLine | SettingsLine | CostLine
+#: What the witness holds: a checkpoint, a deletion, a store-wide epoch line,
+#: a settings note, a cost note.
+Held = Seal | Tomb | EpochLine | SettingsLine | CostLine
 
 
 def parse_message(untrusted_line: bytes) -> Message:
@@ -155,8 +203,10 @@ def parse_message(untrusted_line: bytes) -> Message:
     return line
 
 
-def _parse_line(untrusted_line: bytes) -> Seal | Tomb | EpochLine | SettingsLine:
+def _parse_line(untrusted_line: bytes) -> Held:
     """A sealed line of any kind, by its version prefix; StoreError if malformed."""
+    if untrusted_line.startswith(b"k1 "):
+        return parse_cost_line(untrusted_line)
     if untrusted_line.startswith(b"s1 "):
         return parse_settings_line(untrusted_line)
     if untrusted_line.startswith(b"v2 "):
@@ -222,6 +272,14 @@ def judge_settings(held: SettingsLine | None, new: SettingsLine) -> str | None:
     return None
 
 
+def judge_cost(held: CostLine | None, new: CostLine) -> str | None:
+    """None to store a cost note, ``"seen"`` for the same one again, else ``"stale"``:
+    each goes with later deletions than the one before (oldest segment first)."""
+    if held is None or (new.seq > held.seq and new.epoch >= held.epoch):
+        return None
+    return "seen" if new == held else "stale"
+
+
 def format_ep_line(stamp: bytes, line: EpochLine) -> bytes:
     """A stored epoch line: ``ep <witness time> <epoch line>\n``."""
     return b"ep " + stamp + b" " + line.to_line()
@@ -235,6 +293,8 @@ def format_held_line(stamp: bytes, held: Held) -> bytes:
         return format_ep_line(stamp, held)
     if isinstance(held, SettingsLine):
         return b"set " + stamp + b" " + held.to_line()
+    if isinstance(held, CostLine):
+        return b"cost " + stamp + b" " + held.to_line()
     return format_cp_line(stamp, held)
 
 
@@ -245,6 +305,11 @@ def format_del_line(stamp: bytes, tomb: Tomb) -> bytes:
 
 def parse_held_line(line: bytes) -> tuple[bytes, Held]:
     """A stored checkpoint, deletion or epoch line (without newline); StoreError if bad."""
+    if line.startswith(b"cost "):
+        match = _COST_HELD.fullmatch(line)
+        if match is None:
+            raise StoreError("malformed cost line")
+        return match.group(1), parse_cost_line(match.group(2))
     if line.startswith(b"set "):
         match = _SET_LINE.fullmatch(line)
         if match is None:

@@ -111,13 +111,16 @@ class EpochClock:
 
 
 class Planned(tuple[str, int]):
-    """One planned deletion, ``(qube, seq)``, and the rule that chose it (``reason``)."""
+    """One planned deletion, ``(qube, seq)``, the rule that chose it (``reason``)
+    and what the qube cost when it was planned (``cost``, for the witness)."""
 
     reason: str
+    cost: Cost
 
-    def __new__(cls, qube: str, seq: int, reason: str) -> "Planned":
+    def __new__(cls, qube: str, seq: int, reason: str, cost: Cost = ZERO_COST) -> "Planned":
         self = super().__new__(cls, (qube, seq))
         self.reason = reason
+        self.cost = cost
         return self
 
 
@@ -503,7 +506,7 @@ def plan_deletions(
         for segment, reason in zip(qube.segments[: qube.doomed], qube.reasons, strict=True):
             if not is_closed(segment.files):
                 break  # a crash left it open: the collector recovers it first
-            plan.append(Planned(qube.name, segment.seq, reason))
+            plan.append(Planned(qube.name, segment.seq, reason, qube.usage))
     return plan
 
 

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.storage_policy import RetentionConfig, plain_quota_for, quota_for
 from ..core.errors import StoreError
 from ..core.seal import parse_seal
 from .layout import SegmentFiles, StoreLayout
@@ -53,6 +54,11 @@ class Cost:
 
 
 ZERO_COST = Cost()
+
+
+def over(cfg: RetentionConfig, qube: str, cost: Cost) -> bool:
+    """True when ``cost`` exceeds the qube's quota or its plain-bytes cap."""
+    return cost.disk > quota_for(cfg, qube) or cost.plain > plain_quota_for(cfg, qube)
 
 
 def file_cost(size: int, allocated: int = 0) -> int:

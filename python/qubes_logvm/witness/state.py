@@ -5,10 +5,11 @@ Runs in dom0. Directory ``<root>/<logvm>/``:
 - ``key``: ``logvm-vk1:<store id>:<K0>``, written once (trust on first use);
 - ``checkpoints.<gen>``: accepted checkpoints (``cp <time> <seal line>``),
   deletions (``del <time> <tomb line>``) and format-2 store-wide epoch lines
-  (``ep <time> <epoch line>``), appended and fsynced; ``<time>`` is dom0's
+  (``ep <time> <epoch line>``), settings notes (``set``) and cost notes
+  (``cost``), appended and fsynced; ``<time>`` is dom0's
   clock when the line was accepted. When one passes ``max_log_bytes`` a new
-  generation starts with the newest checkpoint and the newest deletion of
-  each qube and the newest epoch line, and generations older than
+  generation starts with the newest checkpoint, deletion and cost note of
+  each qube and the newest epoch line and settings note, and generations older than
   the previous one are removed, so the directory stays within
   :meth:`Limits.storage_bound` whatever the LogVM sends;
 - ``events``/``events.1``: registrations and refusals (bounded, rotated);
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError, ProtocolError, StoreError
@@ -38,12 +40,15 @@ from ..core.records import format_timestamp
 from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
 from ..core.tomb import Tomb
 from ..core.witness_format import (
+    CostLine,
     Held,
+    Message,
     Register,
     SettingsLine,
     format_held_line,
     format_seconds,
     judge_checkpoint,
+    judge_cost,
     judge_deletion,
     judge_epoch,
     judge_settings,
@@ -57,10 +62,14 @@ logger = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 10.0
 _GEN = re.compile(r"checkpoints\.([1-9][0-9]{0,8})")
 _MAX_KEY_FILE = 256
-#: Bytes one stored checkpoint or deletion line can take (for the storage bound).
+#: Bytes one stored checkpoint, deletion or cost line can take (for the storage bound).
 CP_LINE_MAX = 440
+#: Lines per qube a new generation starts with: checkpoint, deletion, cost note.
+HELD_PER_QUBE = 3
 
 Clock = Callable[[], float]
+#: The lines the witness holds one of per qube.
+_PerQube = TypeVar("_PerQube", Seal, Tomb, CostLine)
 
 
 @dataclass(frozen=True)
@@ -82,15 +91,18 @@ class Limits:
 
     def check(self) -> None:
         """Refuse settings under which the storage bound would not hold."""
-        # A new generation starts with a checkpoint and a deletion per qube.
-        if self.max_log_bytes < 2 * self.max_qubes * CP_LINE_MAX:
-            raise LogvmError(f"max-log-bytes must be at least 2 * max-qubes * {CP_LINE_MAX}")
+        # A new generation starts with a checkpoint, a deletion and a cost per qube.
+        if self.max_log_bytes < 2 * HELD_PER_QUBE * self.max_qubes * CP_LINE_MAX:
+            raise LogvmError(
+                f"max-log-bytes must be at least {2 * HELD_PER_QUBE} * max-qubes * {CP_LINE_MAX}"
+            )
         if not self.min_epoch_seconds > 0:
             raise LogvmError("min-epoch-seconds must be positive")
 
     def storage_bound(self) -> int:
         """The most bytes one LogVM's directory can hold."""
-        return 2 * self.max_log_bytes + 2 * self.max_qubes * CP_LINE_MAX + 2 * self.max_event_bytes
+        held = HELD_PER_QUBE * self.max_qubes * CP_LINE_MAX
+        return 2 * self.max_log_bytes + 2 * held + 2 * self.max_event_bytes
 
 
 def fsync_dir(path: Path) -> None:
@@ -193,8 +205,11 @@ class WitnessState:
         self.deleted: dict[str, tuple[bytes, Tomb]] = {}
         self.epoch_line: tuple[bytes, EpochLine] | None = None
         self.settings: tuple[bytes, SettingsLine] | None = None
+        self.costs: dict[str, tuple[bytes, CostLine]] = {}
         for stamp, held in read_checkpoints(path):
-            if isinstance(held, Tomb):
+            if isinstance(held, CostLine):
+                self.costs[held.qube] = (stamp, held)
+            elif isinstance(held, Tomb):
                 self.deleted[held.qube] = (stamp, held)
             elif isinstance(held, EpochLine):
                 self.epoch_line = (stamp, held)
@@ -294,16 +309,20 @@ class WitnessState:
             message = parse_message(untrusted_line)
         except ProtocolError as err:
             return f"err {err}"
+        return self._answer(message)
+
+    def _answer(self, message: Message) -> str:
+        """The answer to one parsed message."""
         if isinstance(message, Register):
             return self.register(message)
         if isinstance(message, Tomb):
             return self.deletion(message)
-        if isinstance(message, EpochLine | SettingsLine):
-            return (
-                self.epoch(message)
-                if isinstance(message, EpochLine)
-                else self.settings_note(message)
-            )
+        if isinstance(message, EpochLine):
+            return self.epoch(message)
+        if isinstance(message, SettingsLine):
+            return self.settings_note(message)
+        if isinstance(message, CostLine):
+            return self.cost_note(message)
         return self.checkpoint(message)
 
     def register(self, message: Register) -> str:
@@ -337,35 +356,46 @@ class WitnessState:
 
     def checkpoint(self, seal: Seal) -> str:
         """Check a checkpoint (:meth:`_judged`); store it if it moves forward."""
-        held = self.latest.get(seal.qube)
-        verdict = judge_checkpoint(held[1] if held else None, seal)
-
-        def keep(stamp: bytes) -> None:
-            self.latest[seal.qube] = (stamp, seal)
-
-        fields: dict[str, str | int] = {
-            "qube": seal.qube,
-            "seq": seal.seq,
-            "lines": seal.lines,
-            "epoch": seal.epoch,
-        }
-        return self._judged(seal, verdict, fields, keep, None if held else seal.qube)
+        return self._per_qube(
+            seal,
+            self.latest,
+            judge_checkpoint,
+            qube=seal.qube,
+            seq=seal.seq,
+            lines=seal.lines,
+            epoch=seal.epoch,
+        )
 
     def deletion(self, tomb: Tomb) -> str:
         """Check a deletion like a checkpoint; store it if it is newer than the one held."""
-        held = self.deleted.get(tomb.qube)
-        verdict = judge_deletion(held[1] if held else None, tomb)
+        return self._per_qube(
+            tomb, self.deleted, judge_deletion, qube=tomb.qube, deleted=tomb.last, epoch=tomb.epoch
+        )
+
+    def cost_note(self, line: CostLine) -> str:
+        """What a qube counted when the collector deleted for its quota (the newest per
+        qube is carried into each new generation; the export keeps the history)."""
+        return self._per_qube(
+            line, self.costs, judge_cost, qube=line.qube, deleted=line.seq, epoch=line.epoch
+        )
+
+    def _per_qube(
+        self,
+        line: _PerQube,
+        table: dict[str, tuple[bytes, _PerQube]],
+        judge: Callable[[_PerQube | None, _PerQube], str | None],
+        **fields: str | int,
+    ) -> str:
+        """A line of one qube, judged against the newest of its kind held in ``table``
+        (``fields``: what a refusal's event says)."""
+        held = table.get(line.qube)
 
         def keep(stamp: bytes) -> None:
-            self.deleted[tomb.qube] = (stamp, tomb)
+            table[line.qube] = (stamp, line)
 
-        fields: dict[str, str | int] = {
-            "qube": tomb.qube,
-            "deleted": tomb.last,
-            "epoch": tomb.epoch,
-        }
-        known = held is not None or tomb.qube in self.latest
-        return self._judged(tomb, verdict, fields, keep, None if known else tomb.qube)
+        known = held is not None or line.qube in self.latest
+        verdict = judge(held[1] if held else None, line)
+        return self._judged(line, verdict, fields, keep, None if known else line.qube)
 
     def epoch(self, line: EpochLine) -> str:
         """Check a store-wide epoch line like a checkpoint; store it if its epoch is newer."""
@@ -455,7 +485,11 @@ class WitnessState:
 
     def _next_generation(self) -> None:
         """Start a new file with the newest checkpoint of each qube; drop the oldest."""
-        held: list[tuple[bytes, Held]] = [*self.latest.values(), *self.deleted.values()]
+        held: list[tuple[bytes, Held]] = [
+            *self.latest.values(),
+            *self.deleted.values(),
+            *self.costs.values(),
+        ]
         if self.epoch_line is not None:
             held.append(self.epoch_line)
         if self.settings is not None:

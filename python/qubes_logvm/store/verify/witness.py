@@ -29,6 +29,7 @@ from ...core.seal import ZERO, Seal
 from ...core.tomb import Tomb
 from ...core.witness_format import (
     POLICY_PREFIX,
+    CostLine,
     Held,
     SettingsLine,
     parse_export_header,
@@ -104,11 +105,14 @@ class _Heard:
     newest_epoch: int = 0
     stamps: list[tuple[int, bytes]] = field(default_factory=list)  # (epoch, dom0 time)
     settings: list[tuple[bytes, SettingsLine]] = field(default_factory=list)
+    costs: dict[str, list[tuple[bytes, CostLine]]] = field(default_factory=dict)
 
     def add(self, stamp: bytes, item: Held) -> None:
         self.newest_epoch = max(self.newest_epoch, item.epoch)
         self.stamps.append((item.epoch, stamp))
-        if isinstance(item, EpochLine):
+        if isinstance(item, CostLine):
+            self.costs.setdefault(item.qube, []).append((stamp, item))
+        elif isinstance(item, EpochLine):
             self.epochs.append((stamp, item))
         elif isinstance(item, SettingsLine):
             self.settings.append((stamp, item))
@@ -136,7 +140,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     cap = ctx.key_epoch if ctx.key_epoch is not None else MAX_EPOCH
     heard = _Heard()
     for stamp, item in sorted(held, key=lambda pair: pair[1].epoch):
-        if qubes and isinstance(item, Seal | Tomb) and item.qube not in qubes:
+        if qubes and isinstance(item, Seal | Tomb | CostLine) and item.qube not in qubes:
             continue
         if _authentic(ctx, stamp, item, cap):
             heard.add(stamp, item)
@@ -148,7 +152,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     check_deletions(ctx, heard.deletions, heard.newest_epoch)
     _check_epoch_length(ctx, export.epoch_seconds)
     if export.policy is not None:
-        check_policy(ctx, export.policy, export.epoch_seconds)
+        check_policy(ctx, export.policy, export.epoch_seconds, heard.costs, heard.newest_epoch)
     report_settings(ctx, heard.settings, export.policy)
     print_epochs(ctx, heard.stamps)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
@@ -173,6 +177,8 @@ def _authentic(ctx: VerifyRun, stamp: bytes, item: Held, cap: int) -> bool:
         qube, seq = None, None
     elif isinstance(item, Tomb):
         what, qube, seq = "deletion", item.qube, item.last
+    elif isinstance(item, CostLine):
+        what, qube, seq = "cost note", item.qube, item.seq
     else:
         what, qube, seq = "checkpoint", item.qube, item.seq
     if item.epoch > cap and ctx.key(item.epoch) is None:
