@@ -40,7 +40,7 @@ from ..core.names import (
 from .config import Dom0Config, ExporterConfig, FileConfig
 from .files import POLL_SECONDS, FilesSource, _stat
 from .state import StateDir
-from .transport import Spawn, Transport
+from .transport import Spawn, Transport, Window
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,9 @@ class DeliverySource(FilesSource):
         self.qube_of: dict[str, str] = {}
         self._deliveries: dict[str, _Delivery] = {}
         self._closing: list[_Delivery] = []
+        # One window for every qube's call: memory is bounded by one window
+        # (plus one chunk), not one per qube with a backlog.
+        self._window = Window()
         super().__init__(file_specs(config.dom0), state)
 
     def _open(self, path: str, tag: str, *, resume: bool) -> None:
@@ -161,6 +164,7 @@ class DeliverySource(FilesSource):
                 backoff_initial=config.backoff_initial,
                 backoff_max=config.backoff_max,
                 ack_timeout=config.ack_timeout,
+                window=self._window,
                 spawn=self._spawn,
             )
             task = asyncio.create_task(transport.run())

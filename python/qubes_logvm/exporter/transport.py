@@ -77,6 +77,42 @@ PIPE_BYTES = 1 << 20
 END_GRACE = 2.0
 
 
+class Window:
+    """The bound on lines queued or sent but not yet acknowledged.
+
+    One per transport by default; dom0's per-qube delivery calls share one,
+    so memory stays within one window (plus one chunk) however many qubes
+    have a backlog.
+    """
+
+    def __init__(self, lines: int = 20000, size: int = 512 << 10) -> None:
+        self._max_lines = lines
+        self._max_bytes = size
+        self._lines = 0
+        self._bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def has_room(self) -> bool:
+        """True while there is room for another chunk."""
+        return self._lines < self._max_lines and self._bytes < self._max_bytes
+
+    async def reserve(self, lines: int, size: int) -> None:
+        """Wait for room, then count ``lines`` lines of ``size`` bytes in."""
+        while not self.has_room():
+            self._room.clear()
+            await self._room.wait()
+        self._lines += lines
+        self._bytes += size
+
+    def release(self, lines: int, size: int) -> None:
+        """``lines`` lines of ``size`` bytes are acknowledged (or dropped)."""
+        self._lines -= lines
+        self._bytes -= size
+        if self.has_room():
+            self._room.set()
+
+
 @dataclass
 class TransportStats:
     """Counters for logs and the benchmark."""
@@ -99,8 +135,7 @@ class Transport:
         max_delay: float = 0.05,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
-        window_lines: int = 20000,
-        window_bytes: int = 512 << 10,
+        window: Window | None = None,
         ack_timeout: float = 60.0,
         spawn: Spawn = asyncio.create_subprocess_exec,
         rng: Callable[[], float] = random.random,
@@ -110,8 +145,7 @@ class Transport:
         self._max_delay = max_delay
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._window_lines = window_lines
-        self._window_bytes = window_bytes
+        self._window = Window() if window is None else window
         self._ack_timeout = ack_timeout
         self._spawn = spawn
         self._rng = rng
@@ -119,9 +153,6 @@ class Transport:
         self._unacked: deque[Chunk] = deque()
         self._unsent_lines = 0
         self._lines = 0
-        self._bytes = 0
-        self._room = asyncio.Event()
-        self._room.set()
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._stopping = False
@@ -134,10 +165,6 @@ class Transport:
         """Lines queued or sent but not yet acknowledged."""
         return self._lines
 
-    def has_room(self) -> bool:
-        """True while the window of unacknowledged lines has room."""
-        return self._lines < self._window_lines and self._bytes < self._window_bytes
-
     async def put(
         self, data: bytes, lines: int, source: Acker | None = None, position: Any = None
     ) -> None:
@@ -148,13 +175,10 @@ class Transport:
         """
         if not lines:
             return
-        while not self.has_room():
-            self._room.clear()
-            await self._room.wait()
+        await self._window.reserve(lines, len(data))
         self._unsent.append(Chunk(data, lines, source, position))
         self._unsent_lines += lines
         self._lines += lines
-        self._bytes += len(data)
         self.stats.queued += lines
         if self._unsent_lines >= self._max_lines:
             self._full.set()
@@ -249,17 +273,30 @@ class Transport:
         if stdin is None:
             return
         try:
-            while (batch := await self._next_batch()) is not None:
-                self._unacked.extend(batch)
-                for chunk in batch:
-                    # Chunk by chunk, not joined: no second copy of the window
-                    # in memory; the (enlarged) pipe takes most of it at once.
-                    stdin.write(chunk.data)
-                    self.stats.written += chunk.lines
-                    await stdin.drain()
+            while await self._write_batch(stdin):
+                pass
             stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             log.debug("stream closed while writing")
+
+    async def _write_batch(self, stdin: asyncio.StreamWriter) -> bool:
+        """Write the next batch; False once the stream is finished.
+
+        A function of its own so that no reference to the batch outlives it:
+        a chunk's bytes are freed as soon as it is acknowledged, not held by
+        the writer while it waits for the next batch (one window per call).
+        """
+        batch = await self._next_batch()
+        if batch is None:
+            return False
+        self._unacked.extend(batch)
+        for chunk in batch:
+            # Chunk by chunk, not joined: no second copy of the window
+            # in memory; the (enlarged) pipe takes most of it at once.
+            stdin.write(chunk.data)
+            self.stats.written += chunk.lines
+            await stdin.drain()
+        return True
 
     async def _read_acks(self, proc: asyncio.subprocess.Process) -> bool:
         """Read ``ack N`` lines; return whether any arrived."""
@@ -313,20 +350,20 @@ class Transport:
         self._lines -= count
         self.stats.acked += count
         unacked = self._unacked
+        lines, size = count, 0
         while count:
             chunk = unacked[0]
             if chunk.lines > count:
-                self._bytes -= len(chunk.data)
+                size += len(chunk.data)
                 chunk.drop_head(count)
-                self._bytes += len(chunk.data)
+                size -= len(chunk.data)
                 break
             unacked.popleft()
             count -= chunk.lines
-            self._bytes -= len(chunk.data)
+            size += len(chunk.data)
             if chunk.source is not None:
                 chunk.source.acked(chunk.position)
-        if self.has_room():
-            self._room.set()
+        self._window.release(lines, size)
         if self._stopping and self._lines == 0:
             self._wake.set()
 
