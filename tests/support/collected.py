@@ -75,7 +75,7 @@ def collecting(workdir: Path, config: dict[str, Any]) -> Iterator[Collector]:
         collector.kill()
 
 
-def _await_ack(sock: socket.socket, count: int, qube: str) -> None:
+def await_ack(sock: socket.socket, count: int, qube: str) -> None:
     """Read the connection's acknowledgements until ``ack <count>``."""
     got = b""
     sock.settimeout(30)
@@ -110,7 +110,7 @@ def build_collected(workdir: Path) -> Collected:
             # durable): receive times interleave in ROUNDS' order.
             socks[qube].sendall(line)
             sent[qube] += line.count(b"\n")
-            _await_ack(socks[qube], sent[qube], qube)
+            await_ack(socks[qube], sent[qube], qube)
         for sock in socks.values():
             end_sender(sock)
     [first] = [s for s in layout.segments("work") if s.seq == 1]
