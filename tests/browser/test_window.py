@@ -67,6 +67,13 @@ def test_qube_list_and_records(browser: object, tmp_path: Path) -> None:
     pump()
     view = win.records  # type: ignore[attr-defined]
     assert view.shown == win.rows.count > 10  # type: ignore[attr-defined]
+    # Class, quota, drops, deletions and verification come after the first draw.
+    assert pump(lambda: win.figures_complete)  # type: ignore[attr-defined]
+    rows: list[list[str]] = []
+    win.store.foreach(lambda m, p, it: rows.append(list(m[it])[:10]) and False)  # type: ignore[attr-defined, func-returns-value]
+    for row in rows:
+        assert "…" not in row, row
+    assert {r[0]: r[1] for r in rows}["disp7"] == "dispvm"
     click_row(win, 2)
     text = win.detail.get_buffer().get_property("text")  # type: ignore[attr-defined]
     assert "qube:          work" in text and "receive time:" in text
@@ -226,7 +233,11 @@ def test_verified_column_shows_the_last_logvm_verify(
     win.setup()
     win.window.present()
     try:
+        # The cheap figures first; the verification (with class and quota) after the first draw.
         cells: dict[str, str] = {}
+        win.store.foreach(lambda m, p, it: cells.update({m.get_value(it, 0): m.get_value(it, 9)}))
+        assert cells["work"] == "…"
+        assert pump(lambda: win.figures_complete)  # type: ignore[attr-defined]
         win.store.foreach(lambda m, p, it: cells.update({m.get_value(it, 0): m.get_value(it, 9)}))
         assert cells["work"].startswith("ok ")  # verified just now, with the date
         assert cells["personal"] == "unknown"  # not in that run

@@ -10,7 +10,7 @@ from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import chain_step, genesis, parse_verification_key
 from qubes_logvm.store.keystate import KeyState, setup_keys
 from qubes_logvm.store.layout import StoreLayout
-from qubes_logvm.store.sealfile import read_seal_file
+from qubes_logvm.store.sealfile import last_good_seal, read_seal_file
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.writer import Store
 from support.keys import key_for_epoch
@@ -91,6 +91,35 @@ def test_segment_seals_cover_exact_bytes(any_format_root: tuple[Path, bytes, int
         assert seal.mac_ok(key_for_epoch(key0, seal.epoch))
     assert seals[-1].lines == data.count(b"\n") == 1 + 3 + 2 + 1  # start and end notes
     assert seals[-2].epoch == seals[1].epoch and seals[-1].epoch == seals[-2].epoch + 1
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"",  # as written
+        b"v1 batch torn",  # a crash mid-write: no newline yet
+        b"not a seal\n",  # an edited last line: the one before counts
+        b"not a seal\nneither\npartial",
+    ],
+)
+def test_last_good_seal_is_the_last_parsed_seal(
+    store_root: tuple[Path, bytes], tail: bytes
+) -> None:
+    # segment_records (logvm list, the browser's counts) reads only the last seal.
+    root, _ = store_root
+    store = Store(root)
+    chain = store.chain("work")
+    chain.open_segment(store.keys, session="s1")
+    chain.append(_lines(3), 3)
+    chain.seal(store.keys)
+    store.close()
+    [segment] = StoreLayout(root).segments("work")
+    assert segment.seal is not None
+    with segment.seal.open("ab") as stream:
+        stream.write(tail)
+    assert last_good_seal(segment.seal) == read_seal_file(segment.seal).seals[-1]
+    segment.seal.write_bytes(b"garbage\n" + tail)
+    assert last_good_seal(segment.seal) is None and not read_seal_file(segment.seal).seals
 
 
 def test_new_session_starts_new_segment_continuing_chain(store_root: tuple[Path, bytes]) -> None:

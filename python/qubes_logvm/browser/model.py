@@ -5,7 +5,8 @@ qube to open it. Row counts come from the seal files (``lines`` of the last
 seal, plus the newlines of an open segment's unsealed tail: the count
 ``logvm list`` shows, :func:`qubes_logvm.store.summary.segment_records`),
 and each seal's ``(lines, nbytes)`` is a point where row ``lines`` starts at
-byte ``nbytes``: a row is found by seeking to the nearest point before it
+byte ``nbytes`` (a segment's seal file is read for them when a row past its
+first is first asked for): a row is found by seeking to the nearest point before it
 and reading forward with the shared reader (:func:`store.reader.read_lines`),
 each line understood by :func:`core.entries.classify`. Points found while
 reading forward are kept, so scrolling costs what is on screen. A compressed
@@ -44,6 +45,14 @@ class SegmentRows:
     session: str
     points_rows: list[int] = field(default_factory=lambda: [0])
     points_bytes: list[int] = field(default_factory=lambda: [0])
+    seals_read: bool = False  # the seal file's points are read when a row past 0 is asked
+
+    def _read_seals(self) -> None:
+        self.seals_read = True
+        if self.files.seal is not None:
+            for seal in read_seal_file(self.files.seal).seals:
+                if 0 < seal.lines <= self.count:
+                    self.add_point(seal.lines, seal.nbytes)
 
     def add_point(self, row: int, offset: int) -> None:
         """Remember that row ``row`` (0-based) starts at byte ``offset``."""
@@ -55,18 +64,15 @@ class SegmentRows:
 
     def point_before(self, row: int) -> tuple[int, int]:
         """The known point at or before ``row``."""
+        if row > 0 and not self.seals_read:
+            self._read_seals()
         at = bisect.bisect_right(self.points_rows, row) - 1
         return self.points_rows[at], self.points_bytes[at]
 
 
 def _segment_rows(files: SegmentFiles) -> SegmentRows:
     _, count = segment_records(files)
-    rows = SegmentRows(files, count, segment_session(files))
-    if files.seal is not None:
-        for seal in read_seal_file(files.seal).seals:
-            if 0 < seal.lines <= count:
-                rows.add_point(seal.lines, seal.nbytes)
-    return rows
+    return SegmentRows(files, count, segment_session(files))
 
 
 class QubeRows:

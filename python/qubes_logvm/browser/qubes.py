@@ -1,33 +1,33 @@
 """What the qube list shows: per-qube figures from the shared store summaries (floor 4).
 
 The same figures as ``logvm list`` and ``logvm stats``
-(:mod:`qubes_logvm.store.summary`, :func:`store.eviction.qube_report`):
-cheap ones at once, drops (a scan of every segment) in a second pass the
-window runs off the main loop. Trust side: unverified figures from disk.
+(:mod:`qubes_logvm.store.summary`, :func:`store.eviction.qube_report`).
+Before the window's first paint only the cheap ones (:func:`all_facts`:
+sizes, record counts, times from the seal files and segment ends); class,
+quota, deletions and the last verification (which need the collector's
+config and the verifier's results, :mod:`.policyfacts`) and drops (a scan of
+every segment) come after it, off the main loop. Trust side: unverified
+figures from disk.
 """
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..config.collector import load_collector_config
-from ..config.storage_policy import RetentionConfig
-from ..core.errors import LogvmError
 from ..core.sizes import human_size
-from ..store.eviction import qube_report
 from ..store.layout import StoreLayout
-from ..store.summary import count_drops, qube_summary, segment_info
-from ..store.verify_results import describe, load_results, results_path
+from ..store.summary import qube_summary, segment_info
 from .text import local_time
 
 #: Classes the retention config gives DispVM sessions (``disp1234``); by name otherwise.
 _DISPVM_CLASSES = ("dispvm", "disposable")
 _DISPVM_NAME = re.compile(r"disp[0-9]+")
+#: A cell not known yet (filled in after the first paint).
+PENDING = "…"
 
 
 @dataclass
 class QubeFacts:
-    """One row of the qube list."""
+    """One row of the qube list (None: not known yet)."""
 
     name: str
     qube_class: str
@@ -36,9 +36,9 @@ class QubeFacts:
     records: int
     first: str
     last: str
-    deletions: int
-    drops: int | None = None  # None: not counted yet
-    verified: str = "unknown"
+    deletions: int | None = None
+    drops: int | None = None
+    verified: str = PENDING
 
     @property
     def is_session(self) -> bool:
@@ -51,57 +51,31 @@ class QubeFacts:
         return self.size / self.quota if self.quota > 0 else 0.0
 
 
-def retention_config(configs: tuple[Path, ...]) -> RetentionConfig | None:
-    """The collector's retention settings (None when they cannot be read)."""
-    try:
-        return load_collector_config(*configs).retention
-    except (LogvmError, OSError):
-        return None
-
-
-def qube_facts(layout: StoreLayout, cfg: RetentionConfig | None, qube: str) -> QubeFacts:
-    """The cheap figures of one qube."""
-    rows = [segment_info(s) for s in layout.segments(qube)]
-    summary = qube_summary(qube, rows)
-    if cfg is not None:
-        report = qube_report(layout, cfg, qube)
-        usage, quota = report["usage"], report["quota"]
-        klass, deletions = report["qube_class"] or "AppVM", report["evictions"]
-    else:
-        usage, quota, klass, deletions = int(str(summary["size"])), 0, "?", 0
-    if qube == "dom0":
-        klass = "dom0"
+def qube_facts(layout: StoreLayout, qube: str) -> QubeFacts:
+    """The cheap figures of one qube (size: its segment and seal files)."""
+    summary = qube_summary(qube, [segment_info(s) for s in layout.segments(qube)])
     return QubeFacts(
         qube,
-        klass,
-        usage,
-        quota,
+        "dom0" if qube == "dom0" else PENDING,
+        int(str(summary["size"])),
+        0,
         int(str(summary["records"])),
         str(summary["first"] or "-"),
         str(summary["last"] or "-"),
-        int(deletions),
     )
 
 
-def all_facts(
-    layout: StoreLayout, cfg: RetentionConfig | None, results: Path | None = None
-) -> list[QubeFacts]:
-    """Every qube's cheap figures, by name, with its last ``logvm verify`` result."""
-    known = load_results(results or results_path(), layout.root)
-    found = [qube_facts(layout, cfg, q) for q in layout.qubes()]
-    for facts in found:
-        facts.verified = describe(known.get(facts.name))
-    return found
-
-
-def drops_of(layout: StoreLayout, qube: str) -> int:
-    """Records the collector dropped for the qube (its drop notes summed)."""
-    return sum(count_drops(s) for s in layout.segments(qube))
+def all_facts(layout: StoreLayout) -> list[QubeFacts]:
+    """Every qube's cheap figures, by name."""
+    return [qube_facts(layout, q) for q in layout.qubes()]
 
 
 def qube_row(facts: QubeFacts) -> list[object]:
     """The qube list's cells for one qube (browser.ui's qube_store columns)."""
-    quota = f"{100 * facts.quota_use:.0f}% of {human_size(facts.quota)}" if facts.quota else "-"
+    if facts.quota:
+        quota = f"{100 * facts.quota_use:.0f}% of {human_size(facts.quota)}"
+    else:
+        quota = PENDING if facts.deletions is None else "-"
     return [
         facts.name,
         facts.qube_class,
@@ -110,8 +84,8 @@ def qube_row(facts: QubeFacts) -> list[object]:
         str(facts.records),
         local_time(facts.first.encode(), precise=False) if facts.first != "-" else "-",
         local_time(facts.last.encode(), precise=False) if facts.last != "-" else "-",
-        "…" if facts.drops is None else str(facts.drops),
-        str(facts.deletions),
+        PENDING if facts.drops is None else str(facts.drops),
+        PENDING if facts.deletions is None else str(facts.deletions),
         facts.verified,
         True,
     ]

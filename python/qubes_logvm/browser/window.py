@@ -30,24 +30,12 @@ from .actions import (  # noqa: E402
     stored_lines,
 )
 from .model import QubeRows  # noqa: E402
-from .qubes import QubeFacts, all_facts, drops_of, qube_row, retention_config  # noqa: E402
+from .qubelist import QubeList  # noqa: E402
+from .qubes import QubeFacts  # noqa: E402
 from .recordview import RecordView  # noqa: E402
 from .search import Pattern, find  # noqa: E402
 from .text import as_text, details, local_time, stamp_of  # noqa: E402
 
-QUBE_COLUMNS = (
-    "Qube",
-    "Class",
-    "Size",
-    "Quota",
-    "Records",
-    "First",
-    "Last",
-    "Drops",
-    "Deleted",
-    "Verified",
-)
-SESSIONS = "DispVM sessions"
 FOLLOW_MS = 500
 _HERE = Path(__file__).resolve().parent  # browser.ui and browser.css ship next to us
 
@@ -89,15 +77,13 @@ class BrowserWindow:
         self.window: Gtk.ApplicationWindow = self.builder.get_object("main_window")
         if app is not None:
             self.window.set_application(app)
-        self.store: Gtk.TreeStore = self.builder.get_object("qube_store")
-        self.filter: Gtk.TreeModelFilter = self.builder.get_object("qube_filter")
-        self.qube_view: Gtk.TreeView = self.builder.get_object("qube_view")
+        self.qubes = QubeList(self.builder, layout, configs, self._qube_chosen)
+        self.store, self.filter = self.qubes.store, self.qubes.filter
         self.records = RecordView()
         self.builder.get_object("record_slot").pack_start(self.records, True, True, 0)
         self.records.show_all()
         self.detail: Gtk.TextView = self.builder.get_object("detail_view")
         self.status: Gtk.Label = self.builder.get_object("status_label")
-        self.facts: dict[str, QubeFacts] = {}
         self.qube: str | None = None
         self.rows: QubeRows | None = None
         self.range: tuple[bytes | None, bytes | None] = (None, None)
@@ -105,20 +91,12 @@ class BrowserWindow:
         self.searching = False
         self.last_search: int | None = None
         self._follow_source = 0
-        self._drops_pending: list[str] = []
 
     # -- setup ---------------------------------------------------------
     def setup(self) -> None:
         """Columns, signals, shortcuts; then read the qube list."""
-        for index, title in enumerate(QUBE_COLUMNS):
-            cell = Gtk.CellRendererText()
-            column = Gtk.TreeViewColumn(title, cell, text=index)  # text=, never markup=
-            column.set_resizable(True)
-            self.qube_view.append_column(column)
-        self.filter.set_visible_column(10)
+        self.qubes.setup()
         get = self.builder.get_object
-        self.qube_view.get_selection().connect("changed", self._qube_chosen)
-        get("qube_filter_entry").connect("search-changed", self._filter_changed)
         get("search_entry").connect("activate", lambda *_: self.search(forward=True))
         get("next_button").connect("clicked", lambda *_: self.search(forward=True))
         get("prev_button").connect("clicked", lambda *_: self.search(forward=False))
@@ -133,7 +111,7 @@ class BrowserWindow:
         self.open_items = self._build_open_menu()
         self.records.on_select = self._show_detail
         self.records.on_error = self.status.set_text
-        self.window.connect_after("draw", self._after_draw)
+        self.window.connect_after("draw", lambda *_: self.qubes.after_draw())
         self._shortcuts()
         self.refresh()
 
@@ -154,88 +132,26 @@ class BrowserWindow:
         self.window.add_accel_group(group)
 
     # -- qube list -----------------------------------------------------
+    @property
+    def facts(self) -> dict[str, QubeFacts]:
+        """The qube list's figures, by qube."""
+        return self.qubes.facts
+
+    @property
+    def figures_complete(self) -> bool:
+        """True once every figure of the qube list is shown (the late ones too)."""
+        return self.qubes.figures_complete
+
     def refresh(self) -> None:
         """Read the qube list again (F5); keeps the chosen qube."""
-        chosen = self.qube
-        self.facts = {f.name: f for f in all_facts(self.layout, retention_config(self.configs))}
-        self.store.clear()
-        sessions = None
-        for facts in self.facts.values():
-            parent = None
-            if facts.is_session:
-                if sessions is None:
-                    sessions = self.store.append(None, [SESSIONS] + [""] * 9 + [True])
-                parent = sessions
-            self.store.append(parent, qube_row(facts))
-        self.qube_view.expand_all()
+        self.qubes.refresh()
         self.status.set_text(f"{len(self.facts)} qubes in {self.layout.root}")
-        self._drops_pending = list(self.facts)  # counted once the window is drawn
-        if chosen in self.facts:
-            self.choose_qube(chosen)
-
-    def _after_draw(self, *_args: object) -> bool:
-        # Drops need a scan of every segment that holds the GIL in long
-        # stretches: it starts after a draw, not before the first one.
-        names, self._drops_pending = self._drops_pending, []
-        if names:
-            threading.Thread(target=self._count_drops, args=(names,), daemon=True).start()
-        return False
-
-    def _count_drops(self, names: list[str]) -> None:
-        for name in names:
-            try:
-                count = drops_of(self.layout, name)
-            except LogvmError:
-                continue
-            GLib.idle_add(self._set_drops, name, count)
-
-    def _set_drops(self, name: str, count: int) -> bool:
-        if name in self.facts:
-            self.facts[name].drops = count
-            self._each_row(lambda it: self.store.set_value(it, 7, str(count)), name)
-        return False
-
-    def _each_row(self, action: "object", name: str) -> None:
-        def visit(model: Gtk.TreeModel, _path: object, it: Gtk.TreeIter) -> bool:
-            if model.get_value(it, 0) == name:
-                action(it)  # type: ignore[operator]
-            return False
-
-        self.store.foreach(visit)
-
-    def _filter_changed(self, entry: Gtk.SearchEntry) -> None:
-        text = entry.get_text().lower()
-
-        def visit(model: Gtk.TreeModel, _path: object, it: Gtk.TreeIter) -> bool:
-            name = model.get_value(it, 0)
-            shown = (
-                name == SESSIONS or text in name.lower() or text in model.get_value(it, 1).lower()
-            )
-            model.set_value(it, 10, shown)
-            return False
-
-        self.store.foreach(visit)
-        self.qube_view.expand_all()
 
     def choose_qube(self, name: str) -> None:
         """Select a qube in the list (as a click does)."""
-        found: list[Gtk.TreePath] = []
+        self.qubes.choose(name)
 
-        def visit(model: Gtk.TreeModel, path: Gtk.TreePath, it: Gtk.TreeIter) -> bool:
-            if model.get_value(it, 0) == name:
-                found.append(path.copy())
-                return True
-            return False
-
-        self.filter.foreach(visit)
-        if found:
-            self.qube_view.get_selection().select_path(found[0])
-
-    def _qube_chosen(self, selection: Gtk.TreeSelection) -> None:
-        model, it = selection.get_selected()
-        name = model.get_value(it, 0) if it is not None else None
-        if name is None or name not in self.facts:
-            return
+    def _qube_chosen(self, name: str) -> None:
         self.qube = name
         self.rows = QubeRows(self.layout, name)
         self.show_range()

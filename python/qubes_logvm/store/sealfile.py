@@ -54,6 +54,24 @@ def parse_seal_data(data: bytes) -> SealFile:
     return result
 
 
+def last_good_seal(path: Path) -> Seal | None:
+    """The last seal of a seal file that parses, as :func:`read_seal_file`'s
+    ``seals[-1]`` (same reading, same torn tail), without parsing the others."""
+    try:
+        data = read_regular(path, MAX_SEAL_FILE)
+    except FileNotFoundError as err:
+        raise StoreError(f"{path}: cannot read: {err.strerror}") from err
+    body, newline, _ = data.rpartition(b"\n")
+    end = len(body) if newline else 0
+    while end > 0:
+        start = body.rfind(b"\n", 0, end) + 1
+        try:
+            return parse_seal(body[start:end])
+        except StoreError:
+            end = start - 1
+    return None
+
+
 def last_seal_line(path: Path | None) -> Seal | None:
     """The last complete seal line of a seal file (read from the file's end)."""
     if path is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .layout import SegmentFiles
 from .reader import count_lines, first_stamp, last_stamp, open_plain
-from .sealfile import read_seal_file
+from .sealfile import last_good_seal
 
 _DROPPED = re.compile(
     rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z C dropped count=([0-9]{1,18})[ \n]", re.M
@@ -45,8 +45,7 @@ def segment_records(files: SegmentFiles) -> tuple[str, int]:
     """State and record count: from the last seal, plus lines of a plain unsealed tail."""
     if files.seal is None:
         return "unsealed", count_lines(files.log)[0] if files.log is not None else 0
-    seals = read_seal_file(files.seal).seals
-    last = seals[-1] if seals else None
+    last = last_good_seal(files.seal)
     sealed = last.lines if last is not None else 0
     closed = last is not None and last.is_final
     if files.compressed:

@@ -17,8 +17,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .verify.findings import Report
+if TYPE_CHECKING:  # the verifier is not imported to read results (the browser's start)
+    from .verify.findings import Report
 
 _MAX_BYTES = 1 << 20
 _MAX_QUBES = 10_000
@@ -41,7 +43,7 @@ def results_path(environ: "os._Environ[str] | dict[str, str] | None" = None) -> 
     return Path(base) / "qubes-logvm" / "verify-results.json"
 
 
-def outcome(report: Report, qubes: list[str], when: float) -> dict[str, QubeResult]:
+def outcome(report: "Report", qubes: list[str], when: float) -> dict[str, QubeResult]:
     """Each verified qube's result; a store-wide error counts against every qube."""
     shared = [f for f in report.findings if f.qube is None]
     found = {}
