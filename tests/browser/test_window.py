@@ -237,7 +237,7 @@ def test_verified_column_shows_the_last_logvm_verify(
         cells: dict[str, str] = {}
         win.store.foreach(lambda m, p, it: cells.update({m.get_value(it, 0): m.get_value(it, 9)}))
         assert cells["work"] == "…"
-        assert pump(lambda: win.figures_complete)  # type: ignore[attr-defined]
+        assert pump(lambda: win.figures_complete)
         win.store.foreach(lambda m, p, it: cells.update({m.get_value(it, 0): m.get_value(it, 9)}))
         assert cells["work"].startswith("ok ")  # verified just now, with the date
         assert cells["personal"] == "unknown"  # not in that run
