@@ -71,6 +71,12 @@ def test_witness_loads_only_the_core_and_the_stdlib() -> None:
     assert others - set(sys.stdlib_module_names) - set(sys.builtin_module_names) == set()
 
 
+def test_the_dispvm_verifier_loads_no_yaml() -> None:
+    # logvm.VerifySnapshot starts in every outside verification: the storage
+    # policy check it imports reads no YAML (config.schema imports it lazily).
+    assert "yaml" not in loaded("qubes_logvm.snapshot.check")
+
+
 def test_store_loads_no_program() -> None:
     modules = loaded("qubes_logvm.store", "qubes_logvm.config", "qubes_logvm.core")
     assert {n for n in project(modules) if program_of(n)} == set()
