@@ -315,13 +315,32 @@ def test_the_timer_command_notifies_on_failure_only(outside: Outside) -> None:
     assert "logvm-witness verify sys-log" in note[4]
 
 
-def test_a_networked_template_is_refused_before_any_dispvm(outside: Outside) -> None:
+def test_a_networked_template_is_refused_before_a_byte_reaches_the_dispvm(
+    outside: Outside,
+) -> None:
+    # The netvm is asked while the DispVM and the export start; nothing goes
+    # into the DispVM (the key least of all) until the answer is "none". A
+    # slow qvm-prefs lets the DispVM's service run and read before it comes.
     outside.world.qubes[DVM].netvm = "sys-firewall"
+    got = outside.tools / "dispvm-input"
+    recorder = (
+        "import os\n"
+        f"with open({str(got)!r}, 'ab', buffering=0) as out:\n"
+        "    while data := os.read(0, 65536):\n"
+        "        out.write(data)\n"
+    )
+    outside.world.add_executable_service(
+        DVM, "logvm.VerifySnapshot", f"#!{sys.executable}\n{recorder}"
+    )
+    slow = outside.tools / "qvm-prefs"
+    slow.write_text(f'#!/bin/sh\nsleep 1\nexec {outside.world.bin_dir() / "qvm-prefs"} "$@"\n')
+    slow.chmod(0o755)
     result = outside.verify("--notify")
     assert result.returncode == 2
     assert b"sys-log-dvm has a netvm ('sys-firewall')" in result.stdout
-    assert outside.world.dispvm_events() == []
-    assert not [c for c in outside.world.calls() if c.get("target") == LOGVM]
+    assert not got.exists() or got.read_bytes() == b""
+    assert [e["event"] for e in outside.world.dispvm_events()] in ([], ["created", "removed"])
+    assert outside.world.live_dispvms() == set()
     [note] = outside.notifications()
     assert "could not run" in note[-2]
 

@@ -42,6 +42,7 @@ CHUNK = 1 << 20
 TURN = 64
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 GRACE_SECONDS = 30.0
+NETVM_SECONDS = 60.0
 EXPORT_SERVICE = "logvm.Export"
 CHECK_SERVICE = "logvm.VerifySnapshot"
 
@@ -195,7 +196,21 @@ class Pump:
             self.sink.close()
 
 
-def check_offline(settings: Settings) -> None:
+def ask_netvm(settings: Settings) -> "subprocess.Popen[bytes]":
+    """Start ``qvm-prefs -- TEMPLATE netvm`` (read by :func:`check_offline`)."""
+    template = settings.dispvm_template
+    try:
+        return subprocess.Popen(
+            [settings.qvm_prefs, "--", template, "netvm"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as err:
+        raise ProtocolError(f"cannot read {template}'s netvm: {_reason(err)}") from err
+
+
+def check_offline(settings: Settings, asked: "subprocess.Popen[bytes]") -> None:
     """Refuse a disposable template with a netvm: a DispVM inherits it.
 
     ``qvm-prefs TEMPLATE netvm`` prints the netvm's name, or nothing when it
@@ -203,18 +218,14 @@ def check_offline(settings: Settings) -> None:
     """
     template = settings.dispvm_template
     try:
-        found = subprocess.run(
-            [settings.qvm_prefs, "--", template, "netvm"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
+        stdout, _ = asked.communicate(timeout=NETVM_SECONDS)
+    except subprocess.TimeoutExpired as err:
+        asked.kill()
+        asked.wait()
         raise ProtocolError(f"cannot read {template}'s netvm: {_reason(err)}") from err
-    if found.returncode != 0:
+    if asked.returncode != 0:
         raise ProtocolError(f"cannot read {template}'s netvm (no such qube?)")
-    netvm = found.stdout.strip()[:64].decode("ascii", "replace")
+    netvm = stdout.strip()[:64].decode("ascii", "replace")
     if netvm:
         raise ProtocolError(
             f"{template} has a netvm ({netvm!r}): the verifier must run in an offline DispVM"
@@ -226,22 +237,28 @@ def verify_outside(
 ) -> tuple[Verdict, int]:
     """Run one outside verification; returns the verdict and the bytes moved.
 
+    The template's netvm is asked while the DispVM and the export start (on
+    Qubes each start takes seconds); nothing is written into the DispVM, the
+    key least of all, before the answer says the template is offline.
     Any failure to get a verdict is a verdict ``error`` naming the reason;
-    both qvm-run processes are stopped in every case.
+    every process started is stopped in every case.
     """
     deadline = time.monotonic() + settings.timeout
     arg = _argument(qubes)
-    try:
-        check_offline(settings)
-    except ProtocolError as err:
-        return Verdict("error", findings=[f"cannot verify: {err}"]), 0
-    check = _start(
-        settings, [f"--dispvm={settings.dispvm_template}", CHECK_SERVICE + arg], subprocess.PIPE
-    )
-    export = None
+    started: list[subprocess.Popen[bytes]] = []
     pump = None
     try:
+        asked = ask_netvm(settings)
+        started.append(asked)
+        check = _start(
+            settings,
+            [f"--dispvm={settings.dispvm_template}", CHECK_SERVICE + arg],
+            subprocess.PIPE,
+        )
+        started.append(check)
         export = _start(settings, [logvm, EXPORT_SERVICE + arg], subprocess.DEVNULL)
+        started.append(export)
+        check_offline(settings, asked)
         prefix = input_prefix(key, records, settings.max_bytes)
         pump = Pump(_pipe(export.stdout), _pipe(check.stdin), _pipe(check.stdout), prefix)
         raw = pump.run(deadline, settings.max_bytes)
@@ -250,13 +267,12 @@ def verify_outside(
         moved = pump.moved if pump else 0
         return Verdict("error", findings=[f"cannot verify: {_reason(err)}"]), moved
     finally:
-        for proc in (export, check):
-            if proc is not None:
-                stop(proc)
-                for stream in (proc.stdin, proc.stdout):
-                    if stream is not None:
-                        with contextlib.suppress(OSError):
-                            stream.close()
+        for proc in reversed(started):
+            stop(proc)
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
 
 
 def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
