@@ -80,10 +80,20 @@ def test_qube_list_and_records(browser: object, tmp_path: Path) -> None:
     shot = screenshot(win.window, tmp_path / "browser-records.png")  # type: ignore[attr-defined]
     width = win.window.get_window().get_width()  # type: ignore[attr-defined]
     assert width <= 1280  # fits 1280x800
+    assert_list_fits(win)  # ... and so does the qube list
+    details = win.qubes.details.get_text()  # type: ignore[attr-defined]
+    assert "Qube: work" in details and "Deleted: 0 segments" in details
     # The rows are really drawn, errors in red and warnings in yellow (priority colours).
     colours = area_colours(shot, win.records.area)  # type: ignore[attr-defined]
     assert any(r > 150 and g < 60 and b < 60 for r, g, b in colours)  # err, crit
     assert any(r > 120 and 70 < g < 140 and b < 40 for r, g, b in colours)  # warning
+
+
+def assert_list_fits(win: object) -> None:
+    """No column of the qube list is beyond the pane's edge (no sideways scrolling)."""
+    pump()
+    across = win.qubes.view.get_parent().get_hadjustment()  # type: ignore[attr-defined]
+    assert across.get_upper() <= across.get_page_size() + 1, across.get_upper()
 
 
 def area_colours(shot: Path, widget: object) -> set[tuple[int, int, int]]:
@@ -240,6 +250,8 @@ def test_verified_column_shows_the_last_logvm_verify(
         assert pump(lambda: win.figures_complete)
         win.store.foreach(lambda m, p, it: cells.update({m.get_value(it, 0): m.get_value(it, 9)}))
         assert cells["work"].startswith("ok ")  # verified just now, with the date
+        pump(lambda: win.window.get_window() is not None and win.window.get_window().is_viewable())
+        assert_list_fits(win)  # the date is cut short in the list (whole below it)
         assert cells["personal"] == "unknown"  # not in that run
     finally:
         win.window.destroy()

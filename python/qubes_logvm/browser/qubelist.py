@@ -13,23 +13,23 @@ from pathlib import Path
 import gi
 
 gi.require_version("Gtk", "3.0")
-from gi.repository import GLib, GObject, Gtk  # noqa: E402
+from gi.repository import GLib, GObject, Gtk, Pango  # noqa: E402
 
 from ..core.errors import LogvmError  # noqa: E402
 from ..store.layout import StoreLayout  # noqa: E402
-from .qubes import QubeFacts, all_facts, qube_row  # noqa: E402
+from .qubes import QubeFacts, all_facts, qube_details, qube_row  # noqa: E402
 
+#: The columns shown: title, qube_store column, and whether the cell may be cut
+#: short (with "…"; the label under the list shows it whole). First and last
+#: times, drops and deletions are in that label only: the list fits the left
+#: pane at 1280x800 and grows with the font.
 QUBE_COLUMNS = (
-    "Qube",
-    "Class",
-    "Size",
-    "Quota",
-    "Records",
-    "First",
-    "Last",
-    "Drops",
-    "Deleted",
-    "Verified",
+    ("Qube", 0, True),
+    ("Class", 1, False),
+    ("Size", 2, False),
+    ("Quota", 3, False),
+    ("Records", 4, False),
+    ("Verified", 9, True),
 )
 SESSIONS = "DispVM sessions"
 
@@ -51,6 +51,7 @@ class QubeList:
         self.filter: Gtk.TreeModelFilter = builder.get_object("qube_filter")
         self.view: Gtk.TreeView = builder.get_object("qube_view")
         self.entry: Gtk.SearchEntry = builder.get_object("qube_filter_entry")
+        self.details: Gtk.Label = builder.get_object("qube_details")
         self.facts: dict[str, QubeFacts] = {}
         self.chosen: str | None = None
         self._late_pending: list[str] = []  # qubes whose late figures are not asked for yet
@@ -60,10 +61,14 @@ class QubeList:
 
     def setup(self) -> None:
         """Columns and signals."""
-        for index, title in enumerate(QUBE_COLUMNS):
+        for title, index, cut in QUBE_COLUMNS:
             cell = Gtk.CellRendererText()
+            if cut:
+                cell.set_property("ellipsize", Pango.EllipsizeMode.END)
+                cell.set_property("width-chars", 8)
             column = Gtk.TreeViewColumn(title, cell, text=index)  # text=, never markup=
             column.set_resizable(True)
+            column.set_expand(index == 0)
             self.view.append_column(column)
         self.filter.set_visible_column(10)
         self._chosen_handler = self.view.get_selection().connect("changed", self._selected)
@@ -148,12 +153,15 @@ class QubeList:
             for facts in completed:
                 self._each_row(lambda it, f=facts: self.store.set_row(it, qube_row(f)), facts.name)
             self._apply_filter()
+        self._show_details()
         return False
 
     def _set_drops(self, name: str, count: int, generation: int) -> bool:
         if generation == self._generation and name in self.facts:
             self.facts[name].drops = count
             self._each_row(lambda it: self.store.set_value(it, 7, str(count)), name)
+            if name == self.chosen:
+                self._show_details()
         return False
 
     def _late_done(self, generation: int) -> bool:
@@ -203,4 +211,9 @@ class QubeList:
         if name is None or name not in self.facts:
             return
         self.chosen = name
+        self._show_details()
         self.on_chosen(name)
+
+    def _show_details(self) -> None:
+        facts = self.facts.get(self.chosen) if self.chosen is not None else None
+        self.details.set_text(qube_details(facts) if facts is not None else "")  # plain text

@@ -73,7 +73,7 @@ def all_facts(layout: StoreLayout) -> list[QubeFacts]:
 def qube_row(facts: QubeFacts) -> list[object]:
     """The qube list's cells for one qube (browser.ui's qube_store columns)."""
     if facts.quota:
-        quota = f"{100 * facts.quota_use:.0f}% of {human_size(facts.quota)}"
+        quota = f"{100 * facts.quota_use:.0f}%"
     else:
         quota = PENDING if facts.deletions is None else "-"
     return [
@@ -82,10 +82,32 @@ def qube_row(facts: QubeFacts) -> list[object]:
         human_size(facts.size),
         quota,
         str(facts.records),
-        local_time(facts.first.encode(), precise=False) if facts.first != "-" else "-",
-        local_time(facts.last.encode(), precise=False) if facts.last != "-" else "-",
+        _time(facts.first),
+        _time(facts.last),
         PENDING if facts.drops is None else str(facts.drops),
         PENDING if facts.deletions is None else str(facts.deletions),
         facts.verified,
         True,
     ]
+
+
+def qube_details(facts: QubeFacts) -> str:
+    """Every figure of one qube, a line each (the label under the list; plain text)."""
+    quota = f"{100 * facts.quota_use:.0f}% of {human_size(facts.quota)}" if facts.quota else ""
+    cells = qube_row(facts)
+    figures = (
+        ("Qube", facts.name),
+        ("Class", facts.qube_class),
+        ("Size", f"{cells[2]}" + (f" ({quota} quota)" if quota else "")),
+        ("Records", cells[4]),
+        ("First", cells[5]),
+        ("Last", cells[6]),
+        ("Dropped", cells[7]),
+        ("Deleted", f"{cells[8]} segments"),
+        ("Verified", facts.verified),
+    )
+    return "\n".join(f"{title}: {value}" for title, value in figures)
+
+
+def _time(stamp: str) -> str:
+    return local_time(stamp.encode(), precise=False) if stamp != "-" else "-"
