@@ -46,6 +46,7 @@
     - context:
         title: logvm-exporter in dom0 (logvm-exporter-dom0.service)
         section: dom0
+        format: json
         data: {{ settings | json }}
     - require:
       - pkg: {{ id }}-package

@@ -300,7 +300,10 @@ def test_dom0_exporter_configured_enabled_and_turned_off(salt_env: SaltEnv) -> N
     unit = (REPO / "systemd/logvm-exporter-dom0.service").read_text(encoding="utf-8")
     assert "ConditionPathExists=/etc/qubes-logvm/exporter-dom0.yaml\n" in unit
     assert "--config /etc/qubes-logvm/exporter-dom0.yaml\n" in unit
-    # What the dom0 exporter reads: the product's own loader accepts it.
+    # What the dom0 exporter reads: the product's own loader accepts it. It is
+    # comment lines and a JSON object (YAML too), read without PyYAML.
+    text = conf.read_text(encoding="utf-8")
+    assert yaml.safe_load(text) == json.loads(text[text.index("{") :])
     config = load_exporter_config(conf)
     assert config.dom0 == Dom0Config(
         enabled=True,
