@@ -190,7 +190,9 @@ def parse_yaml(text: str, path: Path) -> object:
             return json.loads(body)
         except ValueError:
             pass  # a YAML flow mapping that is not JSON
-    import yaml  # only for files that are not JSON (see above)
+    # Imported here: JSON files need no yaml, nor does the verifier's policy
+    # check, which needs this module but never YAML.
+    import yaml
 
     try:
         return yaml.safe_load(text)
@@ -200,8 +202,6 @@ def parse_yaml(text: str, path: Path) -> object:
 
 def load_yaml_files(*paths: Path) -> dict[str, Any]:
     """Load and deep-merge YAML files; missing files are skipped."""
-    import yaml  # here: the verifier's policy check needs this module, never YAML
-
     merged: dict[str, Any] = {}
     for path in paths:
         try:
