@@ -67,9 +67,9 @@ def test_prepared_mac_equals_the_seal_mac() -> None:
 
     keys = _Keys(_Ctx())  # type: ignore[arg-type]
     for epoch in range(1, 5):
-        for size in (0, 1, 55, 64, 150, 300):
-            body = os.urandom(size)
-            assert keys.mac_hex(str(epoch), body) == seal_mac(_Ctx().key(epoch), body).hex()
+        bodies = [os.urandom(size) for size in (0, 1, 55, 64, 150, 300)]
+        made = list(keys.macs((epoch,) * len(bodies), bodies))
+        assert made == [seal_mac(_Ctx().key(epoch), body) for body in bodies]
 
 
 @pytest.mark.timeout(30)
@@ -90,3 +90,40 @@ def test_numbers_off_the_grammar_leave_the_fast_path(store: Built, spelled: str)
     lines[-1] = f"{body} {mac}\n".encode()
     files.seal.write_bytes(b"".join(lines))
     assert fast_segment(_ctx(store), files, None, 0, newest=False) is None
+
+
+@pytest.mark.timeout(30)
+def test_small_pieces_and_windows_take_the_fast_path(
+    store: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seal lines taken a few at a time and segment bytes read in small
+    # windows: every neighbour pair across a boundary is still checked.
+    from qubes_logvm.store.verify import fast
+
+    monkeypatch.setattr(fast, "_PIECE", 700)
+    monkeypatch.setattr(fast, "_READ", 300)
+    files = _closed(store)
+    assert files.seal is not None and files.seal.read_bytes().count(b"\n") > 3
+    ctx = _ctx(store)
+    assert fast_segment(ctx, files, None, 0, newest=False) is not None
+    assert files.log is not None
+    assert ctx.report.bytes_hashed == files.log.stat().st_size
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("what", ["log", "seal"])
+def test_damage_across_small_pieces_leaves_the_fast_path(
+    store: Built, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    from qubes_logvm.store.verify import fast
+
+    monkeypatch.setattr(fast, "_PIECE", 700)
+    monkeypatch.setattr(fast, "_READ", 300)
+    files = _closed(store)
+    assert files.log is not None and files.seal is not None
+    path = files.log if what == "log" else files.seal
+    for offset in range(0, path.stat().st_size, 97):
+        _flip(path, offset)
+        assert fast_segment(_ctx(store), files, None, 0, newest=False) is None, offset
+        _flip(path, offset)
+    assert fast_segment(_ctx(store), files, None, 0, newest=False) is not None
