@@ -22,6 +22,7 @@ import pytest
 from collector.helpers import Collector, make_store, send, wait_for
 
 from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.sealfile import is_closed
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.witness_pending import pending_path, queue_registration
 from support.programs import program
@@ -73,6 +74,10 @@ def _cost_notes(wdir: Path) -> int:
 
 
 def _snapshot(collector: Collector, wdir: Path, work: Path, name: str, key: Path) -> Phase:
+    # The last call's segment closed first (its session's end note and close
+    # seal come after the call returns): a copy taken while they are written
+    # can hold a log line whose seal the witness already heard of.
+    assert wait_for(lambda: is_closed(StoreLayout(collector.store).segments("work")[-1]))
     root = work / name / "store"
     shutil.copytree(collector.store, root, symlinks=True)
     policies = work / "policy"
