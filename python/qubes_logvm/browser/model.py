@@ -20,12 +20,14 @@ rows; ``logvm verify`` judges it). Lines are bounded by the reader.
 import bisect
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from ..core.entries import classify
+from ..core.errors import StoreError
 from ..store.layout import SegmentFiles, StoreLayout
 from ..store.reader import LineBlock, StoredLine, open_plain, read_blocks, read_lines
 from ..store.sealfile import read_seal_file
@@ -62,6 +64,13 @@ class SegmentRows:
         self.points_rows.insert(at, row)
         self.points_bytes.insert(at, offset)
 
+    def byte_after(self, row: int) -> int | None:
+        """A byte offset at or past the end of row ``row - 1`` (None: the segment's end)."""
+        if not self.seals_read:
+            self._read_seals()
+        at = bisect.bisect_left(self.points_rows, row)
+        return self.points_bytes[at] if at < len(self.points_rows) else None
+
     def point_before(self, row: int) -> tuple[int, int]:
         """The known point at or before ``row``."""
         if row > 0 and not self.seals_read:
@@ -84,7 +93,10 @@ class QubeRows:
         self._lock = threading.Lock()
         self._segments: list[SegmentRows] = []
         self._starts: list[int] = []
-        self._cached: tuple[int, _Decompressed] | None = None  # of one compressed segment
+        # Compressed segments decompressed as far as read: the last two (a screen
+        # may show the end of one and the start of the next), by segment number.
+        self._cached: OrderedDict[int, _Decompressed] = OrderedDict()
+        self._preparing = False
         self.refresh()
 
     def refresh(self) -> bool:
@@ -159,11 +171,64 @@ class QubeRows:
             with open_plain(log) as stream:
                 yield stream
             return
-        if self._cached is None or self._cached[0] != seg.files.seq:
-            if self._cached is not None:
-                self._cached[1].close()
-            self._cached = (seg.files.seq, _Decompressed(log))
-        yield cast(BinaryIO, self._cached[1])  # read_lines needs seek and readline only
+        yield cast(BinaryIO, self._decompressed(seg, log))  # read_lines: seek and readline only
+
+    def _decompressed(self, seg: SegmentRows, log: Path) -> "_Decompressed":
+        """The kept decompression of a compressed segment (lock held)."""
+        seq = seg.files.seq
+        if seq not in self._cached:
+            if len(self._cached) >= 2:
+                self._cached.popitem(last=False)[1].close()
+            self._cached[seq] = _Decompressed(log)
+        self._cached.move_to_end(seq)
+        return self._cached[seq]
+
+    def ready(self, first: int, last: int) -> bool:
+        """True when rows ``[first, last)`` are read without decompressing (a draw asks)."""
+        return not self._missing(first, last)
+
+    def _missing(self, first: int, last: int) -> list[tuple[SegmentRows, int | None]]:
+        """The compressed segments rows ``[first, last)`` need decompressed, and how far."""
+        with self._lock:
+            missing: list[tuple[SegmentRows, int | None]] = []
+            row = max(0, first)
+            while row < min(last, self._total):
+                seg, index = self.locate(row)
+                want = min(last - row, seg.count - index)
+                if seg.files.compressed:
+                    need = seg.byte_after(index + want)
+                    held = self._cached.get(seg.files.seq)
+                    if held is None or not held.holds(need):
+                        missing.append((seg, need))
+                row += want
+            return missing
+
+    def prepare(self, first: int, last: int, done: Callable[[], None]) -> None:
+        """Decompress what rows ``[first, last)`` need in a thread, then call ``done`` there.
+
+        One such thread at a time; the caller asks again (after ``done``)
+        for rows still missing. A damaged segment ends the work early: the
+        read that follows reports it.
+        """
+        missing = self._missing(first, last)
+        if not missing or self._preparing:
+            return
+        self._preparing = True
+
+        def work() -> None:
+            try:
+                for seg, need in missing:
+                    log = seg.files.log
+                    if log is None:
+                        continue
+                    with self._lock:
+                        held = self._decompressed(seg, log)
+                    held.fill(need)  # its own lock, a chunk at a time: reads go on
+            finally:
+                self._preparing = False
+                done()
+
+        threading.Thread(target=work, daemon=True).start()
 
     def _read(self, seg: SegmentRows, index: int, want: int) -> Iterator[StoredLine]:
         point_row, offset = seg.point_before(index)
@@ -265,18 +330,54 @@ def _skip(stream: BinaryIO, offset: int) -> None:
 
 
 class _Decompressed:
-    """A compressed segment's plain bytes, decompressed only as far as read (a stream)."""
+    """A compressed segment's plain bytes, decompressed only as far as read (a stream).
+
+    Thread-safe: :meth:`fill` (a worker) and :meth:`readline` (the reader)
+    take the lock a chunk at a time. A damaged frame ends the bytes there
+    (:attr:`error` says why; the next read raises it as a StoreError).
+    """
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._files = contextlib.ExitStack()
         self._source = self._files.enter_context(open_plain(path))
         self._data = bytearray()
         self._pos = 0
         self._eof = False
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        import zstandard  # only compressed segments come here (as in store/reader.open_plain)
+
+        self._damaged: type[Exception] = zstandard.ZstdError
 
     def close(self) -> None:
         """Close the file (the bytes read so far go with this object)."""
-        self._files.close()
+        with self._lock:
+            self._eof = True
+            self._files.close()
+
+    def holds(self, upto: int | None) -> bool:
+        """True when the bytes up to ``upto`` (None: all) are decompressed."""
+        return self._eof or (upto is not None and len(self._data) >= upto)
+
+    def fill(self, upto: int | None) -> None:
+        """Decompress until ``upto`` plain bytes (None: all) are held."""
+        while not self.holds(upto):
+            with self._lock:
+                self._more()
+
+    def _more(self) -> None:
+        """One more chunk (lock held)."""
+        if self._eof:
+            return
+        try:
+            chunk = self._source.read(1 << 20)
+        except (StoreError, OSError, ValueError) as err:
+            chunk, self.error = b"", str(err)
+        except self._damaged as err:
+            chunk, self.error = b"", f"{self._path}: damaged zstd data: {err}"
+        self._data += chunk
+        self._eof = not chunk
 
     def seek(self, offset: int) -> int:
         """Go to a plain offset (read when asked for)."""
@@ -286,15 +387,16 @@ class _Decompressed:
     def readline(self, limit: int = -1) -> bytes:
         """Up to and including the next newline, at most ``limit`` bytes."""
         limit = limit if limit >= 0 else 1 << 62
-        while True:
-            stop = min(len(self._data), self._pos + limit)
-            end = self._data.find(b"\n", self._pos, stop)
-            if end >= 0 or self._eof or len(self._data) >= self._pos + limit:
-                break
-            chunk = self._source.read(1 << 20)
-            self._data += chunk
-            self._eof = not chunk
-        cut = end + 1 if end >= 0 else min(len(self._data), self._pos + limit)
-        line = bytes(self._data[self._pos : cut])
-        self._pos = max(self._pos, cut)
-        return line
+        with self._lock:
+            while True:
+                stop = min(len(self._data), self._pos + limit)
+                end = self._data.find(b"\n", self._pos, stop)
+                if end >= 0 or self._eof or len(self._data) >= self._pos + limit:
+                    break
+                self._more()
+            if self.error is not None and end < 0:
+                raise StoreError(self.error)
+            cut = end + 1 if end >= 0 else min(len(self._data), self._pos + limit)
+            line = bytes(self._data[self._pos : cut])
+            self._pos = max(self._pos, cut)
+            return line

@@ -2,7 +2,9 @@
 
 A ``Gtk.TreeView`` builds a node per row when given a model, which makes 10
 million records slow to open; this view asks its :class:`.model.QubeRows`
-only for the rows on screen. The scroll position is a row number (the
+only for the rows on screen. Rows deep in a compressed segment are
+decompressed by a thread (:meth:`.model.QubeRows.prepare`) while the view
+draws "reading…" rows, so scrolling never waits for zstd. The scroll position is a row number (the
 scrollbar's adjustment), the selection a row range. Text goes to Pango with
 ``set_text`` only (never markup); row height follows the font, so the view
 scales with the desktop's font size.
@@ -16,7 +18,7 @@ gi.require_version("Gtk", "3.0")
 gi.require_version("Gdk", "3.0")
 gi.require_version("PangoCairo", "1.0")
 gi.require_foreign("cairo")  # a draw handler gets a cairo context: python3-gi-cairo
-from gi.repository import Gdk, Gtk, Pango, PangoCairo  # noqa: E402
+from gi.repository import Gdk, GLib, Gtk, Pango, PangoCairo  # noqa: E402
 
 from ..core.errors import LogvmError  # noqa: E402
 from ..store.timeline import Entry  # noqa: E402
@@ -44,6 +46,7 @@ class RecordView(Gtk.Grid):
         self.matches: set[int] = set()
         self.on_select: Callable[[Entry | None], None] = lambda entry: None
         self.on_error: Callable[[str], None] = lambda message: None
+        self.placeholders = 0  # draws that showed "reading…" rows (while a thread decompresses)
         self._char = Pango.SCALE  # a digit's width (Pango units), measured when drawn
         self.area = Gtk.DrawingArea(hexpand=True, vexpand=True, can_focus=True)
         self.area.set_name("record-area")
@@ -134,8 +137,29 @@ class RecordView(Gtk.Grid):
         elif row >= top + page:
             self.adjustment.set_value(row - self.first_row - page + 1)
         self.area.queue_draw()
-        entry = self.rows.rows(row, row + 1) if self.rows else []
-        self.on_select(entry[0] if entry else None)
+        self._tell_selected()
+
+    def _tell_selected(self) -> bool:
+        """Hand the selected row to ``on_select`` (once it is read without waiting)."""
+        row = self.selected[1] if self.selected else None
+        rows = self.rows
+        if row is None or rows is None:
+            self.on_select(None)
+        elif rows.ready(row, row + 1):
+            try:
+                entry = rows.rows(row, row + 1)
+            except LogvmError as err:  # a segment went away or is damaged
+                self.on_error(f"{err}; press F5 to read the store again")
+                entry = []
+            self.on_select(entry[0] if entry else None)
+        else:
+            self.on_select(None)
+            rows.prepare(row, row + 1, lambda: GLib.idle_add(self._tell_selected))
+        return False
+
+    def _prepared(self) -> bool:
+        self.area.queue_draw()
+        return False
 
     def selection(self) -> tuple[int, int] | None:
         """The selected rows ``[first, last)``."""
@@ -160,8 +184,16 @@ class RecordView(Gtk.Grid):
         if self.rows is None:
             return True
         top = self.top()
+        span = (top, min(top + self.visible_rows() + 1, self.end_row))
+        if not self.rows.ready(*span):  # deep in a compressed segment: decompressed in a thread
+            self.rows.prepare(*span, lambda: GLib.idle_add(self._prepared))
+            self.placeholders += 1
+            for index in range(span[1] - span[0]):
+                cells = ("…", "", "", "", "reading…")
+                self._draw_row(cr, layout, xs, width, (index + 1) * height, cells, (0.5, 0.5, 0.5))
+            return True
         try:
-            entries = self.rows.rows(top, min(top + self.visible_rows() + 1, self.end_row))
+            entries = self.rows.rows(*span)
         except LogvmError as err:  # a segment went away (rotation): say so, draw nothing
             self.on_error(f"{err}; press F5 to read the store again")
             return True
