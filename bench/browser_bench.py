@@ -47,7 +47,7 @@ def report():
     print(time.time() - start, flush=True)
     Gtk.main_quit()
 def drawn(*_):  # the window's draw includes its children's: the rows are on screen
-    if win.records.shown:
+    if win.records.shown and win.records.drawn:  # records, not "reading…" placeholders
         GLib.idle_add(report)
 win.window.connect_after("draw", drawn)
 Gtk.main()

@@ -36,6 +36,8 @@ from ..store.timeline import Entry, segment_session
 
 #: Keep a point every this many rows read forward.
 _STEP = 2048
+#: Plain bytes a read may still decompress itself (a few ms); more go to a thread.
+_INLINE = 2 << 20
 
 
 @dataclass
@@ -184,7 +186,7 @@ class QubeRows:
         return self._cached[seq]
 
     def ready(self, first: int, last: int) -> bool:
-        """True when rows ``[first, last)`` are read without decompressing (a draw asks)."""
+        """True when rows ``[first, last)`` are read without decompressing much (a draw asks)."""
         return not self._missing(first, last)
 
     def _missing(self, first: int, last: int) -> list[tuple[SegmentRows, int | None]]:
@@ -198,7 +200,10 @@ class QubeRows:
                 if seg.files.compressed:
                     need = seg.byte_after(index + want)
                     held = self._cached.get(seg.files.seq)
-                    if held is None or not held.holds(need):
+                    have = held.held if held is not None else 0
+                    if not (held is not None and held.holds(need)) and (
+                        need is None or need - have > _INLINE
+                    ):
                         missing.append((seg, need))
                 row += want
             return missing
@@ -355,6 +360,11 @@ class _Decompressed:
         with self._lock:
             self._eof = True
             self._files.close()
+
+    @property
+    def held(self) -> int:
+        """Plain bytes decompressed so far."""
+        return len(self._data)
 
     def holds(self, upto: int | None) -> bool:
         """True when the bytes up to ``upto`` (None: all) are decompressed."""

@@ -47,6 +47,7 @@ class RecordView(Gtk.Grid):
         self.on_select: Callable[[Entry | None], None] = lambda entry: None
         self.on_error: Callable[[str], None] = lambda message: None
         self.placeholders = 0  # draws that showed "reading…" rows (while a thread decompresses)
+        self.drawn = 0  # draws that showed rows of a qube
         self._char = Pango.SCALE  # a digit's width (Pango units), measured when drawn
         self.area = Gtk.DrawingArea(hexpand=True, vexpand=True, can_focus=True)
         self.area.set_name("record-area")
@@ -194,6 +195,7 @@ class RecordView(Gtk.Grid):
             return True
         try:
             entries = self.rows.rows(*span)
+            self.drawn += 1
         except LogvmError as err:  # a segment went away (rotation): say so, draw nothing
             self.on_error(f"{err}; press F5 to read the store again")
             return True
