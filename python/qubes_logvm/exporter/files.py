@@ -37,7 +37,9 @@ STATE_NAME = "files"
 POLL_SECONDS = 0.5
 READ_BYTES = 256 << 10
 MAX_MESSAGE = 60 << 10
+#: A polling round's budget over all files: lines split, and bytes read.
 MAX_ITEMS = 2000
+ROUND_BYTES = 256 << 10
 
 
 @dataclass
@@ -47,6 +49,7 @@ class _Follower:
     fd: int
     ident: tuple[int, int]
     offset: int
+    #: Read but not yet split: a partial line, or lines past a round's budget.
     partial: bytes = b""
     cut: int = 0  # bytes dropped from the current overlong line
     retiring: bool = False
@@ -102,9 +105,7 @@ class FilesSource:
         self._followers[path] = _Follower(path, tag, fd, ident, offset)
 
     def _close(self, follower: _Follower) -> None:
-        if follower.partial:
-            self._emit(follower, follower.partial, follower.offset)
-            follower.partial = b""
+        self._flush_partial(follower)
         os.close(follower.fd)
         del self._followers[follower.path]
 
@@ -123,36 +124,52 @@ class FilesSource:
             follower.cut = 0
         follower.lines.append((line, end))
 
-    def _read(self, follower: _Follower) -> int:
-        """Read what is there; split into lines; return bytes read."""
-        try:
-            data = os.read(follower.fd, READ_BYTES)
-        except OSError as err:
-            log.warning("files: cannot read %s: %s", follower.path, err.strerror)
-            return 0
-        start = follower.offset - len(follower.partial)
-        buffer = follower.partial + data
-        follower.offset += len(data)
-        pos = 0
-        while True:
+    def _flush_partial(self, follower: _Follower) -> None:
+        """Emit what was read and not split (the file ends or starts again)."""
+        self._split(follower, follower.partial, len(follower.partial) + 1)
+        if follower.partial:
+            self._emit(follower, follower.partial, follower.offset)
+            follower.partial = b""
+
+    def _split(self, follower: _Follower, buffer: bytes, max_lines: int) -> int:
+        """Emit up to ``max_lines`` whole lines of ``buffer``; keep the rest."""
+        start = follower.offset - len(buffer)
+        pos = count = 0
+        while count < max_lines:
             newline = buffer.find(b"\n", pos)
             if newline < 0:
                 break
             self._emit(follower, buffer[pos:newline], start + newline + 1)
             pos = newline + 1
+            count += 1
         rest = buffer[pos:]
-        if len(rest) > MAX_MESSAGE:
+        if len(rest) > MAX_MESSAGE and count < max_lines:
             # Keep the head of an overlong line; count and drop the rest.
             follower.cut += len(rest) - MAX_MESSAGE
             rest = rest[:MAX_MESSAGE]
         follower.partial = rest
-        return len(data)
+        return count
 
-    def _check_rotation(self, follower: _Follower, read: int) -> None:
+    def _read(self, follower: _Follower, size: int, max_lines: int) -> tuple[int, int]:
+        """Split up to ``max_lines`` lines, reading up to ``size`` bytes first
+        unless what was read before holds a whole line; (bytes read, lines)."""
+        buffer = follower.partial
+        data = b""
+        if b"\n" not in buffer:
+            try:
+                data = os.read(follower.fd, size)
+            except OSError as err:
+                log.warning("files: cannot read %s: %s", follower.path, err.strerror)
+                return 0, 0
+            follower.offset += len(data)
+            buffer += data
+        return len(data), self._split(follower, buffer, max_lines)
+
+    def _check_rotation(self, follower: _Follower, progress: int) -> None:
         st = _stat(follower.path)
         if st is None or (st.st_dev, st.st_ino) != follower.ident:
             # Renamed or deleted: finish the old file once it has gone quiet.
-            if read == 0:
+            if progress == 0:
                 if follower.retiring:
                     log.info("files: %s was rotated or removed", follower.path)
                     self._close(follower)
@@ -160,9 +177,7 @@ class FilesSource:
             return
         if st.st_size < follower.offset:
             log.info("files: %s was truncated; reading it again from the start", follower.path)
-            if follower.partial:
-                self._emit(follower, follower.partial, follower.offset)
-            follower.partial = b""
+            self._flush_partial(follower)
             follower.offset = 0
             os.lseek(follower.fd, 0, os.SEEK_SET)
 
@@ -175,25 +190,29 @@ class FilesSource:
     def poll(self) -> list[tuple[bytes, int, Any]]:
         """One round over the files: per file, its complete lines and the end position.
 
-        At most about MAX_ITEMS lines a round across all files (memory stays
-        bounded however many files have a backlog); the next round starts
+        At most MAX_ITEMS lines and about ROUND_BYTES read a round across all
+        files, whatever the lines' length (memory stays bounded however many
+        files have a backlog, even of empty lines); the next round starts
         with the file this one could not reach, so each gets its turn."""
         self._scan(resume=False)
         chunks: list[tuple[bytes, int, Any]] = []
-        budget = MAX_ITEMS
+        budget, room = MAX_ITEMS, ROUND_BYTES
         order = self._round()
         self._next += len(order)
         for turn, follower in enumerate(order):
-            if budget <= 0:
+            if budget <= 0 or room <= 0:
                 self._next += turn - len(order)
                 break
-            read = self._read(follower)
-            while read and len(follower.lines) < budget:
-                more = self._read(follower)
-                if not more:
+            progress = 0
+            while len(follower.lines) < budget and room > 0:
+                read, split = self._read(
+                    follower, min(READ_BYTES, room), budget - len(follower.lines)
+                )
+                if not read and not split:
                     break
-                read += more
-            self._check_rotation(follower, read)
+                progress += read + split
+                room -= read
+            self._check_rotation(follower, progress)
             budget -= len(follower.lines)
             if not follower.lines:
                 continue
