@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qubes_logvm.collector.lines import LineSplitter, first_lines
+from qubes_logvm.collector.lines import LineSplitter, _has_longer_line, first_lines
 from qubes_logvm.core.escape import escape, escape_block, unescape
 from qubes_logvm.core.ratelimit import TokenBucket
 from qubes_logvm.core.records import parse_record
@@ -40,6 +40,12 @@ def test_splitter_matches_model(pieces: list[bytes], cap: int) -> None:
     if parts[-1]:
         model.append(("P", parts[-1][:cap], max(0, len(parts[-1]) - cap)))
     assert [(r.kind, unescape(r.payload), r.cut) for r in parsed] == model
+
+
+@given(st.lists(st.integers(0, 40), max_size=30), st.integers(1, 50))
+def test_longer_line_check_equals_the_split(lengths: list[int], limit: int) -> None:
+    block = b"\n".join(b"x" * n for n in lengths)
+    assert _has_longer_line(block, limit) == (max(map(len, block.split(b"\n"))) > limit)
 
 
 def test_first_lines() -> None:

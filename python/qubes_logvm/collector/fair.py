@@ -7,10 +7,11 @@ untrusted qubes, so no one connection may take more than its turn:
   ``SLICE_BYTES``, one slice of one connection per event-loop callback,
   round-robin, so a busy connection's bytes wait for at most one slice of
   each other busy connection, and the loop polls its sockets between
-  slices; a connection with at most ``SMALL_READ`` bytes waiting (a quiet
-  qube's line) goes in a lane served first, one of its turns for each busy
-  one, so it waits for no round of the busy ones (fair in bytes: a turn
-  costs what it escapes);
+  slices (a connection alone takes what it has, up to ``ALONE_BYTES``);
+  a connection with at most ``SMALL_READ`` bytes waiting (a quiet qube's
+  line) goes in a lane served first, one of its turns for each busy one,
+  so it waits for no round of the busy ones (fair in bytes: a turn costs
+  what it escapes);
 - :class:`ChainSlots` runs chain work (append, fsync, seal) on
   ``CHAIN_THREADS`` threads, small batches before big ones, so a quiet qube's
   batch is not queued behind a round of every flooder's;
@@ -33,6 +34,8 @@ _T = TypeVar("_T")
 
 #: Bytes escaped per connection per turn.
 SLICE_BYTES = 32 * 1024
+#: Bytes escaped at once by a connection no other one waits behind.
+ALONE_BYTES = 256 * 1024
 #: A connection with at most this many bytes waiting takes the quick lane.
 SMALL_READ = 4096
 #: Slices escaped in one callback, in turn, for at most this long: the
@@ -95,7 +98,9 @@ class Ingest:
             lane = self._quick if quick else self._ready
             self._quick_turn = lane is not self._quick
             conn = lane.popleft()
-            if conn.ingest_slice(self.slice_bytes):
+            # Alone, a connection takes all it has: slices are for sharing.
+            limit = self.slice_bytes if self._quick or self._ready else ALONE_BYTES
+            if conn.ingest_slice(limit):
                 self._ready.append(conn)
             else:
                 self._queued.discard(id(conn))

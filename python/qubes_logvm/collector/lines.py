@@ -9,8 +9,8 @@ Memory is bounded: an unfinished line keeps at most ``max_line_bytes``; the
 rest of an overlong line is counted and discarded until its newline.
 
 Speed: a chunk of complete lines is escaped and stamped as one block (a few
-C-level passes: split, escape, replace), with per-line Python work only when
-a line in the chunk is overlong.
+C-level passes: escape, replace; no object per line), with per-line
+Python work only when a line in the chunk is overlong.
 """
 
 from ..core.escape import cap, escape, escape_block
@@ -34,6 +34,22 @@ def _slices(block: bytes) -> list[bytes]:
         start = cut + 1
     parts.append(block[start:])
     return parts
+
+
+def _has_longer_line(block: bytes, limit: int) -> bool:
+    """Whether a ``\\n``-separated line of ``block`` is longer than ``limit``.
+
+    Looks for the last newline within ``limit`` bytes of each line start, so
+    a block of short lines costs one C-level search per ``limit`` bytes, not
+    a split into line objects.
+    """
+    start = 0
+    while len(block) - start > limit:
+        end = block.rfind(b"\n", start, start + limit + 1)
+        if end < 0:
+            return True
+        start = end + 1
+    return False
 
 
 def first_lines(records: bytes, count: int) -> bytes:
@@ -71,15 +87,19 @@ class LineSplitter:
         self._carry = bytearray()
         self._cut = 0
         self._hold(untrusted_data[end + 1 :])
-        untrusted_lines = untrusted_block.split(b"\n")
-        if first_cut or max(map(len, untrusted_lines)) > self.max_line_bytes:
+        if first_cut or _has_longer_line(untrusted_block, self.max_line_bytes):
+            untrusted_lines = untrusted_block.split(b"\n")
             return self._slow(untrusted_lines, first_cut, stamp), len(untrusted_lines)
         prefix = stamp + (b" D " if self.delivered else b" L ")
         if len(untrusted_block) > ESCAPE_SLICE and not untrusted_block.isascii():
             escaped = b"".join(escape_block(part) for part in _slices(untrusted_block))
         else:
             escaped = escape_block(untrusted_block)
-        return prefix + escaped.replace(b"\n", b"\n" + prefix) + b"\n", len(untrusted_lines)
+        stamped = escaped.replace(b"\n", b"\n" + prefix)
+        # Escaping keeps every newline and adds none, so the replace counted
+        # the lines (bytes.count is slower than this memchr-driven replace).
+        nlines = (len(stamped) - len(escaped)) // len(prefix) + 1
+        return b"".join((prefix, stamped, b"\n")), nlines
 
     def finish(self, stamp: bytes) -> tuple[bytes, int]:
         """At end of stream: the last line without newline as a ``P`` (or ``D``) record."""

@@ -32,7 +32,7 @@ DESCRIPTOR_SLACK = 64
 #: reading) before the connection is aborted, so it cannot hold its slot.
 FINAL_ACK_GRACE = 10.0
 #: Bytes read from a socket at once (the escaping is sliced finer still,
-#: :mod:`.fair`); a connection holds at most one read unescaped.
+#: :mod:`.fair`); a connection holds at most two reads unescaped.
 READ_BYTES = 64 * 1024
 
 
@@ -70,7 +70,7 @@ def bind_socket(path: Path, gid: int | None) -> socket.socket:
 class Connection(asyncio.BufferedProtocol, Feed):
     """One ``logvm.Send`` call: descriptor, then lines in and acks out.
 
-    Received bytes wait (at most about one read) until the server's
+    Received bytes wait (at most two reads) until the server's
     :class:`.fair.Ingest` gives the connection its turn to escape a slice;
     reading pauses while any of these holds it back: its unescaped bytes,
     its qube's pending batch (the writer), the store-wide pending budget,
@@ -129,10 +129,14 @@ class Connection(asyncio.BufferedProtocol, Feed):
         if self.writer is None:
             self._read_descriptor(untrusted_data)
             return
+        behind = bool(self._untrusted_raw)  # the ingest has not escaped the last read
         self._untrusted_raw += untrusted_data
         self.server.shared.budget.add(len(untrusted_data))
         self.server.ingest.add(self, len(self._untrusted_raw))
-        if len(self._untrusted_raw) >= READ_BYTES:
+        if behind and len(self._untrusted_raw) >= READ_BYTES:
+            # Paused only behind the ingest (other busy connections): a
+            # connection whose reads are escaped as they come is never
+            # paused and resumed (two epoll calls) per read.
             self._hold("ingest", True)
         if self.server.shared.budget.must_pause(self, self.server.count):
             self._hold("budget", True)
@@ -140,7 +144,8 @@ class Connection(asyncio.BufferedProtocol, Feed):
     def ingest_slice(self, limit: int) -> bool:
         """Escape and submit up to ``limit`` received bytes (:class:`.fair.Ingest`)."""
         writer = self.writer
-        untrusted_part = bytes(self._untrusted_raw[:limit])
+        with memoryview(self._untrusted_raw) as view:
+            untrusted_part = bytes(view[:limit])  # one copy, no bytearray slice
         del self._untrusted_raw[:limit]
         self.server.shared.budget.release(len(untrusted_part))
         if writer is None:
