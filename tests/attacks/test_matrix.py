@@ -16,8 +16,10 @@ import pytest
 from attacks.conftest import LOGVM, WITNESS, Made
 from collector.helpers import Collector, make_store, send
 
+from qubes_logvm.core.epochseal import EpochLine
 from qubes_logvm.core.seal import ZERO, Seal, evolve, genesis
 from qubes_logvm.core.tomb import Tomb, parse_tomb
+from qubes_logvm.store.epochfile import EpochFile, epochs_path
 from qubes_logvm.store.keystate import KeyState
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
@@ -224,6 +226,47 @@ def test_whole_qube_removed(made: Made) -> None:
     expect(made, 1, "error: disp13: the store-wide seal of epoch")
     expect(made, 1, "the qube was removed")
     expect(made, 1, "error: disp13/00000001: witness: the qube's directory is gone", witness=True)
+
+
+def test_epoch_file_re_made_from_the_current_epoch(made: Made) -> None:
+    # With K[E] the intruder removes a qube and writes a fresh epoch file: one
+    # line for E over what is left, with no line before it (prev zeros, as
+    # only a store's very first line has), then moves the key on so that this
+    # line is the newest one verify asks for. A store's first epoch line is
+    # epoch 1 (or a gap from 1); only compaction drops lines, and its first
+    # line links to the one it dropped.
+    _re_make_epoch_file(made, [ZERO])
+    both(made, "error: store: state/epochs.seal starts at epoch")
+
+
+def test_epoch_file_re_made_as_a_compacted_one_is_seen_by_the_witness(made: Made) -> None:
+    # The same, two epochs later, the first line linking to one that is not
+    # there, as a compacted file's does: nothing in the store tells it from a
+    # compaction (which keeps only lines of the last two epochs), so verify
+    # alone passes and says so in its limit line; the witness heard the real
+    # epoch seals.
+    _re_make_epoch_file(made, [os.urandom(32), None])
+    out = expect(made, 0, "the epoch seals re-made as a compacted file")
+    assert "error" not in out, out
+    expect(made, 1, "error: disp13/00000001: witness: the qube's directory is gone", witness=True)
+
+
+def _re_make_epoch_file(made: Made, prevs: list[bytes | None]) -> None:
+    """Remove disp13 and write one epoch line per ``prevs`` (None: link to the line
+    before) over what is left, each epoch with its key, then move the key on."""
+    shutil.rmtree(made.qube("disp13"))
+    keys = KeyState(made.layout)
+    keys.advance()  # epoch 2 at least (the intruder may wait for later epochs)
+    epochs = EpochFile(made.layout)
+    epochs.load_leaves()
+    lines: list[EpochLine] = []
+    for prev in prevs:
+        link = prev if prev is not None else lines[-1].mac
+        line = EpochLine("epoch", keys.epoch, len(epochs.leaves), 0, epochs.root(), link)
+        lines.append(line.signed(keys.key))
+        keys.advance()
+    epochs_path(made.layout).write_bytes(b"".join(line.to_line() for line in lines))
+    keys.close()
 
 
 def test_newest_closed_segment_removed(made: Made) -> None:

@@ -45,8 +45,9 @@ WITHOUT_WITNESS = (
 #: Format 2: the epoch seals see those; what is left for the witness.
 WITHOUT_WITNESS_V2 = (
     "without the witness's records (--witness) records sealed in the current epoch can be "
-    "cut back, and the whole store (key file, epoch seals and all) rolled back to an older "
-    "copy, without this check seeing it"
+    "cut back, the whole store (key file, epoch seals and all) rolled back to an older "
+    "copy, and, by an intruder who keeps the key for two epochs, the epoch seals re-made "
+    "as a compacted file over newest segments or qubes removed, without this check seeing it"
 )
 
 COPY_WITHOUT_KEY_FILE = (

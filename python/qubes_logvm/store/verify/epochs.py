@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ...core.epochseal import EpochLine, Leaf, parse_epoch_line, root_of
 from ...core.errors import StoreError
-from ...core.seal import parse_seal
+from ...core.seal import ZERO, parse_seal
 from ..epochfile import MAX_EPOCH_FILE, epochs_path, leaf_of_seal, leaf_of_tomb, leaves_path
 from ..files import irregular, read_regular
 from ..sealfile import MAX_SEAL_FILE
@@ -94,6 +94,8 @@ def _authenticated(ctx: VerifyRun, data: bytes) -> list[EpochLine]:
         if key is None or not line.mac_ok(key):
             ctx.add(ERROR, None, f"state/epochs.seal line {number}: MAC wrong (forged or re-made)")
             continue
+        if number == 1:
+            _check_first(ctx, line)
         if good and line.prev != good[-1].mac:
             ctx.add(
                 ERROR,
@@ -104,6 +106,20 @@ def _authenticated(ctx: VerifyRun, data: bytes) -> list[EpochLine]:
         _check_step(ctx, good[-1] if good else None, line, number)
         good.append(line)
     return good
+
+
+def _check_first(ctx: VerifyRun, line: EpochLine) -> None:
+    """The file's first line: the store's first (epoch 1, or a gap from 1), or one
+    compaction kept, which links to the line it dropped (prev not zeros)."""
+    start = line.a if line.kind == "gap" else line.epoch
+    if line.prev == ZERO and start != 1:
+        ctx.add(
+            ERROR,
+            None,
+            f"state/epochs.seal starts at epoch {start} with no line before it (prev zeros: "
+            "not compacted), yet a store's epoch seals start at epoch 1: the file was "
+            "re-made without the lines of earlier epochs",
+        )
 
 
 def _check_step(ctx: VerifyRun, before: EpochLine | None, line: EpochLine, number: int) -> None:
