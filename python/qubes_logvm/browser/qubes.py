@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..core.sizes import human_size
 from ..store.layout import StoreLayout
-from ..store.summary import qube_summary, segment_info
+from ..store.summary import qube_totals
 from .text import local_time
 
 #: Classes the retention config gives DispVM sessions (``disp1234``); by name otherwise.
@@ -53,7 +53,7 @@ class QubeFacts:
 
 def qube_facts(layout: StoreLayout, qube: str) -> QubeFacts:
     """The cheap figures of one qube (size: its segment and seal files)."""
-    summary = qube_summary(qube, [segment_info(s) for s in layout.segments(qube)])
+    summary = qube_totals(qube, layout.segments(qube))
     return QubeFacts(
         qube,
         "dom0" if qube == "dom0" else PENDING,

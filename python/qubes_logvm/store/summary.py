@@ -88,6 +88,24 @@ def qube_summary(qube: str, rows: list[SegmentInfo]) -> dict[str, object]:
     }
 
 
+def qube_totals(qube: str, segments: list[SegmentFiles]) -> dict[str, object]:
+    """What :func:`qube_summary` makes of every segment's :func:`segment_info`, reading
+    receive times only at the ends (the first segment that has one, from each end):
+    opening the browser on many compressed segments decompresses no middle one's head."""
+    firsts = (first_stamp(f) for f in segments)
+    lasts = (last_stamp(f) for f in reversed(segments))
+    first = next((t.decode("ascii", "replace") for t in firsts if t), None)
+    last = next((t.decode("ascii", "replace") for t in lasts if t), None)
+    return {
+        "qube": qube,
+        "segments": len(segments),
+        "size": sum(file_size(f.log) + file_size(f.seal) for f in segments),
+        "records": sum(segment_records(f)[1] for f in segments),
+        "first": first,
+        "last": last,
+    }
+
+
 def count_drops(files: SegmentFiles) -> int:
     """Sum of ``C dropped count=N`` notes, found with a regex over large chunks."""
     if files.log is None:
