@@ -154,7 +154,22 @@ def _drain(work: Path, jd: Any, ctx: Any, dom0: bool) -> dict[str, Any]:
         logvm.kill()
 
 
-def _rows(ours: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
+def _bare_python_kib() -> int:
+    """RSS of the interpreter doing nothing (``python3 -c pass``, kept alive to be measured)."""
+    import subprocess
+
+    from exporter.helpers import memory_kib
+
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE, env={})  # fmt: skip
+    try:
+        time.sleep(0.5)  # past start-up
+        return memory_kib(proc.pid)["Counted"]
+    finally:
+        proc.communicate(b"", timeout=10)
+
+
+def _rows(ours: dict[str, Any], base: dict[str, Any], bare: int) -> list[dict[str, Any]]:
     per = ours["cpu"] * 1000 * PER / ours["lines"]
     base_per = base["cpu"] * 1000 * PER / base["lines"]
     baseline = "VM exporter, same files as sources.files, one call"
@@ -169,10 +184,13 @@ def _rows(ours: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
          "notes": f"start-up {base['startup'] * 1000:.0f} ms CPU not counted"},
         {"name": "dom0 exporter RSS under load (peak)", "value": ours["peak"] / 1024,
          "unit": "MiB", "bar": "<= 25 MiB", "ok": ours["peak"] <= RSS_BAR_KIB,
-         "notes": f"VmRSS without journal-file pages; VM exporter {base['peak'] / 1024:.1f} MiB"},
+         "notes": f"VmRSS without journal-file pages; VM exporter {base['peak'] / 1024:.1f} "
+                  f"MiB, python3 -c pass {bare / 1024:.1f} MiB"},
         {"name": "dom0 exporter RSS idle", "value": ours["idle"] / 1024, "unit": "MiB",
          "bar": "<= 25 MiB", "ok": ours["idle"] <= RSS_BAR_KIB,
          "notes": f"VM exporter {base['idle'] / 1024:.1f} MiB"},
+        {"name": "python3 -c pass RSS (baseline)", "value": bare / 1024, "unit": "MiB",
+         "notes": "the interpreter alone, /usr/bin/python3, same run"},
     ]  # fmt: skip
 
 
@@ -184,7 +202,7 @@ def run(ctx: Any) -> list[dict[str, Any]]:
     with Journald(work / "journald", max_file_size="16M") as jd:
         ours = _drain(work / "dom0", jd, ctx, dom0=True)
         base = _drain(work / "vm", jd, ctx, dom0=False)
-    return _rows(ours, base)
+    return _rows(ours, base, _bare_python_kib())
 
 
 if __name__ == "__main__":
