@@ -24,11 +24,10 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..core.errors import LogvmError, ProtocolError, StoreError
 from ..core.names import validate_qube_name
-from ..core.seal import EpochKeys, parse_verification_key
 from ..core.snapshot_format import (
     FILE_NAME,
     INPUT_MAGIC,
@@ -42,19 +41,20 @@ from ..core.snapshot_format import (
     Verdict,
     parse_header,
 )
-from ..store.keystate import encode_key_record
-from ..store.layout import StoreLayout
-from ..store.verify import Report, WrongKey
-from ..store.verify.context import MAX_EPOCH
-from ..store.verify.stream import QubeStream
 from .framereader import FrameReader
+
+if TYPE_CHECKING:  # imported by the verify thread (Pipelined), while the input arrives
+    from ..store.verify import Report
+    from ..store.verify.stream import QubeStream
 
 #: Disk kept free in the DispVM beyond what a file needs.
 DISK_MARGIN = 16 << 20
 
 
-def verify_copy(run: Callable[[], Report]) -> Verdict:
+def verify_copy(run: "Callable[[], Report]") -> Verdict:
     """The one adapter from the verifier's report (as ``logvm verify`` prints it) to a verdict."""
+    from ..store.verify import WrongKey
+
     try:
         report = run()
     except WrongKey as err:
@@ -78,19 +78,38 @@ class Pipelined:
     :class:`~qubes_logvm.store.verify.stream.QubeStream` is the engine's
     streaming entry (the findings ``verify_store`` gives on the finished
     copy); receiving and verifying overlap, so the copy costs little more
-    than the verification itself.
+    than the verification itself. The thread starts first and imports the
+    verifier while the input's first bytes are received (half of this
+    program's start-up), then takes what :meth:`begin` and :meth:`qube` queue.
     """
 
     def __init__(self, workdir: Path, requested: list[str] | None) -> None:
         self.workdir, self.root, self.requested = workdir, workdir / "store", requested
         self.stream: QubeStream | None = None
-        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
+        self.queue: queue.SimpleQueue[Received | str | None] = queue.SimpleQueue()
         self.failure: Exception | None = None
         self.stopping = False
+        self.thread: threading.Thread | None = threading.Thread(
+            target=self._work, name="verify", daemon=True
+        )
+        self.thread.start()
 
     def begin(self, got: "Received") -> None:
-        """Prefix, store.json and epoch received: the key file, the witness, the engine."""
+        """Prefix, store.json and epoch received: the engine can start."""
+        self.queue.put(got)
+
+    def qube(self, name: str) -> None:
+        """``qubes/NAME`` is complete (a failure of the engine so far stops the input)."""
+        if self.failure is not None:
+            raise self.failure
+        self.queue.put(name)
+
+    def _start(self, got: "Received") -> None:
+        """The key file, the witness's records, the engine (in the thread)."""
+        from ..core.seal import parse_verification_key
+        from ..store.layout import StoreLayout
+        from ..store.verify.stream import QubeStream
+
         parse_verification_key(got.key)
         rebuild_key_file(self.root, got.key, got.epoch)
         witness = None
@@ -99,22 +118,21 @@ class Pipelined:
             witness.write_bytes(got.witness)
         StoreLayout(self.root)  # the copy is laid out as a store
         self.stream = QubeStream(self.root, got.key, self.requested, witness)
-        self.thread = threading.Thread(
-            target=self._work, args=(self.stream,), name="verify", daemon=True
-        )
-        self.thread.start()
 
-    def qube(self, name: str) -> None:
-        """``qubes/NAME`` is complete."""
-        self.queue.put(name)
-
-    def _work(self, stream: QubeStream) -> None:
-        while (name := self.queue.get()) is not None:
+    def _work(self) -> None:
+        try:
+            from ..store.verify import stream  # noqa: F401  (while the input arrives)
+        except Exception as err:  # noqa: BLE001  (re-raised by qube and finish)
+            self.failure = err
+        while (item := self.queue.get()) is not None:
             if self.stopping or self.failure is not None:
                 continue
             try:
-                stream.qube(name)
-            except Exception as err:  # noqa: BLE001  (re-raised by finish)
+                if isinstance(item, Received):
+                    self._start(item)
+                elif self.stream is not None:
+                    self.stream.qube(item)
+            except Exception as err:  # noqa: BLE001  (re-raised by qube and finish)
                 self.failure = err
 
     def _join(self) -> None:
@@ -128,7 +146,7 @@ class Pipelined:
         self.stopping = True
         self._join()
 
-    def finish(self) -> Report:
+    def finish(self) -> "Report":
         """Wait for the qubes queued, then the report (the engine's own errors re-raised)."""
         self._join()
         if self.failure is not None:
@@ -288,6 +306,10 @@ def rebuild_key_file(root: Path, key: str, epoch: int | None) -> None:
     The LogVM never sends key material; the copy gets the key file the
     verifier expects so that seals newer than the key state are still refused.
     """
+    from ..core.seal import EpochKeys, parse_verification_key
+    from ..store.keystate import encode_key_record
+    from ..store.verify.context import MAX_EPOCH
+
     if epoch is None or epoch > MAX_EPOCH:
         return  # the verifier reports the missing key file
     store_id, key0 = parse_verification_key(key)
