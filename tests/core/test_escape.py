@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from qubes_logvm.core import escape as escape_module
 from qubes_logvm.core.escape import cap, escape, needs_escaping, terminal_safe, unescape
 
 pytestmark = pytest.mark.inprocess
@@ -65,3 +66,23 @@ def test_terminal_safe_keeps_backslashes_but_not_escapes() -> None:
 def test_cap_reports_bytes_cut() -> None:
     assert cap(b"abcdef", 4) == (b"abcd", 2)
     assert cap(b"abc", 4) == (b"abc", 0)
+
+
+# Any bytes, and ASCII mixes that reach the fast paths' edges (TAB, DEL, "\\").
+_EDGES = st.binary(max_size=200) | st.lists(
+    st.sampled_from([b"a", b" ", b"~", b"\t", b"\x7f", b"\x1f", b"\\", b"\\x1b", b"\\\\"])
+).map(b"".join)
+
+
+@given(_EDGES)
+def test_fast_paths_equal_the_full_substitution(data: bytes) -> None:
+    # terminal_safe and unescape skip the regex when a C-level scan finds
+    # nothing to do: the result is the regex's, byte for byte.
+    full_safe = escape_module._NEEDS_WORK.sub(escape_module._replace_keep_backslash, data)
+    assert terminal_safe(data) == full_safe
+    full = re.sub(
+        rb"\\(\\|x[0-9a-f]{2})",
+        lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]),
+        data,
+    )
+    assert unescape(data) == full

@@ -1,6 +1,10 @@
 """Qube names, the qrexec descriptor and record lines."""
 
+from datetime import UTC, datetime
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qubes_logvm.core.errors import InvalidQubeName, ProtocolError, StoreError
 from qubes_logvm.core.names import is_dispvm_name, parse_service_descriptor, validate_qube_name
@@ -100,3 +104,28 @@ def test_records_round_trip() -> None:
 def test_parse_record_is_strict(line: bytes) -> None:
     with pytest.raises(StoreError):
         parse_record(line)
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)))
+def test_parse_timestamp_reads_what_strptime_reads(moment: datetime) -> None:
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode("ascii")
+    expected = datetime.strptime(stamp.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert parse_timestamp(stamp) == expected.timestamp()
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        b"2026-02-30T00:00:00.000000Z",  # no such day
+        b"2026-13-01T00:00:00.000000Z",
+        b"2026-12-01T24:00:00.000000Z",
+        b"2026-12-01T23:59:60.000000Z",  # strptime's %S takes 60, datetime() does not
+        b"2026-12-01T23:59:59.00000Z",  # five digits of microseconds
+        b"2026-12-01 23:59:59.000000Z",
+        b"2026-1-01T23:59:59.0000000Z",  # the width strptime would accept
+        b"\xd9\xa2026-12-01T23:59:59.000000Z",
+    ],
+)
+def test_parse_timestamp_refuses_what_is_not_a_receive_time(stamp: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_timestamp(stamp)

@@ -5,7 +5,6 @@ an intruder edited, so every byte written goes through
 :func:`qubes_logvm.core.escape.terminal_safe` here, in one place.
 """
 
-from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -49,15 +48,17 @@ class Output:
         self.stream.flush()
 
 
-@dataclass
 class Env:
     """What every command gets: parsed paths, output and injectable edges."""
 
-    layout: StoreLayout
-    config: Path | None
-    out: Output
-    err: TextIO
-    stdin: TextIO
+    def __init__(
+        self, layout: StoreLayout, config: Path | None, out: Output, err: TextIO, stdin: TextIO
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.out = out
+        self.err = err
+        self.stdin = stdin
 
     @property
     def configs(self) -> tuple[Path, ...]:

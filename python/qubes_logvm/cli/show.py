@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..core.errors import StoreError
 from ..core.records import format_timestamp
@@ -27,8 +27,7 @@ FOLLOW_LINES = 10
 DASH_VALUE_OPTIONS = ("--since", "--until", "-S", "-U")
 
 
-@dataclass(frozen=True)
-class ShowOptions:
+class ShowOptions(NamedTuple):
     """What ``show`` was asked for."""
 
     qubes: tuple[str, ...]

@@ -23,7 +23,7 @@ display must pass them through :func:`qubes_logvm.core.escape.terminal_safe`.
 """
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import StoreError
 from .escape import unescape
@@ -37,8 +37,7 @@ NOTE_DEFAULT_SEVERITY = 5
 _SYSLOG_PRI = re.compile(rb"<([0-9]{1,3})>")
 
 
-@dataclass(frozen=True)
-class Understood:
+class Understood(NamedTuple):
     """What one stored line says, independent of where it was found."""
 
     kind: str  # one of KINDS

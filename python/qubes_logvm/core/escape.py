@@ -61,6 +61,8 @@ def escape(untrusted: bytes) -> bytes:
 _NEEDS_WORK_BLOCK = re.compile(_NEEDS_WORK.pattern.replace(rb"\x0a-\x1f", rb"\x0b-\x1f"))
 # Printable ASCII without the backslash, TAB and newline: bytes that pass as is.
 _PLAIN_ASCII = b"\t\n" + bytes(range(0x20, 0x7F)).replace(b"\\", b"")
+# The bytes terminal_safe leaves as they are in ASCII text: TAB and printable ASCII.
+_TERMINAL_PLAIN = b"\t" + bytes(range(0x20, 0x7F))
 
 
 def escape_block(untrusted: bytes) -> bytes:
@@ -95,6 +97,8 @@ def needs_escaping(data: bytes) -> bool:
 
 def unescape(escaped: bytes) -> bytes:
     """Invert :func:`escape`."""
+    if b"\\" not in escaped:  # most fields: no escape in them (a C-level scan)
+        return escaped
     return _UNESCAPE.sub(
         lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]), escaped
     )
@@ -107,6 +111,9 @@ def terminal_safe(data: bytes) -> bytes:
     (an intruder may have written raw escape sequences there), so every
     display path passes through this.
     """
+    # Printable ASCII (most log text) passes as is: a C-level check first.
+    if data.isascii() and not data.translate(None, _TERMINAL_PLAIN):
+        return data
     return _NEEDS_WORK.sub(_replace_keep_backslash, data)
 
 

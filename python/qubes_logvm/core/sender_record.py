@@ -11,7 +11,7 @@ that does not match is not a record (callers show it as a plain message).
 """
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .escape import unescape
 
@@ -23,8 +23,7 @@ _RECORD = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class ParsedRecord:
+class ParsedRecord(NamedTuple):
     """A record split into its fields (values unescaped)."""
 
     time: str

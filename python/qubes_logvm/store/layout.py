@@ -10,8 +10,8 @@ import fcntl
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..core.errors import InvalidQubeName
 from ..core.names import validate_qube_name
@@ -37,8 +37,7 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
 _SEGMENT_FILE = re.compile(r"([0-9]{8})\.(log|log\.zst|seal)")
 
 
-@dataclass(frozen=True)
-class SegmentFiles:
+class SegmentFiles(NamedTuple):
     """The files of one segment as found on disk (either may be missing)."""
 
     qube: str

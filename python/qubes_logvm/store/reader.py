@@ -13,16 +13,14 @@ decompressed as a stream, never to disk.
 import contextlib
 import io
 import os
-import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from io import RawIOBase
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NamedTuple, cast
 
 from ..core.errors import LogvmError, StoreError
-from ..core.records import TIMESTAMP_LEN, parse_timestamp
+from ..core.records import TIMESTAMP_LEN, is_timestamp, parse_timestamp
 from .files import open_regular
 from .layout import SegmentFiles, StoreLayout
 
@@ -30,11 +28,9 @@ from .layout import SegmentFiles, StoreLayout
 MAX_LINE = 1 << 20
 _CHUNK = 1 << 20
 _TAIL = 1 << 16
-_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
-@dataclass(frozen=True)
-class StoredLine:
+class StoredLine(NamedTuple):
     """One line of a segment as found on disk (without its newline)."""
 
     number: int  # 1-based line number in the segment
@@ -46,7 +42,7 @@ class StoredLine:
     def stamp(self) -> bytes | None:
         """The receive time, if the line starts with a well-formed one."""
         head = self.data[:TIMESTAMP_LEN]
-        return head if _STAMP.fullmatch(head) else None
+        return head if is_timestamp(head) else None
 
 
 @contextlib.contextmanager
@@ -91,13 +87,20 @@ def read_lines(stream: BinaryIO, *, first_number: int = 1) -> Iterator[StoredLin
         number += 1
 
 
-@dataclass(frozen=True)
 class LineBlock:
     """Whole lines of a segment read at once: ``count`` lines, each ending in ``\\n``."""
 
-    first_number: int  # 1-based line number of the first
-    data: bytes
-    count: int
+    # A plain class, not a NamedTuple (``count`` would hide tuple.count) nor a
+    # dataclass (whose import is a tenth of ``logvm show``'s start: issue 13).
+    __slots__ = ("first_number", "data", "count")
+
+    def __init__(self, first_number: int, data: bytes, count: int) -> None:
+        self.first_number = first_number  # 1-based line number of the first
+        self.data = data
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"LineBlock({self.first_number}, {self.data!r}, {self.count})"
 
 
 def read_blocks(stream: BinaryIO, *, first_number: int = 1) -> Iterator[LineBlock | StoredLine]:
@@ -175,7 +178,7 @@ def first_stamp(segment: SegmentFiles) -> bytes | None:
     with open_plain(segment.log) as stream:
         line = stream.readline(_TAIL)
     head = line[:TIMESTAMP_LEN]
-    return head if _STAMP.fullmatch(head) else None
+    return head if is_timestamp(head) else None
 
 
 #: The head of a compressed segment's trailer: skippable-frame magic, length 27.
@@ -210,11 +213,11 @@ def last_stamp(segment: SegmentFiles) -> bytes | None:
     if segment.compressed:
         found = tail[-len(TRAILER_HEAD) - TIMESTAMP_LEN :]
         stamp = found[len(TRAILER_HEAD) :]
-        ok = found.startswith(TRAILER_HEAD) and _STAMP.fullmatch(stamp)
+        ok = found.startswith(TRAILER_HEAD) and is_timestamp(stamp)
         return stamp if ok else None
     for line in reversed(tail.split(b"\n")[:-1]):
         head = line[:TIMESTAMP_LEN]
-        if _STAMP.fullmatch(head):
+        if is_timestamp(head):
             return head
     return None
 

@@ -25,7 +25,7 @@ import fnmatch
 import heapq
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..core.entries import Understood, classify
 from ..core.errors import StoreError
@@ -35,24 +35,48 @@ from .reader import StoredLine, first_stamp, iter_segment, last_stamp, open_plai
 from .tail import SegmentTail, blocks_backwards, lines_from, since_offset
 
 
-@dataclass(frozen=True)
 class Entry:
-    """One stored line of one qube, understood."""
+    """One stored line of one qube, understood; entries sort by receive time, then qube."""
 
-    qube: str  # the LogVM's word: the qrexec source name
-    segment: int
-    line: int  # 1-based line number in the segment
-    session: str  # the session token of the segment's segment-start note ("" unknown)
-    when: bytes  # receive time, or the last valid one before a malformed line
-    what: Understood
-    stored: StoredLine
+    # A plain class: a NamedTuple would also compare as a tuple (qube first),
+    # and a dataclass's import is a tenth of ``logvm show``'s start (issue 13).
+    __slots__ = ("qube", "segment", "line", "session", "when", "what", "stored")
+
+    def __init__(
+        self,
+        qube: str,
+        segment: int,
+        line: int,
+        session: str,
+        when: bytes,
+        what: Understood,
+        stored: StoredLine,
+    ) -> None:
+        self.qube = qube  # the LogVM's word: the qrexec source name
+        self.segment = segment
+        self.line = line  # 1-based line number in the segment
+        self.session = session  # the session token of its segment-start note ("" unknown)
+        self.when = when  # receive time, or the last valid one before a malformed line
+        self.what = what
+        self.stored = stored
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
 
     def __lt__(self, other: "Entry") -> bool:
         return (self.when, self.qube) < (other.when, other.qube)
 
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if isinstance(other, Entry) else NotImplemented
 
-@dataclass(frozen=True)
-class Query:
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Entry({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+class Query(NamedTuple):
     """Which entries to show. Times are stored stamps (bytes), both inclusive."""
 
     since: bytes | None = None
@@ -384,16 +408,16 @@ def _newest_in_block(
     return picked[::-1]
 
 
-@dataclass
 class Follower:
     """New entries of some qubes as they are appended (polling, no inotify)."""
 
-    layout: StoreLayout
-    qubes: Sequence[str]
-    query: Query = field(default_factory=Query)
-    _tails: dict[str, SegmentTail] = field(default_factory=dict)
-    _seq: dict[str, int] = field(default_factory=dict)
-    _start: dict[str, tuple[int, int]] = field(default_factory=dict)
+    def __init__(self, layout: StoreLayout, qubes: Sequence[str], query: Query | None = None):
+        self.layout = layout
+        self.qubes = qubes
+        self.query = query if query is not None else Query()
+        self._tails: dict[str, SegmentTail] = {}
+        self._seq: dict[str, int] = {}
+        self._start: dict[str, tuple[int, int]] = {}
 
     def start(self) -> None:
         """Begin at the current end of every qube (what exists is history)."""
