@@ -9,6 +9,7 @@ escape sequences and an overlong line; work's first session compressed.
 import io
 import json
 import re
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -330,3 +331,27 @@ def show_at(root: Path, *args: str) -> tuple[int, str, str]:
     out, err = io.BytesIO(), io.StringIO()
     code = main([*args, "--store", str(root)], stdout=out, stderr=err)
     return code, out.getvalue().decode("utf-8"), err.getvalue()
+
+
+@pytest.mark.timeout(60)
+def test_lines_and_recent_since_never_read_the_older_segments(
+    collected: Collected, tmp_path: Path
+) -> None:
+    # -n and a --since inside the newest segment are answered from the newest
+    # segments backwards (issue 13): an older segment that cannot be read at
+    # all (here work's first, compressed one, overwritten with garbage) does
+    # not matter to them, while the full read needs it.
+    copy = Collected(tmp_path / "store", collected.key)
+    shutil.copytree(collected.root, copy.root)
+    _, want, _ = show(collected, "show", "work", "-n", "3", "-o", "json")
+    newest = [json.loads(x) for x in want.splitlines()]
+    assert {o["segment"] for o in newest} == {2}
+    [old] = [s for s in copy.layout.segments("work") if s.seq == 1]
+    assert old.compressed and old.log is not None
+    old.log.write_bytes(b"\x28\xb5\x2f\xfd garbage, not a zstd frame")
+    assert show(copy, "show", "work", "-n", "3", "-o", "json")[1] == want
+    since = newest[0]["receive_stamp"]
+    _, recent, _ = show(copy, "show", "work", "--utc", "--since", since, "-o", "json")
+    assert recent == want
+    code, _, err = show(copy, "show", "work", "-o", "json")
+    assert code == 2 and "00000001" in err
