@@ -61,8 +61,11 @@ def parse_timestamp(stamp: bytes) -> float:
     """
     if not is_timestamp(stamp):
         raise ValueError(f"not a receive time: {stamp!r}")
-    fields = (stamp[0:4], stamp[5:7], stamp[8:10], stamp[11:13], stamp[14:16], stamp[17:19])
-    moment = datetime(*map(int, fields), int(stamp[20:26]), tzinfo=UTC)
+    moment = datetime(
+        int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10]),
+        int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19]), int(stamp[20:26]),
+        tzinfo=UTC,
+    )  # fmt: skip
     return moment.timestamp()
 
 
