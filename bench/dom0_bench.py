@@ -108,14 +108,15 @@ def _exporter(jd: Any, work: Path, consoles: Path, world: Any, dom0: bool) -> An
         config = write_config(work / "dom0.yaml", ["/nonexistent/unused"], work / "state",
                               batch=batch, sources={"journal": journal},
                               dom0={**settings, **runs})  # fmt: skip
-        # As the formula renders exporter-dom0.yaml: JSON (read without PyYAML).
-        config.write_text(json.dumps(yaml.safe_load(config.read_text())))
         env = world.client_env("dom0")
     else:
         command, env = world.client_command("work")
         files = [{"path": str(consoles / "guest-*.log"), "tag": "console"}]
         config = write_config(work / "vm.yaml", command, work / "state", batch=batch,
                               sources={"journal": journal, "files": files})  # fmt: skip
+    # As the formula renders exporter-dom0.yaml and a template's exporter.yaml:
+    # JSON (read without PyYAML).
+    config.write_text(json.dumps(yaml.safe_load(config.read_text())))
     exporter = ExporterProcess(config, work, jd)
     exporter.env = env
     exporter.program = deployed_program()  # as installed: compiled, no editable finder

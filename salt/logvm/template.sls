@@ -32,6 +32,7 @@
     - context:
         title: logvm-exporter configuration (source qubes)
         section: exporter
+        format: json
         data: {{ logvm.exporter | json }}
     - require:
       - file: {{ id }}-config-dir
