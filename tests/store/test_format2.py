@@ -255,3 +255,10 @@ def test_named_qubes_are_checked_one_by_one_against_the_epoch_seal(v2: tuple[Pat
     assert any(
         "the qubes named cannot be checked" in e for e in errors(verify_store(root, key, ["work"]))
     )
+
+
+@pytest.mark.parametrize("data", [b"", b"torn", b"a\n", b"a\nb\n", b"\n\nx\ny", b"a\nb\ntorn"])
+def test_seal_lines_newest_first_are_the_split_reversed(data: bytes) -> None:
+    from qubes_logvm.store.verify.epochs import _lines_newest_first
+
+    assert list(_lines_newest_first(data)) == data.split(b"\n")[:-1][::-1]

@@ -15,6 +15,7 @@ Trust side: every line is authenticated before it counts; the leaves sidecar
 that differs, and only when its own root equals the authenticated one.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from ...core.epochseal import EpochLine, Leaf, parse_epoch_line, root_of
@@ -165,7 +166,7 @@ def leaf_at(ctx: VerifyRun, qube: str, epoch: int) -> Leaf | None:
             data = read_regular(files.seal, MAX_SEAL_FILE)
         except (OSError, StoreError):
             continue
-        for raw in reversed(data.split(b"\n")[:-1]):
+        for raw in _lines_newest_first(data):
             try:
                 seal = parse_seal(raw)
             except StoreError:
@@ -180,6 +181,16 @@ def leaf_at(ctx: VerifyRun, qube: str, epoch: int) -> Leaf | None:
         if tomb.close_epoch <= epoch:
             return leaf_of_tomb(tomb)
     return None
+
+
+def _lines_newest_first(data: bytes) -> Iterator[bytes]:
+    """The complete lines of ``data``, the last first (no split of the whole file:
+    the line looked for is nearly always the last)."""
+    stop = data.rfind(b"\n")
+    while stop >= 0:
+        start = data.rfind(b"\n", 0, stop) + 1
+        yield data[start:stop]
+        stop = start - 1
 
 
 def state_matches(ctx: VerifyRun, line: EpochLine, names: list[str]) -> list[Leaf] | None:

@@ -233,7 +233,8 @@ def _check_macs(keys: _Keys, seals: _Seals, first: int) -> None:
     """The MAC of every line from ``first`` on."""
     bodies = map(bytes.__getitem__, seals.rows[first:], repeat(_BODY))
     made = keys.macs(seals.epochs[first:], bodies)
-    if not all(map(hmac.compare_digest, made, map(binascii.a2b_hex, seals.macs[first:]))):
+    written = binascii.a2b_hex(b"".join(seals.macs[first:]))
+    if not hmac.compare_digest(b"".join(made), written):
         raise _Amiss
 
 
@@ -283,7 +284,7 @@ def _check_window(data: _Data, seals: _Seals, first: int, last: int) -> None:
     hashers = list(map(_copy, repeat(_CHAIN, last - first)))
     deque(map(_update, hashers, seals.heads[first - 1 : last - 1]), 0)
     deque(map(_update, hashers, map(memoryview(buf).__getitem__, spans)), 0)
-    if list(map(_digest, hashers)) != list(seals.heads[first:last]):
+    if b"".join(map(_digest, hashers)) != b"".join(seals.heads[first:last]):
         raise _Amiss
     # Bytes that are not newlines, per interval: what the seals say, and what is there.
     plain = tuple(map(sub, seals.nbytes[first - 1 : last], seals.lines[first - 1 : last]))
