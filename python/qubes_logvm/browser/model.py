@@ -46,10 +46,17 @@ class SegmentRows:
 
     files: SegmentFiles
     count: int
-    session: str
     points_rows: list[int] = field(default_factory=lambda: [0])
     points_bytes: list[int] = field(default_factory=lambda: [0])
     seals_read: bool = False  # the seal file's points are read when a row past 0 is asked
+    _session: str | None = None
+
+    @property
+    def session(self) -> str:
+        """The session of the segment-start note (its head read when first asked)."""
+        if self._session is None:
+            self._session = segment_session(self.files)
+        return self._session
 
     def _read_seals(self) -> None:
         self.seals_read = True
@@ -83,7 +90,7 @@ class SegmentRows:
 
 def _segment_rows(files: SegmentFiles) -> SegmentRows:
     _, count = segment_records(files)
-    return SegmentRows(files, count, segment_session(files))
+    return SegmentRows(files, count)
 
 
 class QubeRows:
