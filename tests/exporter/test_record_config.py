@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from qubes_logvm.core.errors import ConfigError
 from qubes_logvm.core.sender_record import parse_sender_record
 from qubes_logvm.exporter.config import parse_exporter_config
-from qubes_logvm.exporter.record import TimeFormatter, format_record, token
+from qubes_logvm.exporter.record import TimeFormatter, format_record, format_records, token
 
 pytestmark = pytest.mark.inprocess
 
@@ -28,6 +28,20 @@ def test_any_fields_make_one_line_that_parses_back(
     assert parsed.pid == pid
     assert parsed.ident == (ident.decode("utf-8", "replace") if ident else "")
     assert parsed.time == stamp.decode()
+
+
+@given(
+    st.lists(st.binary(max_size=40) | st.sampled_from([b"\\", b"\xc3\xa9", b"\x1b[31m", b"a\rb"])),
+    st.sampled_from(["console", "a b:[c]", "-", None]),
+)
+def test_records_of_one_source_equal_each_record_joined(
+    messages: list[bytes], ident: str | None
+) -> None:
+    # the block path (one head, one escaping pass) and the per-line one agree,
+    # also for messages holding a newline, control bytes, invalid UTF-8
+    stamp, host = b"2026-01-01T00:00:00.000000+00:00", b"dom0"
+    each = b"".join(format_record(stamp, host, None, None, ident, None, m) for m in messages)
+    assert format_records(stamp, host, None, None, ident, None, messages) == each
 
 
 def test_example_line() -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import FileConfig
-from .record import TimeFormatter, format_record, token
+from .record import TimeFormatter, format_records, token
 from .state import StateDir
 from .transport import Transport
 
@@ -218,12 +218,8 @@ class FilesSource:
                 continue
             stamp = self._times.format(time.time_ns() // 1000)
             tag = follower.tag
-            data = b"".join(
-                [
-                    format_record(stamp, self._host, None, None, tag, None, line)
-                    for line, _end in follower.lines
-                ]
-            )
+            messages = [line for line, _end in follower.lines]
+            data = format_records(stamp, self._host, None, None, tag, None, messages)
             end = follower.lines[-1][1]
             chunks.append((data, len(follower.lines), (follower.path, follower.ident, end)))
             follower.lines.clear()

@@ -23,7 +23,7 @@ data; parsing is :func:`qubes_logvm.core.sender_record.parse_sender_record`
 import re
 import time
 
-from ..core.escape import escape
+from ..core.escape import escape, escape_block
 from ..core.sender_record import SEVERITIES
 
 _SEVERITY_BYTES = [s.encode("ascii") for s in SEVERITIES]
@@ -85,3 +85,25 @@ def format_record(
     if pid is not None and 0 <= pid < 10**10:
         head += b"[%d]" % pid
     return b"%s: %s\n" % (head, escape(untrusted_message))
+
+
+def format_records(
+    stamp: bytes,
+    host: bytes,
+    priority: int | None,
+    unit: bytes | str | None,
+    ident: bytes | str | None,
+    pid: int | None,
+    untrusted_messages: list[bytes],
+) -> bytes:
+    """Records sharing every field but the message: the same bytes as joining
+    :func:`format_record` of each, with one head and one escaping pass
+    (:func:`escape_block`) for them all instead of three per line."""
+    joined = b"\n".join(untrusted_messages)
+    if not untrusted_messages or joined.count(b"\n") != len(untrusted_messages) - 1:
+        # None, or a message holding a newline (escaped, not a separator).
+        return b"".join(
+            [format_record(stamp, host, priority, unit, ident, pid, m) for m in untrusted_messages]
+        )
+    head = format_record(stamp, host, priority, unit, ident, pid, b"")[:-1]
+    return head + escape_block(joined).replace(b"\n", b"\n" + head) + b"\n"
