@@ -81,6 +81,15 @@ def test_the_dispvm_verifier_starts_light() -> None:
     assert "yaml" not in loaded("qubes_logvm.snapshot.check", "qubes_logvm.store.verify")
 
 
+def test_the_export_reads_the_key_state_without_the_daemon_support() -> None:
+    # logvm.Export reads the key state's epoch number (store.keystate): the
+    # modules only creating a store needs (secrets, daemon_support's logging
+    # and socket) are not part of its start-up.
+    modules = loaded("qubes_logvm.snapshot.export")
+    assert "qubes_logvm.store.keystate" in modules
+    assert {"qubes_logvm.daemon_support", "secrets"} & set(modules) == set()
+
+
 def test_store_loads_no_program() -> None:
     modules = loaded("qubes_logvm.store", "qubes_logvm.config", "qubes_logvm.core")
     assert {n for n in project(modules) if program_of(n)} == set()

@@ -15,14 +15,12 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import SealError, StoreError
 from ..core.seal import evolve, format2_store_id, format_verification_key, valid_store_id
-from ..daemon_support import fsync_dir
 from .files import read_regular
 from .layout import STORE_FORMAT, STORE_FORMATS, StoreLayout
 
@@ -105,6 +103,10 @@ def setup_keys(
         raise SealError(f"no store format {store_format}")
     if layout.sealkey.exists() or layout.store_json.exists():
         raise SealError(f"{layout.root}: sealing state exists already; refusing to replace it")
+    import secrets  # here: readers of the key state (logvm.Export) start without these
+
+    from ..daemon_support import fsync_dir
+
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.state_dir.mkdir(mode=0o700, exist_ok=True)
     layout.qubes_dir.mkdir(exist_ok=True)
