@@ -3,11 +3,20 @@
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qubes_logvm.core import escape as escape_module
-from qubes_logvm.core.escape import cap, escape, needs_escaping, terminal_safe, unescape
+from qubes_logvm.core.escape import (
+    SHORT,
+    cap,
+    escape,
+    escape_block,
+    escape_simple,
+    needs_escaping,
+    terminal_safe,
+    unescape,
+)
 
 pytestmark = pytest.mark.inprocess
 
@@ -86,3 +95,47 @@ def test_fast_paths_equal_the_full_substitution(data: bytes) -> None:
         data,
     )
     assert unescape(data) == full
+
+
+# Pieces the vectorised paths must judge exactly as the definition does:
+# passing and refused characters of every length, broken ones, the bytes
+# each path treats apart (backslash, newline, NUL, 0xFE/0xFF, '?').
+_TOKENS = [
+    *(c.encode() for c in "é日😀\u0378\U0010ffff"),  # pass (U+0378 is unassigned: passes)
+    *(
+        c.encode() for c in "\u0085\u00ad\u200b\u202e\u2028\u2029\ufeff\U0001d173\U000e0001"
+    ),  # refused
+    b"\xed\xa0\x80",  # an encoded surrogate
+    b"\xc0\xaf",  # overlong
+    b"\xe6\x97",  # truncated
+    b"\xf4\x90\x80\x80",  # beyond U+10FFFF
+    b"\\",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\x7f",
+    b"\xfe",
+    b"\xff",
+    b"?",
+    b"a",
+]
+_MIXED = st.lists(st.one_of(st.binary(max_size=3), st.sampled_from(_TOKENS)), max_size=200).map(
+    b"".join
+)
+
+
+@settings(deadline=None)  # the first call builds the refused characters' patterns
+@given(_MIXED)
+def test_fast_paths_equal_the_definition(raw: bytes) -> None:
+    # Long enough for escape's vectorised paths (ASCII or lanes).
+    padded = raw + b"." * SHORT
+    assert escape(padded) == escape_simple(padded)
+    assert escape(raw) == escape_simple(raw)
+    assert escape_block(raw) == b"\n".join(escape_simple(line) for line in raw.split(b"\n"))
+
+
+@settings(deadline=None)
+@given(st.binary(min_size=SHORT, max_size=4 * SHORT))
+def test_fast_paths_equal_the_definition_on_random_bytes(raw: bytes) -> None:
+    assert escape(raw) == escape_simple(raw)
+    assert escape_block(raw) == b"\n".join(escape_simple(line) for line in raw.split(b"\n"))

@@ -16,9 +16,9 @@ Python work only when a line in the chunk is overlong.
 from ..core.escape import cap, escape, escape_block
 from ..core.records import line_record
 
-#: Non-ASCII blocks are escaped in slices of about this size: escaping binary
-#: data makes one small object per escaped byte, and fewer at once keeps the
-#: peak memory (RSS) low.
+#: Non-ASCII blocks are escaped in slices of about this size: their escaping
+#: holds several copies of the slice at once (mask, lanes: about ten times
+#: its size), and smaller slices keep the peak memory (RSS) low.
 ESCAPE_SLICE = 32 * 1024
 
 
