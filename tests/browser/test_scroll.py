@@ -11,8 +11,12 @@ from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
 from support.gtkui import pump
 
-STAMP = b"2026-11-28T10:00:00.000000Z"
 BATCH = 4096
+
+
+def stamp_of_batch(batch: int) -> bytes:
+    """Receive times rise by a second a batch."""
+    return b"2026-11-28T10:%02d:%02d.000000Z" % divmod(batch, 60)
 
 
 def big_store(root: Path, batches: int) -> StoreLayout:
@@ -25,15 +29,16 @@ def big_store(root: Path, batches: int) -> StoreLayout:
         chain.open_segment(store.keys, session="s1")
         for batch in range(batches):
             first = batch * BATCH
+            stamp = stamp_of_batch(batch)
             data = b"".join(
-                line_record(STAMP, b"filler record %08d %s" % (first + i, b"x" * 60))
+                line_record(stamp, b"filler record %08d %s" % (first + i, b"x" * 60))
                 for i in range(BATCH)
             )
             chain.append(data, BATCH)
             chain.seal(store.keys)
         chain.close(store.keys)
         chain.open_segment(store.keys, session="s2")
-        chain.append(line_record(STAMP, b"the plain segment"), 1)
+        chain.append(line_record(stamp_of_batch(batches), b"the plain segment"), 1)
         chain.close(store.keys)
     finally:
         store.close()
@@ -109,3 +114,33 @@ def test_prepare_ends_on_a_damaged_segment(tmp_path: Path, damage: str) -> None:
     except StoreError:  # damaged zstd data, said so
         got = []
     assert len(got) < 10  # the rows are not there (logvm verify says why)
+
+
+@pytest.mark.timeout(120)
+def test_a_time_range_is_found_off_the_main_loop(display: str, tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from qubes_logvm.browser.window import BrowserWindow
+    from qubes_logvm.core.records import parse_timestamp
+
+    layout = big_store(tmp_path / "store", batches=80)
+    win = BrowserWindow(None, layout, ())
+    win.setup()
+    win.window.present()
+    try:
+        win.choose_qube("work")
+        pump()
+        since = stamp_of_batch(70)  # deep in the compressed segment
+        local = datetime.fromtimestamp(parse_timestamp(since)).strftime("%Y-%m-%d %H:%M:%S")
+        get = win.builder.get_object
+        get("since_entry").set_text(local)
+        get("range_apply").clicked()
+        assert "finding the time range" in win.status.get_text()  # the click returned at once
+        assert pump(lambda: win.records.first_row > 0, 60)
+        rows = win.rows
+        assert rows is not None
+        assert rows.stamp_at(win.records.first_row) == since
+        assert rows.stamp_at(win.records.first_row - 1) < since
+    finally:
+        win.window.destroy()
+        pump()

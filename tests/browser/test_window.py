@@ -133,7 +133,7 @@ def test_time_range_picker(browser: object, collected: Collected) -> None:
     get("range_button").clicked()  # Ctrl+L does the same
     get("since_entry").set_text(since)
     get("range_apply").clicked()
-    pump()
+    assert pump(lambda: win.records.first_row > 0)  # type: ignore[attr-defined]
     shown = rows.rows(win.records.first_row, win.records.end_row)  # type: ignore[attr-defined]
     assert 0 < len(shown) < everything
     assert all(e.when >= middle for e in shown if e.when)

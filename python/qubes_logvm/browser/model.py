@@ -229,18 +229,22 @@ class QubeRows:
 
         def work() -> None:
             try:
-                for seg, need in missing:
-                    log = seg.files.log
-                    if log is None:
-                        continue
-                    with self._lock:
-                        held = self._decompressed(seg, log)
-                    held.fill(need)  # its own lock, a chunk at a time: reads go on
+                self._fill(missing)
             finally:
                 self._preparing = False
                 done()
 
         threading.Thread(target=work, daemon=True).start()
+
+    def _fill(self, missing: list[tuple[SegmentRows, int | None]]) -> None:
+        """Decompress what ``missing`` names, outside the rows' lock (draws go on)."""
+        for seg, need in missing:
+            log = seg.files.log
+            if log is None:
+                continue
+            with self._lock:
+                held = self._decompressed(seg, log)
+            held.fill(need)  # its own lock, a chunk at a time: reads go on
 
     def _read(self, seg: SegmentRows, index: int, want: int) -> Iterator[StoredLine]:
         point_row, offset = seg.point_before(index)
@@ -312,7 +316,12 @@ class QubeRows:
         )
 
     def stamp_at(self, row: int) -> bytes:
-        """The receive time of a row (b"" when it has none)."""
+        """The receive time of a row (b"" when it has none).
+
+        What it needs decompressed is decompressed outside the rows' lock,
+        so a bisection in a thread (:meth:`row_at_time`) never holds up a draw.
+        """
+        self._fill(self._missing(row, row + 1))
         got = self.rows(row, row + 1)
         return got[0].when if got else b""
 

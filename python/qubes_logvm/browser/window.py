@@ -163,12 +163,32 @@ class BrowserWindow:
         if rows is None:
             return
         since, until = self.range
-        first = rows.row_at_time(since) if since else 0
-        end = rows.row_at_time(until + b"~") if until else None
+        if since is None and until is None:
+            self._show_span(rows, 0, None)
+            return
+        # Finding the rows bisects by receive time, reading (and maybe
+        # decompressing) rows all over the qube: in a thread.
+        self.status.set_text(f"{self.qube}: finding the time range…")
+
+        def work() -> None:
+            try:
+                first = rows.row_at_time(since) if since else 0
+                end = rows.row_at_time(until + b"~") if until else None
+            except LogvmError as err:
+                GLib.idle_add(self.status.set_text, f"Time range: {err}")
+                return
+            GLib.idle_add(self._show_span, rows, first, end)
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def _show_span(self, rows: QubeRows, first: int, end: int | None) -> bool:
+        if rows is not self.rows:  # another qube was chosen meanwhile
+            return False
         self.records.show_rows(rows, first, end)
         if self.builder.get_object("follow_toggle").get_active():
             self.records.scroll_to_end()
         self.status.set_text(f"{self.qube}: {self.records.shown} of {rows.count} records shown")
+        return False
 
     def apply_range(self) -> None:
         """Read the time range entries (journalctl's time syntax, as ``logvm show``)."""
