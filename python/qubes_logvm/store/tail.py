@@ -24,6 +24,7 @@ from .reader import MAX_LINE, StoredLine, open_plain, read_lines
 
 _BLOCK = 1 << 18
 _FIRST_BLOCK = 1 << 13
+_PROBE = 1 << 12  # since_offset's reads and how close it gets
 _SEAL_TAIL = 4096
 _COUNT_CHUNK = 1 << 22
 
@@ -111,8 +112,11 @@ def since_offset(segment: SegmentFiles, since: bytes) -> tuple[int, int]:
     if segment.log is None or segment.compressed:
         return 0, 1
     low, high = 0, _size(segment)
-    with _open(segment) as stream:
-        while high - low > _BLOCK:
+    # Small reads, down to a few lines: each probe reads one buffer (a 256 KiB
+    # buffer would cost more per probe, and leave a reader up to 256 KiB of
+    # lines before the window to pass over: most of `show --since`'s reading).
+    with io.BufferedReader(open_regular(_log(segment)), _PROBE) as stream:
+        while high - low > _PROBE:
             middle = (low + high) // 2
             stream.seek(middle)
             stream.readline(MAX_LINE)  # to the next line start

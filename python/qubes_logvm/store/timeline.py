@@ -60,17 +60,26 @@ class Entry:
         self.what = what
         self.stored = stored
 
-    def _key(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
     def __lt__(self, other: "Entry") -> bool:
         return (self.when, self.qube) < (other.when, other.qube)
 
     def __eq__(self, other: object) -> bool:
-        return self._key() == other._key() if isinstance(other, Entry) else NotImplemented
+        # heapq.merge asks == before < for every pair it compares: the fields
+        # that differ most often first, so unequal entries are told apart at once.
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return (
+            self.when == other.when
+            and self.line == other.line
+            and self.qube == other.qube
+            and self.segment == other.segment
+            and self.session == other.session
+            and self.what == other.what
+            and self.stored == other.stored
+        )
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash((self.qube, self.segment, self.line, self.when))
 
     def __repr__(self) -> str:
         return f"Entry({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
