@@ -10,6 +10,7 @@ docs/threat-model.md lists these cases row by row.
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from attacks.conftest import LOGVM, WITNESS, Made
 from collector.helpers import Collector, make_store, send
 
 from qubes_logvm.core.epochseal import EpochLine
-from qubes_logvm.core.seal import ZERO, Seal, evolve, genesis
+from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.core.seal import ZERO, ChainHasher, Seal, evolve, genesis
 from qubes_logvm.core.tomb import Tomb, parse_tomb
 from qubes_logvm.store.epochfile import EpochFile, epochs_path
 from qubes_logvm.store.keystate import KeyState
@@ -275,6 +277,42 @@ def test_newest_closed_segment_removed(made: Made) -> None:
         (made.qube("disp12") / name).unlink()
     expect(made, 1, "error: disp12: the store-wide seal of epoch")
     expect(made, 1, "disp12/00000001: witness: segment missing", witness=True)
+
+
+def append_sealed(made: Made, qube: str, record: bytes) -> int:
+    """Append a record to the qube's newest segment, sealed with the intruder's key;
+    return its line number."""
+    epoch, key = current_key(made)
+    files = made.layout.segments(qube)[-1]
+    assert files.seal is not None and files.log is not None
+    last = read_seal_file(files.seal).seals[-1]
+    hasher = ChainHasher(last.head)
+    hasher.update(record)
+    seal = Seal(
+        "batch",
+        qube,
+        last.seq,
+        epoch,
+        last.lines + 1,
+        last.nbytes + len(record),
+        hasher.digest(),
+        last.mac,
+    ).signed(key)
+    with open(files.log, "ab") as stream:
+        stream.write(record)
+    with open(files.seal, "ab") as stream:
+        stream.write(seal.to_line())
+    return last.lines + 1
+
+
+def test_record_dated_before_the_store_was_created(made: Made) -> None:
+    # With the key it holds, the intruder adds to personal's open segment a
+    # record "received" a year before store.json's creation time.
+    stamp = format_timestamp(time.time() - 365 * 86400)
+    line = append_sealed(made, "personal", line_record(stamp, b"sshd[1]: Accepted for root"))
+    files = made.layout.segments("personal")[-1]
+    words = f"error: {files.name} line {line}: received at {stamp.decode()}, before the store"
+    both(made, words)
 
 
 def test_genesis_forged_for_a_new_qube_is_only_post_compromise(made: Made) -> None:

@@ -119,7 +119,7 @@ def test_refuses_open_tampered_or_unsealed_segments(tmp_path: Path) -> None:
         compress_segment(layout, _segment(root, 1))
     # Bytes after the close seal.
     with layout.segment_log("work", 2).open("ab") as stream:
-        stream.write(b"2023-11-14T22:13:20.000000Z L appended later\n")
+        stream.write(b"2027-01-15T08:00:00.000000Z L appended later\n")
     with pytest.raises(CompressError, match="after the last seal"):
         compress_segment(layout, _segment(root, 2))
     assert sorted(os.listdir(layout.qube_dir("work"))) == [

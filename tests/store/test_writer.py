@@ -19,7 +19,7 @@ pytestmark = pytest.mark.inprocess
 
 
 def _lines(n: int, tag: str = "x") -> bytes:
-    stamp = format_timestamp(1_700_000_000.0)
+    stamp = format_timestamp(1_800_000_000.0)
     return b"".join(line_record(stamp, b"%s %d" % (tag.encode(), i)) for i in range(n))
 
 
@@ -147,7 +147,7 @@ def test_crash_leaves_unsealed_tail_that_restart_seals(store_root: tuple[Path, b
     chain.append(_lines(3, "unsealed"), 3)  # written, never sealed: the "crash"
     log_path = StoreLayout(root).segment_log("work", 1)
     with log_path.open("ab") as stream:
-        stream.write(b"2023-11-14T22:13:20.000000Z L torn rec")  # killed mid-write
+        stream.write(b"2027-01-15T08:00:00.000000Z L torn rec")  # killed mid-write
     store.keys.close()  # the process dies: no close seal
 
     restarted = Store(root)

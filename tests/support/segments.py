@@ -37,7 +37,7 @@ def config(text: str) -> RetentionConfig:
 
 def sample_lines(n: int, tag: str = "line", width: int = 80) -> bytes:
     """``n`` record lines of about ``width`` bytes each."""
-    stamp = format_timestamp(1_700_000_000.0)
+    stamp = format_timestamp(1_800_000_000.0)
     pad = b"x" * max(0, width - 50)
     return b"".join(line_record(stamp, b"%s %d %s" % (tag.encode(), i, pad)) for i in range(n))
 
@@ -53,7 +53,7 @@ def loghub_text(min_bytes: int) -> bytes:
 
 def as_records(text: bytes, start: int = 0) -> bytes:
     """Raw text lines turned into record lines (printable ASCII kept as is)."""
-    stamp = format_timestamp(1_700_000_000.0 + start)
+    stamp = format_timestamp(1_800_000_000.0 + start)
     return b"".join(
         line_record(stamp, line.replace(b"\\", b"\\\\").decode("ascii", "replace").encode())
         for line in text.splitlines()

@@ -42,6 +42,9 @@ class VerifyRun:
     #: Per qube: (segment, first seal's epoch, last epoch) of every segment checked.
     segment_epochs: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     epoch_jumps: bool = False  # format 2: a seal's epoch may jump (no tick seals)
+    #: Per (qube, segment): the first record received before the store was
+    #: created, as the last reading of the segment found it (verify/created.py).
+    before_created: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)
 
     def add(self, severity: str, qube: str | None, message: str, *where: int | None) -> None:
         """Record one finding (``where``: segment, first and last line, as Report.add)."""

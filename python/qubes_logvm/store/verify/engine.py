@@ -26,6 +26,7 @@ from ..keystate import read_store_info
 from ..layout import SegmentFiles, StoreLayout
 from ..sealfile import read_seal_file
 from .context import VerifyRun
+from .created import report_created
 from .epochs import COPY_WITHOUT_EPOCHS, check_epochs
 from .findings import ERROR, INFO, WARNING, Report, WrongKey
 from .segment import verify_segment
@@ -299,6 +300,7 @@ def _verify_qube(ctx: VerifyRun, qube: str) -> None:
         )
         head, epoch = end_head, max(epoch, end_epoch)
         note_epochs(ctx, files, end_epoch)
+        report_created(ctx, files)
     if not segments and not tombs.last:
         ctx.add(INFO, qube, "no segments")
 

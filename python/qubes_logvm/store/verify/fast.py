@@ -35,9 +35,9 @@ from ...core.errors import StoreError
 from ...core.seal import CHAIN_DOMAIN, FINAL_KINDS, SEAL_DOMAIN
 from ..files import read_regular
 from ..layout import SegmentFiles
-from ..reader import open_plain
 from ..sealfile import MAX_SEAL_FILE
 from .context import VerifyRun
+from .created import watched_plain
 
 _Hash = type(hashlib.sha256())
 _copy, _update, _digest = _Hash.copy, _Hash.update, _Hash.digest
@@ -71,7 +71,7 @@ def fast_segment(
         return None
     try:
         raw = read_regular(files.seal, MAX_SEAL_FILE)
-        with open_plain(files.log) as stream:
+        with watched_plain(ctx, files) as stream:
             last = _walk(ctx, raw, _Data(stream), files, head, min_epoch)
     except (_Amiss, OSError, StoreError, ValueError):
         return None

@@ -17,6 +17,7 @@ from ..reader import count_lines, open_plain
 from ..sealfile import SealFile, read_seal_file
 from .chain import ChainCheck, ChainMismatch
 from .context import VerifyRun
+from .created import watched_plain
 from .data import DataResult, Interval, check_data
 from .fast import fast_segment
 from .findings import ERROR, WARNING
@@ -68,7 +69,7 @@ def verify_segment(
     if files.log is None:
         _missing_log(ctx, files, last)
         return last.head, last.epoch
-    with open_plain(files.log) as stream:
+    with watched_plain(ctx, files) as stream:
         result = check_data(stream, intervals, Reporter(ctx, qube, seq))
     ctx.report.bytes_hashed += result.bytes_hashed
     _check_end(ctx, files, last, anchors[-1][0], result, newest)
