@@ -6,7 +6,12 @@ import random
 import pytest
 
 from qubes_logvm.core.records import format_timestamp, line_record
-from qubes_logvm.store.verify.created import CREATED_SLACK_SECONDS, StampFloor, floor_of
+from qubes_logvm.store.verify.created import (
+    CREATED_SLACK_SECONDS,
+    StampFloor,
+    first_below,
+    floor_of,
+)
 
 CREATED = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 FLOOR = floor_of(format_timestamp(CREATED).decode()[:19] + "Z")
@@ -19,7 +24,8 @@ def _text(stamps: list[float]) -> bytes:
 
 
 def _first_hit(data: bytes, reads: list[int]) -> tuple[int, bytes] | None:
-    """Read ``data`` through the watcher in pieces of the given sizes."""
+    """What watched_plain decides: the count as read in pieces of the given sizes
+    covers every line (a sealed segment of ``data``), or the search finds the line."""
     assert FLOOR is not None
     watch = StampFloor(io.BytesIO(data), FLOOR)
     for size in reads:
@@ -27,8 +33,9 @@ def _first_hit(data: bytes, reads: list[int]) -> tuple[int, bytes] | None:
             break
     while watch.read(1 << 16):
         pass
-    watch.finish()
-    return watch.hit
+    if data.endswith(b"\n") and (watch.after, watch.nbytes) == (data.count(b"\n"), len(data)):
+        return None
+    return first_below(io.BytesIO(data), FLOOR)
 
 
 def _expected(stamps: list[float]) -> tuple[int, bytes] | None:
@@ -64,3 +71,12 @@ def test_found_wherever_the_reads_cut_the_lines(seed: int) -> None:
 
 def test_malformed_lines_are_not_taken_for_times() -> None:
     assert _first_hit(b"1999 is not a receive time\n" + _text([CREATED]), [1 << 20]) is None
+
+
+def test_counted_without_a_search_when_every_line_is_after_the_floor() -> None:
+    assert FLOOR is not None
+    data = _text([CREATED + 86400 + i for i in range(1000)])
+    watch = StampFloor(io.BytesIO(data), FLOOR)
+    while watch.read(777):
+        pass
+    assert (watch.after, watch.nbytes) == (1000, len(data))
