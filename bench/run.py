@@ -92,7 +92,18 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return str(value)
 
 
-COLUMNS = ("name", "lines_per_s", "mb_per_s", "value", "unit", "ratio", "baseline", "ok", "notes")
+COLUMNS = (
+    "name",
+    "lines_per_s",
+    "mb_per_s",
+    "cpu_us_per_line",
+    "value",
+    "unit",
+    "ratio",
+    "baseline",
+    "ok",
+    "notes",
+)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
