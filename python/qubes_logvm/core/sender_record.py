@@ -49,13 +49,13 @@ def parse_sender_record(line: bytes) -> ParsedRecord:
     match = _RECORD.fullmatch(line)
     if match is None:
         raise ValueError("not an exporter record")
-    pid = match.group(6)
+    stamp, host, priority, unit, ident, pid, message = match.groups()
     return ParsedRecord(
-        time=match.group(1).decode("ascii", "replace"),
-        host=_untoken(match.group(2)),
-        priority=match.group(3).decode("ascii"),
-        unit=_untoken(match.group(4)),
-        ident=_untoken(match.group(5)),
-        pid=int(pid) if pid is not None else None,
-        message=unescape(match.group(7)),
+        stamp.decode("ascii", "replace"),
+        _untoken(host),
+        priority.decode("ascii"),
+        _untoken(unit),
+        _untoken(ident),
+        int(pid) if pid is not None else None,
+        unescape(message),
     )

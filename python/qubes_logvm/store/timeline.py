@@ -61,7 +61,9 @@ class Entry:
         self.stored = stored
 
     def __lt__(self, other: "Entry") -> bool:
-        return (self.when, self.qube) < (other.when, other.qube)
+        if self.when != other.when:
+            return self.when < other.when
+        return self.qube < other.qube
 
     def __eq__(self, other: object) -> bool:
         # heapq.merge asks == before < for every pair it compares: the fields
