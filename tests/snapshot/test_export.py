@@ -143,3 +143,15 @@ def test_malformed_snapshots_are_errors(
     assert verdict.status == "error"
     assert words in verdict.findings[0], verdict.findings
     assert not (tmp_path / "x.log").exists()
+
+
+def test_a_key_the_verifier_cannot_read_is_an_error_verdict(store: Built, tmp_path: Path) -> None:
+    # The key is read by the verify thread while the input arrives: its
+    # refusal still ends the input and becomes the verdict.
+    out, _ = export(store.root).communicate(timeout=60)
+    data = input_prefix("logvm-vk-nonsense", b"", 1 << 40) + out
+    workdir = tmp_path / "dispvm"
+    workdir.mkdir()
+    verdict = check.check_input(io.BytesIO(data), workdir, None)
+    assert verdict.status == "error"
+    assert verdict.findings[0].startswith("cannot verify: "), verdict.findings
