@@ -8,12 +8,14 @@ from hypothesis import strategies as st
 
 from qubes_logvm.core import escape as escape_module
 from qubes_logvm.core.escape import (
+    REFUSED_PLANES,
     SHORT,
     cap,
     escape,
     escape_block,
     escape_simple,
     needs_escaping,
+    refused_codes,
     terminal_safe,
     unescape,
 )
@@ -139,3 +141,9 @@ def test_fast_paths_equal_the_definition(raw: bytes) -> None:
 def test_fast_paths_equal_the_definition_on_random_bytes(raw: bytes) -> None:
     assert escape(raw) == escape_simple(raw)
     assert escape_block(raw) == b"\n".join(escape_simple(line) for line in raw.split(b"\n"))
+
+
+def test_every_refused_character_is_in_the_planes_searched() -> None:
+    # The lanes path finds refused characters only in REFUSED_PLANES.
+    others = tuple(p for p in range(17) if p not in REFUSED_PLANES)
+    assert refused_codes(others) == []
