@@ -80,10 +80,11 @@ class LineSplitter:
         if end < 0:
             self._hold(untrusted_data)
             return b"", 0
-        untrusted_block = untrusted_data[:end]
         first_cut = self._cut
-        if self._carry:
-            untrusted_block = bytes(self._carry) + untrusted_block
+        if self._carry:  # one copy of both (a read mostly ends inside a line)
+            untrusted_block = b"".join((self._carry, memoryview(untrusted_data)[:end]))
+        else:
+            untrusted_block = untrusted_data[:end]
         self._carry = bytearray()
         self._cut = 0
         self._hold(untrusted_data[end + 1 :])

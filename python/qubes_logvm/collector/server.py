@@ -91,7 +91,8 @@ class Connection(asyncio.BufferedProtocol, Feed):
         self._write_paused = False
         self._owed: tuple[int, bool] | None = None
         self._in_count = False
-        self._untrusted_raw = bytearray()  # received, not yet escaped
+        self._untrusted_raw: list[bytes] = []  # reads received, not yet escaped
+        self._raw_bytes = 0  # their size
         self._eof_seen = False  # the sender closed; finish once the raw bytes are in
         self._holds: set[str] = set()  # why reading is paused
 
@@ -130,10 +131,11 @@ class Connection(asyncio.BufferedProtocol, Feed):
             self._read_descriptor(untrusted_data)
             return
         behind = bool(self._untrusted_raw)  # the ingest has not escaped the last read
-        self._untrusted_raw += untrusted_data
+        self._untrusted_raw.append(untrusted_data)
+        self._raw_bytes += len(untrusted_data)
         self.server.shared.budget.add(len(untrusted_data))
-        self.server.ingest.add(self, len(self._untrusted_raw))
-        if behind and len(self._untrusted_raw) >= READ_BYTES:
+        self.server.ingest.add(self, self._raw_bytes)
+        if behind and self._raw_bytes >= READ_BYTES:
             # Paused only behind the ingest (other busy connections): a
             # connection whose reads are escaped as they come is never
             # paused and resumed (two epoll calls) per read.
@@ -144,9 +146,11 @@ class Connection(asyncio.BufferedProtocol, Feed):
     def ingest_slice(self, limit: int) -> bool:
         """Escape and submit up to ``limit`` received bytes (:class:`.fair.Ingest`)."""
         writer = self.writer
-        with memoryview(self._untrusted_raw) as view:
-            untrusted_part = bytes(view[:limit])  # one copy, no bytearray slice
-        del self._untrusted_raw[:limit]
+        # A read escaped whole is not copied (join and slice return it as is).
+        untrusted_all = b"".join(self._untrusted_raw)
+        untrusted_part, untrusted_rest = untrusted_all[:limit], untrusted_all[limit:]
+        self._untrusted_raw = [untrusted_rest] if untrusted_rest else []
+        self._raw_bytes = len(untrusted_rest)
         self.server.shared.budget.release(len(untrusted_part))
         if writer is None:
             return False
@@ -161,7 +165,7 @@ class Connection(asyncio.BufferedProtocol, Feed):
         return False
 
     def _ingest_all(self) -> None:
-        while self._untrusted_raw and self.ingest_slice(len(self._untrusted_raw)):
+        while self._untrusted_raw and self.ingest_slice(self._raw_bytes):
             pass
 
     def _finish(self, writer: QubeWriter) -> None:
@@ -196,7 +200,7 @@ class Connection(asyncio.BufferedProtocol, Feed):
 
     def held(self) -> int:
         pending = self.writer.pending_bytes if self.writer is not None else 0
-        return len(self._untrusted_raw) + pending
+        return self._raw_bytes + pending
 
     def budget_resumed(self) -> None:
         self._hold("budget", False)
