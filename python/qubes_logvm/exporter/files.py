@@ -39,7 +39,7 @@ READ_BYTES = 256 << 10
 MAX_MESSAGE = 60 << 10
 #: A polling round's budget over all files: lines split, and bytes read.
 MAX_ITEMS = 2000
-ROUND_BYTES = 256 << 10
+ROUND_BYTES = 128 << 10
 
 
 @dataclass
