@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,10 +29,10 @@ print(json.dumps({n: getattr(m, "__file__", None) for n, m in sys.modules.items(
 """
 
 
-def loaded(*modules: str) -> dict[str, str | None]:
-    """Module name -> file, after importing ``modules`` (and their submodules) afresh."""
+def fresh(code: str, *args: str) -> Any:
+    """What ``code`` prints as JSON, run in a fresh interpreter on the package alone."""
     done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_ALL, *modules],
+        [sys.executable, "-c", code, *args],
         cwd="/",
         env={"PYTHONPATH": str(PACKAGE), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -40,7 +41,12 @@ def loaded(*modules: str) -> dict[str, str | None]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    result: dict[str, str | None] = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def loaded(*modules: str) -> dict[str, str | None]:
+    """Module name -> file, after importing ``modules`` (and their submodules) afresh."""
+    result: dict[str, str | None] = fresh(_IMPORT_ALL, *modules)
     return result
 
 
@@ -118,17 +124,7 @@ def test_show_loads_no_cryptography_dataclasses_or_strptime(store: Built) -> Non
     # never pays for hashlib, hmac or the seal classes; the classes it reads
     # with are NamedTuples or plain (dataclasses imports inspect, ast, dis);
     # receive times are read by their columns (no _strptime, calendar).
-    done = subprocess.run(
-        [sys.executable, "-c", _SHOW, str(store.root)],
-        cwd="/",
-        env={"PYTHONPATH": str(PACKAGE), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = fresh(_SHOW, str(store.root))
     assert result["code"] == 0
     modules = set(result["modules"])
     assert "qubes_logvm.store.tail" in modules  # the seal files were read
