@@ -143,3 +143,55 @@ def made(made_once: Made, tmp_path: Path) -> Iterator[Made]:
     export = tmp_path / "witness.export"
     shutil.copy(made_once.witness_file, export)
     yield Made(root, made_once.vk_file, export, made_once.witness_dir)
+
+
+def _build_retired(workdir: Path) -> tuple[Path, Path]:
+    """A store where DispVMs were retired (no witness: the collector retires only
+    without one for now); ``work`` lost its oldest segments to its quota and
+    keeps a connection open while the collector is killed."""
+    config = {
+        "housekeeping_seconds": 0.2,
+        "session_linger": 0,
+        "segment": {"max_bytes": "4K"},
+        "quota": {"qubes": {"work": "24K"}},
+        "global": {"keep_free": 0},
+        "retention": {"dispvm_delete_after_close": "0", "dispvm_grace": "0"},
+    }
+    collector = Collector(workdir, config)
+    vk = make_store(collector.store, epoch_seconds=0.5)
+    layout = StoreLayout(collector.store)
+    collector.start()
+    try:
+        for session in range(12):
+            send(collector.socket, "work", _lines(f"work s{session}", 6))
+        held = connect(collector.socket, "work")  # work's newest segment stays open
+        held.sendall(_lines("work open", 5))
+        _wait_ack(held, 5)
+        for qube in ("disp1", "disp2", "disp3"):
+            send(collector.socket, qube, _lines(qube, 4))
+        assert wait_for(lambda: layout.qubes() == ["work"], 30), layout.qubes()
+        assert wait_for(lambda: layout.tombstones("work").exists(), 30)
+        time.sleep(1.5)  # epochs sealed after the retirements
+        collector.kill()
+        held.close()
+    finally:
+        collector.kill()
+    vk_file = workdir / "vk"
+    vk_file.write_text(vk + "\n")
+    return collector.store, vk_file
+
+
+@pytest.fixture(scope="module")
+def retired_once(tmp_path_factory: pytest.TempPathFactory) -> Made:
+    """The store with retired qubes as the collector left it (do not tamper)."""
+    workdir = tmp_path_factory.mktemp("retired")
+    root, vk_file = _build_retired(workdir)
+    return Made(root, vk_file, workdir / "no-witness", workdir / "no-witness")
+
+
+@pytest.fixture
+def retired(retired_once: Made, tmp_path: Path) -> Made:
+    """A private copy to tamper with."""
+    root = tmp_path / "store"
+    shutil.copytree(retired_once.root, root, symlinks=True)
+    return Made(root, retired_once.vk_file, retired_once.witness_file, retired_once.witness_dir)

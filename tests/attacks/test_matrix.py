@@ -19,11 +19,13 @@ from collector.helpers import Collector, make_store, send
 
 from qubes_logvm.core.epochseal import EpochLine
 from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.core.retire import Retire, parse_retire
 from qubes_logvm.core.seal import ZERO, ChainHasher, Seal, evolve, genesis
 from qubes_logvm.core.tomb import Tomb, parse_tomb
 from qubes_logvm.store.epochfile import EpochFile, epochs_path
 from qubes_logvm.store.keystate import KeyState
 from qubes_logvm.store.layout import StoreLayout
+from qubes_logvm.store.retired import retired_path
 from qubes_logvm.store.sealfile import read_seal_file
 
 pytestmark = pytest.mark.timeout(120)
@@ -473,3 +475,78 @@ def test_dom0_delivery_and_own_line_relabelled(tmp_path: Path, old: bytes, new: 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"error: work/{segment.stem} lines 1-2: lines changed or reordered" in done.stdout
+
+
+# Retired qubes (docs/store-format.md, "Retired qubes"): the collector removed
+# the directories of disp1-3 after deleting all their segments.
+
+
+def _retire_lines(made: Made) -> list[bytes]:
+    return retired_path(made.layout).read_bytes().splitlines(keepends=True)
+
+
+def _retire_work(made: Made, tomb: Tomb, *, keyless: bool = False) -> None:
+    """Append a retire line for work over ``tomb``, MACed with K[E] (or garbage)."""
+    epoch, key = current_key(made)
+    prev = parse_retire(_retire_lines(made)[-1].rstrip(b"\n")).mac
+    line = Retire(epoch, tomb, prev).signed(key)
+    if keyless:
+        line = Retire(epoch, tomb, prev, os.urandom(32))
+    with retired_path(made.layout).open("ab") as out:
+        out.write(line.to_line())
+
+
+def _work_tomb(made: Made) -> Tomb:
+    return parse_tomb(made.layout.tombstones("work").read_bytes().splitlines()[-1])
+
+
+def test_retired_qubes_verify(retired: Made) -> None:
+    out = expect(retired, 0, "info: disp2: retired in epoch")
+    assert "directory removed" in out
+
+
+def test_qube_directory_removed_without_a_retire_line(retired: Made) -> None:
+    shutil.rmtree(retired.qube("work"))
+    expect(retired, 1, "error: work: the store-wide seal of epoch")
+
+
+def test_retire_line_without_the_key(retired: Made) -> None:
+    _retire_work(retired, _work_tomb(retired), keyless=True)
+    shutil.rmtree(retired.qube("work"))
+    out = expect(retired, 1, "error: work: state/retired.seal line 4: MAC wrong")
+    assert "the store-wide seal of epoch" in out
+
+
+def test_retire_line_made_with_the_current_key_and_its_deletion(retired: Made) -> None:
+    # With K[E] the intruder deletes work's segments (tombs of epoch E), retires it
+    # and removes its directory: the retirement's tomb must be of an earlier epoch.
+    epoch, key = current_key(retired)
+    seal_path = retired.layout.segments("work")[-1].seal
+    assert seal_path is not None
+    newest = read_seal_file(seal_path).seals[-1]
+    tomb = Tomb(
+        "tomb", "work", newest.seq, newest.seq, epoch, newest.epoch, newest.lines,
+        newest.nbytes, 100, "quota", newest.head, ZERO,
+    ).signed(key)  # fmt: skip
+    _retire_work(retired, tomb)
+    shutil.rmtree(retired.qube("work"))
+    expect(retired, 1, "is not a tombstone sealed before the retirement")
+
+
+def test_retire_line_for_a_qube_whose_directory_still_has_segments(retired: Made) -> None:
+    # work's own honest newest tomb (an earlier epoch), retired with K[E]:
+    # work's directory still holds segments sealed before that.
+    _retire_work(retired, _work_tomb(retired))
+    expect(retired, 1, "a retire line for a qube that still has segments")
+
+
+def test_live_qube_retired_over_an_old_tomb_and_removed(retired: Made) -> None:
+    _retire_work(retired, _work_tomb(retired))
+    shutil.rmtree(retired.qube("work"))
+    expect(retired, 1, "error: work/00000013: the store-wide seal of epoch")
+
+
+def test_retire_line_replayed(retired: Made) -> None:
+    lines = _retire_lines(retired)
+    retired_path(retired.layout).write_bytes(b"".join([*lines, lines[0]]))
+    expect(retired, 1, "state/retired.seal line 4: does not follow the line before")

@@ -37,6 +37,7 @@ from ..daemon_support import EXIT_OK, fatal, listen_fds, sd_notify, setup_loggin
 from ..store.eviction import Planned, plan_deletions
 from ..store.keystate import setup_keys
 from ..store.layout import StoreLayout, add_store_argument
+from ..store.retired import retirable
 from ..store.usage import ZERO_COST, Cost, qube_usage
 from ..store.witness_pending import queue_registration
 from ..store.writer import Store
@@ -92,6 +93,8 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._stop_early = False  # a SIGTERM before the event loop ran
+        #: Qubes retired at the first housekeeping pass (fully deleted before a restart).
+        self._unretired: set[str] = set()
 
     def stop_early(self, _signum: int, _frame: object) -> None:
         """Signal handler from before :meth:`run`: the socket listens already."""
@@ -234,7 +237,9 @@ class Daemon:
 
     def _scan_usage(self) -> dict[str, Cost]:
         layout = self.store.layout
-        return {qube: qube_usage(layout, qube) for qube in layout.qubes()}
+        usage = {qube: qube_usage(layout, qube) for qube in layout.qubes()}
+        self._unretired = {qube for qube in usage if retirable(layout, qube)}
+        return usage
 
     def _resync(self, scanned: dict[str, Cost]) -> None:
         """Reset the store's running total: the scan, but connected qubes' own figures."""
@@ -307,7 +312,38 @@ class Daemon:
             current = self.server.writers.get(qube)
             if current is not None:
                 await self.shared.run_on_chain(qube, current.refresh_sizes)
+        await self._retire(sorted({q for q, _ in plan} | self._unretired))
         self._resync(scanned)
+
+    async def _retire(self, qubes: list[str]) -> None:
+        """Remove the directories of qubes whose segments are all deleted (format 2),
+        each with a sealed retire line (store/retired.py). Not while a witness is
+        configured: it is not told of retirements yet, and would miss the qube."""
+        if self.sender is not None or self.store.epochs is None:
+            return
+        for qube in qubes:
+            if qube not in self.server.writers:
+                await self.shared.run_on_chain(qube, functools.partial(self._retire_one, qube))
+            lock = self.shared.locks.get(qube)
+            if qube not in self.server.writers and lock is not None and not lock.locked():
+                del self.shared.locks[qube]  # memory: a store may see many names
+                self.shared.clocks.pop(qube, None)
+
+    def _retire_one(self, qube: str) -> None:
+        """Retire ``qube`` (chain thread); kept for the next pass when it must wait."""
+        self._unretired.discard(qube)
+        if qube in self.server.writers:  # connected meanwhile
+            return
+        self.shared.scan_cache.touch(qube)
+        try:
+            line = self.store.retire(qube)
+        except (LogvmError, OSError) as err:
+            log.warning("%s: directory not retired: %s", qube, err)
+            return
+        if line is not None:
+            log.info("%s: retired (every segment deleted; directory removed)", qube)
+        elif retirable(self.store.layout, qube):
+            self._unretired.add(qube)  # deleted in this epoch: retired in a later one
 
     def _delete(self, planned: Planned) -> None:
         """Delete one planned segment if it is still the qube's oldest closed one."""

@@ -123,6 +123,11 @@ class EpochFile:
         self.leaves[leaf.qube] = leaf
         self._digests.pop(leaf.qube, None)
 
+    def forget(self, qube: str) -> None:
+        """A qube retired (store/retired.py): no leaf from the next epoch line on."""
+        self.leaves.pop(qube, None)
+        self._digests.pop(qube, None)
+
     def root(self) -> bytes:
         """The Merkle root of the leaves in memory."""
         digests = self._digests

@@ -9,6 +9,7 @@ open, and ``fstat`` on the open descriptor (not a separate ``stat``, which
 could race) refuses anything but a regular file.
 """
 
+import contextlib
 import io
 import os
 import stat
@@ -66,3 +67,21 @@ def read_regular(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise StoreError(f"{path}: larger than {limit} bytes")
     return data
+
+
+def append_line(path: Path, line: bytes, mode: int) -> None:
+    """Append one whole line, durably; a failed write is cut back (no torn line)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)

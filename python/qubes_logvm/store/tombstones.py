@@ -13,7 +13,6 @@ Trust side: the collector (the key holder) writes; everyone reads back
 strictly, through :func:`~.files.read_regular` (never a link or FIFO).
 """
 
-import contextlib
 import errno
 import logging
 import os
@@ -25,7 +24,7 @@ from ..core.errors import StoreError
 from ..core.seal import ZERO, Seal
 from ..core.tomb import Tomb, parse_tomb
 from ..daemon_support import fsync_dir
-from .files import read_regular
+from .files import append_line, read_regular
 from .keystate import KeyState
 from .layout import StoreLayout
 from .tombreserve import TombReserve
@@ -129,19 +128,7 @@ class TombstoneFile:
         return tomb
 
     def _append_line(self, line: bytes) -> None:
-        """Append one whole line, durably; a failed write is cut back (no torn line)."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            before = os.fstat(fd).st_size
-            try:
-                _write_all(fd, line)
-                os.fdatasync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, before)
-                raise
-        finally:
-            os.close(fd)
+        append_line(self.path, line, 0o640)
 
     def compact_if_due(self, keys: KeyState) -> None:
         """Replace the file by one summary line once it holds enough lines.

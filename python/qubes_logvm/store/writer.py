@@ -28,6 +28,7 @@ from ..core.epochseal import EpochLine
 from ..core.errors import StoreError
 from ..core.faults import fail_point
 from ..core.records import format_timestamp, note_record
+from ..core.retire import Retire
 from ..core.seal import FINAL_KINDS, ZERO, ChainHasher, Seal, genesis
 from ..core.tomb import Tomb
 from ..daemon_support import fsync_dir
@@ -35,6 +36,7 @@ from .epochfile import EpochFile, leaf_of_seal
 from .keystate import KeyState
 from .layout import SegmentFiles, StoreLayout, qube_locked
 from .remnant import is_opening_remnant, seal_covers_log
+from .retired import RetiredFile, retirable
 from .sealfile import read_seal_file
 from .tombreserve import TombReserve
 from .tombstones import TombstoneFile
@@ -375,6 +377,7 @@ class Store:
         on_seal: Callable[[Seal], None] | None = None,
         on_tomb: Callable[[Tomb], None] | None = None,
         on_epoch: Callable[[EpochLine], None] | None = None,
+        on_retire: Callable[[Retire], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.layout = StoreLayout(root)
@@ -383,11 +386,14 @@ class Store:
         self.on_seal = on_seal  # e.g. the witness's checkpoint queue
         self.on_tomb = on_tomb  # every deletion, as it happens (the witness's queue too)
         self.on_epoch = on_epoch  # format 2: every durable store-wide epoch line (the witness)
+        self.on_retire = on_retire  # format 2: every retired qube (the witness)
         self.clock = clock
         #: Qubes whose files could not be loaded, with the reason.
         self.quarantined: dict[str, str] = {}
         #: Format 2: the store-wide epoch seal (None: format 1, a tick seal per chain).
         self.epochs: EpochFile | None = None
+        #: Format 2: the sealed retirements of fully deleted qubes (opened on first use).
+        self.retired: RetiredFile | None = None
         if self.keys.info.format >= 2:
             self.epochs = EpochFile(self.layout)
             self.epochs.load_leaves()
@@ -457,6 +463,35 @@ class Store:
         chain = self.chains.get(qube)
         if chain is not None and not chain.is_open:
             del self.chains[qube]
+
+    def retire(self, qube: str) -> Retire | None:
+        """Remove the directory of a qube whose segments are all deleted, with a
+        sealed retire line (format 2; store/retired.py). None: not retirable (or
+        not yet: its last deletion is of the current epoch).
+        Call it where the chain is not in use (the collector: under the qube's
+        lock, the tick lock shared: the line's epoch is the one whose seal drops
+        the qube's leaf)."""
+        if self.epochs is None or not retirable(self.layout, qube):
+            return None
+        chain = self.chain(qube)
+        if chain.is_open:
+            return None
+        with chain.locked():
+            newest = chain.tombstones.newest
+            if newest is None or newest.version == 1 or not retirable(self.layout, qube):
+                return None
+            if newest.epoch >= self.keys.epoch:
+                # The deletion must be sealed in an earlier epoch than the
+                # retirement (so K[E] alone cannot retire a live qube).
+                return None
+            if self.retired is None:
+                self.retired = RetiredFile(self.layout)
+            line = self.retired.retire(self.keys, newest)
+        self.chains.pop(qube, None)
+        self.epochs.forget(qube)
+        if self.on_retire is not None:
+            self.on_retire(line)
+        return line
 
     def _sealed(self, seal: Seal) -> None:
         if self.epochs is not None:

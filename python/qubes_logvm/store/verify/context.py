@@ -9,6 +9,7 @@ collector makes meanwhile are never taken for forgeries (issue 18).
 from dataclasses import dataclass, field
 
 from ...core.errors import SealError, StoreError
+from ...core.retire import Retire
 from ...core.seal import EpochKeys
 from ...core.tomb import Tomb
 from ..files import read_regular
@@ -45,6 +46,7 @@ class VerifyRun:
     #: Per (qube, segment): the first record received before the store was
     #: created, as the last reading of the segment found it (verify/created.py).
     before_created: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)
+    retired: dict[str, Retire] = field(default_factory=dict)  # valid, the newest per qube
 
     def add(self, severity: str, qube: str | None, message: str, *where: int | None) -> None:
         """Record one finding (``where``: segment, first and last line, as Report.add)."""

@@ -29,6 +29,7 @@ from .context import VerifyRun
 from .created import report_created
 from .epochs import COPY_WITHOUT_EPOCHS, check_epochs
 from .findings import ERROR, INFO, WARNING, Report, WrongKey
+from .retired import check_retired
 from .segment import verify_segment
 from .times import note_epochs, print_epochs
 from .tombs import Tombs, check_tombs
@@ -82,6 +83,7 @@ def verify_store(
         if copy:
             ctx.report.limits.append(COPY_WITHOUT_EPOCHS)
         else:
+            check_retired(ctx, names)
             check_epochs(ctx, names, qubes)
     for qube in qubes or names:
         try:

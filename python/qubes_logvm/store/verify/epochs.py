@@ -27,6 +27,7 @@ from ..sealfile import MAX_SEAL_FILE
 from ..tombstones import read_tomb_file
 from .context import VerifyRun
 from .findings import ERROR, WARNING
+from .retired import retired_leaf, retired_names
 
 COPY_WITHOUT_EPOCHS = (
     "a forwarded copy has no store-wide epoch seals: removed newest records, segments or "
@@ -69,6 +70,7 @@ def check_epochs(ctx: VerifyRun, names: list[str], only: list[str] | None = None
     lines = _authenticated(ctx, read_regular(path, MAX_EPOCH_FILE))
     newest = _newest(ctx, lines)
     if newest is not None:
+        names = sorted(set(names) | retired_names(ctx, newest.epoch))
         _check_root(ctx, newest, [n for n in names if only is None or n in only], only)
 
 
@@ -180,7 +182,7 @@ def leaf_at(ctx: VerifyRun, qube: str, epoch: int) -> Leaf | None:
     for _, tomb in reversed(tombs):
         if tomb.close_epoch <= epoch:
             return leaf_of_tomb(tomb)
-    return None
+    return retired_leaf(ctx, qube, epoch)
 
 
 def _lines_newest_first(data: bytes) -> Iterator[bytes]:
