@@ -7,6 +7,7 @@ records, and asserts the exit code and the message that names the place.
 docs/threat-model.md lists these cases row by row.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -315,6 +316,23 @@ def test_record_dated_before_the_store_was_created(made: Made) -> None:
     files = made.layout.segments("personal")[-1]
     words = f"error: {files.name} line {line}: received at {stamp.decode()}, before the store"
     both(made, words)
+
+
+def test_creation_time_moved_back_in_store_json(made: Made) -> None:
+    # The intruder moves store.json's creation time back two years, then adds
+    # a record dated a year before the real creation: without the witness that
+    # passes (store.json is the LogVM's word); the witness kept the time the
+    # store registered.
+    info = json.loads(made.layout.store_json.read_text())
+    info["created"] = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2 * 365 * 86400)
+    )
+    made.layout.store_json.write_text(json.dumps(info))
+    stamp = format_timestamp(time.time() - 365 * 86400)
+    append_sealed(made, "personal", line_record(stamp, b"sshd[1]: Accepted for root"))
+    out = expect(made, 0, "OK")
+    assert "before the store was created" not in out
+    expect(made, 1, "store.json was edited", witness=True)
 
 
 def test_genesis_forged_for_a_new_qube_is_only_post_compromise(made: Made) -> None:

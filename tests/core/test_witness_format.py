@@ -26,6 +26,8 @@ pytestmark = pytest.mark.inprocess
 
 def test_register_and_seal_parse() -> None:
     assert parse_message(register_line()) == Register(STORE_ID, KEY0)
+    created = register_line() + b" 10 2026-12-02T19:00:00Z"
+    assert parse_message(created) == Register(STORE_ID, KEY0, 10.0, "2026-12-02T19:00:00Z")
     seal = make_seal(lines=3, nbytes=90, epoch=2)
     assert parse_message(line_of(seal)) == seal
 
@@ -38,6 +40,8 @@ def test_register_and_seal_parse() -> None:
         (b"register " + b"0" * 32 + b" " + b"0" * 64 + b" ", "malformed"),  # trailing space
         (b"register " + b"A" * 32 + b" " + b"0" * 64, "malformed"),  # uppercase hex
         (b"REGISTER " + b"0" * 32 + b" " + b"0" * 64, "malformed"),
+        (b"register " + b"0" * 32 + b" " + b"0" * 64 + b" 2026-12-02T19:00:00Z", "malformed"),
+        (b"register " + b"0" * 32 + b" " + b"0" * 64 + b" 10 2026-12-02 19:00", "malformed"),
         (b"\x00\xff\x1b[31m", "malformed"),  # binary, terminal escape
         (line_of(make_seal())[:-1], "malformed"),  # MAC one digit short
         (line_of(make_seal()) + b"\r", "malformed"),

@@ -153,7 +153,7 @@ def test_registered_epoch_length_caps_epochs(open_call: Open, witness_dir: Path)
     # The store said at registration (before any compromise) that epochs last 10 s:
     # the cap takes that over a looser --min-epoch-seconds.
     call = open_call("--min-epoch-seconds", "1e-9")
-    assert call.send(register_line() + b" 10") == "ok registered"
+    assert call.send(register_line() + b" 10 2026-12-02T19:00:00Z") == "ok registered"
     assert call.send(line_of(make_seal(epoch=10))) == "ok stored"
     assert call.send(line_of(make_seal(seq=2, epoch=10 + 64 + 5))) == "err epoch-jump"
     assert call.send(line_of(make_seal(seq=2, epoch=10 + 64))) == "ok stored"
@@ -165,4 +165,4 @@ def test_registered_epoch_length_caps_epochs(open_call: Open, witness_dir: Path)
         timeout=30,
         check=True,
     ).stdout
-    assert export.splitlines()[0].endswith(" epoch-seconds=10")
+    assert export.splitlines()[0].endswith(" epoch-seconds=10 created=2026-12-02T19:00:00Z")

@@ -3,9 +3,11 @@
 The ``logvm.Witness`` service (see docs/witness.md) reads one message per
 line from the LogVM and answers each with one line. Messages:
 
-- ``register <store_id: 32 hex> <K0: 64 hex> [<epoch seconds>]``: the
-  verification key, trusted on first use, with the store's epoch length (the
-  witness then caps epochs by it, and exports it for the verifier);
+- ``register <store_id: 32 hex> <K0: 64 hex> [<epoch seconds> [<created>]]``:
+  the verification key, trusted on first use, with the store's epoch length
+  (the witness then caps epochs by it, and exports it for the verifier) and
+  its creation time from store.json (``YYYY-MM-DDTHH:MM:SSZ``, exported for
+  the verifier: store.json itself is the LogVM's word);
 - a seal line exactly as in docs/store-format.md (``v1 <kind> <qube> <seq>
   <epoch> <lines> <nbytes> <head> <prev> <mac>``, not ``tomb``): a
   checkpoint, the newest seal of one qube;
@@ -73,13 +75,18 @@ REPLIES = {
 }
 
 _SECONDS = rb"((?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,6})?)"
-_REGISTER = re.compile(rb"register ([0-9a-f]{32}) ([0-9a-f]{64})(?: " + _SECONDS + rb")?")
+#: A store's creation time as store.json and the registration carry it.
+CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_CREATED = b"(" + CREATED.pattern.encode("ascii") + b")"
+_REGISTER = re.compile(
+    rb"register ([0-9a-f]{32}) ([0-9a-f]{64})(?: " + _SECONDS + rb"(?: " + _CREATED + rb")?)?"
+)
 _CP_LINE = re.compile(rb"cp (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v1 .*)")
 _DEL_LINE = re.compile(rb"del (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (t1 .*)")
 _EP_LINE = re.compile(rb"ep (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v2 .*)")
 _EXPORT_HEADER = re.compile(
     rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
-    rb"(?: epoch-seconds=" + _SECONDS + rb")?"
+    rb"(?: epoch-seconds=" + _SECONDS + rb")?(?: created=" + _CREATED + rb")?"
 )
 EXPORT_MAGIC = b"logvm-witness-export-v1"
 #: An export's line with the retention policy dom0 deployed (Salt), hex of its JSON.
@@ -166,6 +173,7 @@ class Register:
     store_id: str
     key0: bytes
     epoch_seconds: float | None = None  # the store's epoch length (newer collectors send it)
+    created: str | None = None  # store.json's creation time (newer ones send it too)
 
 
 def format_seconds(seconds: float) -> str:
@@ -188,8 +196,12 @@ def parse_message(untrusted_line: bytes) -> Message:
         seconds = float(match.group(3)) if match.group(3) else None
         if seconds is not None and seconds <= 0:
             raise ProtocolError("malformed")
+        created = match.group(4).decode("ascii") if match.group(4) else None
         return Register(
-            match.group(1).decode("ascii"), bytes.fromhex(match.group(2).decode()), seconds
+            match.group(1).decode("ascii"),
+            bytes.fromhex(match.group(2).decode()),
+            seconds,
+            created,
         )
     try:
         line = _parse_line(untrusted_line)
@@ -360,16 +372,22 @@ def parse_policy_line(line: bytes) -> bytes:
     return data
 
 
-def format_export_header(logvm: str, store_id: str, epoch_seconds: float | None = None) -> bytes:
-    """First line of an export file (with the epoch length the LogVM registered, if any)."""
+def format_export_header(
+    logvm: str, store_id: str, epoch_seconds: float | None = None, created: str | None = None
+) -> bytes:
+    """First line of an export file (with the epoch length and creation time the
+    LogVM registered, if it did)."""
     extra = "" if epoch_seconds is None else f" epoch-seconds={format_seconds(epoch_seconds)}"
+    extra += "" if epoch_seconds is None or created is None else f" created={created}"
     return b"%s %s %s%s\n" % (EXPORT_MAGIC, logvm.encode(), store_id.encode(), extra.encode())
 
 
-def parse_export_header(line: bytes) -> tuple[str, str, float | None]:
-    """(LogVM name, store id, registered epoch length) of an export; StoreError if bad."""
+def parse_export_header(line: bytes) -> tuple[str, str, float | None, str | None]:
+    """(LogVM name, store id, registered epoch length, registered creation time) of an
+    export; StoreError if bad."""
     match = _EXPORT_HEADER.fullmatch(line)
     if match is None:
         raise StoreError("not a logvm-witness export (bad first line)")
     seconds = float(match.group(3)) if match.group(3) else None
-    return match.group(1).decode("ascii"), match.group(2).decode("ascii"), seconds
+    created = match.group(4).decode("ascii") if match.group(4) else None
+    return match.group(1).decode("ascii"), match.group(2).decode("ascii"), seconds, created

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..core.errors import ProtocolError, SealError, StoreError
 from ..core.seal import parse_verification_key
-from ..core.witness_format import Register, format_seconds, parse_message
+from ..core.witness_format import CREATED, Register, format_seconds, parse_message
 from ..daemon_support import fsync_dir
 from .keystate import read_store_info
 from .layout import StoreLayout
@@ -39,7 +39,10 @@ def queue_registration(store_root: Path | str, verification_key: str) -> Path:
     line = f"register {store_id} {key0.hex()}"
     # Without store.json yet the witness caps epochs by its own minimum.
     with contextlib.suppress(StoreError):
-        line += " " + format_seconds(read_store_info(StoreLayout(store_root)).epoch_seconds)
+        info = read_store_info(StoreLayout(store_root))
+        line += " " + format_seconds(info.epoch_seconds)
+        if CREATED.fullmatch(info.created):
+            line += " " + info.created
     path = pending_path(store_root)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

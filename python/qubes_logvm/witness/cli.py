@@ -45,6 +45,7 @@ from .state import (
     WitnessState,
     fsync_dir,
     read_checkpoints,
+    read_created,
     read_epoch_seconds,
     read_key,
     write_file,
@@ -212,7 +213,7 @@ def export_records(path: Path, policy_dir: Path | None = None) -> bytes:
     key = read_key(path)
     if key is None:
         raise LogvmError(f"{path.name} has not registered a key")
-    data = [format_export_header(path.name, key[0], read_epoch_seconds(path))]
+    data = [format_export_header(path.name, key[0], read_epoch_seconds(path), read_created(path))]
     policy = _deployed_policy(policy_dir, path.name) if policy_dir is not None else None
     if policy is not None:
         data.append(format_policy_line(policy))

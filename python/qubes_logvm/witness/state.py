@@ -16,6 +16,8 @@ Runs in dom0. Directory ``<root>/<logvm>/``:
 - ``refused-key``: the last different key offered (shown by ``list``);
 - ``epoch-seconds``: the store's epoch length, when the registration gave
   it (written once with the key): the epoch cap's minimum epoch;
+- ``created``: the store's creation time, when the registration gave it
+  (written once with the key, exported for the verifier);
 - ``bounds``, ``keys``: the hashing budget, epoch anchor and key cache kept
   across calls (:mod:`.bounds`);
 - ``lock``: one connection per LogVM at a time.
@@ -40,6 +42,7 @@ from ..core.records import format_timestamp
 from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
 from ..core.tomb import Tomb
 from ..core.witness_format import (
+    CREATED,
     CostLine,
     Held,
     Message,
@@ -170,6 +173,16 @@ def read_epoch_seconds(path: Path) -> float | None:
     except ValueError:
         return None
     return seconds if 0 < seconds < 1e9 else None
+
+
+def read_created(path: Path) -> str | None:
+    """The creation time the LogVM registered with its key (None: not given)."""
+    try:
+        with open(path / "created", "rb") as f:
+            text = f.read(32).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+    return text if CREATED.fullmatch(text) else None
 
 
 def read_checkpoints(path: Path) -> Iterator[tuple[bytes, Held]]:
@@ -345,6 +358,8 @@ class WitnessState:
             self.bounds.min_epoch_seconds = max(
                 self.bounds.min_epoch_seconds, message.epoch_seconds
             )
+        if message.created is not None:
+            write_file(self.path / "created", message.created.encode() + b"\n", exclusive=False)
         write_file(self.path / "key", offered.encode("ascii") + b"\n", exclusive=True)
         self.key = (message.store_id, message.key0)
         self.keys = EpochKeys(message.key0, max_keys=MAX_KEYS)

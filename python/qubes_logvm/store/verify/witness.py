@@ -58,6 +58,7 @@ class WitnessFile:
     held: list[tuple[bytes, Held]]
     policy: bytes | None  # the retention policy dom0 deployed (JSON), if any
     epoch_seconds: float | None  # the epoch length the LogVM registered, if it said
+    created: str | None = None  # the creation time the LogVM registered, if it said
 
 
 def read_witness_file(path: Path) -> WitnessFile:
@@ -67,8 +68,8 @@ def read_witness_file(path: Path) -> WitnessFile:
     except FileNotFoundError as err:
         raise StoreError(f"{path}: cannot read the witness file: {err.strerror}") from err
     lines = data.split(b"\n")
-    logvm, store_id, seconds = parse_export_header(lines[0])
-    found = WitnessFile(logvm, store_id, [], None, seconds)
+    logvm, store_id, seconds, created = parse_export_header(lines[0])
+    found = WitnessFile(logvm, store_id, [], None, seconds, created)
     for number, line in enumerate(lines[1:], start=2):
         if not line:
             continue
@@ -151,6 +152,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
         _check_store_epochs(ctx, heard.epochs)
     check_deletions(ctx, heard.deletions, heard.newest_epoch)
     _check_epoch_length(ctx, export.epoch_seconds)
+    _check_created(ctx, export.created)
     if export.policy is not None:
         check_policy(ctx, export.policy, export.epoch_seconds, heard.costs, heard.newest_epoch)
     report_settings(ctx, heard.settings, export.policy)
@@ -167,6 +169,19 @@ def _check_epoch_length(ctx: VerifyRun, registered: float | None) -> None:
         None,
         f"witness: store.json says epochs last {ctx.info.epoch_seconds:g} s, the store "
         f"registered {registered:g} s with the witness: store.json was edited",
+    )
+
+
+def _check_created(ctx: VerifyRun, registered: str | None) -> None:
+    """store.json's creation time is the LogVM's word; the witness kept the registered one
+    (moved back, it would let records dated before the store pass)."""
+    if registered is None or ctx.info is None or ctx.info.created == registered:
+        return
+    ctx.add(
+        ERROR,
+        None,
+        f"witness: store.json says the store was created {ctx.info.created}, the store "
+        f"registered {registered} with the witness: store.json was edited",
     )
 
 
