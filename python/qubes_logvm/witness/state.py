@@ -161,15 +161,19 @@ def read_key(path: Path) -> tuple[str, bytes] | None:
     return parse_verification_key(data.decode("ascii", "replace"))
 
 
+def _registered(path: Path, name: str) -> str | None:
+    """A small file the registration wrote with the key (None: not given)."""
+    try:
+        with open(path / name, "rb") as f:
+            return f.read(32).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+
+
 def read_epoch_seconds(path: Path) -> float | None:
     """The epoch length the LogVM registered with its key (None: not given)."""
     try:
-        with open(path / "epoch-seconds", "rb") as f:
-            text = f.read(32).decode("ascii", "replace").strip()
-    except FileNotFoundError:
-        return None
-    try:
-        seconds = float(text)
+        seconds = float(_registered(path, "epoch-seconds") or "")
     except ValueError:
         return None
     return seconds if 0 < seconds < 1e9 else None
@@ -177,12 +181,8 @@ def read_epoch_seconds(path: Path) -> float | None:
 
 def read_created(path: Path) -> str | None:
     """The creation time the LogVM registered with its key (None: not given)."""
-    try:
-        with open(path / "created", "rb") as f:
-            text = f.read(32).decode("ascii", "replace").strip()
-    except FileNotFoundError:
-        return None
-    return text if CREATED.fullmatch(text) else None
+    text = _registered(path, "created")
+    return text if text is not None and CREATED.fullmatch(text) else None
 
 
 def read_checkpoints(path: Path) -> Iterator[tuple[bytes, Held]]:

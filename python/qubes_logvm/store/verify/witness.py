@@ -151,8 +151,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     if heard.epochs and not qubes:
         _check_store_epochs(ctx, heard.epochs)
     check_deletions(ctx, heard.deletions, heard.newest_epoch)
-    _check_epoch_length(ctx, export.epoch_seconds)
-    _check_created(ctx, export.created)
+    _check_registered(ctx, export.epoch_seconds, export.created)
     if export.policy is not None:
         check_policy(ctx, export.policy, export.epoch_seconds, heard.costs, heard.newest_epoch)
     report_settings(ctx, heard.settings, export.policy)
@@ -160,29 +159,25 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 
 
-def _check_epoch_length(ctx: VerifyRun, registered: float | None) -> None:
-    """store.json's epoch length is the LogVM's word; the witness kept the registered one."""
-    if registered is None or ctx.info is None or ctx.info.epoch_seconds == registered:
+def _check_registered(ctx: VerifyRun, seconds: float | None, created: str | None) -> None:
+    """store.json is the LogVM's word; the witness kept what the store registered: the
+    epoch length (longer, segments look older) and the creation time (moved back,
+    records dated before the store pass)."""
+    if ctx.info is None:
         return
-    ctx.add(
-        ERROR,
-        None,
-        f"witness: store.json says epochs last {ctx.info.epoch_seconds:g} s, the store "
-        f"registered {registered:g} s with the witness: store.json was edited",
+    info = ctx.info
+    said = (
+        (f"{seconds:g} s", info.epoch_seconds == seconds, f"epochs last {info.epoch_seconds:g} s"),
+        (created, info.created == created, f"the store was created {info.created}"),
     )
-
-
-def _check_created(ctx: VerifyRun, registered: str | None) -> None:
-    """store.json's creation time is the LogVM's word; the witness kept the registered one
-    (moved back, it would let records dated before the store pass)."""
-    if registered is None or ctx.info is None or ctx.info.created == registered:
-        return
-    ctx.add(
-        ERROR,
-        None,
-        f"witness: store.json says the store was created {ctx.info.created}, the store "
-        f"registered {registered} with the witness: store.json was edited",
-    )
+    for (registered, agrees, claim), given in zip(said, (seconds, created), strict=True):
+        if given is not None and not agrees:
+            ctx.add(
+                ERROR,
+                None,
+                f"witness: store.json says {claim}, the store registered {registered} with "
+                "the witness: store.json was edited",
+            )
 
 
 def _authentic(ctx: VerifyRun, stamp: bytes, item: Held, cap: int) -> bool:
