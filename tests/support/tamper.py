@@ -204,7 +204,7 @@ def hostile_escape(b: Built) -> None:
     """Raw terminal escapes written straight into a segment."""
     path = b.log("work", 4)
     with path.open("ab") as stream:
-        stream.write(b"2026-01-01T00:00:00.000000Z L \x1b]0;pwned\x07\x1b[2J\x1b[31mred\r\n")
+        stream.write(b"2027-01-01T00:00:00.000000Z L \x1b]0;pwned\x07\x1b[2J\x1b[31mred\r\n")
 
 
 ATTACKS: dict[str, Callable[[Built], Expect]] = {

@@ -167,7 +167,11 @@ def _check_registered(ctx: VerifyRun, seconds: float | None, created: str | None
         return
     info = ctx.info
     said = (
-        (f"{seconds:g} s", info.epoch_seconds == seconds, f"epochs last {info.epoch_seconds:g} s"),
+        (
+            f"{seconds or 0:g} s",
+            info.epoch_seconds == seconds,
+            f"epochs last {info.epoch_seconds:g} s",
+        ),
         (created, info.created == created, f"the store was created {info.created}"),
     )
     for (registered, agrees, claim), given in zip(said, (seconds, created), strict=True):
