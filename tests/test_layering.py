@@ -130,3 +130,4 @@ def test_show_loads_no_cryptography_dataclasses_or_strptime(store: Built) -> Non
     assert "qubes_logvm.store.tail" in modules  # the seal files were read
     assert modules & {"hashlib", "hmac", "_hashlib", "qubes_logvm.core.seal"} == set()
     assert modules & {"dataclasses", "inspect", "_strptime"} == set()
+    assert "qubes_logvm.store.grep" not in modules  # only --grep needs the matcher

@@ -25,14 +25,16 @@ import fnmatch
 import heapq
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..core.entries import Understood, classify
 from ..core.errors import StoreError
-from .grep import LineMatcher
 from .layout import SegmentFiles, StoreLayout
 from .reader import StoredLine, first_stamp, iter_segment, last_stamp, open_plain, read_blocks
 from .tail import SegmentTail, blocks_backwards, lines_from, since_offset
+
+if TYPE_CHECKING:
+    from .grep import LineMatcher
 
 
 class Entry:
@@ -133,7 +135,7 @@ class Query(NamedTuple):
         the line lacks, finds nothing in the message either, and the line
         need not be parsed (what makes ``--grep`` fast).
         """
-        if self.pattern is None or LineMatcher(self.pattern).every:
+        if self.pattern is None or _matcher(self.pattern).every:
             return None
         return self.pattern
 
@@ -167,6 +169,14 @@ class Query(NamedTuple):
             if first is not None and first > self.until:
                 return True
         return self.session is not None and segment_session(segment) != self.session
+
+
+def _matcher(pattern: "re.Pattern[str]") -> "LineMatcher":
+    """The block matcher for ``pattern``; imported only when there is one (``show``
+    without ``--grep`` never loads :mod:`.grep`: start-up, issue 13)."""
+    from .grep import LineMatcher
+
+    return LineMatcher(pattern)
 
 
 def earliest_stamp(segment: SegmentFiles) -> bytes | None:
@@ -242,7 +252,7 @@ def _understood_candidates(
 
 
 def _candidates(
-    segment: SegmentFiles, offset: int, number: int, matcher: LineMatcher
+    segment: SegmentFiles, offset: int, number: int, matcher: "LineMatcher"
 ) -> Iterator[tuple[StoredLine, bytes]]:
     """The lines that may match, read in blocks (:mod:`.grep`), from byte ``offset``.
 
@@ -297,9 +307,10 @@ def entries(layout: StoreLayout, qube: str, query: Query | None = None) -> Itera
         if chosen.since is not None and not segment.compressed:
             offset, number = since_offset(segment, chosen.since)
         found: Iterable[Entry]
-        if chosen.prefilter is not None:
+        prefilter = chosen.prefilter
+        if prefilter is not None:
             found = _understood_candidates(
-                segment, session, _candidates(segment, offset, number, LineMatcher(chosen.pattern))
+                segment, session, _candidates(segment, offset, number, _matcher(prefilter))
             )
         else:
             lines = lines_from(segment, offset, number)
