@@ -35,7 +35,7 @@ def _first_hit(data: bytes, reads: list[int]) -> tuple[int, bytes] | None:
         pass
     if data.endswith(b"\n") and (watch.after, watch.nbytes) == (data.count(b"\n"), len(data)):
         return None
-    return first_below(io.BytesIO(data), FLOOR)
+    return first_below(io.BytesIO(data), FLOOR, len(data))
 
 
 def _expected(stamps: list[float]) -> tuple[int, bytes] | None:

@@ -24,6 +24,14 @@ class NotRegular(StoreError):
     """A path that must be a regular file is a link, FIFO, device or directory."""
 
 
+class TooLarge(StoreError):
+    """A file larger than any the collector writes there (not read)."""
+
+    def __init__(self, path: Path, size: int, limit: int) -> None:
+        super().__init__(f"{path}: {size} bytes, larger than {limit} bytes (not read)")
+        self.size, self.limit = size, limit
+
+
 def describe_mode(mode: int) -> str:
     """What kind of file a mode says, for messages."""
     kinds = (
@@ -61,11 +69,14 @@ def open_regular(path: Path) -> io.FileIO:
 
 
 def read_regular(path: Path, limit: int) -> bytes:
-    """A whole regular file of at most ``limit`` bytes; StoreError if longer."""
+    """A whole regular file of at most ``limit`` bytes; TooLarge if longer."""
     with open_regular(path) as stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size > limit:  # refused before reading: a huge (or sparse) file costs no memory
+            raise TooLarge(path, size, limit)
         data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise StoreError(f"{path}: larger than {limit} bytes")
+    if len(data) > limit:  # it grew while read
+        raise TooLarge(path, len(data), limit)
     return data
 
 

@@ -124,10 +124,12 @@ class StampFloor:
         return b""
 
 
-def first_below(stream: BinaryIO, floor: bytes) -> tuple[int, bytes] | None:
-    """(line number, receive time) of the first line received before ``floor``."""
+def first_below(stream: BinaryIO, floor: bytes, limit: int) -> tuple[int, bytes] | None:
+    """(line number, receive time) of the first line received before ``floor``,
+    in the first ``limit`` bytes."""
     pattern, lines, carry = _below(floor), 0, b"\n"
-    while data := stream.read(_SCAN):
+    while limit > 0 and (data := stream.read(min(_SCAN, limit))):
+        limit -= len(data)
         buf = carry + data
         end = buf.rfind(b"\n")  # the lines after each newline before it are complete
         found = pattern.search(buf, 0, end) if end > 0 else None
@@ -177,7 +179,9 @@ def watched_plain(ctx: VerifyRun, files: SegmentFiles) -> Iterator[BinaryIO]:
     if (watch.after, watch.nbytes) == _sealed(files):
         return  # every line is sealed and starts with a day (or hour) after the floor's
     with open_plain(files.log) as stream:
-        hit = first_below(stream, floor)
+        # No further than the verifier read: a file growing while verified,
+        # or larger than its seals allow, is not read to its end.
+        hit = first_below(stream, floor, watch.nbytes)
     if hit is not None:
         ctx.before_created[key] = hit
 

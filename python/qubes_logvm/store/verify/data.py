@@ -12,15 +12,16 @@ truncated file.
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from ...core.errors import StoreError
 from ...core.records import parse_record
-from ...core.seal import chain_step
+from ...core.seal import ChainHasher, chain_step
 
-#: Most bytes read into memory to explain a mismatch.
-EXPLAIN_LIMIT = 256 << 20
+#: Most bytes read into memory to explain a mismatch (with the interval
+#: already read, at most :data:`_CHUNK`, and the slices taken of them).
+EXPLAIN_LIMIT = 64 << 20
 #: Most candidate line boundaries and bytes hashed while looking for the next interval.
 _MAX_CANDIDATES = 20000
 _MAX_RESYNC_BYTES = 512 << 20
@@ -89,10 +90,23 @@ def read_up_to(stream: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def check_data(stream: BinaryIO, intervals: list[Interval], report: Report) -> DataResult:
-    """Check consecutive intervals from the start of ``stream``; measure the tail."""
+def check_data(
+    stream: BinaryIO, intervals: list[Interval], report: Report, tail_limit: int | None = None
+) -> DataResult:
+    """Check consecutive intervals from the start of ``stream``; measure the tail.
+
+    Memory stays bounded whatever the seals claim: an interval longer than
+    :data:`_CHUNK` is hashed as it is read, never held. ``tail_limit``: most
+    bytes read after the sealed part (None: to the end of the stream).
+    """
     hashed = 0
     for index, interval in enumerate(intervals):
+        if interval.length > _CHUNK:
+            broken = _check_long(stream, intervals, index, report)
+            hashed += broken.bytes_hashed
+            if broken.broken:
+                return replace(broken, bytes_hashed=hashed)
+            continue
         data = read_up_to(stream, interval.length)
         hashed += len(data) if interval.checkable else 0
         if interval.checkable and interval.matches(data):
@@ -102,7 +116,7 @@ def check_data(stream: BinaryIO, intervals: list[Interval], report: Report) -> D
         rest = data + read_up_to(stream, EXPLAIN_LIMIT)
         position, line = _explain(rest, intervals[index:], interval.lines0, report)
         tail = rest[position:] if position is not None else b""
-        lines, size = _count_rest(stream)
+        lines, size = _count_rest(stream, tail_limit)
         return DataResult(
             line,
             tail.count(b"\n") + lines,
@@ -110,17 +124,61 @@ def check_data(stream: BinaryIO, intervals: list[Interval], report: Report) -> D
             hashed,
             broken=True,
         )
-    lines, size = _count_rest(stream)
+    lines, size = _count_rest(stream, tail_limit)
     end_line = intervals[-1].lines1 if intervals else 0
     return DataResult(end_line, lines, size, hashed, broken=False)
 
 
-def _count_rest(stream: BinaryIO) -> tuple[int, int]:
+def _count_rest(stream: BinaryIO, limit: int | None) -> tuple[int, int]:
+    """Lines and bytes of the rest of ``stream``, at most ``limit`` bytes read."""
     lines = size = 0
-    while chunk := stream.read(_CHUNK):
+    while limit is None or size < limit:
+        chunk = stream.read(_CHUNK if limit is None else min(_CHUNK, limit - size))
+        if not chunk:
+            break
         lines += chunk.count(b"\n")
         size += len(chunk)
     return lines, size
+
+
+def _check_long(
+    stream: BinaryIO, intervals: list[Interval], index: int, report: Report
+) -> DataResult:
+    """One interval longer than :data:`_CHUNK`, hashed piece by piece as it is read.
+
+    ``broken`` False: it matches (or cannot be checked and is all there).
+    A mismatch is reported without the line-by-line explanation, which would
+    need the whole interval in memory; the rest of the segment is not checked.
+    """
+    interval = intervals[index]
+    hasher = ChainHasher(interval.head0) if interval.head0 is not None else None
+    got = lines = 0
+    while got < interval.length:
+        piece = stream.read(min(_CHUNK, interval.length - got))
+        if not piece:
+            break
+        if hasher is not None:
+            hasher.update(piece)
+        lines += piece.count(b"\n")
+        got += len(piece)
+    hashed = got if interval.checkable else 0
+    line = interval.lines0 + lines
+    if got < interval.length:
+        _report_truncated(b"", line, interval.start + got, intervals[-1], report)
+        return DataResult(line, 0, 0, hashed, broken=True)
+    if not interval.checkable or (
+        hasher is not None and hasher.digest() == interval.head1 and lines == interval.nlines
+    ):
+        return DataResult(interval.lines1, 0, 0, hashed, broken=False)
+    report(
+        interval.lines0 + 1,
+        max(line, interval.lines0 + 1),
+        f"seal line {interval.seal_line} seals {interval.nlines} lines in "
+        f"{interval.length} bytes here, and the file's bytes do not match it (the file "
+        f"holds {lines} lines there; too long to say which changed): the rest of the "
+        "segment cannot be checked",
+    )
+    return DataResult(line, 0, 0, hashed, broken=True)
 
 
 def _explain(

@@ -51,6 +51,9 @@ _BODY = slice(None, -(_HEX_LEN + 1))  # a line without " <mac>": what its MAC co
 #: Upper bounds of epoch, lines, bytes: the grammar's digit counts (core.seal).
 _LIMITS = (10**18, 10**18, 10**19)
 _READ = 16 << 20
+#: Longest span between two seal lines held here (longer: the general path,
+#: which hashes it in pieces, so a forged seal over gigabytes costs no memory).
+_SPAN = 16 << 20
 #: Seal file bytes cut into lines at once (valid lines are a few hundred bytes).
 _PIECE = 1 << 20
 _CHAIN = hashlib.sha256(CHAIN_DOMAIN)  # copied, never updated
@@ -255,6 +258,8 @@ class _Data:
         """Make ``[start, end)`` part of the buffer (_Amiss past the end of the file)."""
         if end <= self.end:
             return
+        if end - start > _SPAN:
+            raise _Amiss  # the general path hashes it in pieces (memory stays bounded)
         self.buf = self.buf[start - self.base :] + self.stream.read(max(_READ, end - start))
         self.base = start
         if end > self.end:

@@ -7,11 +7,14 @@ edited by an intruder; seal lines count only once their MAC is right under
 they hash to an authenticated head.
 """
 
+import contextlib
 import itertools
 from pathlib import Path
 
 from ...core.errors import StoreError
 from ...core.seal import FINAL_KINDS, ZERO, Seal
+from ...core.sizes import human_size
+from ..files import TooLarge
 from ..layout import SegmentFiles
 from ..reader import count_lines, open_plain
 from ..sealfile import SealFile, read_seal_file
@@ -22,6 +25,12 @@ from .data import DataResult, Interval, check_data
 from .fast import fast_segment
 from .findings import ERROR, WARNING
 from .remnant import opening_remnant
+
+#: Most bytes after the last seal line the verifier reads. A crash leaves at
+#: most one batch unsealed (``pending_bytes``, 1 MiB by default); a file
+#: longer than that (huge, sparse, or growing while verified) is an error
+#: named by its size, never read to its end.
+TAIL_READ = 64 << 20
 
 
 def numbered(parsed: SealFile) -> list[tuple[int, Seal]]:
@@ -53,15 +62,16 @@ def verify_segment(
         fast = fast_segment(ctx, files, head, min_epoch, newest)
         if fast is not None:
             return fast
-    parsed = read_seal_file(files.seal)
-    if not parsed.seals and not parsed.bad_lines:
+    parsed = _read_seals(ctx, files, files.seal)
+    if parsed is not None and not parsed.seals and not parsed.bad_lines:
         remnant = opening_remnant(files, parsed, newest)
         if remnant is not None:
             ctx.add(WARNING, qube, remnant, seq)
             return head, min_epoch
-    anchors = _seal_lines(ctx, files, parsed, newest)
+    anchors = _seal_lines(ctx, files, parsed, newest) if parsed is not None else []
     if not anchors:
-        ctx.add(ERROR, qube, "no valid seal line: nothing in this segment can be checked", seq)
+        if parsed is not None:  # else already reported
+            ctx.add(ERROR, qube, "no valid seal line: nothing in this segment can be checked", seq)
         return None, min_epoch
     _check_open(ctx, files, anchors[0], head, min_epoch)
     intervals = _intervals(ctx, files, anchors)
@@ -70,12 +80,30 @@ def verify_segment(
         _missing_log(ctx, files, last)
         return last.head, last.epoch
     with watched_plain(ctx, files) as stream:
-        result = check_data(stream, intervals, Reporter(ctx, qube, seq))
+        result = check_data(stream, intervals, Reporter(ctx, qube, seq), TAIL_READ)
     ctx.report.bytes_hashed += result.bytes_hashed
-    _check_end(ctx, files, last, anchors[-1][0], result, newest)
+    if result.tail_bytes >= TAIL_READ:
+        _oversized(ctx, files, files.log, last, anchors[-1][0])
+    else:
+        _check_end(ctx, files, last, anchors[-1][0], result, newest)
     if doubled is not None:
         _check_doubled(ctx, files, doubled, [seal for _, seal in anchors])
     return last.head, last.epoch
+
+
+def _read_seals(ctx: VerifyRun, files: SegmentFiles, seal: Path) -> SealFile | None:
+    """The parsed seal file; None (reported) when it is too large to be one."""
+    try:
+        return read_seal_file(seal)
+    except TooLarge as err:
+        ctx.add(
+            ERROR,
+            files.qube,
+            f"the seal file holds {err.size} bytes, more than a seal file can be "
+            f"({human_size(err.limit)}): not read, nothing in this segment can be checked",
+            files.seq,
+        )
+        return None
 
 
 def _check_doubled(ctx: VerifyRun, files: SegmentFiles, doubled: Path, seals: list[Seal]) -> None:
@@ -226,6 +254,22 @@ def _pair_problem(n0: int, a: Seal, n1: int, b: Seal, jumps: bool) -> str | None
         ),
     )
     return next((message for broken, message in rules if broken), None)
+
+
+def _oversized(ctx: VerifyRun, files: SegmentFiles, log: Path, last: Seal, number: int) -> None:
+    """More bytes after the last seal than any crash leaves: not read to the end."""
+    size = "more than " + human_size(last.nbytes + TAIL_READ)
+    if not log.name.endswith(".zst"):
+        with contextlib.suppress(OSError):
+            size = str(log.stat(follow_symlinks=False).st_size)
+    ctx.add(
+        ERROR,
+        files.qube,
+        f"the file holds {size} bytes, its seals cover {last.nbytes} (seal line {number}): "
+        f"more than {human_size(TAIL_READ)} after the last seal, more than the collector ever "
+        "leaves unsealed (not read further)",
+        files.seq,
+    )
 
 
 def _missing_log(ctx: VerifyRun, files: SegmentFiles, last: Seal) -> None:
