@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -568,3 +569,109 @@ def test_retire_line_replayed(retired: Made) -> None:
     lines = _retire_lines(retired)
     retired_path(retired.layout).write_bytes(b"".join([*lines, lines[0]]))
     expect(retired, 1, "state/retired.seal line 4: does not follow the line before")
+
+
+# -- Bounded memory: huge, sparse and growing files (issue 10, "Bounded everything").
+# Sparse files keep these cheap on disk; the verifier's peak RSS is the
+# kernel's high-water mark of the process (what /proc/<pid>/status shows as
+# VmHWM), taken by wait4 when it exits, so no sample can miss the peak.
+
+#: Well below every file these cases make, well above what verify needs.
+PEAK_BOUND = 256 << 20
+GIB = 1 << 30
+
+
+def verify_peak(made: Made) -> tuple[int, str, int]:
+    """Run ``logvm verify``; (exit code, stdout + stderr, peak RSS in bytes)."""
+    argv = [str(LOGVM), "verify", "--store", str(made.root), "--key", str(made.vk_file)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    with proc.stdout:
+        out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, out, usage.ru_maxrss * 1024
+
+
+def expect_bounded(made: Made, words: str) -> str:
+    code, out, peak = verify_peak(made)
+    assert code == 1, out
+    assert words in out, out
+    assert peak < PEAK_BOUND, f"peak RSS {peak >> 20} MiB"
+    return out
+
+
+def test_segment_extended_to_a_huge_sparse_file(made: Made) -> None:
+    log = made.qube("personal") / "00000002.log"
+    sealed = log.stat().st_size
+    os.truncate(log, 20 * GIB)  # 20 GiB of NUL bytes after the sealed ones, no disk used
+    expect_bounded(
+        made,
+        f"error: personal/00000002: the file holds {20 * GIB} bytes, its seals cover "
+        f"{sealed} (seal line 3): more than 64.0 MiB after the last seal, more than the "
+        "collector ever leaves unsealed (not read further)",
+    )
+
+
+def test_segment_replaced_by_a_huge_sparse_file(made: Made) -> None:
+    log = made.qube("personal") / "00000002.log"
+    log.unlink()
+    with log.open("wb") as stream:
+        stream.truncate(20 * GIB)
+    out = expect_bounded(
+        made, "error: personal/00000002 line 1 onwards: from here on the file does not match"
+    )
+    assert "more than 64.0 MiB after the last seal" in out
+
+
+def test_seal_line_covering_a_huge_sparse_span(made: Made) -> None:
+    # With the current key: one batch seal line over 4 GiB the file holds
+    # (sparse), its head made up (hashing it right would take the intruder
+    # as long as it takes verify): verify hashes it piece by piece.
+    personal = made.qube("personal")
+    seal_path, log = personal / "00000003.seal", personal / "00000003.log"
+    last = read_seal_file(seal_path).seals[-1]
+    epoch, key = current_key(made)
+    span = 4 * GIB
+    forged = Seal(
+        "batch", "personal", 3, epoch, last.lines + 1, last.nbytes + span, os.urandom(32), last.mac
+    ).signed(key)
+    with seal_path.open("ab") as stream:
+        stream.write(forged.to_line())
+    number = len(seal_path.read_bytes().splitlines())
+    os.truncate(log, last.nbytes + span)
+    expect_bounded(
+        made,
+        f"error: personal/00000003 line {last.lines + 1}: seal line {number} "
+        f"seals 1 lines in {span} bytes here, and the file's bytes do not match it",
+    )
+
+
+def test_seal_file_of_one_huge_line(made: Made) -> None:
+    seal = made.qube("personal") / "00000002.seal"
+    seal.write_bytes(b"v1 batch personal 2 ")
+    os.truncate(seal, GIB)  # one line of 1 GiB, no newline
+    expect_bounded(
+        made,
+        f"error: personal/00000002: the seal file holds {GIB} bytes, more than a seal file "
+        "can be (256.0 MiB): not read, nothing in this segment can be checked",
+    )
+
+
+def test_segment_growing_while_verified(made: Made) -> None:
+    log = made.qube("personal") / "00000003.log"
+    stop = threading.Event()
+
+    def grow() -> None:  # 64 MiB more every few milliseconds, sparse
+        size = log.stat().st_size
+        while not stop.wait(0.002) and size < 1 << 40:
+            size += 64 << 20
+            os.truncate(log, size)
+
+    grower = threading.Thread(target=grow)
+    grower.start()
+    try:
+        expect_bounded(made, "error: personal/00000003: the file holds ")
+    finally:
+        stop.set()
+        grower.join()
