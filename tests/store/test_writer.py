@@ -278,3 +278,27 @@ def test_closed_chains_are_released_and_load_again_where_they_were(
     assert restarted.recover_all() == {}
     assert restarted.chains == {}  # every segment closed: nothing kept after recovery
     restarted.close()
+
+
+def test_parts_are_stored_and_sealed_as_their_join(
+    store_root: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More parts than one writev takes, empty ones, and writes cut short
+    # (a regular file may take fewer bytes than asked) anywhere in a part.
+    real_writev = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, views: real_writev(fd, [b"".join(views)[:700]]))
+    parts = [_lines(1, "p%d" % i) if i % 7 else b"" for i in range(2500)]
+    root, _ = store_root
+    store = Store(root)
+    chain = store.chain("work")
+    chain.open_segment(store.keys, session="s1")
+    lines = sum(1 for part in parts if part)
+    chain.append_parts(parts, lines)
+    parted = chain.seal(store.keys)
+    store.close()
+    [segment] = StoreLayout(root).segments("work")
+    assert segment.log is not None and segment.seal is not None
+    sealed = segment.log.read_bytes()[: parted.nbytes]
+    assert sealed.split(b"\n", 1)[1] == b"".join(parts)  # after the segment-start note
+    assert parted.head == chain_step(read_seal_file(segment.seal).seals[0].head, sealed)
+    assert parted.lines == lines + 1

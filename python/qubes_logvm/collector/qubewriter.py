@@ -433,13 +433,13 @@ class QubeWriter:
         chunks, lines, dropped = batch.chunks, batch.lines, 0
         if batch.nbytes and not self._make_room(chain, batch.nbytes):
             chunks, lines, dropped = [], 0, batch.lines
-        # One join of notes and lines: batches can be megabytes.
-        payload = b"".join(self._carried + notes + chunks)
+        # Written as they are, not joined: batches can be megabytes.
+        payload = [part for part in self._carried + notes + chunks if part]
         nlines, self._carried = len(self._carried) + len(notes) + lines, []
         batch.chunks = []
         if payload:
             try:
-                chain.append(payload, nlines)
+                chain.append_parts(payload, nlines)
                 self.ledger.open_seal_bytes += len(chain.seal(store.keys).to_line())
             except OSError as err:
                 if chain.broken or not chain.is_open:
