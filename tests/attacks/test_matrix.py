@@ -675,3 +675,14 @@ def test_segment_growing_while_verified(made: Made) -> None:
     finally:
         stop.set()
         grower.join()
+
+
+def test_huge_sparse_segment_without_its_seal_file(made: Made) -> None:
+    personal = made.qube("personal")
+    (personal / "00000002.seal").unlink()
+    os.truncate(personal / "00000002.log", 20 * GIB)
+    expect_bounded(
+        made,
+        "error: personal/00000002 lines 1-12: no seal file: lines 1-12 and more (not read "
+        "past 64.0 MiB) are not sealed",
+    )

@@ -116,7 +116,7 @@ def check_data(
         rest = data + read_up_to(stream, EXPLAIN_LIMIT)
         position, line = _explain(rest, intervals[index:], interval.lines0, report)
         tail = rest[position:] if position is not None else b""
-        lines, size = _count_rest(stream, tail_limit)
+        lines, size = count_up_to(stream, tail_limit)
         return DataResult(
             line,
             tail.count(b"\n") + lines,
@@ -124,12 +124,12 @@ def check_data(
             hashed,
             broken=True,
         )
-    lines, size = _count_rest(stream, tail_limit)
+    lines, size = count_up_to(stream, tail_limit)
     end_line = intervals[-1].lines1 if intervals else 0
     return DataResult(end_line, lines, size, hashed, broken=False)
 
 
-def _count_rest(stream: BinaryIO, limit: int | None) -> tuple[int, int]:
+def count_up_to(stream: BinaryIO, limit: int | None) -> tuple[int, int]:
     """Lines and bytes of the rest of ``stream``, at most ``limit`` bytes read."""
     lines = size = 0
     while limit is None or size < limit:

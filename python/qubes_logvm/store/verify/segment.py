@@ -16,12 +16,12 @@ from ...core.seal import FINAL_KINDS, ZERO, Seal
 from ...core.sizes import human_size
 from ..files import TooLarge
 from ..layout import SegmentFiles
-from ..reader import count_lines, open_plain
+from ..reader import open_plain
 from ..sealfile import SealFile, read_seal_file
 from .chain import ChainCheck, ChainMismatch
 from .context import VerifyRun
 from .created import watched_plain
-from .data import DataResult, Interval, check_data
+from .data import DataResult, Interval, check_data, count_up_to
 from .fast import fast_segment
 from .findings import ERROR, WARNING
 from .remnant import opening_remnant
@@ -55,8 +55,7 @@ def verify_segment(
     """
     qube, seq = files.qube, files.seq
     if files.seal is None:
-        lines = count_lines(files.log)[0] if files.log is not None else 0
-        ctx.add(ERROR, qube, f"no seal file: lines 1-{lines} are not sealed", seq, 1, lines)
+        _no_seal_file(ctx, files)
         return None, min_epoch
     if doubled is None:
         fast = fast_segment(ctx, files, head, min_epoch, newest)
@@ -89,6 +88,23 @@ def verify_segment(
     if doubled is not None:
         _check_doubled(ctx, files, doubled, [seal for _, seal in anchors])
     return last.head, last.epoch
+
+
+def _no_seal_file(ctx: VerifyRun, files: SegmentFiles) -> None:
+    """A segment without seals: its lines counted (no further than :data:`TAIL_READ`)."""
+    lines = size = 0
+    if files.log is not None:
+        with open_plain(files.log) as stream:
+            lines, size = count_up_to(stream, TAIL_READ)
+    more = f" and more (not read past {human_size(TAIL_READ)})" if size >= TAIL_READ else ""
+    ctx.add(
+        ERROR,
+        files.qube,
+        f"no seal file: lines 1-{lines}{more} are not sealed",
+        files.seq,
+        1,
+        lines,
+    )
 
 
 def _read_seals(ctx: VerifyRun, files: SegmentFiles, seal: Path) -> SealFile | None:
