@@ -74,21 +74,35 @@ def _cost_notes(wdir: Path) -> int:
 
 
 def _snapshot(collector: Collector, wdir: Path, work: Path, name: str, key: Path) -> Phase:
-    # The last call's segment closed first (its session's end note and close
-    # seal come after the call returns): a copy taken while they are written
-    # can hold a log line whose seal the witness already heard of.
+    # One moment for both: the collector stopped (SIGSTOP) while the store
+    # is copied and the witness exported. A live copy raced the collector's
+    # writes (a seal file copied before the epoch seal that covers it), and
+    # an export taken after the copy held epochs the copy had not: each a
+    # correct verify error about a store that never existed.
     assert wait_for(lambda: is_closed(StoreLayout(collector.store).segments("work")[-1]))
     root = work / name / "store"
-    shutil.copytree(collector.store, root, symlinks=True)
     policies = work / "policy"
     export = work / name / "export"
-    with export.open("wb") as out:
-        subprocess.run(
-            [str(WITNESS), "--dir", str(wdir), "--policy-dir", str(policies), "export", "sys-log"],
-            stdout=out,
-            check=True,
-            timeout=30,
-        )
+    collector.signal(signal.SIGSTOP)
+    try:
+        shutil.copytree(collector.store, root, symlinks=True)
+        with export.open("wb") as out:
+            subprocess.run(
+                [
+                    str(WITNESS),
+                    "--dir",
+                    str(wdir),
+                    "--policy-dir",
+                    str(policies),
+                    "export",
+                    "sys-log",
+                ],
+                stdout=out,
+                check=True,
+                timeout=30,
+            )
+    finally:
+        collector.signal(signal.SIGCONT)
     return Phase(root, export, key)
 
 

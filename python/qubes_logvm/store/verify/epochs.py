@@ -250,15 +250,18 @@ def _check_root(ctx: VerifyRun, line: EpochLine, names: list[str], only: list[st
 
 
 def _deleted_since(ctx: VerifyRun, leaf: Leaf, epoch: int) -> bool:
-    """The sealed state lay in a segment closed after ``epoch`` and deleted since (a tomb
-    says so: shown as a deletion), so the store cannot hold it any more."""
+    """The sealed state lay in a segment deleted after ``epoch`` (a tomb written since says
+    so: shown as a deletion), so the store cannot hold it any more. The tomb's own epoch
+    counts, not the segment's close epoch: a segment closed in ``epoch`` and deleted in the
+    next (a flood under a small quota) is the sealed state and then gone, and a compacted
+    summary written since stands for it."""
     try:
         tombs = read_tomb_file(ctx.layout.tombstones(leaf.qube)).tombs
     except (OSError, StoreError):
         return False
     return any(
         tomb.first <= leaf.seq <= tomb.last
-        and tomb.close_epoch > epoch
+        and tomb.epoch > epoch
         and tomb.records >= leaf.lines
         and tomb.nbytes >= leaf.nbytes
         for _, tomb in tombs
