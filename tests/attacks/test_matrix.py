@@ -686,3 +686,14 @@ def test_huge_sparse_segment_without_its_seal_file(made: Made) -> None:
         "error: personal/00000002 lines 1-12: no seal file: lines 1-12 and more (not read "
         "past 64.0 MiB) are not sealed",
     )
+
+
+def test_seal_file_of_64_mib_of_newlines(made: Made) -> None:
+    # No key needed: 67 million empty "seal lines" (one list entry each, before).
+    (made.qube("personal") / "00000002.seal").write_bytes(b"\n" * (64 << 20))
+    out = expect_bounded(
+        made,
+        "error: personal/00000002: seal line 1001: not read: more than 1000 lines before it "
+        "are not seal lines",
+    )
+    assert "error: personal/00000002: seal line 1000: malformed seal line" in out

@@ -15,6 +15,10 @@ from .layout import SegmentFiles
 
 #: A seal file larger than this is not one the collector wrote.
 MAX_SEAL_FILE = 256 << 20
+#: Lines that are not seal lines parsed before the rest of a seal file is
+#: given up (the collector writes none; memory stays bounded on garbage).
+MAX_BAD_LINES = 1000
+_GIVEN_UP = f"not read: more than {MAX_BAD_LINES} lines before it are not seal lines"
 #: How much of a seal file's end :func:`last_seal_line` reads.
 SEAL_TAIL = 1024
 
@@ -46,11 +50,19 @@ def parse_seal_data(data: bytes) -> SealFile:
     result = SealFile([], torn, [])
     if not body:
         return result
-    for number, line in enumerate(body.split(b"\n"), start=1):
+    start, number = 0, 0
+    while start <= len(body):  # line by line: a file of newlines makes no list of lines
+        end = body.find(b"\n", start)
+        end = len(body) if end < 0 else end
+        number += 1
+        if len(result.bad_lines) >= MAX_BAD_LINES:
+            result.bad_lines.append((number, _GIVEN_UP))
+            break
         try:
-            result.seals.append(parse_seal(line))
+            result.seals.append(parse_seal(body[start:end]))
         except StoreError as err:
             result.bad_lines.append((number, str(err)))
+        start = end + 1
     return result
 
 

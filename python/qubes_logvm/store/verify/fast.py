@@ -56,6 +56,8 @@ _READ = 16 << 20
 _SPAN = 16 << 20
 #: Seal file bytes cut into lines at once (valid lines are a few hundred bytes).
 _PIECE = 1 << 20
+#: Fewer bytes than any seal line has (three hashes in hex alone are 192).
+_SHORTEST = 128
 _CHAIN = hashlib.sha256(CHAIN_DOMAIN)  # copied, never updated
 _BLOCK = 64  # SHA-256's block size (HMAC pads the key to it)
 _IPAD = bytes(b ^ 0x36 for b in range(256))  # HMAC's inner and outer pads, as tables
@@ -138,7 +140,10 @@ def _pieces(raw: bytes) -> Iterator[list[bytes]]:
         end = raw.rfind(b"\n", start, start + _PIECE) + 1
         if end <= start:
             raise _Amiss  # a line longer than any seal line
-        yield raw[start : end - 1].split(b"\n")
+        rows = raw[start : end - 1].split(b"\n")
+        if len(rows) > _PIECE // _SHORTEST:
+            raise _Amiss  # lines shorter than any seal line (a file of newlines)
+        yield rows
         start = end
 
 
