@@ -147,3 +147,13 @@ def test_every_refused_character_is_in_the_planes_searched() -> None:
     # The lanes path finds refused characters only in REFUSED_PLANES.
     others = tuple(p for p in range(17) if p not in REFUSED_PLANES)
     assert refused_codes(others) == []
+
+
+@given(st.text(max_size=300))
+def test_text_paths_equal_the_definition(text: str) -> None:
+    # Well-formed UTF-8 (refused characters in it or not) and, through
+    # surrogatepass, text with encoded surrogates (not well-formed).
+    for raw in (text.encode(), text.encode("utf-8", "surrogatepass")):
+        padded = raw + "é".encode() * SHORT
+        assert escape(padded) == escape_simple(padded)
+        assert escape_block(raw) == b"\n".join(escape_simple(line) for line in raw.split(b"\n"))

@@ -76,6 +76,7 @@ class _Lanes:
 
     def __init__(self, passing: bytes) -> None:
         self.passing = passing
+        self.passing_text = passing + bytes(range(0x80, 0x100))  # in well-formed text
         keep = frozenset(passing)
         digits = b"0123456789abcdef"
         self.tables = (
@@ -117,9 +118,11 @@ def refused_codes(planes: "tuple[int, ...] | range") -> list[int]:
 
 
 @functools.cache
-def _refused_characters() -> list[tuple["re.Pattern[bytes]", bytes]]:
+def _refused_characters() -> list[tuple["re.Pattern[bytes]", bytes, tuple[bytes, ...]]]:
     """Patterns of the refused multi-byte characters, by length, each with a
-    fill of as many ``?``; built on first use (~25 ms)."""
+    fill of as many ``?`` and the lead bytes it starts with (a pattern is
+    searched only where one of them occurs: ``in`` is much quicker than the
+    pattern's search); built on first use (~25 ms)."""
     by_prefix: dict[bytes, list[int]] = {}
     for code in refused_codes(REFUSED_PLANES):
         raw = chr(code).encode()
@@ -128,7 +131,18 @@ def _refused_characters() -> list[tuple["re.Pattern[bytes]", bytes]]:
     for prefix, last in by_prefix.items():
         alternative = _byte_class(prefix) + b"[" + _byte_class(bytes(last)) + b"]"
         by_length.setdefault(len(prefix) + 1, []).append(alternative)
-    return [(re.compile(b"|".join(alts)), b"?" * n) for n, alts in sorted(by_length.items())]
+    return [
+        (
+            re.compile(b"|".join(alts)),
+            b"?" * n,
+            tuple(sorted({bytes(prefix[:1]) for prefix in by_prefix if len(prefix) + 1 == n})),
+        )
+        for n, alts in sorted(by_length.items())
+    ]
+
+
+def _refused_may_be_in(data: bytes, leads: tuple[bytes, ...]) -> bool:
+    return any(lead in data for lead in leads)
 
 
 def _passing_mask(untrusted: bytes) -> bytes:
@@ -142,8 +156,9 @@ def _passing_mask(untrusted: bytes) -> bytes:
     """
     text = untrusted.decode("utf-8", "surrogateescape")
     marked = text.encode("utf-8", "replace")
-    for pattern, fill in _refused_characters():
-        marked = pattern.sub(fill, marked)
+    for pattern, fill, leads in _refused_characters():
+        if _refused_may_be_in(marked, leads):
+            marked = pattern.sub(fill, marked)
     return marked.translate(_HIGH_MARKED)
 
 
@@ -165,9 +180,23 @@ def _escape_lanes(untrusted: bytes, lanes: _Lanes) -> bytes:
     return bytes(out.translate(None, b"\0"))
 
 
-def _escape_ascii(untrusted: bytes, lanes: _Lanes) -> bytes:
-    """ASCII bytes: one ``replace`` per distinct byte to escape."""
-    found = set(untrusted.translate(None, lanes.passing))
+def _escape_text(untrusted: bytes, lanes: _Lanes) -> bytes | None:
+    """Well-formed UTF-8 without a refused character (most non-ASCII text):
+    only ASCII bytes to escape, as in ASCII text; None for anything else."""
+    try:
+        untrusted.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    for pattern, _, leads in _refused_characters():
+        if _refused_may_be_in(untrusted, leads) and pattern.search(untrusted):
+            return None
+    return _escape_ascii(untrusted, lanes.passing_text)
+
+
+def _escape_ascii(untrusted: bytes, passing: bytes) -> bytes:
+    """Bytes where only ASCII ones need escaping: one ``replace`` per distinct
+    byte to escape (an ASCII byte is never inside a multi-byte character)."""
+    found = set(untrusted.translate(None, passing))
     if not found:
         return untrusted
     # The backslash first: the other replacements introduce backslashes.
@@ -184,8 +213,9 @@ def escape(untrusted: bytes) -> bytes:
     if len(untrusted) < SHORT:
         return escape_simple(untrusted)
     if untrusted.isascii():
-        return _escape_ascii(untrusted, _LINE)
-    return _escape_lanes(untrusted, _LINE)
+        return _escape_ascii(untrusted, _LINE.passing)
+    text = _escape_text(untrusted, _LINE)
+    return _escape_lanes(untrusted, _LINE) if text is None else text
 
 
 def escape_block(untrusted: bytes) -> bytes:
@@ -193,12 +223,14 @@ def escape_block(untrusted: bytes) -> bytes:
 
     A newline is never part of a multi-byte token, so no token spans two
     lines. Pure-ASCII blocks (most logs) take a path without a Python call per
-    escaped byte: one ``replace`` per distinct byte to escape; other blocks
+    escaped byte: one ``replace`` per distinct byte to escape, and so do
+    well-formed UTF-8 blocks without a refused character; other blocks take
     the lanes (:class:`_Lanes`), also without one.
     """
     if untrusted.isascii():
-        return _escape_ascii(untrusted, _BLOCK)
-    return _escape_lanes(untrusted, _BLOCK)
+        return _escape_ascii(untrusted, _BLOCK.passing)
+    text = _escape_text(untrusted, _BLOCK)
+    return _escape_lanes(untrusted, _BLOCK) if text is None else text
 
 
 def needs_escaping(data: bytes) -> bool:
