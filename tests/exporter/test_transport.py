@@ -33,9 +33,9 @@ async def _settle() -> None:
 def test_shared_window_holds_the_second_call_until_the_first_has_room() -> None:
     async def go() -> None:
         window = Window(lines=10, size=1 << 20)
-        await window.reserve(10, 100)  # the first call's lines fill it
+        window.add(10, 100)  # the first call's lines fill it
         assert not window.has_room()
-        second = asyncio.create_task(window.reserve(1, 10))
+        second = asyncio.create_task(window.wait_room())
         await _settle()
         assert not second.done()
         window.release(4, 40)  # the first call's LogVM acknowledged some

@@ -230,3 +230,54 @@ def test_dispvm_console_removed_once_acked_and_gone(
     assert exporter.stop() == 0
     assert (console / "guest-work.log").exists()  # not a DispVM: never removed
     assert _stored(logvm, "disp7", "D") == [("console", b"disp7 secret")]
+
+
+def test_a_halted_logvm_delays_only_the_qubes_routed_to_it(
+    tmp_path: Path, journald: Journald, logvm: Collector, make_exporter: MakeExporter
+) -> None:
+    """Several LogVMs: sys-log is halted with a backlog past its window;
+    net's console, routed to sys-log-net, keeps flowing. Then sys-log comes
+    back and gets every line of work's console once, in order."""
+    world = _world(tmp_path, logvm)
+    vkey = make_store(tmp_path / "logvm-net" / "store")
+    other = Collector(tmp_path / "logvm-net", {"session_linger": 0})
+    other.vkey = vkey
+    other.start()
+    try:
+        world.add_qube("sys-log-net")
+        world.link_socket_service("sys-log-net", "logvm.Send", other.socket)
+        world.qubes["sys-log"].running = False
+        world.save()
+        exporter = _exporter(
+            tmp_path, world, journald, make_exporter, routes={"net": "sys-log-net"}
+        )
+        console = tmp_path / "dom0" / "console"
+        # More than sys-log's whole window: the old shared window filled
+        # with it and net's lines were never read.
+        work = [b"work line %d" % i for i in range(20000)]
+        (console / "guest-work.log").write_bytes(b"".join(m + b"\n" for m in work))
+        exporter.start()
+        wait_for(lambda: len(world.calls()) >= 2, what="calls to the halted LogVM")
+        net = [b"net line %d" % i for i in range(300)]
+        for end in range(100, len(net) + 1, 100):
+            _append(console / "guest-net.log", b"".join(m + b"\n" for m in net[end - 100 : end]))
+            wait_for(
+                lambda: len(_stored(other, "net", "D")) >= end,  # noqa: B023 (waited here)
+                what="net's lines while sys-log is halted",
+            )
+        assert [m for _, m in _stored(other, "net", "D")] == net
+        assert StoreLayout(logvm.store).qubes() == []
+        world.qubes["sys-log"].running = True
+        world.save()
+        wait_for(
+            lambda: len(_stored(logvm, "work", "D")) >= len(work),
+            timeout=60,
+            what="work's backlog once sys-log is back",
+        )
+        assert exporter.stop() == 0
+        assert [m for _, m in _stored(logvm, "work", "D")] == work
+        assert [m for _, m in _stored(other, "net", "D")] == net
+        assert StoreLayout(other.store).qubes() == ["net"]
+        assert verify_errors(logvm.store, logvm.vkey) == []
+    finally:
+        other.kill()

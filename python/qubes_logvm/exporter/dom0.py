@@ -38,9 +38,9 @@ from ..core.names import (
     validate_qube_name,
 )
 from .config import Dom0Config, ExporterConfig, FileConfig
-from .files import POLL_SECONDS, FilesSource, _stat
+from .files import POLL_SECONDS, FilesSource, _Follower, _stat
 from .state import StateDir
-from .transport import Spawn, Transport, Window
+from .transport import WINDOW_BYTES, WINDOW_LINES, Spawn, Transport, Window
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,14 @@ def dom0_command(config: Dom0Config, qube: str | None = None) -> list[str]:
     return [
         config.qrexec_client,
         "-d",
-        dict(config.routes).get(qube or ADMIN_QUBE, config.logvm),
+        logvm_of(config, qube or ADMIN_QUBE),
         f"DEFAULT:QUBESRPC {SEND_SERVICE}+{argument} {ADMIN_QUBE}",
     ]
+
+
+def logvm_of(config: Dom0Config, qube: str) -> str:
+    """The LogVM ``qube``'s logs go to: its route, else ``logvm``."""
+    return dict(config.routes).get(qube, config.logvm)
 
 
 def _qube(name: str) -> tuple[str, str] | None:
@@ -139,9 +144,17 @@ class DeliverySource(FilesSource):
         self.qube_of: dict[str, str] = {}
         self._deliveries: dict[str, _Delivery] = {}
         self._closing: list[_Delivery] = []
-        # One window for every qube's call: memory is bounded by one window
-        # (plus one chunk), not one per qube with a backlog.
-        self._window = Window()
+        # One window per LogVM, shared by the calls of the qubes routed to
+        # it; the LogVMs split one window's bound. Memory stays within that
+        # (plus one polling round), however many qubes have a backlog, and a
+        # halted or stuck LogVM fills only its own share: files routed to it
+        # wait unread (see _ready) while the other LogVMs' keep flowing.
+        logvms = sorted({self._dom0.logvm, *(logvm for _, logvm in self._dom0.routes)})
+        self._windows = {
+            logvm: Window(WINDOW_LINES // len(logvms), WINDOW_BYTES // len(logvms))
+            for logvm in logvms
+        }
+        self._blocked: set[Window] = set()  # full windows met in this round
         super().__init__(file_specs(config.dom0), state)
 
     def _open(self, path: str, tag: str, *, resume: bool) -> None:
@@ -164,13 +177,22 @@ class DeliverySource(FilesSource):
                 backoff_initial=config.backoff_initial,
                 backoff_max=config.backoff_max,
                 ack_timeout=config.ack_timeout,
-                window=self._window,
+                window=self._windows[logvm_of(self._dom0, qube)],
                 spawn=self._spawn,
             )
             task = asyncio.create_task(transport.run())
             current = self._deliveries[qube] = _Delivery(transport, task, time.monotonic())
         current.last = time.monotonic()
         return current.transport
+
+    def _ready(self, follower: _Follower) -> bool:
+        """Read a file only while its LogVM's window has room."""
+        qube = self.qube_of.get(follower.path, ADMIN_QUBE)
+        window = self._windows[logvm_of(self._dom0, qube)]
+        if window.has_room():
+            return True
+        self._blocked.add(window)
+        return False
 
     def _retire(self) -> None:
         """Finish calls whose qube has no file left, or that were idle too long."""
@@ -210,22 +232,31 @@ class DeliverySource(FilesSource):
         """Follow until ``stop``; then send what is left and close every call."""
         del transport  # dom0's own journal uses it; each qube has its own call
         while True:
+            self._blocked.clear()
             chunks = self.poll()
             for data, lines, position in chunks:
                 qube = self.qube_of.get(position[0], ADMIN_QUBE)
-                await self._delivery(qube).put(data, lines, self, position)
+                # Never waits: a stuck LogVM must not hold up the others.
+                self._delivery(qube).queue(data, lines, self, position)
             self._retire()
             self._remove_acked_consoles()
             if chunks:
                 continue
             if stop.is_set():
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), POLL_SECONDS)
+            await self._pause(stop)
         calls = [*self._deliveries.values(), *self._closing]
         for delivery in calls:
             delivery.transport.finish()
         await asyncio.gather(*(d.task for d in calls))
+
+    async def _pause(self, stop: asyncio.Event) -> None:
+        """Until the next poll, ``stop``, or room in a window whose files waited."""
+        waits = [stop.wait(), *(window.wait_room() for window in self._blocked)]
+        tasks = [asyncio.ensure_future(wait) for wait in waits]
+        await asyncio.wait(tasks, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
 
     def pending(self) -> int:
         """Lines of every delivery call not yet acknowledged."""

@@ -77,15 +77,21 @@ PIPE_BYTES = 1 << 20
 END_GRACE = 2.0
 
 
+#: A window's default bound: lines and bytes queued or sent, not yet acknowledged.
+WINDOW_LINES = 20000
+WINDOW_BYTES = 512 << 10
+
+
 class Window:
     """The bound on lines queued or sent but not yet acknowledged.
 
-    One per transport by default; dom0's per-qube delivery calls share one,
-    so memory stays within one window (plus one chunk) however many qubes
-    have a backlog.
+    One per transport by default; dom0's per-qube delivery calls share one
+    per LogVM, so memory stays within one window (plus one round of chunks)
+    per LogVM however many qubes have a backlog, and a LogVM that never acks
+    fills only its own window.
     """
 
-    def __init__(self, lines: int = 20000, size: int = 512 << 10) -> None:
+    def __init__(self, lines: int = WINDOW_LINES, size: int = WINDOW_BYTES) -> None:
         self._max_lines = lines
         self._max_bytes = size
         self._lines = 0
@@ -97,11 +103,14 @@ class Window:
         """True while there is room for another chunk."""
         return self._lines < self._max_lines and self._bytes < self._max_bytes
 
-    async def reserve(self, lines: int, size: int) -> None:
-        """Wait for room, then count ``lines`` lines of ``size`` bytes in."""
+    async def wait_room(self) -> None:
+        """Return once there is room for another chunk."""
         while not self.has_room():
             self._room.clear()
             await self._room.wait()
+
+    def add(self, lines: int, size: int) -> None:
+        """Count ``lines`` lines of ``size`` bytes in (room or not)."""
         self._lines += lines
         self._bytes += size
 
@@ -165,6 +174,10 @@ class Transport:
         """Lines queued or sent but not yet acknowledged."""
         return self._lines
 
+    def has_room(self) -> bool:
+        """True while this transport's window has room for another chunk."""
+        return self._window.has_room()
+
     async def put(
         self, data: bytes, lines: int, source: Acker | None = None, position: Any = None
     ) -> None:
@@ -173,9 +186,18 @@ class Transport:
         One chunk may overshoot the window (sources bound their chunks), so
         memory stays within the window plus one chunk.
         """
+        await self._window.wait_room()
+        self.queue(data, lines, source, position)
+
+    def queue(
+        self, data: bytes, lines: int, source: Acker | None = None, position: Any = None
+    ) -> None:
+        """Queue whole record lines now, even past the window: for a caller
+        that checked :meth:`has_room` before reading them (and bounds what
+        it reads), so it never waits on one stuck stream."""
         if not lines:
             return
-        await self._window.reserve(lines, len(data))
+        self._window.add(lines, len(data))
         self._unsent.append(Chunk(data, lines, source, position))
         self._unsent_lines += lines
         self._lines += lines
