@@ -34,6 +34,7 @@ from qubes_logvm.core.escape import unescape
 from qubes_logvm.store.keystate import read_epoch
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.remnant import OPENING_REMNANT
+from qubes_logvm.store.retired import read_retired
 from qubes_logvm.store.sealfile import is_closed
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import verify_store
@@ -409,7 +410,13 @@ def test_clock_jumped_forward_eight_days_deletes_nothing_epochs_passing_do(
         collector.kill()
     reasons = [t.reason for _, t in read_tomb_file(tombs).tombs]
     assert reasons and set(reasons) == {"age"}
-    assert [t.reason for _, t in read_tomb_file(layout.tombstones("beta")).tombs] == ["age"]
+    # beta, all deleted epochs ago, may be retired since: its newest tomb is
+    # then in the sealed retire line (its directory gone), not in its own file.
+    if layout.tombstones("beta").exists():
+        beta = [t.reason for _, t in read_tomb_file(layout.tombstones("beta")).tombs]
+    else:
+        beta = [r.tomb.reason for _, r in read_retired(layout).lines if r.qube == "beta"]
+    assert beta == ["age"]
     assert verify_errors(collector.store, collector.vkey) == []
 
 
