@@ -85,3 +85,25 @@ def test_lines_left_unsplit_survive_a_truncation(tmp_path: Path) -> None:
         messages += [m for data, _l, _p in chunks for m in _messages(data)]
     source.close()
     assert messages == [b"%d" % n for n in range(3 * MAX_ITEMS)] + [b"new"]
+
+
+class _Held(FilesSource):
+    """A source whose files are not ready (dom0: their LogVM's window is full)."""
+
+    held = True
+
+    def _ready(self, follower: Any) -> bool:
+        del follower
+        return not self.held
+
+
+def test_a_file_not_ready_is_left_unread_even_when_rotated(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"old 1\nold 2\n")
+    source = _Held((FileConfig(str(path), "app"),), StateDir(tmp_path / "state"))
+    path.rename(tmp_path / "app.log.1")  # rotated while its lines wait
+    path.write_bytes(b"new 1\n")
+    assert [source.poll() for _ in range(3)] == [[], [], []]
+    source.held = False
+    messages = [m for chunks in _rounds(source) for data, _, _ in chunks for m in _messages(data)]
+    assert messages == [b"old 1", b"old 2", b"new 1"]
