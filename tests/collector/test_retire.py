@@ -5,10 +5,12 @@ import time
 from pathlib import Path
 
 import pytest
+from attacks.conftest import WITNESS, _admin
 from collector.helpers import Collector, make_store, send, wait_for
 
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.retired import read_retired
+from qubes_logvm.store.witness_pending import pending_path, queue_registration
 from qubes_logvm.store.verify import verify_store
 
 pytestmark = pytest.mark.timeout(300)
@@ -81,3 +83,32 @@ def test_a_connected_or_kept_qube_is_not_retired(tmp_path: Path) -> None:
         assert not _retired(layout)
     finally:
         assert collector.stop() == 0
+
+
+def test_retired_with_the_witness_and_a_reused_name(tmp_path: Path) -> None:
+    """With a witness: each DispVM's last deletion reaches it before the retirement;
+    verify --witness accepts the directories gone and a reused name's new chain."""
+    wdir = tmp_path / "witness"
+    serve = ["env", "QREXEC_REMOTE_DOMAIN=sys-log", str(WITNESS), "--dir", str(wdir), "serve"]
+    config = {**CONFIG, "witness": {"command": serve, "interval_seconds": 0.2}}
+    collector = Collector(tmp_path, config)
+    collector.vkey = make_store(collector.store, epoch_seconds=0.5)
+    queue_registration(collector.store, collector.vkey)
+    layout = StoreLayout(collector.store)
+    collector.start()
+    try:
+        assert send(collector.socket, "work", b"stays\n") == [1]
+        for index in range(20):
+            assert send(collector.socket, f"disp{index}", b"one session %d\n" % index) == [1]
+        assert wait_for(lambda: not _disps(layout), timeout=60), _disps(layout)[:5]
+        assert send(collector.socket, "disp3", b"second life\n") == [1]
+        assert wait_for(lambda: not pending_path(collector.store).exists(), 20)
+        time.sleep(1.5)  # epochs and checkpoints reach the witness
+    finally:
+        assert collector.stop() == 0
+    assert len(_retired(layout)) >= 20
+    export = tmp_path / "witness.export"
+    _admin(wdir, "export", "sys-log", "-o", str(export))
+    assert export.read_bytes().count(b"\nret ") >= 20  # each retirement reached the witness
+    report = verify_store(collector.store, collector.vkey, witness=export)
+    assert report.errors == [], report.errors

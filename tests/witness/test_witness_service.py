@@ -289,3 +289,31 @@ def test_cost_notes_held_in_order_and_carried(open_call: Open, witness_dir: Path
     export = admin(witness_dir, "export", LOGVM).stdout
     costs = [line.split(" ")[3:7] for line in export.splitlines() if line.startswith("cost ")]
     assert costs == [["cost", "work", "2", "1"], ["cost", "work", "2", "3"]]
+
+
+def test_retirement_held_and_a_reused_name_starts_again(
+    open_call: Open, witness_dir: Path
+) -> None:
+    from qubes_logvm.core.retire import Retire, parse_retire
+    from qubes_logvm.core.tomb import parse_tomb
+
+    def retire(epoch: int, key0: bytes = KEY0) -> bytes:
+        tomb = parse_tomb(_tomb(2, 4))
+        line = Retire(epoch, tomb, bytes(32)).signed(key_for_epoch(key0, epoch))
+        return line.to_line().rstrip(b"\n")
+
+    call = registered(open_call)
+    assert call.send(line_of(make_seal(seq=2, lines=5, nbytes=50, epoch=3))) == "ok stored"
+    assert call.send(_tomb(2, 4)) == "ok stored"
+    assert call.send(retire(5, key0=bytes(32))) == "err bad-mac"
+    assert call.send(retire(5)) == "ok stored"
+    assert call.send(retire(5)) == "ok seen"
+    assert call.send(retire(4)) == "err stale"
+    # The name's new chain starts at segment 1 again: not stale after the retirement.
+    assert call.send(line_of(make_seal(seq=1, lines=1, nbytes=10, epoch=6))) == "ok stored"
+    assert call.send(_tomb(1, 7)) == "ok stored"
+    call.close()
+    export = admin(witness_dir, "export", LOGVM).stdout
+    rets = [line for line in export.splitlines() if line.startswith("ret ")]
+    assert len(rets) == 1
+    assert parse_retire(rets[0].split(" ", 2)[2].encode()).epoch == 5

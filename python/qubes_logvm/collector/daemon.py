@@ -30,6 +30,7 @@ from ..config.storage_policy import RetentionConfig, quota_for, settings_digest
 from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError
 from ..core.faults import fail_point
+from ..core.retire import Retire
 from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..core.witness_format import CostLine, SettingsLine
@@ -82,7 +83,11 @@ class Daemon:
         self.store_root = store_root
         self.config_paths = config_paths
         self.store = Store(
-            store_root, on_seal=self._on_seal, on_tomb=self._on_seal, on_epoch=self._on_seal
+            store_root,
+            on_seal=self._on_seal,
+            on_tomb=self._on_seal,
+            on_epoch=self._on_seal,
+            on_retire=self._on_seal,
         )
         self.shared = StoreAccess(self.store, config)
         self.shared.on_cost = self._on_seal
@@ -101,7 +106,7 @@ class Daemon:
         self._stop_early = True
         self._settings_task: asyncio.Task[None] | None = None
 
-    def _on_seal(self, seal: Seal | Tomb | EpochLine | CostLine) -> None:
+    def _on_seal(self, seal: Seal | Tomb | EpochLine | CostLine | Retire) -> None:
         # Called from worker threads after the seal (tombstone, epoch line) is durable.
         if self.sender is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.sender.submit, seal)
@@ -317,11 +322,14 @@ class Daemon:
 
     async def _retire(self, qubes: list[str]) -> None:
         """Remove the directories of qubes whose segments are all deleted (format 2),
-        each with a sealed retire line (store/retired.py). Not while a witness is
-        configured: it is not told of retirements yet, and would miss the qube."""
-        if self.sender is not None or self.store.epochs is None:
+        each with a sealed retire line (store/retired.py), once the witness has been
+        sent the qube's last deletion (which the retire line holds)."""
+        if self.store.epochs is None:
             return
         for qube in qubes:
+            if self.sender is not None and f"{qube} deletion" in self.sender.queue:
+                self._unretired.add(qube)  # its last deletion reaches the witness first
+                continue
             if qube not in self.server.writers:
                 await self.shared.run_on_chain(qube, functools.partial(self._retire_one, qube))
             lock = self.shared.locks.get(qube)

@@ -41,6 +41,7 @@ from pathlib import Path
 from ..core.epochseal import EpochLine
 from ..core.errors import ProtocolError, SealError
 from ..core.names import WITNESS_SERVICE
+from ..core.retire import Retire
 from ..core.seal import Seal
 from ..core.tomb import Tomb
 from ..core.warnings import RepeatedWarning
@@ -155,7 +156,9 @@ class CheckpointSender:
         self._wake: asyncio.Event | None = None
         self._proc: asyncio.subprocess.Process | None = None
 
-    def submit(self, seal: Seal | Tomb | EpochLine | SettingsLine | CostLine | bytes) -> None:
+    def submit(
+        self, seal: Seal | Tomb | EpochLine | SettingsLine | CostLine | Retire | bytes
+    ) -> None:
         """Offer the newest seal, or the newest deletion, of a qube (never blocks, no I/O).
 
         Deletions take a qube's oldest segment first, so the newest tomb
@@ -177,15 +180,22 @@ class CheckpointSender:
                 self.queue[" epoch"] = line  # a space is never in a qube name
                 self.stats["submitted"] += 1
             return
+        if line.startswith(b"r1 retire "):  # r1 retire <epoch> t1 <kind> <qube> ...
+            parts = line.split(b" ", 6)
+            if len(parts) == 7:
+                self._enqueue(parts[5].decode("ascii", "replace") + " retire", line)
+            return
         parts = line.split(b" ", 3)
         slot = _slot(parts[0], parts[1]) if len(parts) == 4 else None
         if slot is None:
             return  # v1 tomb lines and compaction summaries are not sent
-        qube = parts[2].decode("ascii", "replace") + slot
-        if qube not in self.queue and len(self.queue) >= 2 * self.max_qubes:
+        self._enqueue(parts[2].decode("ascii", "replace") + slot, line)
+
+    def _enqueue(self, slot: str, line: bytes) -> None:
+        if slot not in self.queue and len(self.queue) >= 2 * self.max_qubes:
             self.stats["dropped"] += 1
             return
-        self.queue[qube] = line
+        self.queue[slot] = line
         self.stats["submitted"] += 1
 
     def start(self) -> None:

@@ -43,6 +43,7 @@ from typing import ClassVar
 
 from .epochseal import EpochLine, parse_epoch_line
 from .errors import ProtocolError, StoreError
+from .retire import Retire, parse_retire
 from .seal import ZERO, MacLine, Seal, parse_seal
 from .seal_line import ascii_line
 from .tomb import Tomb, parse_tomb
@@ -84,6 +85,7 @@ _REGISTER = re.compile(
 _CP_LINE = re.compile(rb"cp (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v1 .*)")
 _DEL_LINE = re.compile(rb"del (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (t1 .*)")
 _EP_LINE = re.compile(rb"ep (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (v2 .*)")
+_RET_LINE = re.compile(rb"ret (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (r1 .*)")
 _EXPORT_HEADER = re.compile(
     rb"logvm-witness-export-v1 ([A-Za-z][A-Za-z0-9_.-]{0,30}) ([0-9a-f]{32})"
     rb"(?: epoch-seconds=" + _SECONDS + rb")?(?: created=" + _CREATED + rb")?"
@@ -181,10 +183,10 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.6f}".rstrip("0").rstrip(".")
 
 
-Message = Register | Seal | Tomb | EpochLine | SettingsLine | CostLine
+Message = Register | Seal | Tomb | EpochLine | SettingsLine | CostLine | Retire
 #: What the witness holds: a checkpoint, a deletion, a store-wide epoch line,
 #: a settings note, a cost note.
-Held = Seal | Tomb | EpochLine | SettingsLine | CostLine
+Held = Seal | Tomb | EpochLine | SettingsLine | CostLine | Retire
 
 
 def parse_message(untrusted_line: bytes) -> Message:
@@ -225,6 +227,8 @@ def _parse_line(untrusted_line: bytes) -> Held:
         return parse_epoch_line(untrusted_line)
     if untrusted_line.startswith(b"t1 "):
         return parse_tomb(untrusted_line)
+    if untrusted_line.startswith(b"r1 "):
+        return parse_retire(untrusted_line)
     return parse_seal(untrusted_line)
 
 
@@ -263,6 +267,15 @@ def judge_deletion(held: Tomb | None, new: Tomb) -> str | None:
     """
     if held is None or new.last > held.last:
         return None if held is None or new.epoch >= held.epoch else "stale"
+    return "seen" if new == held else "stale"
+
+
+def judge_retire(held: Retire | None, new: Retire) -> str | None:
+    """Compare a MAC-checked retirement with the newest one held for its qube: None
+    to store it (the qube's earlier checkpoints, deletions and cost notes are then
+    dropped: a name reused later starts a new chain), ``"seen"``, or ``"stale"``."""
+    if held is None or new.epoch > held.epoch:
+        return None
     return "seen" if new == held else "stale"
 
 
@@ -307,6 +320,8 @@ def format_held_line(stamp: bytes, held: Held) -> bytes:
         return b"set " + stamp + b" " + held.to_line()
     if isinstance(held, CostLine):
         return b"cost " + stamp + b" " + held.to_line()
+    if isinstance(held, Retire):
+        return b"ret " + stamp + b" " + held.to_line()
     return format_cp_line(stamp, held)
 
 
@@ -335,6 +350,11 @@ def parse_held_line(line: bytes) -> tuple[bytes, Held]:
         if epoch_line.kind != "epoch":
             raise StoreError("a held epoch line is never a gap")
         return match.group(1), epoch_line
+    if line.startswith(b"ret "):
+        match = _RET_LINE.fullmatch(line)
+        if match is None:
+            raise StoreError("malformed retire line")
+        return match.group(1), parse_retire(match.group(2))
     if line.startswith(b"del "):
         match = _DEL_LINE.fullmatch(line)
         if match is None:

@@ -39,6 +39,7 @@ from typing import TypeVar
 from ..core.epochseal import EpochLine
 from ..core.errors import LogvmError, ProtocolError, StoreError
 from ..core.records import format_timestamp
+from ..core.retire import Retire
 from ..core.seal import EpochKeys, Seal, format_verification_key, parse_verification_key
 from ..core.tomb import Tomb
 from ..core.witness_format import (
@@ -54,6 +55,7 @@ from ..core.witness_format import (
     judge_cost,
     judge_deletion,
     judge_epoch,
+    judge_retire,
     judge_settings,
     parse_held_line,
     parse_message,
@@ -219,8 +221,12 @@ class WitnessState:
         self.epoch_line: tuple[bytes, EpochLine] | None = None
         self.settings: tuple[bytes, SettingsLine] | None = None
         self.costs: dict[str, tuple[bytes, CostLine]] = {}
+        self.retired: dict[str, tuple[bytes, Retire]] = {}
         for stamp, held in read_checkpoints(path):
-            if isinstance(held, CostLine):
+            if isinstance(held, Retire):
+                self._forget(held.qube)
+                self.retired[held.qube] = (stamp, held)
+            elif isinstance(held, CostLine):
                 self.costs[held.qube] = (stamp, held)
             elif isinstance(held, Tomb):
                 self.deleted[held.qube] = (stamp, held)
@@ -328,6 +334,9 @@ class WitnessState:
         """The answer to one parsed message."""
         if isinstance(message, Register):
             return self.register(message)
+        return self._answer_held(message)
+
+    def _answer_held(self, message: Held) -> str:
         if isinstance(message, Tomb):
             return self.deletion(message)
         if isinstance(message, EpochLine):
@@ -336,6 +345,8 @@ class WitnessState:
             return self.settings_note(message)
         if isinstance(message, CostLine):
             return self.cost_note(message)
+        if isinstance(message, Retire):
+            return self.retirement(message)
         return self.checkpoint(message)
 
     def register(self, message: Register) -> str:
@@ -386,6 +397,25 @@ class WitnessState:
         return self._per_qube(
             tomb, self.deleted, judge_deletion, qube=tomb.qube, deleted=tomb.last, epoch=tomb.epoch
         )
+
+    def retirement(self, line: Retire) -> str:
+        """A qube whose segments were all deleted and whose directory the LogVM
+        removed: held (carried into each new generation), and the qube's
+        checkpoints, deletions and cost notes dropped (the older generations and
+        the export keep them; a name reused later starts a new chain)."""
+        held = self.retired.get(line.qube)
+
+        def keep(stamp: bytes) -> None:
+            self._forget(line.qube)
+            self.retired[line.qube] = (stamp, line)
+
+        verdict = judge_retire(held[1] if held else None, line)
+        return self._judged(line, verdict, {"qube": line.qube, "epoch": line.epoch}, keep)
+
+    def _forget(self, qube: str) -> None:
+        self.latest.pop(qube, None)
+        self.deleted.pop(qube, None)
+        self.costs.pop(qube, None)
 
     def cost_note(self, line: CostLine) -> str:
         """What a qube counted when the collector deleted for its quota (the newest per
@@ -501,6 +531,7 @@ class WitnessState:
     def _next_generation(self) -> None:
         """Start a new file with the newest checkpoint of each qube; drop the oldest."""
         held: list[tuple[bytes, Held]] = [
+            *self.retired.values(),  # first: reading one back forgets the qube's older lines
             *self.latest.values(),
             *self.deleted.values(),
             *self.costs.values(),

@@ -20,14 +20,16 @@ before they get here.
 from ...core.tomb import Tomb
 from .context import VerifyRun
 from .findings import ERROR, WARNING
+from .retired import heard_since_retirement, retired_tombs
 
 
 def check_deletions(
     ctx: VerifyRun, heard: dict[str, tuple[bytes, Tomb]], newest_epoch: int
 ) -> None:
     """Add every disagreement between the store's deletions and the witness's."""
+    since = heard_since_retirement(ctx, heard)
     for qube, lines in sorted(ctx.tomb_lines.items()):
-        stamp, told = heard.get(qube, (b"", None))
+        stamp, told = since.get(qube, (b"", None))
         for tomb in lines:
             if tomb.version == 1:
                 continue  # version-1 writers did not report deletions
@@ -42,7 +44,8 @@ def check_deletions(
                     )
                 continue
             _unheard(ctx, qube, tomb, newest_epoch)
-    for qube, (stamp, told) in sorted(heard.items()):
+    _check_retired(ctx, heard, newest_epoch)
+    for qube, (stamp, told) in sorted(since.items()):
         store_last = max((t.last for t in ctx.tomb_lines.get(qube, [])), default=0)
         if qube not in ctx.tomb_lines:
             continue  # the qube's directory is gone: reported with its checkpoints
@@ -54,6 +57,24 @@ def check_deletions(
                 f"deleted ({told.reason}), the store's tombstones stop at segment {store_last} "
                 "(tombstones removed, or the store rolled back)",
                 told.last,
+            )
+
+
+def _check_retired(
+    ctx: VerifyRun, heard: dict[str, tuple[bytes, Tomb]], newest_epoch: int
+) -> None:
+    """A retired qube's final tomb (its directory is gone): heard as any deletion."""
+    for qube, tomb in sorted(retired_tombs(ctx).items()):
+        stamp, told = heard.get(qube, (b"", None))
+        if told is None or told.last < tomb.last:
+            _unheard(ctx, qube, tomb, newest_epoch)
+        elif told.last == tomb.last and tomb.kind == "tomb" and told != tomb:
+            ctx.add(
+                ERROR,
+                qube,
+                "witness: the retired qube's last tombstone is not the one the witness "
+                f"heard of at {stamp.decode()} (re-made)",
+                tomb.last,
             )
 
 

@@ -23,6 +23,8 @@ made from validated tokens.
 from ...core.epochseal import Leaf
 from ...core.errors import StoreError
 from ...core.retire import Retire
+from ...core.seal import Seal
+from ...core.tomb import Tomb
 from ..files import irregular
 from ..retired import read_retired, retired_path
 from ..sealfile import read_seal_file
@@ -108,6 +110,50 @@ def retired_leaf(ctx: VerifyRun, qube: str, epoch: int) -> Leaf | None:
 def retired_names(ctx: VerifyRun, epoch: int) -> set[str]:
     """Qubes the epoch seal of ``epoch`` still holds though they have retired since."""
     return {qube for qube, line in ctx.retired.items() if line.epoch > epoch}
+
+
+def since_retirement(
+    ctx: VerifyRun, qube: str, by_seq: dict[int, list[Seal]]
+) -> dict[int, list[Seal]]:
+    """The witness's checkpoints of ``qube`` less those of a life before its valid
+    retirement whose final tomb covers them (a reused name's new chain is checked
+    alone; a qube whose directory is gone has none left)."""
+    line = ctx.retired.get(qube)
+    if line is None:
+        return by_seq
+    tomb = line.tomb
+    before = [cp for seals in by_seq.values() for cp in seals if cp.epoch < line.epoch]
+    for cp in before:
+        if cp.seq > tomb.last or tomb.epoch < cp.epoch:
+            return by_seq  # not covered: checked as they are (and errors said)
+        if cp.seq == tomb.last and tomb.kind == "tomb" and cp.lines > tomb.records:
+            return by_seq
+    after: dict[int, list[Seal]] = {}
+    for seq, seals in by_seq.items():
+        kept = [cp for cp in seals if cp.epoch >= line.epoch]
+        if kept:
+            after[seq] = kept
+    return after
+
+
+def heard_since_retirement(
+    ctx: VerifyRun, heard: dict[str, tuple[bytes, Tomb]]
+) -> dict[str, tuple[bytes, Tomb]]:
+    """The deletions the witness heard, less those of a retired qube's earlier life."""
+    return {
+        qube: (stamp, tomb)
+        for qube, (stamp, tomb) in heard.items()
+        if qube not in ctx.retired or tomb.epoch >= ctx.retired[qube].epoch
+    }
+
+
+def retired_tombs(ctx: VerifyRun) -> dict[str, Tomb]:
+    """The final tombs of the retired qubes whose directories are gone."""
+    return {
+        qube: line.tomb
+        for qube, line in ctx.retired.items()
+        if not ctx.layout.qube_dir(qube).exists()
+    }
 
 
 def _check_present(ctx: VerifyRun, line: Retire) -> None:

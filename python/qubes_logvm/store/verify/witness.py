@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ...core.epochseal import EpochLine
 from ...core.errors import StoreError
+from ...core.retire import Retire
 from ...core.seal import ZERO, Seal
 from ...core.tomb import Tomb
 from ...core.witness_format import (
@@ -43,6 +44,7 @@ from .deletions import check_deletions
 from .epochs import state_matches, store_epoch_lines
 from .findings import ERROR, INFO
 from .policy import check_policy, report_settings
+from .retired import retired_names, since_retirement
 from .times import check_times, print_epochs
 
 #: The witness keeps at most two generations of 16 MiB by default.
@@ -107,6 +109,7 @@ class _Heard:
     stamps: list[tuple[int, bytes]] = field(default_factory=list)  # (epoch, dom0 time)
     settings: list[tuple[bytes, SettingsLine]] = field(default_factory=list)
     costs: dict[str, list[tuple[bytes, CostLine]]] = field(default_factory=dict)
+    retired: dict[str, tuple[bytes, Retire]] = field(default_factory=dict)
 
     def add(self, stamp: bytes, item: Held) -> None:
         self.newest_epoch = max(self.newest_epoch, item.epoch)
@@ -117,6 +120,8 @@ class _Heard:
             self.epochs.append((stamp, item))
         elif isinstance(item, SettingsLine):
             self.settings.append((stamp, item))
+        elif isinstance(item, Retire):
+            self.retired[item.qube] = (stamp, item)
         elif isinstance(item, Tomb):
             self.deletions[item.qube] = (stamp, item)
         else:
@@ -141,7 +146,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     cap = ctx.key_epoch if ctx.key_epoch is not None else MAX_EPOCH
     heard = _Heard()
     for stamp, item in sorted(held, key=lambda pair: pair[1].epoch):
-        if qubes and isinstance(item, Seal | Tomb | CostLine) and item.qube not in qubes:
+        if qubes and isinstance(item, Seal | Tomb | CostLine | Retire) and item.qube not in qubes:
             continue
         if _authentic(ctx, stamp, item, cap):
             heard.add(stamp, item)
@@ -193,6 +198,8 @@ def _authentic(ctx: VerifyRun, stamp: bytes, item: Held, cap: int) -> bool:
         what, qube, seq = "deletion", item.qube, item.last
     elif isinstance(item, CostLine):
         what, qube, seq = "cost note", item.qube, item.seq
+    elif isinstance(item, Retire):
+        what, qube, seq = "retirement", item.qube, item.tomb.last
     else:
         what, qube, seq = "checkpoint", item.qube, item.seq
     if item.epoch > cap and ctx.key(item.epoch) is None:
@@ -235,7 +242,7 @@ def _check_store_epochs(ctx: VerifyRun, heard: list[tuple[bytes, EpochLine]]) ->
             f"{stamp.decode()}; state/epochs.seal stops at epoch "
             f"{'none' if top is None else top}: the store (or its epoch seals) rolled back",
         )
-    elif newest.epoch not in store and state_matches(ctx, newest, ctx.layout.qubes()) is not None:
+    elif newest.epoch not in store and state_matches(ctx, newest, _names(ctx, newest)) is not None:
         ctx.add(
             ERROR,
             None,
@@ -244,8 +251,16 @@ def _check_store_epochs(ctx: VerifyRun, heard: list[tuple[bytes, EpochLine]]) ->
         )
 
 
+def _names(ctx: VerifyRun, line: EpochLine) -> list[str]:
+    """The qubes an epoch line holds: the directories, and qubes retired since."""
+    return sorted(set(ctx.layout.qubes()) | retired_names(ctx, line.epoch))
+
+
 def _check_qube(ctx: VerifyRun, qube: str, by_seq: dict[int, list[Seal]]) -> None:
     layout = ctx.layout
+    by_seq = since_retirement(ctx, qube, by_seq)
+    if not by_seq:
+        return
     if not layout.qube_dir(qube).is_dir():
         newest = max(by_seq)
         cp = max(by_seq[newest], key=lambda s: (s.lines, s.epoch))
