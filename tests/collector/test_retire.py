@@ -10,8 +10,8 @@ from collector.helpers import Collector, make_store, send, wait_for
 
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.retired import read_retired
-from qubes_logvm.store.witness_pending import pending_path, queue_registration
 from qubes_logvm.store.verify import verify_store
+from qubes_logvm.store.witness_pending import pending_path, queue_registration
 
 pytestmark = pytest.mark.timeout(300)
 
