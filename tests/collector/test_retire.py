@@ -1,11 +1,12 @@
 """Retired qubes: the real collector removes the directories of fully deleted
 DispVMs with a sealed retire line, and the store verifies (issue 17)."""
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from attacks.conftest import WITNESS, _admin
+from attacks.conftest import LOGVM, WITNESS, _admin
 from collector.helpers import Collector, make_store, send, wait_for
 
 from qubes_logvm.store.layout import StoreLayout
@@ -22,6 +23,11 @@ CONFIG = {
     "housekeeping_seconds": 0.2,
     "session_linger": 0,
 }
+
+
+def _logvm(*args: str) -> str:
+    done = subprocess.run([str(LOGVM), *args], capture_output=True, text=True, check=True)
+    return done.stdout
 
 
 def _disps(layout: StoreLayout) -> list[str]:
@@ -45,6 +51,11 @@ def test_short_lived_dispvms_are_retired_and_the_store_verifies(tmp_path: Path) 
         assert _retired(layout) == {f"disp{i}" for i in range(NAMES)}
         assert layout.qubes() == ["work"]
         time.sleep(1.2)  # two epochs: the epoch seal no longer holds the retired leaves
+        listed = _logvm("list", "--store", str(collector.store))
+        assert f"{NAMES} qubes retired" in listed and "work: 1 segments" in listed
+        assert "disp5: retired in epoch" in _logvm(
+            "list", "--store", str(collector.store), "disp5"
+        )
         report = verify_store(collector.store, collector.vkey)
         assert report.errors == [], report.errors
         infos = [f.message for f in report.findings if f.severity == "info"]

@@ -15,6 +15,7 @@ from ..core.errors import StoreError
 from ..core.sizes import human_size
 from ..store.eviction import qube_report
 from ..store.layout import StoreLayout
+from ..store.retired import read_retired
 from ..store.summary import SegmentInfo, count_drops, qube_summary, segment_info, segment_records
 from .common import Env, stamp_moment
 
@@ -43,8 +44,12 @@ def run_list(env: Env, qubes: list[str], *, as_json: bool = False, utc: bool = F
     """Print qubes and their segments (columns within 80 characters), or JSON lines."""
     names = qubes or env.layout.qubes()
     zone = UTC if utc else None  # local: each time with its own offset
+    retired = _retired(env.layout)
     for qube in names:
         if not env.layout.qube_dir(qube).is_dir():
+            if qube in retired and not as_json:
+                env.out.line(retired[qube])
+                continue
             raise StoreError(f"no qube {qube!r} in {env.layout.root}")
         rows = [segment_info(s) for s in env.layout.segments(qube)]
         summary = qube_summary(qube, rows)
@@ -64,7 +69,33 @@ def run_list(env: Env, qubes: list[str], *, as_json: bool = False, utc: bool = F
             )
     if not names and not as_json:
         env.out.line(f"no qubes in {env.layout.root}")
+    _retired_footer(env, retired, qubes)
     return 0
+
+
+def _retired(layout: StoreLayout) -> dict[str, str]:
+    """Per retired qube whose directory is gone, what list says of it
+    (state/retired.seal as it is: ``logvm verify`` authenticates it)."""
+    try:
+        lines = read_retired(layout).lines
+    except (OSError, StoreError):
+        return {}
+    return {
+        line.qube: (
+            f"{line.qube}: retired in epoch {line.epoch} (every segment deleted, the last "
+            f"{line.tomb.last:08d} with {line.tomb.records} records; directory removed)"
+        )
+        for _, line in lines
+        if not layout.qube_dir(line.qube).is_dir()
+    }
+
+
+def _retired_footer(env: Env, retired: dict[str, str], qubes: list[str]) -> None:
+    if retired and not qubes:
+        env.out.line(
+            f"{len(retired)} qubes retired (every segment deleted, directory removed; "
+            "name them to see each)"
+        )
 
 
 def run_stats(env: Env, qubes: list[str]) -> int:
@@ -76,7 +107,11 @@ def run_stats(env: Env, qubes: list[str]) -> int:
         f"{'qube':<20} {'usage':>10} {'quota':>10} {'used':>5} {'ratio':>6} "
         f"{'records':>10} {'drops':>8} {'evicted':>7}"
     )
+    retired = _retired(layout)
     for qube in names:
+        if qube in retired and not layout.qube_dir(qube).is_dir():
+            env.out.line(retired[qube])
+            continue
         if not layout.qube_dir(qube).is_dir():
             raise StoreError(f"no qube {qube!r} in {layout.root}")
         report = qube_report(layout, retention, qube)
@@ -91,4 +126,5 @@ def run_stats(env: Env, qubes: list[str]) -> int:
             f"{100 * usage // max(quota, 1):>4}% {shown:>6} {records:>10} {drops:>8} "
             f"{report['evictions']!s:>7}"
         )
+    _retired_footer(env, retired, qubes)
     return 0
