@@ -94,6 +94,17 @@ class RetiredFile:
         self.lines = [line for _, line in parsed.lines]
         self._rewrite = parsed.torn or bool(parsed.bad_lines)
 
+    def full(self, epoch: int) -> bool:
+        """This epoch's retirements reached :data:`KEEP`: later ones wait for the next
+        epoch (compaction keeps every line of the current epoch, and the file must
+        stay within :data:`MAX_RETIRED_FILE`)."""
+        count = 0
+        for line in reversed(self.lines):
+            if line.epoch < epoch:
+                break
+            count += 1
+        return count >= KEEP
+
     def retire(self, keys: KeyState, newest: Tomb) -> Retire:
         """Seal the retirement, then remove the directory (durable on return).
 

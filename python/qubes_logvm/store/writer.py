@@ -486,7 +486,8 @@ class Store:
     def retire(self, qube: str) -> Retire | None:
         """Remove the directory of a qube whose segments are all deleted, with a
         sealed retire line (format 2; store/retired.py). None: not retirable (or
-        not yet: its last deletion is of the current epoch).
+        not yet: its last deletion is of the current epoch, or this epoch's
+        retirements are many already).
         Call it where the chain is not in use (the collector: under the qube's
         lock, the tick lock shared: the line's epoch is the one whose seal drops
         the qube's leaf)."""
@@ -505,6 +506,8 @@ class Store:
                 return None
             if self.retired is None:
                 self.retired = RetiredFile(self.layout)
+            if self.retired.full(self.keys.epoch):
+                return None
             line = self.retired.retire(self.keys, newest)
         self.chains.pop(qube, None)
         self.epochs.forget(qube)
