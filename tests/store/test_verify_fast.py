@@ -1,6 +1,7 @@
 """The verifier's fast path: taken for intact segments, left for the general one on damage."""
 
 import hmac
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,10 @@ def test_prepared_mac_equals_the_seal_mac() -> None:
     from qubes_logvm.store.verify.fast import _Keys
 
     class _Ctx:
+        def __init__(self) -> None:
+            self.mac_inner: dict[int, object] = {}
+            self.mac_outer: dict[int, object] = {}
+
         def key(self, epoch: int) -> bytes:
             return evolve(bytes([epoch]) * 32)
 
@@ -127,3 +132,96 @@ def test_damage_across_small_pieces_leaves_the_fast_path(
         assert fast_segment(_ctx(store), files, None, 0, newest=False) is None, offset
         _flip(path, offset)
     assert fast_segment(_ctx(store), files, None, 0, newest=False) is not None
+
+
+def _remade(store: Built, files: SegmentFiles, edit: Callable[[int, list[str]], None]) -> None:
+    """The seal file with ``edit(index, fields)`` applied to every line's fields but
+    the MAC, each line then MACed again with its epoch's key and linked to the
+    line before: only the grammar is off, never a MAC or a link."""
+    from support.keys import key_for_epoch
+
+    assert files.seal is not None
+    key0 = parse_verification_key(store.key)[1]
+    out, prev = [], None
+    for index, line in enumerate(files.seal.read_bytes().decode().splitlines()):
+        fields = line.split(" ")[:-1]
+        epoch = int(fields[4])
+        if prev is not None:
+            fields[8] = prev
+        edit(index, fields)
+        body = " ".join(fields)
+        mac = hmac.digest(key_for_epoch(key0, epoch), SEAL_DOMAIN + body.encode(), "sha256")
+        prev = mac.hex()
+        out.append(f"{body} {prev}\n")
+    files.seal.write_text("".join(out))
+
+
+def _upper_head(index: int, fields: list[str]) -> None:
+    if index == 2:
+        fields[7] = fields[7].upper()
+
+
+def _eleven_then_nine(index: int, fields: list[str]) -> None:
+    # As many spaces as ten fields a line have, but not a line at a time.
+    if index == 1:
+        fields.insert(3, "1")
+    if index == 2:
+        del fields[0]
+
+
+def _other_version(index: int, fields: list[str]) -> None:
+    if index == 2:
+        fields[0] = "v2"
+
+
+def _empty_field(index: int, fields: list[str]) -> None:
+    if index == 1:
+        fields[2:2] = [""]
+        del fields[3]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("edit", [_upper_head, _eleven_then_nine, _other_version, _empty_field])
+def test_lines_off_the_grammar_with_valid_macs_leave_the_fast_path(
+    store: Built, monkeypatch: pytest.MonkeyPatch, edit: Callable[[int, list[str]], None]
+) -> None:
+    # The fast path cuts the seal file at spaces once (not line by line): a
+    # line with a field too many next to one with a field too few, another
+    # version, an empty field or an upper-case hash is still not the grammar,
+    # and the general
+    # path (core.seal) reports it.
+    files = _closed(store)
+    assert files.seal is not None and files.seal.read_bytes().count(b"\n") > 3
+    _remade(store, files, edit)
+    assert fast_segment(_ctx(store), files, None, 0, newest=False) is None
+    report = verify_store(store.root, store.key)
+    assert any(f.qube == "work" and f.segment == files.seq for f in report.errors)
+
+
+@pytest.mark.timeout(30)
+def test_upper_case_macs_leave_the_fast_path(store: Built) -> None:
+    # Every MAC written in upper case, each next line's prev too: the same
+    # values, not the grammar.
+    files = _closed(store)
+
+    def upper(index: int, fields: list[str]) -> None:
+        if index > 0:
+            fields[8] = fields[8].upper()
+
+    _remade(store, files, upper)
+    assert files.seal is not None
+    text = files.seal.read_text().splitlines()
+    upper_macs = [" ".join([*line.split(" ")[:-1], line.split(" ")[-1].upper()]) for line in text]
+    files.seal.write_text("".join(f"{line}\n" for line in upper_macs))
+    assert fast_segment(_ctx(store), files, None, 0, newest=False) is None
+    assert not verify_store(store.root, store.key).ok
+
+
+@pytest.mark.timeout(30)
+def test_remade_seal_file_as_written_takes_the_fast_path(store: Built) -> None:
+    # The remaking itself leaves an intact file intact (the cases above fail
+    # for their edit alone).
+    files = _closed(store)
+    _remade(store, files, lambda index, fields: None)
+    assert fast_segment(_ctx(store), files, None, 0, newest=False) is not None
+    assert verify_store(store.root, store.key).ok

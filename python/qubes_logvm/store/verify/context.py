@@ -6,6 +6,7 @@ for hours) and is read again while the run goes on, so seals a running
 collector makes meanwhile are never taken for forgeries (issue 18).
 """
 
+import hashlib
 from dataclasses import dataclass, field
 
 from ...core.errors import SealError, StoreError
@@ -47,6 +48,11 @@ class VerifyRun:
     #: created, as the last reading of the segment found it (verify/created.py).
     before_created: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)
     retired: dict[str, Retire] = field(default_factory=dict)  # valid, the newest per qube
+    #: Per epoch: the fast path's prepared HMAC inner and outer states
+    #: (verify/fast.py), kept across segments: every qube's seals share the
+    #: store's epochs.
+    mac_inner: dict[int, "hashlib._Hash"] = field(default_factory=dict)
+    mac_outer: dict[int, "hashlib._Hash"] = field(default_factory=dict)
 
     def add(self, severity: str, qube: str | None, message: str, *where: int | None) -> None:
         """Record one finding (``where``: segment, first and last line, as Report.add)."""

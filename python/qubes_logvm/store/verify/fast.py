@@ -3,14 +3,15 @@
 A segment sealed in small batches has one seal line per few records, so the
 per-seal work decides the speed (issue 10: 48 MB/s on 16-line batches with a
 Python loop per line). This path has no Python code per seal line: the seal
-file is read as bytes once and cut into columns (one field of every line
-each), each rule is one C-level operation over a column (``map``, ``zip``,
-tuple comparisons, ``bytes.translate``), the HMACs continue copies of
-prepared SHA-256 states looked up once per epoch, the chain hashes run over
-``memoryview`` slices of one buffer, and the line counts come from
-``bytes.replace`` (memchr, several times faster than ``bytes.count``).
-Lines are taken in pieces of about 1 MiB of seal file, so the memory stays
-bounded whatever the file holds.
+file is read as bytes once, each piece of it cut at spaces once and its
+tokens taken as columns (one field of every line each, by stride), each rule
+is one C-level operation over a column (``map``, list comparisons,
+``bytes.translate``, strided slices), the HMACs continue copies of SHA-256
+states prepared once per epoch for the whole run, the chain hashes and the
+line counts (``bytes.replace``, memchr, several times faster than
+``bytes.count``) run over slices of a buffer of about 1 MiB of the segment
+(larger reads cost page faults). Lines are taken in pieces of about 1 MiB
+of seal file, so the memory stays bounded whatever the file holds.
 
 Trust side: it decides nothing on its own. It returns a result only when
 every rule of :mod:`.segment` holds (the grammar of :func:`core.seal.parse_seal`,
@@ -46,11 +47,13 @@ _FINAL = frozenset(kind.encode() for kind in FINAL_KINDS)
 _FIELDS = 10
 _HEX_LEN = 64
 _ZERO_HEX = b"0" * _HEX_LEN
-_HEX = b"0123456789abcdef"
+_DIGITS = b"0123456789"
+_NEXT = b"\nv1"  # a line's end and the next line's version
+_JOINT = _HEX_LEN + len(_NEXT)  # "<mac>\nv1"
 _BODY = slice(None, -(_HEX_LEN + 1))  # a line without " <mac>": what its MAC covers
 #: Upper bounds of epoch, lines, bytes: the grammar's digit counts (core.seal).
 _LIMITS = (10**18, 10**18, 10**19)
-_READ = 16 << 20
+_READ = 1 << 20
 #: Longest span between two seal lines held here (longer: the general path,
 #: which hashes it in pieces, so a forged seal over gigabytes costs no memory).
 _SPAN = 16 << 20
@@ -62,6 +65,9 @@ _CHAIN = hashlib.sha256(CHAIN_DOMAIN)  # copied, never updated
 _BLOCK = 64  # SHA-256's block size (HMAC pads the key to it)
 _IPAD = bytes(b ^ 0x36 for b in range(256))  # HMAC's inner and outer pads, as tables
 _OPAD = bytes(b ^ 0x5C for b in range(256))
+#: Epochs whose HMAC states a run keeps (two hash objects each, ~0.5 KiB);
+#: more than any piece of :data:`_PIECE` bytes of seal lines can name.
+_MAX_STATES = 1 << 14
 
 
 class _Amiss(Exception):
@@ -96,13 +102,13 @@ class _Seals:
     """Consecutive seal lines as columns, every field as the grammar has it."""
 
     rows: list[bytes]
-    kinds: tuple[bytes, ...]
+    kinds: list[bytes]
     epochs: tuple[int, ...]
     lines: tuple[int, ...]
     nbytes: tuple[int, ...]
     heads: tuple[bytes, ...]  # binary
-    prevs: tuple[bytes, ...]  # hex, as written
-    macs: tuple[bytes, ...]  # hex, as written
+    prevs: list[bytes]  # hex, as written
+    macs: bytes  # hex, as written, every line's one after the other
 
 
 def _walk(
@@ -116,10 +122,10 @@ def _walk(
     """Every seal line and the bytes between them; the last piece of seal lines."""
     keys = _Keys(ctx)
     done: _Seals | None = None
-    for rows in _pieces(raw):
+    for text in _pieces(raw):
         # Each piece after the first starts with the previous piece's last
         # line, so every rule between neighbours sees every pair.
-        seals = _parse(rows if done is None else [done.rows[-1], *rows], files)
+        seals = _parse(text if done is None else b"%s\n%s" % (done.rows[-1], text), files)
         if done is None:
             _check_open(seals, head, min_epoch)
         _check_rules(seals, ctx.epoch_jumps)
@@ -131,8 +137,9 @@ def _walk(
     return done
 
 
-def _pieces(raw: bytes) -> Iterator[list[bytes]]:
-    """The seal file's lines, in lists of about :data:`_PIECE` bytes."""
+def _pieces(raw: bytes) -> Iterator[bytes]:
+    """The seal file's lines, in pieces of about :data:`_PIECE` bytes (whole lines,
+    without the last newline)."""
     if not raw.endswith(b"\n"):
         raise _Amiss  # a torn last line
     start = 0
@@ -140,46 +147,80 @@ def _pieces(raw: bytes) -> Iterator[list[bytes]]:
         end = raw.rfind(b"\n", start, start + _PIECE) + 1
         if end <= start:
             raise _Amiss  # a line longer than any seal line
-        rows = raw[start : end - 1].split(b"\n")
-        if len(rows) > _PIECE // _SHORTEST:
+        text = raw[start : end - 1]
+        if text.count(b"\n") >= _PIECE // _SHORTEST:
             raise _Amiss  # lines shorter than any seal line (a file of newlines)
-        yield rows
+        yield text
         start = end
 
 
-def _parse(rows: list[bytes], files: SegmentFiles) -> _Seals:
-    """Columns of ``rows``, each line exactly core.seal's grammar, for this segment."""
-    fields = list(map(bytes.split, rows, repeat(b" ")))
-    if set(map(len, fields)) != {_FIELDS}:
-        raise _Amiss
-    v1, kinds, names, segs, epochs, lines, nbytes, heads, prevs, macs = zip(*fields, strict=True)
+def _parse(text: bytes, files: SegmentFiles) -> _Seals:
+    """Columns of the lines of ``text``, each exactly core.seal's grammar, for this
+    segment."""
+    rows = text.split(b"\n")
     count = len(rows)
-    name, seq = files.qube.encode("ascii"), b"%d" % files.seq
-    if (v1.count(b"v1"), names.count(name), segs.count(seq)) != (count, count, count):
+    # Cut at spaces only, a line's last field and the next line's first are
+    # one token (a joint). Every line has _FIELDS fields exactly when there
+    # are (_FIELDS - 1) tokens a line and one more, and every (_FIELDS - 1)th
+    # token is a joint "<mac>\nv1" with its newline in place: those are all
+    # of the count - 1 newlines, so no other token holds one.
+    tokens = text.split(b" ")
+    step = _FIELDS - 1
+    if len(tokens) != step * count + 1 or tokens[0] != b"v1":
         raise _Amiss
-    hexes = heads + prevs + macs
-    if set(map(len, hexes)) != {_HEX_LEN} or b"".join(hexes).translate(None, _HEX):
+    joints = tokens[step:-1:step]
+    if count > 1:
+        joined = b"".join(joints)
+        if len(joined) != _JOINT * (count - 1) or set(map(len, joints)) != {_JOINT}:
+            raise _Amiss
+        cut = _JOINT - len(_NEXT)
+        if (joined[cut::_JOINT], joined[cut + 1 :: _JOINT], joined[cut + 2 :: _JOINT]) != (
+            b"\n" * (count - 1),
+            b"v" * (count - 1),
+            b"1" * (count - 1),
+        ):
+            raise _Amiss
+        macs = joined.replace(_NEXT, b"") + tokens[-1]
+    else:
+        macs = tokens[-1]
+    kinds, names, segs = tokens[1::step], tokens[2::step], tokens[3::step]
+    heads, prevs = tokens[7::step], tokens[8::step]
+    name, seq = files.qube.encode("ascii"), b"%d" % files.seq
+    if (names.count(name), segs.count(seq)) != (count, count):
+        raise _Amiss
+    if len(macs) != _HEX_LEN * count or set(map(len, heads + prevs)) != {_HEX_LEN}:
+        raise _Amiss
+    # binascii takes hex in either case; the grammar has it in lower case.
+    # (A prev is checked by equality: the open seal's zeros, or a MAC.)
+    hexes = b"".join(heads) + macs
+    if hexes.lower() != hexes:
         raise _Amiss
     return _Seals(
         rows,
         kinds,
-        _numbers(epochs, _LIMITS[0]),
-        _numbers(lines, _LIMITS[1]),
-        _numbers(nbytes, _LIMITS[2]),
+        _numbers(tokens[4::step], _LIMITS[0]),
+        _numbers(tokens[5::step], _LIMITS[1]),
+        _numbers(tokens[6::step], _LIMITS[2]),
         tuple(map(binascii.a2b_hex, heads)),
         prevs,
         macs,
     )
 
 
-def _numbers(column: tuple[bytes, ...], limit: int) -> tuple[int, ...]:
+def _numbers(column: list[bytes], limit: int) -> tuple[int, ...]:
     """The numbers of a column, each spelled as the grammar has it."""
     # int() alone would take "+1", "0_1", " 1" or "01": the text must be
-    # exactly what "%d" makes of the number (no sign, no leading zero, ASCII).
-    values = tuple(map(int, column))
-    if tuple(map(b"%d".__mod__, values)) != column or min(values) < 0 or max(values) >= limit:
-        raise _Amiss
-    return values
+    # exactly what "%d" makes of the number (no sign, no leading zero, ASCII
+    # digits only), and short enough to be below ``limit``.
+    sizes = set(map(len, column))
+    if min(sizes) == 0 or max(sizes) > len(b"%d" % (limit - 1)):
+        raise _Amiss  # an empty field, or too many digits
+    spaced = b" " + b" ".join(column)
+    if spaced.translate(None, _DIGITS) != b" " * len(column):
+        raise _Amiss  # a byte other than a digit
+    if spaced.count(b" 0") != column.count(b"0"):
+        raise _Amiss  # a leading zero
+    return tuple(map(int, column))
 
 
 def _check_open(seals: _Seals, head: bytes | None, min_epoch: int) -> None:
@@ -200,7 +241,7 @@ def _check_rules(seals: _Seals, jumps: bool) -> None:
     kinds = seals.kinds
     if not _LATER.issuperset(kinds[1:]) or not _FINAL.isdisjoint(kinds[:-1]):
         raise _Amiss  # a second open seal, or a line after the segment was closed
-    if seals.prevs[1:] != seals.macs[:-1]:
+    if b"".join(seals.prevs[1:]) != seals.macs[:-_HEX_LEN]:
         raise _Amiss
     if not (_rising(seals.lines) and _rising(seals.nbytes) and _rising(seals.epochs)):
         raise _Amiss
@@ -210,16 +251,21 @@ def _check_rules(seals: _Seals, jumps: bool) -> None:
 
 class _Keys:
     """Per epoch: the HMAC-SHA256 (RFC 2104) inner state under ``K[epoch]`` fed the
-    seal domain, and the outer state; each line's MAC continues copies of both."""
+    seal domain, and the outer state; each line's MAC continues copies of both.
+    The states live in the run (:class:`.context.VerifyRun`), for every segment."""
 
     def __init__(self, ctx: VerifyRun) -> None:
         self.ctx = ctx
-        self.inner: dict[int, hashlib._Hash] = {}
-        self.outer: dict[int, hashlib._Hash] = {}
+        self.inner = ctx.mac_inner
+        self.outer = ctx.mac_outer
 
     def prepare(self, epochs: Iterable[int]) -> None:
         """States for ``epochs`` (looked up in ascending order: the key walk goes on)."""
-        for epoch in sorted(set(epochs).difference(self.inner)):
+        missing = sorted(set(epochs).difference(self.inner))
+        if len(self.inner) + len(missing) > _MAX_STATES:
+            self.inner.clear()  # bounded: a piece has fewer epochs than this
+            self.outer.clear()
+        for epoch in missing:
             found = self.ctx.key(epoch)
             if found is None or len(found) > _BLOCK:
                 raise _Amiss  # epoch keys are 32 bytes: a longer one HMAC would hash first
@@ -241,7 +287,7 @@ def _check_macs(keys: _Keys, seals: _Seals, first: int) -> None:
     """The MAC of every line from ``first`` on."""
     bodies = map(bytes.__getitem__, seals.rows[first:], repeat(_BODY))
     made = keys.macs(seals.epochs[first:], bodies)
-    written = binascii.a2b_hex(b"".join(seals.macs[first:]))
+    written = binascii.a2b_hex(seals.macs[first * _HEX_LEN :])
     if not hmac.compare_digest(b"".join(made), written):
         raise _Amiss
 
@@ -291,13 +337,14 @@ def _check_window(data: _Data, seals: _Seals, first: int, last: int) -> None:
     buf, base = data.buf, data.base
     starts = map(sub, seals.nbytes[first - 1 : last - 1], repeat(base))
     spans = list(map(slice, starts, map(sub, seals.nbytes[first:last], repeat(base))))
+    pieces = list(map(buf.__getitem__, spans))  # about _READ bytes in all
     hashers = list(map(_copy, repeat(_CHAIN, last - first)))
     deque(map(_update, hashers, seals.heads[first - 1 : last - 1]), 0)
-    deque(map(_update, hashers, map(memoryview(buf).__getitem__, spans)), 0)
+    deque(map(_update, hashers, pieces), 0)
     if b"".join(map(_digest, hashers)) != b"".join(seals.heads[first:last]):
         raise _Amiss
     # Bytes that are not newlines, per interval: what the seals say, and what is there.
     plain = tuple(map(sub, seals.nbytes[first - 1 : last], seals.lines[first - 1 : last]))
-    kept = map(len, map(bytes.replace, map(buf.__getitem__, spans), repeat(b"\n"), repeat(b"")))
+    kept = map(len, map(bytes.replace, pieces, repeat(b"\n"), repeat(b"")))
     if list(kept) != list(map(sub, plain[1:], plain)):
         raise _Amiss
