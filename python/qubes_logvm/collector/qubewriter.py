@@ -6,8 +6,10 @@ how much and how fast a qube sends, which the rate limit, the quota and the
 per-qube pending bound contain.
 
 Group commit: while one batch is written, fsynced and sealed in a worker
-thread, the qube's connections keep filling the next one; each batch ends
-with one seal, then every connection in it gets ``ack <N>``. Lines of one
+thread, the qube's connections keep filling the next one (up to
+:meth:`StoreAccess.batch_bytes`); each batch ends with one seal, durable
+after its records (:meth:`..store.writer.QubeChain.append_sealed`), then
+every connection in it gets ``ack <N>``. Lines of one
 connection are submitted whole, so two connections never interleave half
 lines. The qube's segment opens with its first connection and closes when
 the last one has left (a session); it also rolls at the segment size limit.
@@ -45,6 +47,14 @@ NOTE_INTERVAL = 1.0
 MIN_ROLL_BYTES = 64 * 1024
 #: Room kept for one seal line when charging a batch (seal lines are ~230 bytes).
 SEAL_LINE = 256
+#: While at most this many connections are open, a qube's batch may grow to
+#: FEW_BATCH_FACTOR times ``pending_bytes`` (and reads are bigger,
+#: :mod:`.server`): a qube streaming alone pays the two fdatasyncs and the
+#: fixed cost of a batch a quarter as often (issue 17, make bench: with the
+#: bigger reads and append_sealed, 1.13-2.06x rsyslog's one-connection rate
+#: became 2.98-3.63x). Past it every bound is as configured.
+FEW_CONNECTIONS = 4
+FEW_BATCH_FACTOR = 4
 
 
 class Feed:
@@ -128,6 +138,7 @@ class StoreAccess:
         self.tick_lock = TickLock()
         self.locks: dict[str, asyncio.Lock] = {}
         self.stopping = False  # shutting down: segments close without lingering
+        self.connections = 0  # past the peer check, not yet closed (the server counts)
         self.usage = StoreLedger()  # the whole store's cost, kept as writes happen
         self.pressure = asyncio.Event()  # wakes housekeeping: the global cap is exceeded
         self.clocks: dict[str, ReceiveClock] = {}  # per qube, kept across sessions
@@ -136,6 +147,14 @@ class StoreAccess:
         self.scan_cache = ScanCache()  # housekeeping reads only what changed
         #: Where quota deletions' cost notes go (the witness's queue), after the tombs.
         self.on_cost: Callable[[CostLine], None] | None = None
+
+    def batch_bytes(self) -> int:
+        """The most record bytes a qube's next batch may hold before its
+        connections are paused: ``pending_bytes``, or FEW_BATCH_FACTOR times that
+        while at most FEW_CONNECTIONS connections are open (less for a qube with
+        a small segment roll size, ``QubeWriter._batch_full``)."""
+        pending = self.config.pending_bytes
+        return pending * FEW_BATCH_FACTOR if self.connections <= FEW_CONNECTIONS else pending
 
     def age_clock(self) -> EpochClock:
         """Ages for retention and the DispVM grace: sealed epochs, never the wall clock."""
@@ -237,7 +256,7 @@ class QubeWriter:
             self._pending.chunks.append(records)
             self._pending.lines += allowed
             self._pending.nbytes += len(records)
-        if self._pending.nbytes > self.shared.config.pending_bytes and not feed.paused:
+        if not feed.paused and self._batch_full():
             feed.paused = True
             feed.set_reading(False)
         self._wake.set()
@@ -377,7 +396,7 @@ class QubeWriter:
                     self._left()
             feed.send_ack(handled, final=eof)
         for feed in self.feeds:
-            if feed.paused and self._pending.nbytes <= self.shared.config.pending_bytes:
+            if feed.paused and not self._batch_full():
                 feed.paused = False
                 feed.set_reading(True)
         if self.shared.usage.over_cap:
@@ -439,8 +458,8 @@ class QubeWriter:
         batch.chunks = []
         if payload:
             try:
-                chain.append_parts(payload, nlines)
-                self.ledger.open_seal_bytes += len(chain.seal(store.keys).to_line())
+                seal = chain.append_sealed(payload, nlines, store.keys)
+                self.ledger.open_seal_bytes += len(seal.to_line())
             except OSError as err:
                 if chain.broken or not chain.is_open:
                     raise
@@ -506,12 +525,7 @@ class QubeWriter:
         text bytes (:func:`.ledger.over`).
         """
         config = self.shared.config.retention
-        quota = quota_for(config, self.qube)
-        # Roll early under a small quota (or a small share of the global
-        # cap), so that a flooding qube holds at most that plus one segment.
-        if config.global_max_bytes:
-            quota = min(quota, int(self.shared.usage.share(config, self.qube)))
-        roll_at = min(config.segment_max_bytes, max(quota // 4, MIN_ROLL_BYTES))
+        roll_at = self._roll_at()
         if self._held_back(chain, incoming):
             return False  # dropped as it is: a roll would only add files of notes
         if chain.nbytes + incoming > roll_at and chain.lines > 1:
@@ -539,6 +553,28 @@ class QubeWriter:
         if self._over_cap(added):
             self.shared.usage.over_cap = True  # within its share: housekeeping evicts others
         return not over(config, self.qube, self.usage() + added)
+
+    def _roll_at(self) -> int:
+        """Bytes the qube's segment rolls at: ``segment.max_bytes``, less under a
+        small quota (or a small share of the global cap), so that a flooding
+        qube holds at most that plus one segment."""
+        config = self.shared.config.retention
+        quota = quota_for(config, self.qube)
+        if config.global_max_bytes:
+            quota = min(quota, int(self.shared.usage.share(config, self.qube)))
+        return min(config.segment_max_bytes, max(quota // 4, MIN_ROLL_BYTES))
+
+    def _batch_full(self) -> bool:
+        """The pending batch holds its bound: ``pending_bytes``; while at most
+        FEW_CONNECTIONS connections are open, FEW_BATCH_FACTOR times that but no
+        more than the qube's segment roll size (a batch bigger than the quota
+        allows would be dropped whole, not make room)."""
+        nbytes, pending = self._pending.nbytes, self.shared.config.pending_bytes
+        if nbytes <= pending:
+            return False
+        if self.shared.connections > FEW_CONNECTIONS:
+            return True
+        return nbytes > min(FEW_BATCH_FACTOR * pending, self._roll_at())
 
     def _added(self, chain: QubeChain, incoming: int) -> Cost:
         """What a batch adds: its text, its seal line, the blocks they start."""

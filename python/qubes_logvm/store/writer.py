@@ -6,7 +6,9 @@ escaped, bounded and formatted as record lines.
 
 Order of writes, so that a crash at any moment loses nothing acknowledged:
 records are appended and fdatasync'ed, then a seal line covering them is
-appended and fdatasync'ed, and only then may the collector acknowledge.
+appended and fdatasync'ed, and only then may the collector acknowledge
+(:meth:`QubeChain.append_sealed` keeps it, writing on a helper thread while
+it hashes).
 Bytes written but not sealed are sealed as ``recover`` when the collector
 starts again (their sender was never told they are stored, so it sends them
 again: delivery is at least once).
@@ -17,6 +19,7 @@ runs. The per-qube ``lock`` file is flocked around changes that rotation must
 not overlap (opening, closing, deleting segments).
 """
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -70,6 +73,18 @@ def _write_parts(fd: int, parts: Sequence[bytes]) -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
     _write_parts(fd, (data,))
+
+
+def _write_durable(fd: int, parts: Sequence[bytes]) -> None:
+    _write_parts(fd, parts)
+    os.fdatasync(fd)
+
+
+#: Batches written and fdatasynced at once (:meth:`QubeChain.append_sealed`,
+#: one per chain thread of the collector); more wait for a thread. Threads
+#: start on first use.
+HELPER_THREADS = 4
+_helpers = concurrent.futures.ThreadPoolExecutor(HELPER_THREADS, thread_name_prefix="durable")
 
 
 class QubeChain:
@@ -292,6 +307,32 @@ class QubeChain:
             self.nbytes += len(part)
         self.lines += nlines
         self._dirty = True
+
+    def append_sealed(self, parts: Sequence[bytes], nlines: int, keys: KeyState) -> Seal:
+        """:meth:`append_parts` then :meth:`seal`, the records' write and
+        fdatasync (on a helper thread) overlapping their hashing (on this one).
+
+        The order of writes is :meth:`seal`'s: the seal line is written only
+        once the records (and anything appended before them) are durable.
+        """
+        if not self.is_open:
+            raise StoreError(f"{self.qube}: no open segment")
+        durable = _helpers.submit(_write_durable, self._log_fd, parts)
+        try:
+            try:
+                for part in parts:
+                    self._hasher.update(part)
+            finally:
+                concurrent.futures.wait([durable])
+            durable.result()
+        except BaseException:
+            self._rollback()
+            raise
+        for part in parts:
+            self.nbytes += len(part)
+        self.lines += nlines
+        self._dirty = False  # the fdatasync covered every byte appended so far
+        return self.seal(keys)
 
     def seal(self, keys: KeyState, kind: str = "batch") -> Seal:
         """Make appended records durable and seal them with the current key."""
