@@ -247,21 +247,34 @@ class Daemon:
         return usage
 
     def _resync(self, scanned: dict[str, Cost]) -> None:
-        """Reset the store's running total: the scan, but connected qubes' own figures."""
+        """Reset the store's running total: the scan, but connected qubes' own figures.
+
+        ``scanned`` has every qube's cost; most are the scan cache's quiet
+        ones, whose sum the cache keeps, so the Python work here is per
+        qube that changed (issue 17: 10,000 DispVM names cost 43 ms a pass
+        when every cost was added up); the rest are set operations in C."""
         active = {q: w.reported for q, w in self.server.writers.items() if w.chain is not None}
-        total = sum((c for q, c in scanned.items() if q not in active), ZERO_COST)
+        cache = self.shared.scan_cache
+        quiet = cache.quiet_costs()
+        if quiet.keys() <= scanned.keys():
+            total = cache.quiet_total
+            for qube in active.keys() & quiet.keys():
+                total -= quiet[qube]
+            changed = scanned.keys() - quiet.keys() - active.keys()
+        else:  # the start-up scan, before the cache has seen a pass
+            total, changed = ZERO_COST, scanned.keys() - active.keys()
+        total = sum((scanned[q] for q in changed), total)
         total = sum(active.values(), total)
         retention = self.shared.config.retention
         if self._quotas[0] is not retention:
             self._quotas = (retention, {})
-        known = self._quotas[1]
-        quotas = {}
-        for qube in set(scanned) | set(active):
-            quota = known.get(qube)
-            if quota is None:
-                quota = known[qube] = quota_for(retention, qube)
-            quotas[qube] = quota
-        self.shared.usage.resync(total, quotas)
+        known = self._quotas[1]  # exactly the current qubes' quotas
+        names = scanned.keys() | active.keys()
+        for qube in known.keys() - names:
+            del known[qube]
+        for qube in names - known.keys():
+            known[qube] = quota_for(retention, qube)
+        self.shared.usage.resync(total, dict(known))
 
     async def _housekeeping(self) -> None:
         # Survives any error; after failures it waits longer (up to

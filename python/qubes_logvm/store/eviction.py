@@ -39,7 +39,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypedDict
 
@@ -315,6 +315,7 @@ class ScanCache:
         self._seen: dict[str, _Seen] = {}
         self._due: list[tuple[float, str]] = []  # heap over _seen's due times
         self._quiet_total = ZERO_COST
+        self._costs: dict[str, Cost] = {}  # the quiet qubes' costs (kept with _seen)
         self._touched: set[str] = set()
         self._active: set[str] = set()  # read last time and not quiet: read again
         self._cfg: RetentionConfig | None = None
@@ -330,6 +331,7 @@ class ScanCache:
         seen = self._seen.pop(name, None)
         if seen is not None:
             self._quiet_total -= seen.qube.usage
+            del self._costs[name]
 
     def names(self, layout: StoreLayout, cfg: RetentionConfig, now: float) -> list[str] | None:
         """The qubes to read this time, or None for every qube (a full pass)."""
@@ -340,7 +342,7 @@ class ScanCache:
         for name in touched:
             self._drop(name)
         if cfg is not self._cfg:  # new limits: every qube is judged again
-            self._seen, self._due, self._quiet_total = {}, [], ZERO_COST
+            self._seen, self._due, self._quiet_total, self._costs = {}, [], ZERO_COST, {}
         if cfg is not self._cfg or self._monotonic() - self._full_at >= self.full_interval:
             self._cfg, self._full_at = cfg, self._monotonic()
             return None
@@ -365,6 +367,7 @@ class ScanCache:
         if settled and stamp is not None and qube.doomed == 0:
             due = _due(cfg, qube)
             self._seen[name] = _Seen(stamp, qube, due)
+            self._costs[name] = qube.usage
             self._quiet_total += qube.usage
             if due < math.inf:
                 heapq.heappush(self._due, (due, name))
@@ -376,9 +379,10 @@ class ScanCache:
         """Copies of the quiet qubes (not in ``skip``), for global eviction."""
         return [replace(s.qube, reasons=[]) for n, s in self._seen.items() if n not in skip]
 
-    def quiet_costs(self) -> dict[str, Cost]:
-        """Every quiet qube's cost."""
-        return {name: seen.qube.usage for name, seen in self._seen.items()}
+    def quiet_costs(self) -> Mapping[str, Cost]:
+        """Every quiet qube's cost (kept as qubes turn quiet or change: no loop
+        over every name here)."""
+        return self._costs
 
     @property
     def quiet_total(self) -> Cost:
