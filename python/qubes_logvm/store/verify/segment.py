@@ -27,9 +27,11 @@ from .findings import ERROR, WARNING
 from .remnant import opening_remnant
 
 #: Most bytes after the last seal line the verifier reads. A crash leaves at
-#: most one batch unsealed (``pending_bytes``, 1 MiB by default); a file
-#: longer than that (huge, sparse, or growing while verified) is an error
-#: named by its size, never read to its end.
+#: most one batch and one read unsealed (``pending_bytes``, 1 MiB by default,
+#: or 4 times that while at most 4 connections are open: collector/qubewriter.py
+#: FEW_BATCH_FACTOR; a read is at most 256 KiB); a file longer than this
+#: (huge, sparse, or growing while verified) is an error named by its size,
+#: never read to its end.
 TAIL_READ = 64 << 20
 
 
