@@ -57,3 +57,17 @@ def test_a_wrong_value_in_json_names_its_key(tmp_path: Path) -> None:
     path.write_text('# x\n{"dom0": {"enabled": true, "idle_close": "soon"}}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"dom0\.idle_close"):
         load_exporter_config(path)
+
+
+@pytest.mark.parametrize("value", ["0", "9M", "1G"])
+def test_pending_bytes_out_of_range_names_its_key(tmp_path: Path, value: str) -> None:
+    # Past 8 MiB a crash could leave more unsealed than the verifier reads
+    # to judge (store/verify/segment.py TAIL_READ): refused, by its name.
+    from qubes_logvm.config.collector import load_collector_config
+
+    path = tmp_path / "collector.yaml"
+    path.write_text(f"pending_bytes: {value}\n")
+    with pytest.raises(ConfigError, match=r"^pending_bytes: must be 1 byte to 8 MiB"):
+        load_collector_config(path)
+    path.write_text("pending_bytes: 8M\n")
+    assert load_collector_config(path).pending_bytes == 8 << 20

@@ -23,6 +23,10 @@ from .storage_policy import RetentionConfig, parse_retention
 
 #: The least ``pending_bytes_total``: below it flooders could hardly be read at all.
 MIN_PENDING_TOTAL = 1 << 20
+#: The most ``pending_bytes``: a crash leaves at most four batches' worth and a
+#: read unsealed (collector/qubewriter.py FEW_BATCH_FACTOR), which the verifier
+#: reads to judge (store/verify/segment.py TAIL_READ, 64 MiB).
+MAX_PENDING = 8 << 20
 
 DEFAULT_PATHS = (
     Path("/etc/qubes-logvm/collector.yaml"),
@@ -148,6 +152,10 @@ def parse_collector_config(data: dict[str, Any]) -> CollectorConfig:
     )
     if config.max_line_bytes < 1:
         raise ConfigError("max_line_bytes: must be at least 1 byte")
+    if not 1 <= config.pending_bytes <= MAX_PENDING:
+        raise ConfigError(
+            f"pending_bytes: must be 1 byte to {MAX_PENDING >> 20} MiB, got {config.pending_bytes}"
+        )
     if config.pending_bytes_total < MIN_PENDING_TOTAL:
         raise ConfigError(
             f"pending_bytes_total: must be at least {MIN_PENDING_TOTAL >> 20} MiB, "
