@@ -115,9 +115,12 @@ def _cpu_sha256sum(root: Path) -> float:
 
 
 def _cpu_row(name: str, root: Path, key: str, nbytes: int) -> dict[str, Any]:
-    """Verify's CPU time next to sha256sum's on the same segment files (best of ROUNDS each)."""
-    cpu = min(_cpu_verify(root, key) for _ in range(ROUNDS))
-    sha_cpu = min(_cpu_sha256sum(root) for _ in range(ROUNDS))
+    """Verify's CPU time next to sha256sum's on the same segment files (best of ROUNDS
+    each, interleaved)."""
+    # Interleaved, so a minute when the host is slow slows both alike.
+    rounds = [(_cpu_verify(root, key), _cpu_sha256sum(root)) for _ in range(ROUNDS)]
+    cpu = min(r[0] for r in rounds)
+    sha_cpu = min(r[1] for r in rounds)
     row = _row(name, nbytes, cpu, nbytes / sha_cpu / 1e6)
     row["notes"] = "CPU seconds of verify and of sha256sum (load on other cores not counted)"
     return row
