@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.run import LOGHUB
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.store.compress import compress_segment, write_frame
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
 
-LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 SEGMENT_MB = 32
 LEVEL = 3
 

@@ -54,7 +54,8 @@ class BenchContext:
     quick: bool
 
 
-def _sample_lines() -> tuple[list[bytes], str]:
+def sample_lines() -> tuple[list[bytes], str]:
+    """The loghub sample lines, or generated ones (and 'generated') without them."""
     files = sorted(LOGHUB.glob("*.log")) if LOGHUB.is_dir() else []
     lines = [line for p in files for line in p.read_bytes().split(b"\n") if line]
     if lines:
@@ -69,7 +70,7 @@ def _sample_lines() -> tuple[list[bytes], str]:
 
 def build_input(path: Path, budget: int) -> tuple[int, int, str]:
     """Write the input file once; returns (lines, bytes, source)."""
-    lines, source = _sample_lines()
+    lines, source = sample_lines()
     block = b"\n".join(lines) + b"\n"
     repeats = max(1, budget // len(block))
     with path.open("wb") as out:
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         budget = QUICK_BUDGET_BYTES if args.quick else BUDGET_BYTES
         nlines, nbytes, source = build_input(input_path, budget)
         print(f"input: {nlines:,} lines, {nbytes / 1e6:.1f} MB ({source})", flush=True)
+        if source != "loghub":
+            print(f"warning: no loghub samples at {LOGHUB}: generated text", file=sys.stderr)
         for name in _modules(args.only):
             workdir = base / name
             workdir.mkdir()

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.run import sample_lines
 from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.store.compress import compress_segment
 from qubes_logvm.store.keystate import setup_keys
@@ -34,7 +35,6 @@ from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
 
-LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 BAR_MB_S = 200.0
 SEGMENT_MB = 32
 #: Verifications of each store, best taken (a shared 2-core machine: a
@@ -42,22 +42,11 @@ SEGMENT_MB = 32
 ROUNDS = 5
 
 
-def _lines() -> list[bytes]:
-    files = sorted(LOGHUB.glob("*.log")) if LOGHUB.is_dir() else []
-    if files:
-        return [line for p in files for line in p.read_bytes().splitlines() if line]
-    return [
-        b"Nov 28 17:58:%02d work sshd[%d]: Accepted publickey for user from 10.137.0.%d port %d"
-        % (i % 60, 800 + i % 97, i % 250, 40000 + i * 7 % 20000)
-        for i in range(40000)
-    ]
-
-
 def _build(root: Path, total_mb: int, batch: int) -> tuple[str, int]:
     """A store of ``total_mb`` MiB of records; returns the key and the bytes written."""
     key = setup_keys(StoreLayout(root), epoch_seconds=10)
     store = Store(root)
-    lines = _lines()
+    lines, _ = sample_lines()
     stamp = format_timestamp(time.time())
     records = [line_record(stamp, line) for line in lines]
     written, index, batches = 0, 0, 0
