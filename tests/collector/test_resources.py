@@ -29,6 +29,7 @@ from collector.helpers import (
     verify_errors,
 )
 
+from bench.idle_bench import build_names
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.usage import FILE_COST, qube_usage, usage
 from support.tmpfs import mounted_tmpfs
@@ -207,25 +208,6 @@ def test_flooders_keep_the_store_within_the_global_cap(tmp_path: Path) -> None:
 NAMES = 10_000
 
 
-def _build_names(root: Path, count: int) -> None:
-    """``count`` DispVMs of one line each, every segment closed (in process)."""
-    from qubes_logvm.core.records import format_timestamp, line_record
-    from qubes_logvm.store.writer import Store
-
-    make_store(root, epoch_seconds=10)
-    store = Store(root)
-    try:
-        for index in range(count):
-            chain = store.chain(f"disp{index}")
-            chain.open_segment(store.keys, session="s%d" % index, reason="connect")
-            chain.append(line_record(format_timestamp(time.time()), b"hello"), 1)
-            chain.seal(store.keys)
-            chain.close(store.keys, reason="disconnect")
-            store.chains.pop(chain.qube)
-    finally:
-        store.close()
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -252,7 +234,7 @@ def test_ten_thousand_dispvm_names_keep_idle_cpu_low(tmp_path: Path) -> None:
         collector = Collector(
             fs, {"global": {"keep_free": 0, "max_bytes": "1G"}, "housekeeping_seconds": 1}
         )
-        _build_names(collector.store, NAMES)
+        build_names(collector.store, NAMES)
         collector.vkey = ""
         collector.start(timeout=120)
         try:
