@@ -1,5 +1,6 @@
 """The verifier against a real store written by the real writer, and each attack on it."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -155,3 +156,37 @@ def test_removed_qube_is_a_limit_in_format1_and_an_error_in_format2(any_store: B
         assert any("a whole qube, can be removed" in limit for limit in report.limits)
     else:
         assert pointed_at(report.findings, Expect("disp12", None, None, "the qube was removed"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "huge", "link"])
+def test_tombstoned_leftover_with_an_unreadable_seal_file_is_an_error(
+    store: Built, tmp_path: Path, kind: str
+) -> None:
+    # A deletion's leftover (tomb written, files not yet removed) whose seal
+    # file an intruder made a FIFO, a 257 MiB sparse file or a link: a
+    # finding naming the segment (exit 1), never a hang or exit 2.
+    writer = Store(store.root)
+    chain = writer.chain("personal")
+    victim = store.log("personal", 2)
+    shutil.copy(victim, tmp_path / "saved")
+    assert chain.delete_oldest(writer.keys, keep_newest=0) == 1
+    assert chain.delete_oldest(writer.keys, keep_newest=0) == 2
+    writer.keys.close()
+    shutil.copy(tmp_path / "saved", victim)
+    seal = store.seal("personal", 2)
+    if kind == "fifo":
+        os.mkfifo(seal)
+    elif kind == "huge":
+        with seal.open("wb") as out:
+            out.truncate(257 << 20)
+    else:
+        seal.symlink_to("/dev/zero")
+    report = verify_store(store.root, store.key)
+    assert not report.ok
+    expected = "its seal file cannot be read" if kind == "huge" else "not a regular file"
+    assert any(
+        "00000002.seal" in f.message or f.segment == 2
+        for f in report.errors
+        if expected in f.message
+    ), [f.message for f in report.findings]

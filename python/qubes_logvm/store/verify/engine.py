@@ -331,6 +331,10 @@ def _below_tombs(
             continue
         ctx.add(WARNING, qube, "tombstoned, removal interrupted (files left)", seq)
         if files.seal is not None:
-            parsed = read_seal_file(files.seal)
+            try:
+                parsed = read_seal_file(files.seal)
+            except (StoreError, OSError) as err:  # a FIFO, a link, 256 MiB: named, not exit 2
+                ctx.add(ERROR, qube, f"its seal file cannot be read: {err}", seq)
+                continue
             if parsed.seals and parsed.seals[-1].head != tombs.head:
                 ctx.add(ERROR, qube, "its tombstone names another final chain head", seq)

@@ -277,7 +277,7 @@ def _check_qube(ctx: VerifyRun, qube: str, by_seq: dict[int, list[Seal]]) -> Non
         seal_path = layout.segment_seal(qube, seq)
         try:
             seals: set[Seal] | None = set(read_seal_file(seal_path).seals)
-        except StoreError:
+        except (StoreError, OSError):
             seals = None
         for cp in sorted(by_seq[seq], key=lambda s: (s.lines, s.nbytes, s.epoch)):
             if seals is not None and cp in seals:
