@@ -43,7 +43,7 @@ from ..store.usage import ZERO_COST, Cost, qube_usage
 from ..store.witness_pending import queue_registration
 from ..store.writer import Store
 from .peers import resolve_group
-from .qubewriter import StoreAccess
+from .qubewriter import StoreAccess, to_completion
 from .server import Server, bind_socket
 from .witness_sender import CheckpointSender
 
@@ -233,7 +233,7 @@ class Daemon:
             await asyncio.sleep(max(0.0, due - loop.time()))
             try:
                 async with self.shared.tick_lock.exclusive():
-                    await loop.run_in_executor(None, self.store.tick)
+                    await to_completion(loop.run_in_executor(None, self.store.tick))
             except Exception as err:  # noqa: BLE001 (the task must survive anything)
                 _log_task_error("epoch", err)
             due += seconds

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from ..config.collector import CollectorConfig
@@ -76,6 +76,32 @@ class Feed:
     def abort(self) -> None:
         """Close without a further ack (the writer failed)."""
         raise NotImplementedError
+
+
+async def to_completion(work: Awaitable[_T]) -> _T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; the
+    cancellation is raised once it has ended.
+
+    Work handed to a thread goes on whatever its awaiter does, so the locks
+    held around it must be held until it is done. Without this, a stop that
+    cancelled housekeeping during a deletion took the tick lock at once and
+    erased the key (KeyState.close zeroes it) while the chain thread was
+    signing a tombstone: a tombstone MACed with a zero key, a permanent false
+    tamper alarm.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise  # the work itself was cancelled
+            cancelled = True  # ours: wait on for the work
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
 
 class TickLock:
@@ -178,7 +204,7 @@ class StoreAccess:
         """Run blocking chain work in a thread, under the qube's lock and the tick
         lock; ``size``: the bytes it writes (small work goes first)."""
         async with self.lock(qube), self.slots.slot(size), self.tick_lock.shared():
-            return await self.slots.execute(work)
+            return await to_completion(self.slots.execute(work))
 
 
 class _Batch:
