@@ -46,7 +46,7 @@ class StoredLine(NamedTuple):
 
 
 @contextlib.contextmanager
-def open_plain(path: Path) -> Iterator[BinaryIO]:
+def open_plain(path: Path) -> Iterator[io.BufferedReader]:
     """A buffered stream of a segment's plain bytes (``.log.zst`` decompressed on the fly)."""
     try:
         raw = open_regular(path)  # never a link, FIFO or device (store/files.py)

@@ -25,11 +25,12 @@ parses more than a line's first :data:`~...core.records.TIMESTAMP_LEN` bytes.
 import calendar
 import contextlib
 import functools
+import io
 import os
 import re
 import time
 from collections.abc import Iterator
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from ...core.errors import StoreError
 from ...core.records import TIMESTAMP_LEN
@@ -78,10 +79,11 @@ def _below(floor: bytes) -> re.Pattern[bytes]:
 
 class StampFloor:
     """A stream of a segment's plain bytes that counts the lines received, by their
-    day (or hour), surely after ``floor`` (:meth:`read`); :func:`first_below`
-    finds the first one before it when that count falls short."""
+    day (or hour), surely after ``floor`` (:meth:`read`, :meth:`read_into`);
+    :func:`first_below` finds the first one before it when that count falls
+    short. With no floor (a store without a creation time) it only reads."""
 
-    def __init__(self, stream: BinaryIO, floor: bytes) -> None:
+    def __init__(self, stream: io.BufferedIOBase, floor: bytes | None) -> None:
         self.stream = stream
         self.floor = floor
         self.edge = b"\n"  # the end of the previous read (the first line: a newline)
@@ -92,34 +94,50 @@ class StampFloor:
         """Read on, counting what passes."""
         data = self.stream.read(size)
         if data:
-            self.nbytes += len(data)
-            self._count(data)
+            self._count(data, 0, len(data))
         return data
 
-    def _count(self, data: bytes) -> None:
-        joined = self.edge + data[:_WIDTH]  # line starts that straddle the two reads
+    def read_into(self, buf: bytearray, start: int) -> int:
+        """Fill ``buf[start:]`` (less only at the end of the stream), counting what
+        passes; the bytes read. Into one buffer the caller keeps: no new memory
+        (and no page faults) per read."""
+        end = start
+        with memoryview(buf) as view:
+            while end < len(buf) and (got := self.stream.readinto(view[end:])):
+                end += got
+        if end > start:
+            self._count(buf, start, end)
+        return end - start
+
+    def _count(self, data: bytes | bytearray, start: int, end: int) -> None:
+        self.nbytes += end - start
+        if self.floor is None:
+            return
+        # (Nothing past ``end`` is looked at: in a reused buffer it is stale.)
+        joined = self.edge + data[start : min(end, start + _WIDTH)]  # line starts across reads
         # The prefixes of the first and the last line starts (whole ones).
-        last = data.rfind(b"\n", 0, len(data) - _WIDTH)
+        last = data.rfind(b"\n", start, end - _WIDTH)
         heads = {
-            self._prefix_at(joined, joined.find(b"\n")),
-            self._prefix_at(data, data.find(b"\n")),
-            self._prefix_at(data, last),
+            self._prefix_at(joined, joined.find(b"\n"), len(joined)),
+            self._prefix_at(data, data.find(b"\n", start, end), end),
+            self._prefix_at(data, last, end),
         }
         for prefix in heads - {b""}:
             # Line starts across the two reads: too long to lie in either alone.
             cut = len(prefix) - 1
-            across = self.edge[len(self.edge) - cut :] + data[:cut]
-            self.after += across.count(prefix) + data.count(prefix)
-        self.edge = (self.edge + data[-_WIDTH:])[-_WIDTH:]
+            across = self.edge[len(self.edge) - cut :] + data[start : min(end, start + cut)]
+            self.after += across.count(prefix) + data.count(prefix, start, end)
+        self.edge = (self.edge + data[max(start, end - _WIDTH) : end])[-_WIDTH:]
 
-    def _prefix_at(self, buf: bytes, newline: int) -> bytes:
-        """The newline at ``newline`` with the day (else the hour) of the line after it,
-        when that is after the floor's; b"" otherwise."""
-        if newline < 0:
+    def _prefix_at(self, buf: bytes | bytearray, newline: int, end: int) -> bytes:
+        """The newline at ``newline`` with the day (else the hour) of the line after it
+        (within ``end``), when that is after the floor's; b"" otherwise."""
+        floor = self.floor
+        if newline < 0 or floor is None:
             return b""
         for size in _PREFIXES:
-            head = buf[newline : newline + 1 + size]
-            if len(head) == 1 + size and head[1:] > self.floor[:size]:
+            head = bytes(buf[newline : min(end, newline + 1 + size)])
+            if len(head) == 1 + size and head[1:] > floor[:size]:
                 return head  # whole: two such prefixes never both fit one line
         return b""
 
@@ -161,7 +179,7 @@ def _sealed(files: SegmentFiles) -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def watched_plain(ctx: VerifyRun, files: SegmentFiles) -> Iterator[BinaryIO]:
+def watched_plain(ctx: VerifyRun, files: SegmentFiles) -> Iterator[StampFloor]:
     """:func:`..reader.open_plain` for the verifier: the segment's plain bytes,
     with every receive time read compared with the store's creation (the
     first one before it is kept for :func:`report_created`)."""
@@ -169,11 +187,10 @@ def watched_plain(ctx: VerifyRun, files: SegmentFiles) -> Iterator[BinaryIO]:
         raise FileNotFoundError(files.name)
     floor = floor_of(ctx.info.created) if ctx.info is not None else None
     with open_plain(files.log) as stream:
-        if floor is None:
-            yield stream
-            return
         watch = StampFloor(stream, floor)
-        yield cast(BinaryIO, watch)
+        yield watch
+    if floor is None:
+        return
     key = (files.qube, files.seq)
     ctx.before_created.pop(key, None)  # a path that read further decides
     if (watch.after, watch.nbytes) == _sealed(files):

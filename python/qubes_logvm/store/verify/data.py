@@ -13,7 +13,7 @@ truncated file.
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import BinaryIO
+from typing import Protocol
 
 from ...core.errors import StoreError
 from ...core.records import parse_record
@@ -32,6 +32,12 @@ _LINE = re.compile(rb"[^\n]*\n")
 
 #: ``report(first_line, last_line, message)``: one error about this segment.
 Report = Callable[[int | None, int | None, str], None]
+
+
+class Reads(Protocol):
+    """What the checks read segment bytes from: a binary stream's ``read``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class DataResult:
     broken: bool  # a mismatch was found
 
 
-def read_up_to(stream: BinaryIO, size: int) -> bytes:
+def read_up_to(stream: "Reads", size: int) -> bytes:
     """Read ``size`` bytes, fewer only at end of file (memory bounded by the file)."""
     parts = []
     while size > 0:
@@ -91,7 +97,7 @@ def read_up_to(stream: BinaryIO, size: int) -> bytes:
 
 
 def check_data(
-    stream: BinaryIO, intervals: list[Interval], report: Report, tail_limit: int | None = None
+    stream: "Reads", intervals: list[Interval], report: Report, tail_limit: int | None = None
 ) -> DataResult:
     """Check consecutive intervals from the start of ``stream``; measure the tail.
 
@@ -129,7 +135,7 @@ def check_data(
     return DataResult(end_line, lines, size, hashed, broken=False)
 
 
-def count_up_to(stream: BinaryIO, limit: int | None) -> tuple[int, int]:
+def count_up_to(stream: "Reads", limit: int | None) -> tuple[int, int]:
     """Lines and bytes of the rest of ``stream``, at most ``limit`` bytes read."""
     lines = size = 0
     while limit is None or size < limit:
@@ -142,7 +148,7 @@ def count_up_to(stream: BinaryIO, limit: int | None) -> tuple[int, int]:
 
 
 def _check_long(
-    stream: BinaryIO, intervals: list[Interval], index: int, report: Report
+    stream: "Reads", intervals: list[Interval], index: int, report: Report
 ) -> DataResult:
     """One interval longer than :data:`_CHUNK`, hashed piece by piece as it is read.
 
