@@ -84,7 +84,7 @@ class DataResult:
     broken: bool  # a mismatch was found
 
 
-def read_up_to(stream: "Reads", size: int) -> bytes:
+def read_up_to(stream: Reads, size: int) -> bytes:
     """Read ``size`` bytes, fewer only at end of file (memory bounded by the file)."""
     parts = []
     while size > 0:
@@ -97,7 +97,7 @@ def read_up_to(stream: "Reads", size: int) -> bytes:
 
 
 def check_data(
-    stream: "Reads", intervals: list[Interval], report: Report, tail_limit: int | None = None
+    stream: Reads, intervals: list[Interval], report: Report, tail_limit: int | None = None
 ) -> DataResult:
     """Check consecutive intervals from the start of ``stream``; measure the tail.
 
@@ -135,7 +135,7 @@ def check_data(
     return DataResult(end_line, lines, size, hashed, broken=False)
 
 
-def count_up_to(stream: "Reads", limit: int | None) -> tuple[int, int]:
+def count_up_to(stream: Reads, limit: int | None) -> tuple[int, int]:
     """Lines and bytes of the rest of ``stream``, at most ``limit`` bytes read."""
     lines = size = 0
     while limit is None or size < limit:
@@ -148,7 +148,7 @@ def count_up_to(stream: "Reads", limit: int | None) -> tuple[int, int]:
 
 
 def _check_long(
-    stream: "Reads", intervals: list[Interval], index: int, report: Report
+    stream: Reads, intervals: list[Interval], index: int, report: Report
 ) -> DataResult:
     """One interval longer than :data:`_CHUNK`, hashed piece by piece as it is read.
 

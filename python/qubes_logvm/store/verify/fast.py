@@ -11,8 +11,9 @@ states prepared once per epoch for the whole run, the chain hashes and the
 line counts (``bytes.replace``, memchr, several times faster than
 ``bytes.count``) run over slices of one buffer of about 1 MiB of the segment,
 read into again and again (larger reads cost page faults, and so did a new
-buffer per read: 23% of the time on 16-line batches). Lines are taken in pieces of about 1 MiB
-of seal file, so the memory stays bounded whatever the file holds.
+buffer per read: 23% of the time on 16-line batches). Lines are taken in
+pieces of about 1 MiB of seal file, so the memory stays bounded whatever the
+file holds.
 
 Trust side: it decides nothing on its own. It returns a result only when
 every rule of :mod:`.segment` holds (the grammar of :func:`core.seal.parse_seal`,
