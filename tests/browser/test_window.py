@@ -212,17 +212,26 @@ def test_open_stand_in_refuses_what_the_real_tool_refuses(tmp_path: Path) -> Non
 
 def test_storage_chart(browser: object, tmp_path: Path) -> None:
     win = browser
+    win.refresh()  # type: ignore[attr-defined]  # the late figures are asked for again
+    assert not win.figures_complete  # type: ignore[attr-defined]
     win.builder.get_object("storage_button").clicked()  # type: ignore[attr-defined]
-    pump()
     [dialog] = [w for w in win.window.list_toplevels() if w.get_title() == "Storage"]  # type: ignore[attr-defined]
-    pump(lambda: dialog.get_window() is not None and dialog.get_window().is_viewable())
     chart = dialog.get_content_area().get_children()[0].get_child().get_child()
-    assert [f.name for f in chart.facts] == sorted(
-        (f.name for f in chart.facts),
-        key=lambda n: -win.facts[n].size,  # type: ignore[attr-defined]
+    assert all(f.quota == 0 for f in chart.facts)  # opened before the quotas came: "?"
+    # The chart redraws with the late figures (usage, quota) when they arrive.
+    assert pump(lambda: win.figures_complete)  # type: ignore[attr-defined]
+    pump(lambda: dialog.get_window() is not None and dialog.get_window().is_viewable())
+    facts = win.facts  # type: ignore[attr-defined]
+    assert [(f.name, f.size, f.quota) for f in chart.facts] == sorted(
+        ((n, f.size, f.quota) for n, f in facts.items()), key=lambda t: -t[1]
     )
+    assert all(f.quota > 0 for f in chart.facts)
     screenshot(dialog, tmp_path / "browser-storage.png")
     dialog.destroy()
+    pump()
+    assert win.qubes.on_figures == []  # type: ignore[attr-defined]  # a closed chart is not told
+    win.refresh()  # type: ignore[attr-defined]
+    assert pump(lambda: win.figures_complete)  # type: ignore[attr-defined]
 
 
 def test_verified_column_shows_the_last_logvm_verify(

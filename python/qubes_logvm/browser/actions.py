@@ -53,10 +53,16 @@ class StorageChart(Gtk.DrawingArea):
     def __init__(self, facts: list[QubeFacts]) -> None:
         super().__init__()
         self.set_name("storage-chart")
-        self.facts = sorted(facts, key=lambda f: -f.size)
+        self.facts: list[QubeFacts] = []
         self.connect("draw", self._draw)
+        self.show_facts(facts)
+
+    def show_facts(self, facts: list[QubeFacts]) -> None:
+        """Draw these figures, largest first (again when the late ones arrive)."""
+        self.facts = sorted(facts, key=lambda f: -f.size)
         line = self.create_pango_layout("Xg").get_pixel_size()[1]
         self.set_size_request(640, (len(self.facts) + 1) * (line + 10) + 20)
+        self.queue_draw()
 
     def _draw(self, widget: Gtk.Widget, cr: "object") -> bool:
         width = widget.get_allocated_width()

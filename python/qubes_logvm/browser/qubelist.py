@@ -57,6 +57,7 @@ class QubeList:
         self._late_pending: list[str] = []  # qubes whose late figures are not asked for yet
         self._generation = 0  # of the list: late figures of an older one are dropped
         self.figures_complete = False  # every late figure of this list is shown
+        self.on_figures: list[Callable[[], None]] = []  # told when a figure changes
         self._chosen_handler = 0
 
     def setup(self) -> None:
@@ -88,6 +89,7 @@ class QubeList:
         self._late_pending = list(self.facts)
         if chosen in self.facts:
             self.choose(chosen)
+        self._tell_figures()
 
     def _fill_list(self) -> None:
         self.store.clear()
@@ -154,7 +156,12 @@ class QubeList:
                 self._each_row(lambda it, f=facts: self.store.set_row(it, qube_row(f)), facts.name)
             self._apply_filter()
         self._show_details()
+        self._tell_figures()
         return False
+
+    def _tell_figures(self) -> None:
+        for listener in list(self.on_figures):
+            listener()
 
     def _set_drops(self, name: str, count: int, generation: int) -> bool:
         if generation == self._generation and name in self.facts:

@@ -335,12 +335,23 @@ class BrowserWindow:
         self.status.set_text(message)
 
     def storage_dialog(self) -> Gtk.Dialog:
-        """Usage per qube against its quota, as a bar chart."""
+        """Usage per qube against its quota, as a bar chart.
+
+        Opened before the late figures (usage, quota) are in, it shows the
+        cheap ones and redraws when the late ones arrive (or on F5).
+        """
         dialog = Gtk.Dialog(title="Storage", transient_for=self.window, modal=False)
         dialog.add_button("Close", Gtk.ResponseType.CLOSE)
         dialog.connect("response", lambda d, _r: d.destroy())
         scroll = Gtk.ScrolledWindow(min_content_height=300, min_content_width=700)
-        scroll.add(StorageChart(list(self.facts.values())))
+        chart = StorageChart(list(self.facts.values()))
+
+        def update() -> None:
+            chart.show_facts(list(self.facts.values()))
+
+        self.qubes.on_figures.append(update)
+        dialog.connect("destroy", lambda *_: self.qubes.on_figures.remove(update))
+        scroll.add(chart)
         dialog.get_content_area().pack_start(scroll, True, True, 0)
         dialog.show_all()
         return dialog
