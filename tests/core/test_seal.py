@@ -113,11 +113,22 @@ def test_epoch_keys_walk_on_from_the_previous_lookup_below_the_top() -> None:
         naive.append(evolve(naive[-1]))
     keys = EpochKeys(key0)
     assert keys.key(5000) == naive[5000]
-    # (a mark every 1024 epochs: the nearer start wins)
+    # (a mark every 1024 epochs: the nearer start wins, however far the
+    # previous lookup lies below)
     for epoch, cost in [(3000, 3000 - 2048), (3010, 10), (3070, 60), (3074, 3074 - 3072),
-                        (3100, 26), (3200, 3200 - 3072), (2990, 2990 - 2048), (4999, 0),
+                        (3100, 26), (3200, 100), (3900, 700), (2990, 2990 - 2048), (4999, 0),
                         (0, 0)]:  # fmt: skip
         assert keys.cost(epoch) == cost, epoch
         spent = keys.hashes
         assert keys.key(epoch) == naive[epoch]
         assert keys.hashes - spent == cost, epoch
+    # A verifier's finer marks: a first lookup below the top costs under 64.
+    fine = EpochKeys(key0, stride=EpochKeys.FINE_STRIDE)
+    assert fine.key(5000) == naive[5000]
+    for epoch, cost in [(3000, 3000 - 2944), (3001, 1), (1000, 1000 - 960), (4999, 0)]:
+        assert fine.cost(epoch) == cost, epoch
+        spent = fine.hashes
+        assert fine.key(epoch) == naive[epoch]
+        assert fine.hashes - spent == cost, epoch
+    with pytest.raises(ValueError, match="stride"):
+        EpochKeys(key0, stride=0)

@@ -93,7 +93,8 @@ class EpochKeys:
 
     Any epoch, in any order, with bounded work per lookup after the first walk.
 
-    Keys are remembered every ``stride`` epochs (first :attr:`STRIDE`), and
+    Keys are remembered every ``stride`` epochs (:attr:`STRIDE` unless given; a
+    verifier, with no bound on what it holds, :attr:`FINE_STRIDE`), and
     the :attr:`RECENT` epochs below the highest one reached, so a lookup
     below the top costs at most stride-1 hashes; :meth:`cost` says what a
     lookup would cost before paying it (the witness budgets hashing, since a
@@ -103,16 +104,18 @@ class EpochKeys:
     """
 
     STRIDE = 1024
+    #: A verifier's stride (``stride=``): it holds no more than 32 bytes per 64
+    #: epochs, and each qube's first lookup below the top costs at most 63 hashes.
+    FINE_STRIDE = 64
     RECENT = 16
-    #: A lookup at most this far above the previous one walks on from it
-    #: (a verifier reading one qube's seals in order pays one hash per epoch).
-    WALK = 64
 
-    def __init__(self, key0: bytes, *, max_keys: int | None = None) -> None:
+    def __init__(self, key0: bytes, *, max_keys: int | None = None, stride: int = STRIDE) -> None:
         if max_keys is not None and max_keys < self.RECENT + 3:
             raise ValueError(f"max_keys must be at least {self.RECENT + 3}")
+        if stride < 1:
+            raise ValueError("stride must be at least 1")
         self._max_marks = None if max_keys is None else max_keys - self.RECENT - 1
-        self._stride = self.STRIDE
+        self._stride = stride
         self._marks: list[bytes] = [key0]  # _marks[i] is K[i * stride]
         self._recent: dict[int, bytes] = {}
         self._top_epoch = 0
@@ -135,10 +138,12 @@ class EpochKeys:
         return epoch - self._below(epoch)[0]
 
     def _below(self, epoch: int) -> tuple[int, bytes]:
-        """Where a lookup below the top starts: the previous one if near, else a mark."""
+        """Where a lookup below the top starts: the previous lookup when it lies
+        between the mark below and the epoch (a verifier reading seals in order
+        pays one hash per epoch, however far apart they are), else the mark."""
         at, key = self._last
         mark = epoch - epoch % self._stride
-        if mark <= at <= epoch <= at + self.WALK:
+        if mark <= at <= epoch:
             return at, key
         return mark, self._marks[epoch // self._stride]
 

@@ -31,7 +31,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
-from operator import le, sub
+from operator import add, le, sub
+from typing import cast
 
 from ...core.errors import StoreError
 from ...core.seal import CHAIN_DOMAIN, FINAL_KINDS, SEAL_DOMAIN
@@ -266,13 +267,17 @@ class _Keys:
         if len(self.inner) + len(missing) > _MAX_STATES:
             self.inner.clear()  # bounded: a piece has fewer epochs than this
             self.outer.clear()
-        for epoch in missing:
-            found = self.ctx.key(epoch)
-            if found is None or len(found) > _BLOCK:
-                raise _Amiss  # epoch keys are 32 bytes: a longer one HMAC would hash first
-            key = found.ljust(_BLOCK, b"\0")
-            self.inner[epoch] = hashlib.sha256(key.translate(_IPAD) + SEAL_DOMAIN)
-            self.outer[epoch] = hashlib.sha256(key.translate(_OPAD))
+        found = list(map(self.ctx.key, missing))
+        if None in found:
+            raise _Amiss  # an epoch beyond what the key file allows
+        keys = cast(list[bytes], found)
+        if keys and max(map(len, keys)) > _BLOCK:
+            raise _Amiss  # epoch keys are 32 bytes: a longer one HMAC would hash first
+        padded = list(map(bytes.ljust, keys, repeat(_BLOCK), repeat(b"\0")))
+        inner = map(add, map(bytes.translate, padded, repeat(_IPAD)), repeat(SEAL_DOMAIN))
+        self.inner.update(zip(missing, map(hashlib.sha256, inner), strict=True))
+        outer = map(bytes.translate, padded, repeat(_OPAD))
+        self.outer.update(zip(missing, map(hashlib.sha256, outer), strict=True))
 
     def macs(self, epochs: tuple[int, ...], bodies: Iterable[bytes]) -> Iterator[bytes]:
         """HMAC-SHA256(K[epoch], seal domain || body) of each line (core.seal.seal_mac)."""
