@@ -1,16 +1,19 @@
 """Running a real ``logvm-collector`` and talking to it as the qrexec agent does."""
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from qubes_logvm.collector.qubewriter import Feed
 from qubes_logvm.core.escape import unescape
 from qubes_logvm.core.records import Record, parse_record
 from qubes_logvm.store.keystate import setup_keys
@@ -209,3 +212,27 @@ def expected_lines(data: bytes, cap: int) -> list[tuple[str, bytes, int]]:
     if parts[-1]:
         out.append(("P", parts[-1][:cap], max(0, len(parts[-1]) - cap)))
     return out
+
+
+class Sink(Feed):
+    """A connection as the writer sees it: records the acks it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks: list[tuple[int, bool]] = []
+
+    def send_ack(self, handled: int, *, final: bool) -> None:
+        self.acks.append((handled, final))
+
+    def set_reading(self, reading: bool) -> None:
+        pass
+
+    def abort(self) -> None:
+        raise AssertionError("the writer failed")
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Let the writer's task and its worker thread run until ``done()`` (bounded)."""
+    async with asyncio.timeout(20):
+        while not done():
+            await asyncio.sleep(0.005)

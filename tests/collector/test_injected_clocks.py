@@ -2,15 +2,14 @@
 
 import asyncio
 import itertools
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from collector.helpers import make_store, notes, sent_lines, verify_errors
+from collector.helpers import Sink, make_store, notes, sent_lines, until, verify_errors
 
 from qubes_logvm.collector.ledger import QubeLedger
 from qubes_logvm.collector.lines import LineSplitter
-from qubes_logvm.collector.qubewriter import Feed, QubeWriter, StoreAccess
+from qubes_logvm.collector.qubewriter import QubeWriter, StoreAccess
 from qubes_logvm.collector.witness_sender import CheckpointSender
 from qubes_logvm.config.collector import CollectorConfig, RateLimit
 from qubes_logvm.store.eviction import EpochClock
@@ -69,30 +68,6 @@ def test_checkpoint_sender_flush_deadline_on_the_injected_clock(tmp_path: Path) 
     assert asyncio.run(asyncio.wait_for(flush(), 5)) is False
 
 
-class Sink(Feed):
-    """A connection as the writer sees it: records the acks it is sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.acks: list[tuple[int, bool]] = []
-
-    def send_ack(self, handled: int, *, final: bool) -> None:
-        self.acks.append((handled, final))
-
-    def set_reading(self, reading: bool) -> None:
-        pass
-
-    def abort(self) -> None:
-        raise AssertionError("the writer failed")
-
-
-async def _until(done: Callable[[], bool]) -> None:
-    """Let the writer's task and its worker thread run until ``done()`` (bounded)."""
-    async with asyncio.timeout(20):
-        while not done():
-            await asyncio.sleep(0.005)
-
-
 def _writer(store: Store, config: CollectorConfig, mono: StepClock) -> QubeWriter:
     shared = StoreAccess(store, config, clock=StepClock(1_800_000_000.0), monotonic=mono)
     return QubeWriter("work", shared, on_idle=lambda _: None)
@@ -120,8 +95,8 @@ def test_writer_rate_limit_refills_on_the_injected_monotonic_clock(tmp_path: Pat
         mono.now += 0.5  # half a second: 5 tokens
         _submit(writer, feed, 30, b"later")
         writer.finish(feed)
-        await _until(lambda: bool(feed.acks) and feed.acks[-1][1])
-        await _until(lambda: writer.idle)
+        await until(lambda: bool(feed.acks) and feed.acks[-1][1])
+        await until(lambda: writer.idle)
         return feed.acks
 
     try:
@@ -147,11 +122,11 @@ def test_writer_linger_and_open_age_on_the_injected_monotonic_clock(tmp_path: Pa
         feed = Sink()
         assert writer.attach(feed)
         _submit(writer, feed, 3, b"line")
-        await _until(lambda: bool(feed.acks))
+        await until(lambda: bool(feed.acks))
         mono.now += 100.0  # nothing happens on its own: only the clock moved
         seen: list[object] = [writer.open_age]
         writer.finish(feed)
-        await _until(lambda: feed.acks[-1][1])
+        await until(lambda: feed.acks[-1][1])
         seen.append(writer.chain is not None and writer.chain.is_open)
         mono.now += 4.0  # 4 s after the last connection left: still within the linger
         writer.wake()
@@ -159,7 +134,7 @@ def test_writer_linger_and_open_age_on_the_injected_monotonic_clock(tmp_path: Pa
         seen.append(writer.chain is not None and writer.chain.is_open)
         mono.now += 1.5  # past the linger: the next step closes the session
         writer.wake()
-        await _until(lambda: writer.idle)
+        await until(lambda: writer.idle)
         return seen
 
     try:

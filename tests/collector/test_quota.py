@@ -1,5 +1,6 @@
 """Quotas enforced by the real collector: flood isolation, SIGKILL during eviction, quota edits."""
 
+import asyncio
 import os
 import random
 import shutil
@@ -10,8 +11,23 @@ import time
 from pathlib import Path
 
 import pytest
-from collector.helpers import Collector, connect, make_store, read_acks, sent_lines, wait_for
+from collector.helpers import (
+    Collector,
+    Sink,
+    connect,
+    make_store,
+    notes,
+    read_acks,
+    sent_lines,
+    until,
+    verify_errors,
+    wait_for,
+)
 
+from qubes_logvm.collector.lines import LineSplitter
+from qubes_logvm.collector.qubewriter import QubeWriter, StoreAccess, _Batch, _parts
+from qubes_logvm.config.collector import CollectorConfig
+from qubes_logvm.config.storage_policy import RetentionConfig
 from qubes_logvm.core.seal import parse_verification_key
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.tombstones import read_tomb_file
@@ -246,3 +262,66 @@ def test_quota_edit_is_enforced_after_sighup_and_restart(tmp_path: Path) -> None
     assert _errors(collector.store, collector.vkey) == []
     assert key0  # the same store throughout
     assert os.path.exists(layout.tombstones("work"))
+
+
+@pytest.mark.inprocess
+@pytest.mark.timeout(60)
+def test_a_first_batch_bigger_than_the_quota_keeps_its_newest_lines(tmp_path: Path) -> None:
+    # A qube's first batch may hold up to pending_bytes (1 MiB) under a smaller
+    # quota: with no closed segment to delete yet it was dropped whole. Written
+    # in parts of the roll size, each making room, it keeps its newest lines and
+    # every deletion is a tombstone.
+    vkey = make_store(tmp_path / "store")
+    store = Store(tmp_path / "store")
+    quota = 256 * 1024
+    retention = RetentionConfig(segment_max_bytes=SEGMENT, quota_default=quota)
+    config = CollectorConfig(retention=retention, session_linger=0)
+    sent = [b"line %05d " % i + b"y" * 190 for i in range(4000)]  # about 850 KB
+
+    async def run() -> list[tuple[int, bool]]:
+        writer = QubeWriter("hog", StoreAccess(store, config), on_idle=lambda _: None)
+        feed = Sink()
+        assert writer.attach(feed)
+        splitter = LineSplitter(config.max_line_bytes)
+        records, nlines = splitter.feed(b"\n".join(sent) + b"\n", writer.receive_time())
+        writer.submit(feed, records, nlines)  # all of it before the writer's first step
+        writer.finish(feed)
+        await until(lambda: bool(feed.acks) and feed.acks[-1][1])
+        await until(lambda: writer.idle)
+        return feed.acks
+
+    try:
+        acks = asyncio.run(run())
+    finally:
+        store.close()
+    assert acks == [(4000, True)]
+    assert notes(tmp_path / "store", "hog", "dropped") == []  # nothing refused for the quota
+    stored = [p for _, p, _ in sent_lines(tmp_path / "store", "hog")]
+    assert stored == sent[-len(stored) :] and len(stored) * 200 > SEGMENT  # the newest
+    directory = tmp_path / "store" / "qubes" / "hog"
+    assert read_tomb_file(directory / "tombstones.seal").tombs  # the deletions are visible
+    assert sum(p.stat().st_size for p in directory.iterdir()) <= quota + SEGMENT + 4096
+    assert verify_errors(tmp_path / "store", vkey) == []
+
+
+def test_batch_parts_are_whole_lines_within_the_roll_size() -> None:
+    rng = random.Random(17)
+    for _ in range(200):
+        batch = _Batch()
+        lines = [b"%d " % i + b"x" * rng.choice((0, 5, 60, 300)) + b"\n" for i in range(80)]
+        cuts = sorted(rng.sample(range(1, len(lines)), rng.randrange(0, 6)))
+        batch.chunks = [
+            b"".join(lines[a:b]) for a, b in zip([0, *cuts], [*cuts, len(lines)], strict=True)
+        ]
+        batch.lines, batch.nbytes = len(lines), sum(map(len, lines))
+        size = rng.choice((50, 200, 1000, batch.nbytes))
+        parts = list(_parts(batch, size))
+        assert b"".join(b"".join(p) for p, _ in parts) == b"".join(lines)
+        assert sum(n for _, n in parts) == len(lines)
+        for part, count in parts:
+            text = b"".join(part)
+            assert text.endswith(b"\n") and text.count(b"\n") == count
+            # Within the size, but a line longer than it (alone).
+            assert len(text) <= size or count == 1, (size, len(text))
+        if batch.nbytes <= size:
+            assert len(parts) == 1 and parts[0][0] is batch.chunks

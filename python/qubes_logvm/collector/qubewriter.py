@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from ..config.collector import CollectorConfig
@@ -215,6 +215,43 @@ class _Batch:
         self.lines = 0
         self.nbytes = 0
         self.first_stamp: float | None = None  # receive time of the first record
+
+
+def _parts(batch: _Batch, size: int) -> Iterator[tuple[list[bytes], int]]:
+    """The batch's records in parts of at most ``size`` bytes (whole lines; a line
+    longer than that alone), each with its line count: each part makes room for
+    itself (a roll, deletions), so a batch bigger than a small quota keeps its
+    newest lines instead of being dropped whole. One part, uncounted, when the
+    batch fits (always, but under a small quota)."""
+    if batch.nbytes <= size:
+        yield batch.chunks, batch.lines
+        return
+    part: list[bytes] = []
+    room = size
+    for chunk in batch.chunks:
+        start = 0
+        while len(chunk) - start > room:
+            cut = chunk.rfind(b"\n", start, start + room) + 1
+            if cut <= start:
+                if part:  # the next line does not fit what is left: a new part
+                    yield part, sum(map(_lines, part))
+                    part, room = [], size
+                    continue
+                end = chunk.find(b"\n", start)  # one line longer than a part
+                cut = len(chunk) if end < 0 else end + 1
+            part.append(chunk[start:cut])
+            yield part, sum(map(_lines, part))
+            part, room, start = [], size, cut
+        if start < len(chunk):
+            piece = chunk[start:] if start else chunk
+            part.append(piece)
+            room -= len(piece)
+    if part:
+        yield part, sum(map(_lines, part))
+
+
+def _lines(records: bytes) -> int:
+    return records.count(b"\n")
 
 
 class QubeWriter:
@@ -475,26 +512,30 @@ class QubeWriter:
             self._open(chain, reason="connect")
         elif roll and chain.is_open:
             self._roll(chain)
-        chunks, lines, dropped = batch.chunks, batch.lines, 0
-        if batch.nbytes and not self._make_room(chain, batch.nbytes):
-            chunks, lines, dropped = [], 0, batch.lines
-        # Written as they are, not joined: batches can be megabytes.
-        payload = [part for part in self._carried + notes + chunks if part]
-        nlines, self._carried = len(self._carried) + len(notes) + lines, []
+        # The notes (and any carried ones) go with the first part.
+        head, self._carried, dropped = self._carried + notes, [], 0
+        for part, count in _parts(batch, self._roll_at()):
+            chunks, lines = part, count
+            nbytes = sum(map(len, chunks))
+            if nbytes and not self._make_room(chain, nbytes):
+                chunks, lines, dropped = [], 0, dropped + count
+            # Written as they are, not joined: batches can be megabytes.
+            payload = [piece for piece in head + chunks if piece]
+            nlines, head = len(head) + lines, []
+            if payload:
+                try:
+                    seal = chain.append_sealed(payload, nlines, store.keys)
+                    self.ledger.open_seal_bytes += len(seal.to_line())
+                except OSError as err:
+                    if chain.broken or not chain.is_open:
+                        raise
+                    # Cut back to the last seal (all-or-nothing): the lines are
+                    # dropped and noted, the notes wait for the next batch.
+                    log.error("%s: %d lines dropped: %s", self.qube, lines, err)  # noqa: TRY400 (one line)
+                    self._carried = self._carried or notes
+                    self._drops["disk-full"] += lines
+            del payload, chunks, part
         batch.chunks = []
-        if payload:
-            try:
-                seal = chain.append_sealed(payload, nlines, store.keys)
-                self.ledger.open_seal_bytes += len(seal.to_line())
-            except OSError as err:
-                if chain.broken or not chain.is_open:
-                    raise
-                # Cut back to the last seal (all-or-nothing): the lines are
-                # dropped and noted, the notes wait for the next batch.
-                log.error("%s: %d lines dropped: %s", self.qube, lines, err)  # noqa: TRY400 (one line)
-                self._carried = notes
-                self._drops["disk-full"] += lines
-            del payload
         if not want_open and chain.is_open:
             self._close(chain, reason="disconnect")
         self._report()
