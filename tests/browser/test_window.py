@@ -313,26 +313,48 @@ def test_copy_and_export_with_qvm_copy(display: str, collected: Collected, tmp_p
         pump()
         click_row(win, 4)  # an error record
         win.builder.get_object("copy_button").clicked()
+        assert pump(lambda: "Copied 1 records" in win.status.get_text()), win.status.get_text()
         pasted = Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD).wait_for_text()
         assert pasted is not None and "work error 0" in pasted and "\n" not in pasted
-        win.builder.get_object("export_button").clicked()
-        pump()
-        [dialog] = [w for w in Gtk.Window.list_toplevels() if w.get_title() == "Export records"]
-        dialog.set_current_folder(str(tmp_path))
-        dialog.set_current_name("exported.log")
-        dialog.get_extra_widget().set_active(True)  # then qvm-copy it
-        pump()
-        dialog.response(Gtk.ResponseType.OK)
-        assert pump(lambda: "qvm-copy" in win.status.get_text()), win.status.get_text()
-        assert "qvm-copy done" in win.status.get_text()
+
+        def export(name: str) -> None:
+            win.builder.get_object("export_button").clicked()
+            pump()
+            [dialog] = [
+                w for w in Gtk.Window.list_toplevels() if w.get_title() == "Export records"
+            ]
+            dialog.set_current_folder(str(tmp_path))
+            dialog.set_current_name(name)
+            dialog.get_extra_widget().set_active(True)  # then qvm-copy it
+            pump()
+            dialog.response(Gtk.ResponseType.OK)
+
+        # qvm-copy waits while dom0 asks the user where to: the window does not.
+        answer = tmp_path / "answer"
+        os.environ["FAKE_COPY_HOLD"] = str(answer)
+        export("exported.log")
+        assert pump(lambda: "dom0 asks" in win.status.get_text()), win.status.get_text()
+        win.choose_qube("personal")  # the window still answers meanwhile
+        assert pump(lambda: win.qube == "personal")
+        answer.write_text("allow")
+        assert pump(lambda: "qvm-copy done" in win.status.get_text()), win.status.get_text()
         exported = (tmp_path / "exported.log").read_bytes()
         assert b"work error 0" in exported and exported.count(b"\n") == 1
         [call] = [json.loads(p.read_text()) for p in (tmp_path / "copies").glob("copy-*.json")]
         assert call["argv"] == ["--without-progress", str(tmp_path / "exported.log")]
         assert call["files"][str(tmp_path / "exported.log")].encode("latin-1") == exported
+        # Denied by dom0 (qrexec's 126): said so; the file stays exported.
+        answer.write_text("deny")
+        win.choose_qube("work")
+        pump()
+        click_row(win, 4)
+        export("again.log")
+        assert pump(lambda: "failed (exit 126)" in win.status.get_text()), win.status.get_text()
+        assert (tmp_path / "again.log").read_bytes() == exported
     finally:
         win.window.destroy()
         del os.environ["FAKE_COPY_RECORD"]
+        os.environ.pop("FAKE_COPY_HOLD", None)
 
 
 def test_search_can_be_cancelled(browser: object) -> None:

@@ -218,19 +218,30 @@ class BrowserWindow:
     def _show_detail(self, entry: Entry | None) -> None:
         self.detail.get_buffer().set_text(details(entry) if entry else "")  # plain text
 
-    def selected_entries(self) -> list[Entry]:
-        """The selected rows (at most 100,000)."""
-        chosen = self.records.selection()
-        if chosen is None or self.rows is None:
-            return []
-        return self.rows.rows(chosen[0], min(chosen[1], chosen[0] + 100_000))
-
     def copy_selection(self) -> None:
-        """The selected rows as plain text on the clipboard."""
-        text = "\n".join(as_text(e) for e in self.selected_entries())
+        """The selected rows as plain text on the clipboard (read in a thread: up
+        to 100,000 rows; the clipboard is set on the main loop)."""
+        rows, chosen = self.rows, self.records.selection()
+        if rows is None or chosen is None:
+            return
+        first, end = chosen[0], min(chosen[1], chosen[0] + 100_000)
+        self.status.set_text(f"Copying {end - first} records…")
+
+        def work() -> None:
+            try:
+                text = "\n".join(as_text(e) for e in rows.rows(first, end))
+            except (OSError, LogvmError) as err:
+                GLib.idle_add(self.status.set_text, f"Copy: {err}")
+                return
+            GLib.idle_add(self._copied, text, end - first)
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def _copied(self, text: str, count: int) -> bool:
         if text:
             Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD).set_text(text, -1)
-            self.status.set_text(f"Copied {text.count(chr(10)) + 1} records")
+        self.status.set_text(f"Copied {count} records")
+        return False
 
     # -- actions -------------------------------------------------------
     def _build_open_menu(self) -> dict[str, Gtk.MenuItem]:
@@ -319,20 +330,30 @@ class BrowserWindow:
         return dialog
 
     def export_to(self, path: Path, span: tuple[int, int], *, send: bool) -> None:
-        """Write the rows to ``path`` (a new file), then qvm-copy it if asked."""
-        if self.rows is None:
+        """Write the rows to ``path`` (a new file), then qvm-copy it if asked: in a
+        thread (a whole qube's rows take a while, and qvm-copy waits until the
+        user has answered dom0's question), the window stays responsive."""
+        rows = self.rows
+        if rows is None:
             return
-        try:
-            path.unlink(missing_ok=True)  # the dialog confirmed an overwrite
-            export(self.rows, *span, path)
-        except (OSError, LogvmError) as err:
-            self.status.set_text(f"Export: {err}")
-            return
-        message = f"Exported {span[1] - span[0]} records to {path}"
-        if send:
-            code = qvm_copy(path, self.copy_command)
-            message += "; qvm-copy " + ("done" if code == 0 else f"failed (exit {code})")
-        self.status.set_text(message)
+        count = span[1] - span[0]
+        self.status.set_text(f"Exporting {count} records to {path}…")
+
+        def work() -> None:
+            try:
+                path.unlink(missing_ok=True)  # the dialog confirmed an overwrite
+                export(rows, *span, path)
+            except (OSError, LogvmError) as err:
+                GLib.idle_add(self.status.set_text, f"Export: {err}")
+                return
+            message = f"Exported {count} records to {path}"
+            if send:
+                GLib.idle_add(self.status.set_text, message + "; qvm-copy: dom0 asks where to…")
+                code = qvm_copy(path, self.copy_command)
+                message += "; qvm-copy " + ("done" if code == 0 else f"failed (exit {code})")
+            GLib.idle_add(self.status.set_text, message)
+
+        threading.Thread(target=work, daemon=True).start()
 
     def storage_dialog(self) -> Gtk.Dialog:
         """Usage per qube against its quota, as a bar chart.
