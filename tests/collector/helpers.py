@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from qubes_logvm.collector.qubewriter import Feed
+from qubes_logvm.collector.lines import LineSplitter
+from qubes_logvm.collector.qubewriter import Feed, QubeWriter
 from qubes_logvm.core.escape import unescape
 from qubes_logvm.core.records import Record, parse_record
 from qubes_logvm.store.keystate import setup_keys
@@ -236,3 +237,18 @@ async def until(done: Callable[[], bool]) -> None:
     async with asyncio.timeout(20):
         while not done():
             await asyncio.sleep(0.005)
+
+
+def submit_text(writer: QubeWriter, feed: Feed, data: bytes) -> None:
+    """Cut ``data`` into records as a connection does, and queue them."""
+    splitter = LineSplitter(writer.shared.config.max_line_bytes)
+    records, nlines = splitter.feed(data, writer.receive_time())
+    writer.submit(feed, records, nlines)
+
+
+async def finish_and_wait(writer: QubeWriter, feed: Sink) -> list[tuple[int, bool]]:
+    """The sender closes its side: wait for the final ack and the writer to go idle."""
+    writer.finish(feed)
+    await until(lambda: bool(feed.acks) and feed.acks[-1][1])
+    await until(lambda: writer.idle)
+    return feed.acks

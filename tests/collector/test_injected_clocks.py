@@ -5,10 +5,18 @@ import itertools
 from pathlib import Path
 
 import pytest
-from collector.helpers import Sink, make_store, notes, sent_lines, until, verify_errors
+from collector.helpers import (
+    Sink,
+    finish_and_wait,
+    make_store,
+    notes,
+    sent_lines,
+    submit_text,
+    until,
+    verify_errors,
+)
 
 from qubes_logvm.collector.ledger import QubeLedger
-from qubes_logvm.collector.lines import LineSplitter
 from qubes_logvm.collector.qubewriter import QubeWriter, StoreAccess
 from qubes_logvm.collector.witness_sender import CheckpointSender
 from qubes_logvm.config.collector import CollectorConfig, RateLimit
@@ -74,10 +82,7 @@ def _writer(store: Store, config: CollectorConfig, mono: StepClock) -> QubeWrite
 
 
 def _submit(writer: QubeWriter, feed: Sink, count: int, tag: bytes) -> None:
-    splitter = LineSplitter(writer.shared.config.max_line_bytes)
-    data = b"".join(b"%s %d\n" % (tag, i) for i in range(count))
-    records, nlines = splitter.feed(data, writer.receive_time())
-    writer.submit(feed, records, nlines)
+    submit_text(writer, feed, b"".join(b"%s %d\n" % (tag, i) for i in range(count)))
 
 
 def test_writer_rate_limit_refills_on_the_injected_monotonic_clock(tmp_path: Path) -> None:
@@ -94,10 +99,7 @@ def test_writer_rate_limit_refills_on_the_injected_monotonic_clock(tmp_path: Pat
         _submit(writer, feed, 5, b"same")  # no time passed: no token
         mono.now += 0.5  # half a second: 5 tokens
         _submit(writer, feed, 30, b"later")
-        writer.finish(feed)
-        await until(lambda: bool(feed.acks) and feed.acks[-1][1])
-        await until(lambda: writer.idle)
-        return feed.acks
+        return await finish_and_wait(writer, feed)
 
     try:
         acks = asyncio.run(run())

@@ -15,16 +15,16 @@ from collector.helpers import (
     Collector,
     Sink,
     connect,
+    finish_and_wait,
     make_store,
     notes,
     read_acks,
     sent_lines,
-    until,
+    submit_text,
     verify_errors,
     wait_for,
 )
 
-from qubes_logvm.collector.lines import LineSplitter
 from qubes_logvm.collector.qubewriter import QubeWriter, StoreAccess, _Batch, _parts
 from qubes_logvm.config.collector import CollectorConfig
 from qubes_logvm.config.storage_policy import RetentionConfig
@@ -282,13 +282,8 @@ def test_a_first_batch_bigger_than_the_quota_keeps_its_newest_lines(tmp_path: Pa
         writer = QubeWriter("hog", StoreAccess(store, config), on_idle=lambda _: None)
         feed = Sink()
         assert writer.attach(feed)
-        splitter = LineSplitter(config.max_line_bytes)
-        records, nlines = splitter.feed(b"\n".join(sent) + b"\n", writer.receive_time())
-        writer.submit(feed, records, nlines)  # all of it before the writer's first step
-        writer.finish(feed)
-        await until(lambda: bool(feed.acks) and feed.acks[-1][1])
-        await until(lambda: writer.idle)
-        return feed.acks
+        submit_text(writer, feed, b"\n".join(sent) + b"\n")  # before the writer's first step
+        return await finish_and_wait(writer, feed)
 
     try:
         acks = asyncio.run(run())
