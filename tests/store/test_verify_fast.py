@@ -174,6 +174,12 @@ def _other_version(index: int, fields: list[str]) -> None:
         fields[0] = "v2"
 
 
+def _broken_link(index: int, fields: list[str]) -> None:
+    # A valid MAC over a line whose prev is not the line before's MAC.
+    if index == 2:
+        fields[8] = "ab" * 32
+
+
 def _empty_field(index: int, fields: list[str]) -> None:
     if index == 1:
         fields[2:2] = [""]
@@ -181,7 +187,9 @@ def _empty_field(index: int, fields: list[str]) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("edit", [_upper_head, _eleven_then_nine, _other_version, _empty_field])
+@pytest.mark.parametrize(
+    "edit", [_upper_head, _eleven_then_nine, _other_version, _empty_field, _broken_link]
+)
 def test_lines_off_the_grammar_with_valid_macs_leave_the_fast_path(
     store: Built, monkeypatch: pytest.MonkeyPatch, edit: Callable[[int, list[str]], None]
 ) -> None:

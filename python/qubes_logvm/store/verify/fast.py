@@ -170,32 +170,27 @@ def _parse(text: bytes, files: SegmentFiles) -> _Seals:
     step = _FIELDS - 1
     if len(tokens) != step * count + 1 or tokens[0] != b"v1":
         raise _Amiss
-    joints = tokens[step:-1:step]
-    if count > 1:
-        joined = b"".join(joints)
-        if len(joined) != _JOINT * (count - 1) or set(map(len, joints)) != {_JOINT}:
-            raise _Amiss
-        cut = _JOINT - len(_NEXT)
-        if (joined[cut::_JOINT], joined[cut + 1 :: _JOINT], joined[cut + 2 :: _JOINT]) != (
-            b"\n" * (count - 1),
-            b"v" * (count - 1),
-            b"1" * (count - 1),
-        ):
-            raise _Amiss
-        macs = joined.replace(_NEXT, b"") + tokens[-1]
-    else:
-        macs = tokens[-1]
     kinds, names, segs = tokens[1::step], tokens[2::step], tokens[3::step]
     heads, prevs = tokens[7::step], tokens[8::step]
+    if set(map(len, heads + prevs)) != {_HEX_LEN}:
+        raise _Amiss
+    # Each joint is a line's MAC, "\n" and the next line's "v1"; the next line's
+    # prev is that MAC (the link between them). So, each of fixed length, the
+    # joints are exactly the prevs after the first, each followed by "\nv1":
+    # the links hold, and the MACs written are those prevs and the last token.
+    joints = tokens[step:-1:step]
+    if count > 1 and (
+        set(map(len, joints)) != {_JOINT} or b"".join(joints) != _NEXT.join(prevs[1:]) + _NEXT
+    ):
+        raise _Amiss
+    macs = b"".join(prevs[1:]) + tokens[-1]
     name, seq = files.qube.encode("ascii"), b"%d" % files.seq
-    if (names.count(name), segs.count(seq)) != (count, count):
+    if (names.count(name), segs.count(seq)) != (count, count) or len(macs) != _HEX_LEN * count:
         raise _Amiss
-    if len(macs) != _HEX_LEN * count or set(map(len, heads + prevs)) != {_HEX_LEN}:
-        raise _Amiss
-    # binascii takes hex in either case; the grammar has it in lower case.
-    # (A prev is checked by equality: the open seal's zeros, or a MAC.)
-    hexes = b"".join(heads) + macs
-    if hexes.lower() != hexes:
+    # binascii takes hex in either case; the grammar has it in lower case (and a
+    # run of hex with no letter at all, never seen, goes to the general path).
+    # The first prev is the open seal's zeros (_check_open).
+    if not (b"".join(heads) + macs).islower():
         raise _Amiss
     return _Seals(
         rows,
@@ -243,8 +238,7 @@ def _check_rules(seals: _Seals, jumps: bool) -> None:
     kinds = seals.kinds
     if not _LATER.issuperset(kinds[1:]) or not _FINAL.isdisjoint(kinds[:-1]):
         raise _Amiss  # a second open seal, or a line after the segment was closed
-    if b"".join(seals.prevs[1:]) != seals.macs[:-_HEX_LEN]:
-        raise _Amiss
+    # (The links, each prev the MAC of the line before, hold by _parse.)
     if not (_rising(seals.lines) and _rising(seals.nbytes) and _rising(seals.epochs)):
         raise _Amiss
     if not jumps and max(map(sub, seals.epochs[1:], seals.epochs), default=0) > 1:
