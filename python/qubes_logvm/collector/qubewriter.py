@@ -521,7 +521,7 @@ class QubeWriter:
                 chunks, lines, dropped = [], 0, dropped + count
             # Written as they are, not joined: batches can be megabytes.
             payload = [piece for piece in head + chunks if piece]
-            nlines, head = len(head) + lines, []
+            with_notes, nlines, head = bool(head), len(head) + lines, []
             if payload:
                 try:
                     seal = chain.append_sealed(payload, nlines, store.keys)
@@ -532,7 +532,8 @@ class QubeWriter:
                     # Cut back to the last seal (all-or-nothing): the lines are
                     # dropped and noted, the notes wait for the next batch.
                     log.error("%s: %d lines dropped: %s", self.qube, lines, err)  # noqa: TRY400 (one line)
-                    self._carried = self._carried or notes
+                    if with_notes:  # (only the part that held them: never written twice)
+                        self._carried = notes
                     self._drops["disk-full"] += lines
             del payload, chunks, part
         batch.chunks = []
