@@ -132,3 +132,35 @@ def test_epoch_keys_walk_on_from_the_previous_lookup_below_the_top() -> None:
         assert fine.hashes - spent == cost, epoch
     with pytest.raises(ValueError, match="stride"):
         EpochKeys(key0, stride=0)
+
+
+def test_a_verifier_keeps_the_keys_its_walks_to_the_top_passed() -> None:
+    # keep=N: every key of the last N epochs below the top, from the walks to
+    # it (one or several), so lookups below it cost no hash; older epochs
+    # fall back on the marks, and cost() says so.
+    key0 = bytes(range(32))
+    naive = [key0]
+    for _ in range(3000):
+        naive.append(evolve(naive[-1]))
+    keys = EpochKeys(key0, stride=EpochKeys.FINE_STRIDE, keep=1000)
+    assert keys.key(700) == naive[700]  # two walks to the top, the kept keys continue
+    assert keys.key(1500) == naive[1500]
+    assert keys.hashes == 1500
+    for epoch in (500, 501, 1499, 1000, 777):
+        assert keys.cost(epoch) == 0
+        assert keys.key(epoch) == naive[epoch]
+    assert keys.hashes == 1500
+    assert keys.cost(499) == 499 - 448  # below the kept ones: from the mark
+    assert keys.key(499) == naive[499]
+    assert keys.key(2999) == naive[2999]  # a walk longer than keep: kept afresh
+    assert (keys.cost(1999), keys.cost(1998)) == (0, 1998 - 1984)
+    assert keys.key(1999) == naive[1999] and keys.key(2998) == naive[2998]
+    assert keys.held == 3000 // 64 + 1 + EpochKeys.RECENT + 1000 + 1
+    verifier = EpochKeys.for_verifier(key0)
+    assert verifier.key(3000) == naive[3000] and verifier.cost(1) == 0
+    # Without keep (the witness, also once resumed) nothing more is held.
+    plain = EpochKeys(key0)
+    plain.key(3000)
+    assert plain.cost(1) == 1 and plain.held == 3 + EpochKeys.RECENT + 1
+    resumed = EpochKeys.resume(key0, plain.ladder(), max_keys=None)
+    assert resumed.cost(1) == 1 and resumed.key(1) == naive[1]

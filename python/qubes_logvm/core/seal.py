@@ -100,7 +100,10 @@ class EpochKeys:
     lookup would cost before paying it (the witness budgets hashing, since a
     compromised LogVM chooses the epochs it sends). With ``max_keys`` (the
     witness) no more keys than that are held whatever epochs are asked for:
-    past it the stride doubles and every other mark is dropped.
+    past it the stride doubles and every other mark is dropped. With ``keep``
+    (a verifier: :meth:`for_verifier`) the keys of up to that many epochs
+    below the top are held as well, every one its walks to the top passed,
+    so a verifier's lookups below the top after its first walk cost nothing.
     """
 
     STRIDE = 1024
@@ -108,8 +111,13 @@ class EpochKeys:
     #: epochs, and each qube's first lookup below the top costs at most 63 hashes.
     FINE_STRIDE = 64
     RECENT = 16
+    #: Epochs below the top whose keys a verifier holds (``keep=``): 2 MiB of
+    #: keys (4.5 MiB as Python objects), a week of 10 s epochs.
+    VERIFIER_KEEP = 1 << 16
 
-    def __init__(self, key0: bytes, *, max_keys: int | None = None, stride: int = STRIDE) -> None:
+    def __init__(
+        self, key0: bytes, *, max_keys: int | None = None, stride: int = STRIDE, keep: int = 0
+    ) -> None:
         if max_keys is not None and max_keys < self.RECENT + 3:
             raise ValueError(f"max_keys must be at least {self.RECENT + 3}")
         if stride < 1:
@@ -121,19 +129,27 @@ class EpochKeys:
         self._top_epoch = 0
         self._top_key = key0
         self._last: tuple[int, bytes] = (0, key0)  # the previous lookup below the top
+        self._keep = keep
+        self._kept: list[bytes] = []  # _kept[i] is K[_kept_from + i], up to the top
+        self._kept_from = 0
         #: Hashes computed so far (the witness counts what it spent).
         self.hashes = 0
 
     @property
     def held(self) -> int:
-        """Keys held now (marks, recent and the top)."""
-        return len(self._marks) + len(self._recent) + 1
+        """Keys held now (marks, recent, kept and the top)."""
+        return len(self._marks) + len(self._recent) + len(self._kept) + 1
+
+    @classmethod
+    def for_verifier(cls, key0: bytes) -> "EpochKeys":
+        """The keys of a verifier: no bound but its size (fine marks, kept keys)."""
+        return cls(key0, stride=cls.FINE_STRIDE, keep=cls.VERIFIER_KEEP)
 
     def cost(self, epoch: int) -> int:
         """Hashes :meth:`key` would compute for ``epoch``."""
         if epoch >= self._top_epoch:
             return epoch - self._top_epoch
-        if epoch in self._recent:
+        if epoch in self._recent or (self._keep and epoch >= self._kept_from):
             return 0
         return epoch - self._below(epoch)[0]
 
@@ -150,6 +166,8 @@ class EpochKeys:
     def key(self, epoch: int) -> bytes:
         """``K[epoch]``."""
         if epoch < self._top_epoch:
+            if self._keep and epoch >= self._kept_from:
+                return self._kept[epoch - self._kept_from]
             known = self._recent.get(epoch)
             if known is not None:
                 return known
@@ -161,14 +179,23 @@ class EpochKeys:
             return key
         key, at = self._top_key, self._top_epoch
         self.hashes += epoch - at
+        keep, kept = self._keep, self._kept
+        if epoch - at > keep:  # the kept keys start afresh (none, without keep)
+            kept.clear()
+            self._kept_from = epoch - keep
         while at < epoch:
             if epoch - at <= self.RECENT:
                 self._recent[at] = key
+            if keep and at >= self._kept_from:
+                kept.append(key)
             key = evolve(key)
             at += 1
             if at % self._stride == 0:
                 self._add_mark(key)
         self._top_epoch, self._top_key = at, key
+        if len(kept) > keep:
+            del kept[: len(kept) - keep]
+            self._kept_from = at - keep
         for old in [e for e in self._recent if e < at - self.RECENT]:
             del self._recent[old]
         return key
@@ -211,6 +238,7 @@ class EpochKeys:
         keys._marks = list(ladder.marks)
         keys._top_epoch, keys._top_key = ladder.top_epoch, ladder.top_key
         keys._recent = dict(ladder.recent)
+        keys._kept_from = ladder.top_epoch
         return keys
 
 

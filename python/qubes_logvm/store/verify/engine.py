@@ -75,7 +75,7 @@ def verify_store(
     """
     store_id, key0 = parse_verification_key(verification_key)
     layout = StoreLayout(root)
-    ctx = VerifyRun(layout, store_id, EpochKeys(key0, stride=EpochKeys.FINE_STRIDE), Report())
+    ctx = VerifyRun(layout, store_id, EpochKeys.for_verifier(key0), Report())
     _check_store_json(ctx)
     names = _store_qubes(ctx)
     _check_key_file(ctx, names, Path(witness) if witness is not None else None, copy)

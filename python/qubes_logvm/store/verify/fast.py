@@ -63,6 +63,9 @@ _SPAN = 16 << 20
 _PIECE = 1 << 20
 #: Fewer bytes than any seal line has (three hashes in hex alone are 192).
 _SHORTEST = 128
+#: Rows of one piece at most (and the previous piece's last line): more are
+#: lines shorter than any seal line, never cut into a list.
+_MAX_ROWS = _PIECE // _SHORTEST + 1
 _CHAIN = hashlib.sha256(CHAIN_DOMAIN)  # copied, never updated
 _BLOCK = 64  # SHA-256's block size (HMAC pads the key to it)
 _IPAD = bytes(b ^ 0x36 for b in range(256))  # HMAC's inner and outer pads, as tables
@@ -149,18 +152,17 @@ def _pieces(raw: bytes) -> Iterator[bytes]:
         end = raw.rfind(b"\n", start, start + _PIECE) + 1
         if end <= start:
             raise _Amiss  # a line longer than any seal line
-        text = raw[start : end - 1]
-        if text.count(b"\n") >= _PIECE // _SHORTEST:
-            raise _Amiss  # lines shorter than any seal line (a file of newlines)
-        yield text
+        yield raw[start : end - 1]
         start = end
 
 
 def _parse(text: bytes, files: SegmentFiles) -> _Seals:
     """Columns of the lines of ``text``, each exactly core.seal's grammar, for this
     segment."""
-    rows = text.split(b"\n")
+    rows = text.split(b"\n", _MAX_ROWS)
     count = len(rows)
+    if count > _MAX_ROWS:
+        raise _Amiss  # lines shorter than any seal line (a file of newlines)
     # Cut at spaces only, a line's last field and the next line's first are
     # one token (a joint). Every line has _FIELDS fields exactly when there
     # are (_FIELDS - 1) tokens a line and one more, and every (_FIELDS - 1)th

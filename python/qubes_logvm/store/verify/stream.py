@@ -47,9 +47,7 @@ class QubeStream:
         self.root, self.key = Path(root), verification_key
         self.requested = list(qubes) if qubes else None
         self.witness = Path(witness) if witness is not None else None
-        self.ctx = VerifyRun(
-            StoreLayout(root), store_id, EpochKeys(key0, stride=EpochKeys.FINE_STRIDE), Report()
-        )
+        self.ctx = VerifyRun(StoreLayout(root), store_id, EpochKeys.for_verifier(key0), Report())
         self.done: list[str] = []  # qubes verified or reported missing, in order
         self.verified: list[str] = []
         self.store_checks = (0, 0)  # findings and limits before the first qube's
