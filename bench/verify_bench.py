@@ -3,7 +3,8 @@
 Input: the loghub samples from ``../shared/data/loghub`` as stored record
 lines (generated log-like text when that folder is absent), written through
 the real writer into a store with several segments, sealed per batch with an
-epoch tick every few batches, as the collector does. Measured: the whole
+epoch tick every few batches, as the collector does, each line received a
+little after the one before (:data:`LINE_SECONDS`). Measured: the whole
 ``verify_store`` call (seal MACs, chain hashes, line counts, tail checks) on
 plain segments, on the same store with every closed segment compressed, and
 with small batches (many seals); ``sha256sum`` over the same bytes is the
@@ -42,6 +43,11 @@ SEGMENT_MB = 32
 #: preemption is counted as this process's CPU time too: best of 5 on the
 #: 16-line store ranged 175-212 MB/s within ten minutes on one checkout).
 ROUNDS = 15
+#: Seconds between two lines' receive times, by batch size: 20 lines a second
+#: in 16-line batches (a qube's trickle: 32 MiB over about 3 hours, and an
+#: epoch every 8 batches is about a real one's 10 s), 5,000 a second in
+#: 512-line batches (a burst of minutes).
+LINE_SECONDS = {16: 0.05, 512: 0.0002}
 
 
 def _build(root: Path, total_mb: int, batch: int) -> tuple[str, int]:
@@ -49,8 +55,7 @@ def _build(root: Path, total_mb: int, batch: int) -> tuple[str, int]:
     key = setup_keys(StoreLayout(root), epoch_seconds=10)
     store = Store(root)
     lines, _ = sample_lines()
-    stamp = format_timestamp(time.time())
-    records = [line_record(stamp, line) for line in lines]
+    start, step = time.time(), LINE_SECONDS[batch]
     written, index, batches = 0, 0, 0
     for qube in ("work", "sys-net", "disp1234"):
         chain = store.chain(qube)
@@ -58,7 +63,10 @@ def _build(root: Path, total_mb: int, batch: int) -> tuple[str, int]:
         while (
             written < total_mb * (1 << 20) * (1 + ["work", "sys-net", "disp1234"].index(qube)) / 3
         ):
-            data = b"".join(records[(index + i) % len(records)] for i in range(batch))
+            data = b"".join(
+                line_record(format_timestamp(start + i * step), lines[i % len(lines)])
+                for i in range(index, index + batch)
+            )
             index += batch
             chain.append(data, batch)
             chain.seal(store.keys)

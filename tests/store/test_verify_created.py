@@ -15,6 +15,7 @@ from qubes_logvm.store.verify.created import (
 
 CREATED = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 FLOOR = floor_of(format_timestamp(CREATED).decode()[:19] + "Z")
+HOUR_END = 1_780_099_200.0 - 0.5  # 2026-05-29T23:59:59.5Z: a day's and an hour's end
 
 
 def _text(stamps: list[float]) -> bytes:
@@ -33,6 +34,8 @@ def _first_hit(data: bytes, reads: list[int]) -> tuple[int, bytes] | None:
             break
     while watch.read(1 << 16):
         pass
+    # Never a line counted twice (it could stand for a backdated one).
+    assert watch.after <= data.count(b"\n") + (not data.endswith(b"\n"))
     if data.endswith(b"\n") and (watch.after, watch.nbytes) == (data.count(b"\n"), len(data)):
         return None
     return first_below(io.BytesIO(data), FLOOR, len(data))
@@ -51,13 +54,18 @@ def test_floor_is_creation_less_the_slack() -> None:
     assert floor_of("yesterday") is None
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(60))
 def test_found_wherever_the_reads_cut_the_lines(seed: int) -> None:
     # Days after creation, the creation day itself, just before and after the
-    # floor, a midnight, and one backdated record (or none) anywhere.
+    # floor, a midnight, one backdated record (or none) anywhere; spread over
+    # days, minutes (reads whose lines share the hour, the minute or not) or
+    # seconds, so the prefixes counted change length from read to read.
     rng = random.Random(seed)
-    base = rng.choice([CREATED + 3 * 86400, CREATED, CREATED - CREATED_SLACK_SECONDS])
-    stamps = sorted(base + rng.uniform(0, 2 * 86400) for _ in range(rng.randint(1, 300)))
+    base = rng.choice(
+        [CREATED + 3 * 86400, CREATED, CREATED - CREATED_SLACK_SECONDS, HOUR_END - 300]
+    )
+    spread = rng.choice([2 * 86400, 600, 5])
+    stamps = sorted(base + rng.uniform(0, spread) for _ in range(rng.randint(1, 300)))
     if rng.random() < 0.7:
         stamps.insert(
             rng.randrange(len(stamps) + 1), CREATED - rng.choice([3601, 4000, 86400 * 400])
@@ -67,6 +75,18 @@ def test_found_wherever_the_reads_cut_the_lines(seed: int) -> None:
         data = data[:-1]  # a last line without newline
     reads = [rng.choice([1, 7, 27, 100, 4096, 1 << 20]) for _ in range(50)]
     assert _first_hit(data, reads) == _expected(stamps)
+
+
+@pytest.mark.parametrize("size", [4096, 1 << 20])
+def test_lines_sharing_a_long_prefix_are_counted_in_one_pass(size: int) -> None:
+    # A burst across a midnight, read in large pieces: every line counted as
+    # read, by the prefix each read's lines share (no second reading).
+    stamps = [HOUR_END - 60 + i * 0.01 for i in range(12000)]
+    data = _text(stamps)
+    watch = StampFloor(io.BytesIO(data), FLOOR)
+    while watch.read(size):
+        pass
+    assert (watch.after, watch.nbytes) == (len(stamps), len(data))
 
 
 def test_malformed_lines_are_not_taken_for_times() -> None:

@@ -9,10 +9,12 @@ witness (but store.json is the LogVM's word: see docs/threat-model.md).
 
 The check rides on the verifier's own reading of each segment
 (:func:`watched_plain`): it sees every byte once, as the fast or the
-general path reads it, and counts the lines that start with a day (or,
-on the floor's day, an hour) after the floor's: one ``bytes.count`` of a
-14-byte prefix per read, or two when the read spans two (C speed, several
-times faster than counting newlines). When those are all of the segment's
+general path reads it, and counts the lines that start with a prefix of a
+receive time after the floor's: the prefix its first and last lines share
+when they share the day (the longer, the faster ``bytes.count`` skips: a
+trickle's read shares the hour, a burst's the minute), else the day (or,
+on the floor's day, the hour) of each; one ``bytes.count`` a prefix a read
+(C speed, faster than counting newlines). When those are all of the segment's
 sealed lines, no record is before the floor; otherwise (a segment spanning
 more days or hours than its reads, an unsealed tail, the floor's own hour)
 the segment is read once more and searched with one regex that matches a
@@ -30,6 +32,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from operator import ne
 from typing import BinaryIO
 
 from ...core.errors import StoreError
@@ -48,7 +51,8 @@ CREATED_SLACK_SECONDS = 3600.0
 _STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 #: Stamp prefixes a read's lines are counted by: the day, else the hour.
 _PREFIXES = (10, 13)  # YYYY-MM-DD, YYYY-MM-DDTHH
-_WIDTH = 1 + max(_PREFIXES)  # a newline and the longer prefix
+_LONGEST = 19  # YYYY-MM-DDTHH:MM:SS, as long as the floor
+_WIDTH = 1 + _LONGEST  # a newline and the longest prefix
 _SCAN = 16 << 20
 
 
@@ -86,7 +90,9 @@ class StampFloor:
     def __init__(self, stream: io.BufferedIOBase, floor: bytes | None) -> None:
         self.stream = stream
         self.floor = floor
-        self.edge = b"\n"  # the end of the previous read (the first line: a newline)
+        #: The stream's last bytes where a counted prefix did not fit yet: the line
+        #: starts in them are not judged (the first line's: a newline before it).
+        self.edge = b"\n"
         self.after = 0  # lines seen that start with a prefix after the floor's
         self.nbytes = 0
 
@@ -115,31 +121,44 @@ class StampFloor:
             return
         # (Nothing past ``end`` is looked at: in a reused buffer it is stale.)
         joined = self.edge + data[start : min(end, start + _WIDTH)]  # line starts across reads
-        # The prefixes of the first and the last line starts (whole ones).
+        # The receive times of the first and the last line starts (whole ones).
         last = data.rfind(b"\n", start, end - _WIDTH)
-        heads = {
-            self._prefix_at(joined, joined.find(b"\n"), len(joined)),
-            self._prefix_at(data, data.find(b"\n", start, end), end),
-            self._prefix_at(data, last, end),
-        }
-        for prefix in heads - {b""}:
-            # Line starts across the two reads: too long to lie in either alone.
-            cut = len(prefix) - 1
-            across = self.edge[len(self.edge) - cut :] + data[start : min(end, start + cut)]
+        starts = (
+            (joined, joined.find(b"\n"), len(joined)),
+            (data, data.find(b"\n", start, end), end),
+            (data, last, end),
+        )
+        whole = [(buf, at) for buf, at, stop in starts if 0 <= at <= stop - _WIDTH]
+        stamps = {bytes(buf[at + 1 : at + _WIDTH]) for buf, at in whole}
+        prefixes = self._prefixes(stamps)
+        if not prefixes:  # no whole line start: none judged (the count may fall short)
+            self.edge = (self.edge + data[start:end])[1 - _WIDTH :]
+            return
+        # Every line start is judged once, by the first read its prefix fits in:
+        # those of the edge here (where data[:cut] alone is too short for one),
+        # the rest in the data; the last cut bytes are the next read's edge.
+        cut = len(next(iter(prefixes))) - 1  # they are of one length
+        across = self.edge + data[start : min(end, start + cut)]
+        for prefix in prefixes:
             self.after += across.count(prefix) + data.count(prefix, start, end)
-        self.edge = (self.edge + data[max(start, end - _WIDTH) : end])[-_WIDTH:]
+        self.edge = (self.edge + data[max(start, end - cut) : end])[-cut:]
 
-    def _prefix_at(self, buf: bytes | bytearray, newline: int, end: int) -> bytes:
-        """The newline at ``newline`` with the day (else the hour) of the line after it
-        (within ``end``), when that is after the floor's; b"" otherwise."""
+    def _prefixes(self, stamps: set[bytes]) -> set[bytes]:
+        """What a read's lines are counted by, each a newline and a stamp prefix
+        after the floor's, all of one length (so no line fits two): the prefix
+        all of ``stamps`` share when it holds the day at least (the longer, the
+        faster ``bytes.count`` skips), else the day of each, or the hour of each
+        when one is on the floor's day."""
         floor = self.floor
-        if newline < 0 or floor is None:
-            return b""
-        for size in _PREFIXES:
-            head = bytes(buf[newline : min(end, newline + 1 + size)])
-            if len(head) == 1 + size and head[1:] > floor[:size]:
-                return head  # whole: two such prefixes never both fit one line
-        return b""
+        if floor is None or not stamps:
+            return set()
+        low, high = min(stamps), max(stamps)  # the prefix all share is theirs
+        size = next((i for i, apart in enumerate(map(ne, low, high)) if apart), len(low))
+        if size >= _PREFIXES[0] and low[:size] > floor[:size]:
+            return {b"\n" + low[:size]}
+        on_floor_day = any(stamp[: _PREFIXES[0]] == floor[: _PREFIXES[0]] for stamp in stamps)
+        size = _PREFIXES[on_floor_day]
+        return {b"\n" + stamp[:size] for stamp in stamps if stamp[:size] > floor[:size]}
 
 
 def first_below(stream: BinaryIO, floor: bytes, limit: int) -> tuple[int, bytes] | None:
