@@ -161,6 +161,13 @@ def _upper_head(index: int, fields: list[str]) -> None:
         fields[7] = fields[7].upper()
 
 
+def _upper_open_head(index: int, fields: list[str]) -> None:
+    # The open seal's head: compared with no hash of this segment's.
+    if index == 0:
+        assert fields[7] != fields[7].upper()
+        fields[7] = fields[7].upper()
+
+
 def _eleven_then_nine(index: int, fields: list[str]) -> None:
     # As many spaces as ten fields a line have, but not a line at a time.
     if index == 1:
@@ -188,7 +195,8 @@ def _empty_field(index: int, fields: list[str]) -> None:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
-    "edit", [_upper_head, _eleven_then_nine, _other_version, _empty_field, _broken_link]
+    "edit",
+    [_upper_head, _upper_open_head, _eleven_then_nine, _other_version, _empty_field, _broken_link],
 )
 def test_lines_off_the_grammar_with_valid_macs_leave_the_fast_path(
     store: Built, monkeypatch: pytest.MonkeyPatch, edit: Callable[[int, list[str]], None]

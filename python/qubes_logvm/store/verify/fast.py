@@ -112,6 +112,7 @@ class _Seals:
     lines: tuple[int, ...]
     nbytes: tuple[int, ...]
     heads: tuple[bytes, ...]  # binary
+    hex_heads: list[bytes]  # as written
     prevs: list[bytes]  # hex, as written
     macs: bytes  # hex, as written, every line's one after the other
 
@@ -189,11 +190,10 @@ def _parse(text: bytes, files: SegmentFiles) -> _Seals:
     name, seq = files.qube.encode("ascii"), b"%d" % files.seq
     if (names.count(name), segs.count(seq)) != (count, count) or len(macs) != _HEX_LEN * count:
         raise _Amiss
-    # binascii takes hex in either case; the grammar has it in lower case (and a
-    # run of hex with no letter at all, never seen, goes to the general path).
-    # The first prev is the open seal's zeros (_check_open).
-    if not (b"".join(heads) + macs).islower():
-        raise _Amiss
+    # binascii takes hex in either case; the grammar has it in lower case: the
+    # heads and the MACs are compared as hex with what hexlify makes of the
+    # hashes (_check_window, _check_macs), the prevs are the MACs, and the
+    # first prev is the open seal's zeros (_check_open).
     return _Seals(
         rows,
         kinds,
@@ -201,6 +201,7 @@ def _parse(text: bytes, files: SegmentFiles) -> _Seals:
         _numbers(tokens[5::step], _LIMITS[1]),
         _numbers(tokens[6::step], _LIMITS[2]),
         tuple(map(binascii.a2b_hex, heads)),
+        heads,
         prevs,
         macs,
     )
@@ -227,6 +228,8 @@ def _check_open(seals: _Seals, head: bytes | None, min_epoch: int) -> None:
     first = (seals.kinds[0], seals.lines[0], seals.nbytes[0], seals.prevs[0])
     if first != (b"open", 0, 0, _ZERO_HEX) or seals.epochs[0] < min_epoch:
         raise _Amiss
+    if binascii.b2a_hex(seals.heads[0]) != seals.hex_heads[0]:
+        raise _Amiss  # in upper case (the others are compared as hex in _check_window)
     if head is not None and seals.heads[0] != head:
         raise _Amiss
 
@@ -288,10 +291,9 @@ class _Keys:
 def _check_macs(keys: _Keys, seals: _Seals, first: int) -> None:
     """The MAC of every line from ``first`` on."""
     bodies = map(bytes.__getitem__, seals.rows[first:], repeat(_BODY))
-    made = keys.macs(seals.epochs[first:], bodies)
-    written = binascii.a2b_hex(seals.macs[first * _HEX_LEN :])
-    if not hmac.compare_digest(b"".join(made), written):
-        raise _Amiss
+    made = binascii.b2a_hex(b"".join(keys.macs(seals.epochs[first:], bodies)))
+    if not hmac.compare_digest(made, seals.macs[first * _HEX_LEN :]):
+        raise _Amiss  # (in hex: a MAC written in upper case differs too)
 
 
 class _Data:
@@ -350,8 +352,8 @@ def _check_window(data: _Data, seals: _Seals, first: int, last: int) -> None:
     hashers = list(map(_copy, repeat(_CHAIN, last - first)))
     deque(map(_update, hashers, seals.heads[first - 1 : last - 1]), 0)
     deque(map(_update, hashers, pieces), 0)
-    if b"".join(map(_digest, hashers)) != b"".join(seals.heads[first:last]):
-        raise _Amiss
+    if binascii.b2a_hex(b"".join(map(_digest, hashers))) != b"".join(seals.hex_heads[first:last]):
+        raise _Amiss  # (in hex: a head written in upper case differs too)
     # Bytes that are not newlines, per interval: what the seals say, and what is there.
     plain = tuple(map(sub, seals.nbytes[first - 1 : last], seals.lines[first - 1 : last]))
     kept = map(len, map(bytearray.replace, pieces, repeat(b"\n"), repeat(b"")))
