@@ -6,6 +6,7 @@ After each: the collector serves every other qube, nothing acknowledged is
 lost, and verify passes (or reports exactly the crash remnant, a warning).
 """
 
+import asyncio
 import os
 import re
 import signal
@@ -13,23 +14,31 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from collector.helpers import (
     COLLECTOR,
     Collector,
+    Sink,
     connect,
+    finish_and_wait,
     make_store,
     notes,
     records,
     send,
     sent_lines,
+    submit_text,
+    until,
     verify_errors,
     wait_for,
 )
 
+from qubes_logvm.collector.qubewriter import QubeWriter, StoreAccess
+from qubes_logvm.config.collector import CollectorConfig
+from qubes_logvm.config.storage_policy import RetentionConfig
 from qubes_logvm.core.escape import unescape
 from qubes_logvm.store.keystate import read_epoch
 from qubes_logvm.store.layout import StoreLayout
@@ -38,13 +47,14 @@ from qubes_logvm.store.retired import read_retired
 from qubes_logvm.store.sealfile import is_closed
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import verify_store
-from qubes_logvm.store.writer import Store
+from qubes_logvm.store.writer import QubeChain, Store
 from support.faketime import faketime_env, step
 from support.programs import program
 from support.segments import product_env, sample_lines, write_segment
 from support.tmpfs import fill, mounted_tmpfs
 
 KILL_IN_OPEN = {"LOGVM_FAIL_POINT": "open-segment"}
+SEGMENT = 64 * 1024
 
 
 def lines(tag: str, count: int) -> bytes:
@@ -627,3 +637,65 @@ def test_recovery_hitting_a_full_disk_sets_that_qube_aside_others_served(
     alpha = [p for _, p, _ in sent_lines(collector.store, "alpha")]
     assert alpha[-2:] == [b"alpha line 0", b"alpha line 1"]
     assert verify_errors(collector.store, collector.vkey) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_full_disk_in_a_split_batch_keeps_the_parts_before_and_the_notes_once(
+    tmp_path: Path, small_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch bigger than the roll size is written in parts, the collector's
+    # pending notes (here a clock step) with the first. The disk fills during
+    # the second part: the first part stays stored, sealed and acked, the
+    # parts after it are written once the disk has room, the second part's
+    # lines are dropped and noted, and the notes are not written a second time.
+    root = small_fs / "store"
+    vkey = make_store(root)
+    store = Store(root)
+    retention = RetentionConfig(
+        segment_max_bytes=SEGMENT, global_keep_free=0, global_keep_free_inodes=0
+    )
+    config = CollectorConfig(retention=retention, session_linger=0)
+    wall = [2_000_000_000.0]
+    big = [b"big line %05d " % i + b"z" * 90 for i in range(2000)]  # about 220 KB: 4 parts
+    filler, calls = small_fs / "filler", []
+    real = QubeChain.append_sealed
+
+    def append_sealed(chain: QubeChain, parts: Sequence[bytes], nlines: int, keys: Any) -> Any:
+        calls.append(nlines)
+        if len(calls) != 3:  # the first batch, the big one's first part, its second
+            return real(chain, parts, nlines, keys)
+        fill(filler)
+        try:
+            return real(chain, parts, nlines, keys)
+        finally:
+            filler.unlink()
+
+    monkeypatch.setattr(QubeChain, "append_sealed", append_sealed)
+
+    async def run() -> list[tuple[int, bool]]:
+        access = StoreAccess(store, config, clock=lambda: wall[0])
+        writer = QubeWriter("alpha", access, on_idle=lambda _: None)
+        feed = Sink()
+        assert writer.attach(feed)
+        submit_text(writer, feed, b"first\n")
+        await until(lambda: bool(feed.acks))
+        wall[0] -= 30  # stepped back: a clock-step note waits for the next batch
+        submit_text(writer, feed, b"\n".join(big) + b"\n")
+        await until(lambda: len(feed.acks) == 2)
+        return await finish_and_wait(writer, feed)
+
+    try:
+        acks = asyncio.run(run())
+    finally:
+        store.close()
+    assert acks[-1] == (2001, True)
+    assert len(calls) >= 5 and calls[0] == 1
+    first, second = calls[1] - 1, calls[2]  # (the first part's count holds the note)
+    stored = [p for _, p, _ in sent_lines(root, "alpha")]
+    assert stored == [b"first", *big[:first], *big[first + second :]]
+    assert len(notes(root, "alpha", "clock-step")) == 1
+    drops = notes(root, "alpha", "dropped")
+    assert [(n.fields()["reason"], n.fields()["count"]) for n in drops] == [
+        ("disk-full", str(second))
+    ]
+    assert verify_errors(root, vkey) == []
