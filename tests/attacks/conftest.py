@@ -9,6 +9,7 @@ killed, so its newest segment stays open. Each test tampers with its own
 copy and runs the real ``logvm verify``.
 """
 
+import json
 import shutil
 import socket
 import subprocess
@@ -81,14 +82,20 @@ def _admin(wdir: Path, *args: str) -> str:
 def _build(workdir: Path) -> tuple[Path, Path, Path]:
     wdir = workdir / "witness"
     command = ["env", "QREXEC_REMOTE_DOMAIN=sys-log", str(WITNESS), "--dir", str(wdir)]
-    config = {
-        "witness": {"command": [*command, "serve"], "interval_seconds": 0.2},
-        "housekeeping_seconds": 0.2,
-        "session_linger": 0,  # every call its own segment, as the cases expect
+    retention = {
         "segment": {"max_bytes": "4K"},
         "quota": {"qubes": {"work": "200K"}},
         "global": {"keep_free": 0},
     }
+    config = {
+        "witness": {"command": [*command, "serve"], "interval_seconds": 0.2},
+        "housekeeping_seconds": 0.2,
+        "session_linger": 0,  # every call its own segment, as the cases expect
+        **retention,
+    }
+    # What the Salt formula deploys for the witness: the pillar's retention.
+    (workdir / "policy").mkdir()
+    (workdir / "policy" / "sys-log.json").write_text(json.dumps(retention))
     (workdir / "c").mkdir()
     collector = Collector(workdir / "c", config)
     vk = make_store(collector.store)
@@ -114,7 +121,7 @@ def _build(workdir: Path) -> tuple[Path, Path, Path]:
     vk_file.write_text(_admin(wdir, "export-key", "sys-log"))
     assert vk_file.read_text().strip() == vk
     export = workdir / "witness.export"
-    _admin(wdir, "export", "sys-log", "-o", str(export))
+    _admin(wdir, "--policy-dir", str(workdir / "policy"), "export", "sys-log", "-o", str(export))
     return collector.store, vk_file, export
 
 

@@ -400,3 +400,49 @@ def test_store_json_epoch_length_edited(scene: Scene) -> None:
     (scene.root / "store.json").write_text(json.dumps(data))
     problems = scene.verify()
     assert any("store.json was edited" in p.message for p in problems), problems
+
+
+def _retire_over_two_epochs(scene: Scene, reason: str) -> None:
+    """An intruder who keeps the key for two epochs: in E deletes every segment of
+    work (tombs of E, each reported as the collector would), in E+1 retires it
+    (the retirement's tomb is then sealed before it) and reports that too."""
+    keys, chain = scene.store.keys, scene.store.chain("work")
+    chain.close(keys)
+    assert chain.delete_oldest(keys, keep_newest=0, reason=reason) == 1
+    tomb = read_tomb_file(StoreLayout(scene.root).tombstones("work")).tombs[-1][1]
+    scene.store.tick()
+    retire = scene.store.retire("work")
+    assert retire is not None and retire.tomb == tomb
+    assert not StoreLayout(scene.root).qube_dir("work").exists()
+    call = scene.open_call()
+    for line in (tomb, retire):
+        assert call.send(line.to_line().rstrip(b"\n")) == "ok stored"
+    call.close()
+    scene.write("disp7", 1)  # the LogVM goes on checkpointing
+    scene.checkpoint()
+
+
+def test_retirement_with_two_epochs_of_key_judged_by_the_deployed_policy(scene: Scene) -> None:
+    # Sealed in order and heard by the witness, deletion and retirement are what
+    # an honest collector sends; dom0's policy (30 days) would not have deleted
+    # work's fresh segment.
+    _deploy(scene, {"retention": {"max_age": {"default": "30d"}}})
+    _retire_over_two_epochs(scene, "age")
+    [problem] = scene.verify()
+    assert (problem.qube, problem.segment) == ("work", 1)
+    assert "deleted for age" in problem.message
+    assert "a deletion dom0's policy would not make" in scene.cli_output
+
+
+def test_retirement_with_two_epochs_of_key_without_a_deployed_policy(scene: Scene) -> None:
+    # No policy deployed to judge by: the limit verify prints; the deletion, its
+    # epoch and the retirement are shown for the admin to judge.
+    _retire_over_two_epochs(scene, "age")
+    assert scene.verify() == []
+    assert re.search(
+        r"info: work: retired in epoch (\d+): every segment deleted \(the last, segment 1, "
+        r"with 8 records, for age in epoch (\d+)\), directory removed",
+        scene.cli_output,
+    ), scene.cli_output
+    assert "limit: the witness holds no retention policy dom0 deployed" in scene.cli_output
+    assert "1 deletion(s)" in scene.cli_output

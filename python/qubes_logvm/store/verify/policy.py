@@ -6,7 +6,7 @@ export`` passes the file on unread as the export's ``policy`` line. The
 LogVM's local ``collector.yaml`` may keep *less* than that policy would,
 never delete what it would keep. So every tomb whose reason is a rule of
 the policy must be one that policy allows (:mod:`..eviction` applies the
-same rules):
+same rules; a retired qube's last deletion is its retire line's tomb):
 
 - ``age``: the segment was at least the qube's ``max_age`` old when deleted
   (epochs between its final seal and the deletion, times the store's epoch
@@ -60,6 +60,7 @@ from ...core.witness_format import CostLine, SettingsLine
 from ..usage import Cost, over
 from .context import VerifyRun
 from .findings import ERROR, INFO
+from .retired import retired_tombs
 
 QUOTA_NOT_JUDGED = (
     "global-cap deletions, and quota deletions made before the witness heard the "
@@ -100,7 +101,9 @@ def check_policy(
     if seconds is None:
         return
     quota = _QuotaJudge(cfg, costs or {}, newest_epoch)
-    for qube, tombs in sorted(ctx.tomb_lines.items()):
+    # A retired qube's directory is gone: its last deletion is its retire line's.
+    gone = {qube: [tomb] for qube, tomb in retired_tombs(ctx).items()}
+    for qube, tombs in sorted({**gone, **ctx.tomb_lines}.items()):
         for tomb in tombs:
             if tomb.version >= 2 and tomb.kind == "tomb":
                 why = _refused(cfg, qube, tomb, seconds) or quota.refused(qube, tomb)

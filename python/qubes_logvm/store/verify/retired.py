@@ -30,7 +30,7 @@ from ..retired import read_retired, retired_path
 from ..sealfile import read_seal_file
 from ..tombstones import read_tomb_file
 from .context import VerifyRun
-from .findings import ERROR, INFO, WARNING
+from .findings import ERROR, INFO, WARNING, Deletion
 
 #: Retirements listed one per line up to this many; beyond, one summary line.
 LISTED = 20
@@ -191,12 +191,20 @@ def _check_present(ctx: VerifyRun, line: Retire) -> None:
 
 
 def _report_gone(ctx: VerifyRun, gone: list[Retire]) -> None:
+    for line in gone:  # each one's last deletion counts as the store's others do
+        tomb = line.tomb
+        deletion = Deletion(
+            line.qube, tomb.first, tomb.last, tomb.records, tomb.nbytes, tomb.reason, tomb.epoch
+        )
+        ctx.report.deletions.append(deletion)
     for line in gone[:LISTED]:
+        tomb = line.tomb
         ctx.add(
             INFO,
             line.qube,
             f"retired in epoch {line.epoch}: every segment deleted (the last, segment "
-            f"{line.tomb.last}, with {line.tomb.records} records), directory removed",
+            f"{tomb.last}, with {tomb.records} records, for {tomb.reason} in epoch "
+            f"{tomb.epoch}), directory removed",
         )
     if len(gone) > LISTED:
         ctx.add(

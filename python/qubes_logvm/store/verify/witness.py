@@ -159,9 +159,18 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
     _check_registered(ctx, export.epoch_seconds, export.created)
     if export.policy is not None:
         check_policy(ctx, export.policy, export.epoch_seconds, heard.costs, heard.newest_epoch)
+    elif heard.deletions or ctx.tomb_lines or ctx.retired:
+        ctx.report.limits.append(NO_POLICY)
     report_settings(ctx, heard.settings, export.policy)
     print_epochs(ctx, heard.stamps)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
+
+
+#: Printed when the witness file holds no policy and the store has deletions.
+NO_POLICY = (
+    "the witness holds no retention policy dom0 deployed for this LogVM (the Salt "
+    "formula writes it): deletions are shown, not judged against one"
+)
 
 
 def _check_registered(ctx: VerifyRun, seconds: float | None, created: str | None) -> None:
