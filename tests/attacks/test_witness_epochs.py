@@ -15,13 +15,13 @@ import pytest
 from witness.conftest import LOGVM, WITNESS, WitnessCall
 
 from qubes_logvm.core.epochseal import EpochLine, Leaf, parse_epoch_line, root_of
-from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import Seal, parse_verification_key
 from qubes_logvm.store.epochfile import epochs_path, leaves_path
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.writer import Store
 from support.programs import program
+from support.segments import numbered
 
 pytestmark = pytest.mark.timeout(90)
 Open = Callable[..., WitnessCall]
@@ -29,8 +29,7 @@ LOGVM_CLI = program("logvm")
 
 
 def records(n: int) -> bytes:
-    stamp = format_timestamp(1_800_000_000.0)
-    return b"".join(line_record(stamp, b"record %d" % i) for i in range(n))
+    return numbered(n, b"record %d")
 
 
 class EpochScene:

@@ -28,6 +28,7 @@ from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.verify import Finding, verify_store
 from qubes_logvm.store.writer import Store
 from support.programs import program
+from support.segments import numbered
 
 pytestmark = pytest.mark.timeout(60)
 Open = Callable[..., WitnessCall]
@@ -41,8 +42,7 @@ def witness_errors(root: Path, export: Path, key: str) -> list[Finding]:
 
 
 def records(n: int, tag: str) -> bytes:
-    stamp = format_timestamp(1_800_000_000.0)
-    return b"".join(line_record(stamp, b"%s record %d" % (tag.encode(), i)) for i in range(n))
+    return numbered(n, tag.encode() + b" record %d")
 
 
 class Scene:

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from collector.helpers import Collector, make_store, send, wait_for
 
-from qubes_logvm.core.records import format_timestamp, line_record
+from qubes_logvm.core.records import line_record
 from qubes_logvm.store.witness_pending import queue_registration
 from support.programs import program
+from support.segments import STAMP
 
 pytestmark = pytest.mark.timeout(90)
 WITNESS = program("logvm-witness")
@@ -43,8 +44,7 @@ def test_settings_changes_are_witnessed_and_listed(tmp_path: Path) -> None:
     queue_registration(collector.store, vk)
     collector.start()
     try:
-        stamp = format_timestamp(1_800_000_000.0)
-        send(collector.socket, "work", line_record(stamp, b"one") + line_record(stamp, b"two"))
+        send(collector.socket, "work", line_record(STAMP, b"one") + line_record(STAMP, b"two"))
         assert wait_for(lambda: _settings_notes(wdir) == 1)
         # The intruder lowers max_age in the LogVM's local config and reloads.
         collector.write_config({**config, "retention": {"max_age": {"default": "1h"}}})

@@ -11,7 +11,6 @@ from witness.conftest import LOGVM, WITNESS
 
 from qubes_logvm.collector.witness_sender import CheckpointSender, register_key
 from qubes_logvm.core.errors import ProtocolError
-from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import Seal
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
@@ -20,13 +19,13 @@ from qubes_logvm.store.witness_pending import pending_path, queue_registration
 from qubes_logvm.store.writer import Store
 from qubes_logvm.witness.state import read_checkpoints, read_key
 from support.qrexec import CLIENT_SCRIPT, World
+from support.segments import numbered
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def records(n: int) -> bytes:
-    stamp = format_timestamp(1_800_000_000.0)
-    return b"".join(line_record(stamp, b"sshd[1]: line %d" % i) for i in range(n))
+    return numbered(n, b"sshd[1]: line %d")
 
 
 def descendants(pid: int) -> list[int]:

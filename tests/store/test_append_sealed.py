@@ -9,20 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import chain_step
 from qubes_logvm.store.keystate import setup_keys
 from qubes_logvm.store.layout import StoreLayout
 from qubes_logvm.store.sealfile import read_seal_file
 from qubes_logvm.store.verify import verify_store
 from qubes_logvm.store.writer import Store
+from support.segments import numbered
 
 pytestmark = pytest.mark.inprocess
 
 
 def _lines(n: int, tag: str = "x") -> bytes:
-    stamp = format_timestamp(1_800_000_000.0)
-    return b"".join(line_record(stamp, b"%s %d" % (tag.encode(), i)) for i in range(n))
+    return numbered(n, tag.encode() + b" %d")
 
 
 @pytest.fixture

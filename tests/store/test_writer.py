@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from qubes_logvm.core.errors import SealError
-from qubes_logvm.core.records import format_timestamp, line_record
 from qubes_logvm.core.seal import chain_step, genesis, parse_verification_key
 from qubes_logvm.store.keystate import KeyState, setup_keys
 from qubes_logvm.store.layout import StoreLayout
@@ -14,13 +13,13 @@ from qubes_logvm.store.sealfile import last_good_seal, read_seal_file
 from qubes_logvm.store.tombstones import read_tomb_file
 from qubes_logvm.store.writer import Store
 from support.keys import key_for_epoch
+from support.segments import numbered
 
 pytestmark = pytest.mark.inprocess
 
 
 def _lines(n: int, tag: str = "x") -> bytes:
-    stamp = format_timestamp(1_800_000_000.0)
-    return b"".join(line_record(stamp, b"%s %d" % (tag.encode(), i)) for i in range(n))
+    return numbered(n, tag.encode() + b" %d")
 
 
 @pytest.fixture

@@ -35,11 +35,18 @@ def config(text: str) -> RetentionConfig:
     return cfg
 
 
+#: The receive time of the tests' made-up records (2027-01-15).
+STAMP = format_timestamp(1_800_000_000.0)
+
+
+def numbered(n: int, text: bytes) -> bytes:
+    """``n`` record lines received at :data:`STAMP`, each ``text % i``."""
+    return b"".join(line_record(STAMP, text % i) for i in range(n))
+
+
 def sample_lines(n: int, tag: str = "line", width: int = 80) -> bytes:
     """``n`` record lines of about ``width`` bytes each."""
-    stamp = format_timestamp(1_800_000_000.0)
-    pad = b"x" * max(0, width - 50)
-    return b"".join(line_record(stamp, b"%s %d %s" % (tag.encode(), i, pad)) for i in range(n))
+    return numbered(n, tag.encode() + b" %d " + b"x" * max(0, width - 50))
 
 
 def loghub_text(min_bytes: int) -> bytes:
