@@ -187,20 +187,33 @@ def test_open_in_dispvm_hands_a_safe_copy(
         win.choose_qube("work")
         pump()
         click_row(win, 1)
+        # The viewer stays open in the DispVM a while: the window answers meanwhile.
+        closed = tmp_path / "closed"
+        os.environ["FAKE_OPEN_HOLD"] = str(closed)
         win.open_items["qube"].activate()  # the Open in DispVM menu
-        assert pump(lambda: "Viewer closed" in win.status.get_text()), win.status.get_text()
+        assert pump(lambda: bool(list(record.glob("call-*.json"))))
+        assert "Opening" in win.status.get_text(), win.status.get_text()
+        win.choose_qube("personal")
+        assert pump(lambda: win.qube == "personal")
         [call] = [json.loads(p.read_text()) for p in record.glob("call-*.json")]
+        assert Path(call["argv"][1]).exists()  # the copy stays while the viewer is open
+        closed.touch()
+        assert pump(lambda: "Viewer closed" in win.status.get_text()), win.status.get_text()
+        win.choose_qube("work")
+        pump()
         assert call["argv"][0] == "--view-only" and call["name"] == "work-qube.log"
         assert call["mode"] == 0o600 and call["dir_mode"] == 0o700
         content = call["content"].encode("latin-1")
         assert b"\x1b" not in content and b"\\x1b[2J" in content
         assert content.count(b"\n") == win.rows.count  # type: ignore[union-attr]
         assert not Path(call["argv"][1]).exists()  # removed when the viewer returned
+        click_row(win, 1)
         win.open_items["selection"].activate()
         assert pump(lambda: len(list(record.glob("call-*.json"))) == 2)
     finally:
         win.window.destroy()
         del os.environ["FAKE_OPEN_RECORD"]
+        os.environ.pop("FAKE_OPEN_HOLD", None)
 
 
 def test_open_stand_in_refuses_what_the_real_tool_refuses(tmp_path: Path) -> None:
