@@ -446,3 +446,13 @@ def test_retirement_with_two_epochs_of_key_without_a_deployed_policy(scene: Scen
     ), scene.cli_output
     assert "limit: the witness holds no retention policy dom0 deployed" in scene.cli_output
     assert "1 deletion(s)" in scene.cli_output
+
+
+def test_retirement_with_two_epochs_of_key_for_the_global_cap(scene: Scene) -> None:
+    # The one reason no policy judges (the witness does not see the whole disk):
+    # shown, with the limit printed, for the admin to judge.
+    _deploy(scene, {"retention": {"max_age": {"default": "30d"}}})
+    _retire_over_two_epochs(scene, "global")
+    assert scene.verify() == []
+    assert "with 8 records, for global in epoch" in scene.cli_output
+    assert "limit: global-cap deletions" in scene.cli_output
