@@ -456,3 +456,23 @@ def test_retirement_with_two_epochs_of_key_for_the_global_cap(scene: Scene) -> N
     assert scene.verify() == []
     assert "with 8 records, for global in epoch" in scene.cli_output
     assert "limit: global-cap deletions" in scene.cli_output
+
+
+def test_deletions_are_printed_with_the_dom0_time_of_their_epoch(scene: Scene) -> None:
+    # The witness heard a later epoch at some dom0 time: the deletion (an honest
+    # quota one) was made before it. Without the witness: its epoch only.
+    _delete_and_report(scene, "quota")
+    scene.store.tick()
+    scene.write("work", 1)
+    scene.checkpoint()
+    scene.verify()
+    [line] = [n for n in scene.cli_output.splitlines() if "segment 1 deleted" in n]
+    assert re.fullmatch(
+        r"info: work/00000001: segment 1 deleted, reason quota, 8 records, \d+ bytes, in epoch "
+        r"\d+ \(before dom0 time 20\d\d-\S+Z: the witness heard a later epoch then\)",
+        line,
+    ), line
+    alone = verify_store(scene.root, scene.vk)
+    [plain] = [str(f) for f in alone.findings if "segment 1 deleted" in f.message]
+    assert plain.endswith(line.split(" (before dom0 time")[0].split(": ", 2)[2])
+    assert "dom0 time" not in plain

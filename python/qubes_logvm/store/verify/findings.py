@@ -56,7 +56,9 @@ class Deletion:
     nbytes: int | None
     reason: str  # quota, age, global, dispvm; "unknown" for version-1 tombs
     epoch: int | None  # the epoch of the deletion
-    witnessed: str | None = None  # the witness's time for that epoch, when known
+    #: With the witness: the dom0 time by which that epoch was over (the witness
+    #: heard a later one then), when it did.
+    witnessed: str | None = None
 
     def __str__(self) -> str:
         segs = (
@@ -70,7 +72,7 @@ class Deletion:
         if self.epoch is not None:
             what += f", in epoch {self.epoch}"
         if self.witnessed is not None:
-            what += f" (witness time {self.witnessed})"
+            what += f" (before dom0 time {self.witnessed}: the witness heard a later epoch then)"
         return what
 
 

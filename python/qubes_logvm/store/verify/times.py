@@ -13,7 +13,8 @@ store are the last seconds before verification.
 :func:`print_epochs` says, per segment, the epochs its seals were made in
 and, with the witness, the dom0 time by which they were all made (the
 first time the witness heard a later epoch), so an admin can tell which
-records were sealed after a suspected break-in.
+records were sealed after a suspected break-in; :func:`time_deletions`
+gives every deletion the same bound.
 
 Trust side: the checkpoints were MAC-checked before they get here; segment
 lines are read through the bounded reader, never trusted for their syntax.
@@ -21,6 +22,7 @@ lines are read through the bounded reader, never trusted for their syntax.
 
 import bisect
 from collections.abc import Iterator
+from dataclasses import replace
 
 from ...core.errors import StoreError
 from ...core.records import format_timestamp, parse_timestamp
@@ -90,23 +92,51 @@ def note_epochs(ctx: VerifyRun, files: SegmentFiles, last_epoch: int) -> None:
     ctx.segment_epochs.setdefault(files.qube, []).append((files.seq, first, last_epoch))
 
 
+class EpochsOver:
+    """When, by dom0's clock, each epoch was over: the first time the witness heard a
+    record of a later one (``heard``: (epoch, dom0 time) of every record it kept)."""
+
+    def __init__(self, heard: list[tuple[int, bytes]]) -> None:
+        heard = sorted(heard)
+        self.epochs = [epoch for epoch, _ in heard]
+        # by_then[i]: the earliest dom0 time of a record of epoch epochs[i] or later.
+        self.by_then = [stamp for _, stamp in heard]
+        for i in range(len(self.by_then) - 2, -1, -1):
+            self.by_then[i] = min(self.by_then[i], self.by_then[i + 1])
+
+    def after(self, epoch: int) -> bytes | None:
+        """The dom0 time by which ``epoch`` was over; None: the witness heard no later one."""
+        at = bisect.bisect_right(self.epochs, epoch)
+        return self.by_then[at] if at < len(self.by_then) else None
+
+
 def print_epochs(ctx: VerifyRun, heard: list[tuple[int, bytes]]) -> None:
     """One info line per segment: its epochs and, with the witness, when they were over."""
-    heard.sort()
-    epochs = [epoch for epoch, _ in heard]
-    # by_then[i]: the earliest dom0 time of a record of epoch epochs[i] or later.
-    by_then = [stamp for _, stamp in heard]
-    for i in range(len(by_then) - 2, -1, -1):
-        by_then[i] = min(by_then[i], by_then[i + 1])
+    over = EpochsOver(heard)
     for qube in sorted(ctx.segment_epochs):
         for seq, first, last in ctx.segment_epochs[qube]:
             text = f"epochs {first}-{last}"
             if heard:
-                after = bisect.bisect_right(epochs, last)
+                when = over.after(last)
                 text += (
-                    f", sealed before dom0 time {by_then[after].decode()} (the witness "
+                    f", sealed before dom0 time {when.decode()} (the witness "
                     f"heard a later epoch then)"
-                    if after < len(heard)
-                    else f", sealed after the witness's last record (epoch {epochs[-1]})"
+                    if when is not None
+                    else f", sealed after the witness's last record (epoch {over.epochs[-1]})"
                 )
             ctx.add(INFO, qube, text, seq)
+
+
+def time_deletions(ctx: VerifyRun, heard: list[tuple[int, bytes]]) -> None:
+    """Each deletion printed (and counted) with the dom0 time its epoch was over by."""
+    over, report = EpochsOver(heard), ctx.report
+    lines = {(f.qube, f.message): n for n, f in enumerate(report.findings) if f.severity == INFO}
+    for n, deletion in enumerate(report.deletions):
+        when = over.after(deletion.epoch) if deletion.epoch is not None else None
+        if when is None:
+            continue
+        timed = replace(deletion, witnessed=when.decode())
+        report.deletions[n] = timed
+        line = lines.get((deletion.qube, str(deletion)))
+        if line is not None:
+            report.findings[line] = replace(report.findings[line], message=str(timed))

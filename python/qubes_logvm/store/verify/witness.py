@@ -45,7 +45,7 @@ from .epochs import state_matches, store_epoch_lines
 from .findings import ERROR, INFO
 from .policy import check_policy, report_settings
 from .retired import retired_names, since_retirement
-from .times import check_times, print_epochs
+from .times import check_times, print_epochs, time_deletions
 
 #: The witness keeps at most two generations of 16 MiB by default.
 MAX_WITNESS_FILE = 256 << 20
@@ -163,6 +163,7 @@ def check_witness(ctx: VerifyRun, path: Path, qubes: list[str] | None) -> None:
         ctx.report.limits.append(NO_POLICY)
     report_settings(ctx, heard.settings, export.policy)
     print_epochs(ctx, heard.stamps)
+    time_deletions(ctx, heard.stamps)
     ctx.add(INFO, None, f"witness: {len(held)} records of {logvm} checked")
 
 
