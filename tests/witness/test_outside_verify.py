@@ -19,6 +19,7 @@ import pytest
 
 from qubes_logvm.core.seal import parse_verification_key
 from support import tamper
+from support.peak import wrapped
 from support.programs import program
 from support.qrexec import REPO_ROOT, World
 from support.storebuilder import Built
@@ -141,21 +142,9 @@ def test_named_qubes_only(outside: Outside) -> None:
     assert call["service"] == "logvm.Export+personal"
 
 
-# Runs the command as its child and reports the largest RSS of any process
-# below it: a fresh process, so earlier tests' children (salt, rpmbuild) of
-# the pytest process do not count.
-_PEAK = """
-import resource, subprocess, sys
-code = subprocess.run(sys.argv[2:], check=False).returncode
-with open(sys.argv[1], "w") as out:
-    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(code)
-"""
-
-
 def _peak_rss_kib(outside: Outside, *args: str) -> tuple[subprocess.CompletedProcess[bytes], int]:
     report = outside.witness.parent / "peak-rss"
-    result = outside.verify(*args, prefix=(sys.executable, "-c", _PEAK, str(report)))
+    result = outside.verify(*args, prefix=tuple(wrapped(report, [])))
     return result, int(report.read_text())
 
 
