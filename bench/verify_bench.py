@@ -131,6 +131,7 @@ def _row(name: str, nbytes: int, seconds: float, baseline: float | None) -> dict
     row.update({"bar": f">= {BAR_MB_S:g} MB/s per core", "ok": rate >= BAR_MB_S})
     if baseline is not None:
         row["baseline"] = round(baseline, 1)
+        row["ratio"] = round(rate / baseline, 2)  # to sha256sum: less the VM's swings
     return row
 
 
