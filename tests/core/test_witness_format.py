@@ -15,6 +15,7 @@ from qubes_logvm.core.witness_format import (
     REPLIES,
     Register,
     format_cp_line,
+    format_held_line,
     judge_checkpoint,
     parse_cp_line,
     parse_message,
@@ -111,3 +112,17 @@ def test_token_bucket() -> None:
     assert bucket.take(1, 0.5)
     assert not bucket.take(1, 0.5)
     assert not bucket.take(10, 100.0)  # never more than the burst
+
+
+def test_the_largest_held_lines_fit_the_witness_storage_bound() -> None:
+    # Every number at the grammar's 18 digits, the longest qube name: what the
+    # witness's storage bound counts per held tomb and per held retirement.
+    from qubes_logvm.core.retire import Retire
+    from qubes_logvm.core.tomb import Tomb
+    from qubes_logvm.witness.state import CP_LINE_MAX, RET_LINE_MAX
+
+    n, stamp = 10**18 - 1, b"2026-12-03T18:00:00.000000Z"
+    tomb = Tomb("tomb", "q" * 31, n, n, n, n, n, n, n, "dispvm", bytes(32), bytes(32))
+    retire = Retire(n, tomb.signed(bytes(32)), bytes(32)).signed(bytes(32))
+    assert len(format_held_line(stamp, tomb.signed(bytes(32)))) <= CP_LINE_MAX
+    assert len(format_held_line(stamp, retire)) <= RET_LINE_MAX

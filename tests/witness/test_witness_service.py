@@ -4,6 +4,7 @@ Hostile input from the LogVM (oversized, malformed, binary, replayed,
 too frequent) is refused, and the witness's storage stays within its bound.
 """
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_epoch_jump_budgeted(open_call: Open) -> None:
 
 
 def test_too_many_qubes(open_call: Open) -> None:
-    call = open_call("--max-qubes", "3", "--max-log-bytes", "8192")
+    call = open_call("--max-qubes", "3", "--max-log-bytes", "12000")
     assert call.send(register_line()) == "ok registered"
     for qube in ("a", "b", "c"):
         assert call.send(line_of(make_seal(qube))) == "ok stored"
@@ -181,13 +182,15 @@ def test_storage_bounded_under_endless_valid_checkpoints(
     lines = [
         line_of(make_seal(f"q{n % 4}", lines=n + 1, nbytes=(n + 1) * 10)) for n in range(3000)
     ]
-    call = open_call("--max-qubes", "4", "--max-log-bytes", "12000", "--rate", "1e9")
+    call = open_call("--max-qubes", "4", "--max-log-bytes", "16000", "--rate", "1e9")
     replies = call.send_raw(b"\n".join(lines) + b"\n")
     assert replies == ["ok stored"] * 3000
     state = witness_dir / LOGVM
     gens = sorted(p.name for p in state.glob("checkpoints.*"))
     assert len(gens) == 2
-    assert dir_bytes(state) <= 2 * 12000 + 2 * 3 * 4 * 440 + 2 * (256 << 10)
+    # Two generations, each starting with what is held (3 lines a qube, a retirement
+    # a qube: max-retired is max-qubes), and two event files.
+    assert dir_bytes(state) <= 2 * 16000 + 2 * (3 * 4 * 440 + 4 * 640) + 2 * (256 << 10)
     # The newest checkpoint of every qube survives compaction.
     export = admin(witness_dir, "export", LOGVM).stdout
     for n in range(2996, 3000):
@@ -289,6 +292,62 @@ def test_cost_notes_held_in_order_and_carried(open_call: Open, witness_dir: Path
     export = admin(witness_dir, "export", LOGVM).stdout
     costs = [line.split(" ")[3:7] for line in export.splitlines() if line.startswith("cost ")]
     assert costs == [["cost", "work", "2", "1"], ["cost", "work", "2", "3"]]
+
+
+def _retire(qube: str, epoch: int) -> bytes:
+    from qubes_logvm.core.retire import Retire
+    from qubes_logvm.core.tomb import parse_tomb
+
+    tomb = parse_tomb(_tomb(1, 0).replace(b" work ", b" %s " % qube.encode(), 1))
+    line = Retire(epoch, tomb, bytes(32)).signed(key_for_epoch(KEY0, epoch))
+    return line.to_line().rstrip(b"\n")
+
+
+def test_retired_names_bounded_under_endless_valid_retirements(
+    open_call: Open, witness_dir: Path
+) -> None:
+    # A compromised LogVM holds the key and may retire any number of names, each
+    # a valid line; every retirement held is carried into each new generation.
+    # The witness holds at most max-retired (the oldest forgotten, an event), so
+    # what it keeps stays bounded.
+    registered(open_call).close()
+    count = 2000
+    call = open_call(
+        "--max-qubes", "2", "--max-retired", "3", "--max-log-bytes", "10000", "--rate", "1e9"
+    )
+    replies = call.send_raw(b"\n".join(_retire(f"q{n}", 1) for n in range(count)) + b"\n")
+    assert replies == ["ok stored"] * count
+    call.close()
+    state = witness_dir / LOGVM
+    assert dir_bytes(state) <= 2 * 10000 + 2 * (3 * 2 * 440 + 3 * 640) + 2 * (256 << 10)
+    events = (state / "events").read_text()
+    assert "retirement-forgotten qube=q0" in events
+    newest = max(state.glob("checkpoints.*"), key=lambda p: int(p.suffix[1:]))
+    held = [line.split(" ", 2)[2] for line in newest.read_text().splitlines()]
+    # Only the newest three are carried (generations since hold what came after).
+    carried = [line.split(" ")[5] for line in held if line.startswith("r1 retire ")]
+    assert len(set(carried)) == len(carried) and carried[-1] == f"q{count - 1}"
+    assert len(carried) <= 3 + 10000 // 600
+    # A retired name the witness forgot is unknown again: its new chain is stored.
+    call = open_call("--max-qubes", "2", "--max-retired", "3", "--max-log-bytes", "10000")
+    assert call.send(line_of(make_seal("q0", seq=1, lines=1, nbytes=10, epoch=2))) == "ok stored"
+
+
+def test_max_log_bytes_must_hold_what_a_generation_starts_with(witness_dir: Path) -> None:
+    # 4 qubes and 100 retirements start a generation with up to 69,280 bytes.
+    limits = ["--max-qubes", "4", "--max-retired", "100", "--max-log-bytes", "16000"]
+    done = subprocess.run(
+        [str(WITNESS), "--dir", str(witness_dir), "serve", *limits],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "QREXEC_REMOTE_DOMAIN": LOGVM},
+    )
+    assert done.returncode != 0
+    assert b"max-log-bytes must be at least 2 * (3 * max-qubes * 440 + max-retired * 640)" in (
+        done.stderr
+    )
 
 
 def test_retirement_held_and_a_reused_name_starts_again(

@@ -128,6 +128,7 @@ def cmd_serve(
         burst=args.burst,
         max_log_bytes=args.max_log_bytes,
         max_qubes=args.max_qubes,
+        max_retired=args.max_retired,
         hash_rate=args.hash_rate,
         hash_burst=args.hash_burst,
         min_epoch_seconds=args.min_epoch_seconds,
@@ -364,6 +365,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--burst", type=float, default=defaults.burst)
     serve.add_argument("--max-log-bytes", type=int, default=defaults.max_log_bytes)
     serve.add_argument("--max-qubes", type=int, default=defaults.max_qubes)
+    serve.add_argument("--max-retired", type=int, default=defaults.max_retired)
     serve.add_argument("--hash-rate", type=float, default=defaults.hash_rate)
     serve.add_argument("--hash-burst", type=float, default=defaults.hash_burst)
     serve.add_argument(

@@ -71,6 +71,8 @@ _MAX_KEY_FILE = 256
 CP_LINE_MAX = 440
 #: Lines per qube a new generation starts with: checkpoint, deletion, cost note.
 HELD_PER_QUBE = 3
+#: Bytes one stored retirement can take (a tomb line inside it).
+RET_LINE_MAX = 640
 
 Clock = Callable[[], float]
 #: The lines the witness holds one of per qube.
@@ -88,26 +90,40 @@ class Limits:
     max_log_bytes: int = 16 << 20  # per checkpoint generation (two are kept)
     max_event_bytes: int = 256 << 10  # per events file (two are kept)
     max_qubes: int = 4096
+    #: Retired names held (each carried into every generation); past it the
+    #: oldest retirement is forgotten. None: as many as ``max_qubes``.
+    max_retired: int | None = None
     max_refusals: int = 10_000  # per connection, then the witness hangs up
     max_events_per_connection: int = 100
     min_epoch_seconds: float = 1.0  # the epoch cap: no epoch is shorter
     max_call_seconds: float = 3600.0  # then ``err call-limit`` and the call ends
     max_call_messages: int = 200_000
 
+    @property
+    def retired_cap(self) -> int:
+        """Retired names held at most."""
+        return self.max_qubes if self.max_retired is None else self.max_retired
+
+    def held_bytes(self) -> int:
+        """The most a new generation starts with: a checkpoint, a deletion and a cost
+        note per qube, and every retirement held."""
+        return HELD_PER_QUBE * self.max_qubes * CP_LINE_MAX + self.retired_cap * RET_LINE_MAX
+
     def check(self) -> None:
         """Refuse settings under which the storage bound would not hold."""
-        # A new generation starts with a checkpoint, a deletion and a cost per qube.
-        if self.max_log_bytes < 2 * HELD_PER_QUBE * self.max_qubes * CP_LINE_MAX:
+        if self.retired_cap < 1:
+            raise LogvmError("max-retired must be at least 1")
+        if self.max_log_bytes < 2 * self.held_bytes():
             raise LogvmError(
-                f"max-log-bytes must be at least {2 * HELD_PER_QUBE} * max-qubes * {CP_LINE_MAX}"
+                f"max-log-bytes must be at least 2 * ({HELD_PER_QUBE} * max-qubes * "
+                f"{CP_LINE_MAX} + max-retired * {RET_LINE_MAX})"
             )
         if not self.min_epoch_seconds > 0:
             raise LogvmError("min-epoch-seconds must be positive")
 
     def storage_bound(self) -> int:
         """The most bytes one LogVM's directory can hold."""
-        held = HELD_PER_QUBE * self.max_qubes * CP_LINE_MAX
-        return 2 * self.max_log_bytes + 2 * held + 2 * self.max_event_bytes
+        return 2 * self.max_log_bytes + 2 * self.held_bytes() + 2 * self.max_event_bytes
 
 
 def fsync_dir(path: Path) -> None:
@@ -407,6 +423,13 @@ class WitnessState:
 
         def keep(stamp: bytes) -> None:
             self._forget(line.qube)
+            if line.qube not in self.retired and len(self.retired) >= self.limits.retired_cap:
+                # Bounded (a compromised LogVM holds the key and may retire any
+                # number of names): the oldest retirement is forgotten. Its
+                # qube's checkpoints went with it already; the name is unknown.
+                oldest = next(iter(self.retired))
+                del self.retired[oldest]
+                self.event("retirement-forgotten", qube=oldest)
             self.retired[line.qube] = (stamp, line)
 
         verdict = judge_retire(held[1] if held else None, line)
