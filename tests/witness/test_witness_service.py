@@ -173,6 +173,21 @@ def test_too_many_qubes(open_call: Open) -> None:
     assert call.send(line_of(make_seal("a", lines=1, nbytes=10))) == "ok stored"
 
 
+def test_too_many_qubes_counts_deletions_and_cost_notes(open_call: Open) -> None:
+    # A compromised LogVM holds the key: deletions (or cost notes) of made-up
+    # qubes it never checkpointed count toward the same limit (they were held
+    # without bound: only checkpointed qubes were counted).
+    call = open_call("--max-qubes", "3", "--max-log-bytes", "12000")
+    assert call.send(register_line()) == "ok registered"
+    assert call.send(line_of(make_seal("a"))) == "ok stored"
+    for qube in ("b", "c"):
+        assert call.send(_tomb(1, 0, qube=qube)) == "ok stored"
+    assert call.send(_tomb(1, 0, qube="d")) == "err too-many-qubes"
+    assert call.send(line_of(make_seal("d"))) == "err too-many-qubes"
+    # A qube held by its deletion alone is known: its checkpoint is taken.
+    assert call.send(line_of(make_seal("b", seq=2))) == "ok stored"
+
+
 @pytest.mark.slow
 def test_storage_bounded_under_endless_valid_checkpoints(
     open_call: Open, witness_dir: Path
@@ -218,10 +233,12 @@ def test_not_a_qrexec_call(witness_dir: Path) -> None:
     assert b"QREXEC_REMOTE_DOMAIN" in done.stderr
 
 
-def _tomb(seq: int, epoch: int, kind: str = "tomb", key0: bytes = KEY0) -> bytes:
+def _tomb(
+    seq: int, epoch: int, kind: str = "tomb", key0: bytes = KEY0, qube: str = "work"
+) -> bytes:
     tomb = Tomb(
         kind,
-        "work",
+        qube,
         1 if kind == "summary" else seq,
         seq,
         epoch,
@@ -298,7 +315,7 @@ def _retire(qube: str, epoch: int) -> bytes:
     from qubes_logvm.core.retire import Retire
     from qubes_logvm.core.tomb import parse_tomb
 
-    tomb = parse_tomb(_tomb(1, 0).replace(b" work ", b" %s " % qube.encode(), 1))
+    tomb = parse_tomb(_tomb(1, 0, qube=qube))
     line = Retire(epoch, tomb, bytes(32)).signed(key_for_epoch(KEY0, epoch))
     return line.to_line().rstrip(b"\n")
 

@@ -435,6 +435,11 @@ class WitnessState:
         verdict = judge_retire(held[1] if held else None, line)
         return self._judged(line, verdict, {"qube": line.qube, "epoch": line.epoch}, keep)
 
+    def _qubes_held(self) -> int:
+        """Qubes the witness holds a checkpoint, deletion or cost note of (each of
+        the three is bounded by ``max_qubes`` only through this count)."""
+        return len(self.latest.keys() | self.deleted.keys() | self.costs.keys())
+
     def _forget(self, qube: str) -> None:
         self.latest.pop(qube, None)
         self.deleted.pop(qube, None)
@@ -461,7 +466,7 @@ class WitnessState:
         def keep(stamp: bytes) -> None:
             table[line.qube] = (stamp, line)
 
-        known = held is not None or line.qube in self.latest
+        known = line.qube in self.latest or line.qube in self.deleted or line.qube in self.costs
         verdict = judge(held[1] if held else None, line)
         return self._judged(line, verdict, fields, keep, None if known else line.qube)
 
@@ -509,7 +514,7 @@ class WitnessState:
         if verdict is not None:
             self._event(verdict, fields)
             return f"err {verdict}"
-        if new_qube is not None and len(self.latest) >= self.limits.max_qubes:
+        if new_qube is not None and self._qubes_held() >= self.limits.max_qubes:
             self.event("too-many-qubes", qube=new_qube)
             return "err too-many-qubes"
         refusal = self._mac_refusal(line)
