@@ -440,8 +440,9 @@ def test_retirement_with_two_epochs_of_key_without_a_deployed_policy(scene: Scen
     _retire_over_two_epochs(scene, "age")
     assert scene.verify() == []
     assert re.search(
-        r"info: work: retired in epoch (\d+): every segment deleted \(the last, segment 1, "
-        r"with 8 records, for age in epoch (\d+)\), directory removed",
+        r"info: work: retired in epoch (\d+), every segment deleted, directory removed; the "
+        r"last deletion: segment 1 deleted, reason age, 8 records, \d+ bytes, in epoch \d+ "
+        r"\(before dom0 time 20\S+Z: the witness heard a later epoch then\)\n",
         scene.cli_output,
     ), scene.cli_output
     assert "limit: the witness holds no retention policy dom0 deployed" in scene.cli_output
@@ -454,7 +455,7 @@ def test_retirement_with_two_epochs_of_key_for_the_global_cap(scene: Scene) -> N
     _deploy(scene, {"retention": {"max_age": {"default": "30d"}}})
     _retire_over_two_epochs(scene, "global")
     assert scene.verify() == []
-    assert "with 8 records, for global in epoch" in scene.cli_output
+    assert "the last deletion: segment 1 deleted, reason global, 8 records" in scene.cli_output
     assert "limit: global-cap deletions" in scene.cli_output
 
 

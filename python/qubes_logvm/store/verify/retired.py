@@ -191,20 +191,21 @@ def _check_present(ctx: VerifyRun, line: Retire) -> None:
 
 
 def _report_gone(ctx: VerifyRun, gone: list[Retire]) -> None:
-    for line in gone:  # each one's last deletion counts as the store's others do
-        tomb = line.tomb
-        deletion = Deletion(
-            line.qube, tomb.first, tomb.last, tomb.records, tomb.nbytes, tomb.reason, tomb.epoch
-        )
-        ctx.report.deletions.append(deletion)
-    for line in gone[:LISTED]:
-        tomb = line.tomb
+    # Each one's last deletion counts as the store's others do, and is named in
+    # the retirement's line as it is printed on its own (the witness's time is
+    # added there too: verify/times.py).
+    deletions = [
+        Deletion(line.qube, t.first, t.last, t.records, t.nbytes, t.reason, t.epoch)
+        for line in gone
+        for t in (line.tomb,)
+    ]
+    ctx.report.deletions.extend(deletions)
+    for line, deletion in list(zip(gone, deletions, strict=True))[:LISTED]:
         ctx.add(
             INFO,
             line.qube,
-            f"retired in epoch {line.epoch}: every segment deleted (the last, segment "
-            f"{tomb.last}, with {tomb.records} records, for {tomb.reason} in epoch "
-            f"{tomb.epoch}), directory removed",
+            f"retired in epoch {line.epoch}, every segment deleted, directory removed; "
+            f"the last deletion: {deletion}",
         )
     if len(gone) > LISTED:
         ctx.add(

@@ -128,15 +128,24 @@ def print_epochs(ctx: VerifyRun, heard: list[tuple[int, bytes]]) -> None:
 
 
 def time_deletions(ctx: VerifyRun, heard: list[tuple[int, bytes]]) -> None:
-    """Each deletion printed (and counted) with the dom0 time its epoch was over by."""
+    """Each deletion printed (and counted) with the dom0 time its epoch was over by:
+    in its own info line, or the retirement's that names it."""
     over, report = EpochsOver(heard), ctx.report
-    lines = {(f.qube, f.message): n for n, f in enumerate(report.findings) if f.severity == INFO}
+    lines: dict[str | None, list[int]] = {}
+    for n, finding in enumerate(report.findings):
+        if finding.severity == INFO:
+            lines.setdefault(finding.qube, []).append(n)
     for n, deletion in enumerate(report.deletions):
         when = over.after(deletion.epoch) if deletion.epoch is not None else None
         if when is None:
             continue
         timed = replace(deletion, witnessed=when.decode())
         report.deletions[n] = timed
-        line = lines.get((deletion.qube, str(deletion)))
-        if line is not None:
-            report.findings[line] = replace(report.findings[line], message=str(timed))
+        said, now = str(deletion), str(timed)
+        for line in lines.get(deletion.qube, []):
+            finding = report.findings[line]
+            if finding.message == said or finding.message.endswith(f": {said}"):
+                report.findings[line] = replace(
+                    finding, message=finding.message[: -len(said)] + now
+                )
+                break
